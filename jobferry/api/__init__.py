@@ -1,0 +1,1 @@
+"""The HTTP API: thin Tornado handlers over the service layer."""

@@ -1,0 +1,48 @@
+"""The Tornado application: every route of every face, built in one factory.
+
+The daemon and the tests both call ``make_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tornado.web
+
+from jobferry.api.base import NotFoundHandler, Services
+from jobferry.api.wooey import wooey_routes
+from jobferry.services.auth import AuthService
+from jobferry.services.core import Core
+from jobferry.services.jobs import JobService
+from jobferry.services.scripts import ScriptService
+
+access_log = logging.getLogger("jobferry.access")
+
+
+def make_services(core: Core) -> Services:
+    return Services(
+        core=core, auth=AuthService(core), scripts=ScriptService(core), jobs=JobService(core)
+    )
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    routes = [*wooey_routes(services)]
+    log_requests = services.core.config.logging.access_log
+
+    def log_function(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        if log_requests or status >= 500:
+            access_log.info(
+                "%d %s %.1fms",
+                status,
+                handler._request_summary(),
+                1000.0 * handler.request.request_time(),
+            )
+
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services},
+        log_function=log_function,
+        xheaders=services.core.config.server.xheaders,
+    )

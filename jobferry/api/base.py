@@ -1,0 +1,177 @@
+"""Handler base: JSON responses, authentication, and the one error-to-HTTP table.
+
+Handlers never set error statuses themselves: they raise (a JobferryError or
+tornado's HTTPError) and ``write_error`` answers with JSON, the status coming
+from ``STATUS_BY_ERROR``. Client errors are logged without a traceback, server
+errors with one; internal details never reach the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+
+from jobferry import errors
+from jobferry.services.auth import AuthService
+from jobferry.services.core import Core, Principal
+from jobferry.services.jobs import JobService
+from jobferry.services.scripts import ScriptService
+
+logger = logging.getLogger(__name__)
+
+#: Exception class → HTTP status; the most specific class listed wins.
+STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
+    errors.FormError: 200,  # Wooey answers form errors with 200 and valid=false
+    errors.ScriptNotFoundError: 200,  # ditto for an unknown script on submit
+    errors.ValidationError: 400,
+    errors.PayloadTooLargeError: 413,
+    errors.RangeNotSatisfiableError: 416,
+    errors.RequestError: 400,
+    errors.AuthenticationError: 403,  # Wooey (and Galaxy) answer 403, not 401
+    errors.PermissionDeniedError: 403,
+    errors.PathRejectedError: 403,
+    errors.NotFoundError: 404,
+    errors.ConflictError: 409,
+    errors.IntrospectionError: 400,
+    errors.StoreUnavailableError: 503,
+    errors.RunnerUnavailableError: 503,
+    errors.SchemaOutOfDateError: 503,
+}
+
+
+def status_for(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers are given (through ``initialize``)."""
+
+    core: Core
+    auth: AuthService
+    scripts: ScriptService
+    jobs: JobService
+
+
+if TYPE_CHECKING:
+    _HandlerBase = tornado.web.RequestHandler
+else:
+    _HandlerBase = object
+
+
+class ApiMixin(_HandlerBase):
+    """JSON in and out, authentication, errors mapped in one place.
+
+    A mixin so that handlers built on other Tornado handlers (StaticFileHandler
+    for downloads) share it; ``ApiHandler`` is the usual base.
+    """
+
+    services: Services
+    principal: Principal | None
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.principal = None
+
+    @property
+    def core(self) -> Core:
+        return self.services.core
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.core.call(fn, *args, **kwargs)
+
+    def send_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, default=str))
+
+    # --- authentication ---------------------------------------------------------------
+
+    def presented_key(self) -> str | None:
+        """The API key from ``Authorization: Bearer <key>`` (Wooey's exact form)."""
+        header = self.request.headers.get("Authorization", "")
+        parts = header.split(" ")
+        if len(parts) == 2 and parts[0] == "Bearer" and parts[1]:
+            return parts[1]
+        return None
+
+    async def authenticate(self) -> Principal:
+        if not self.core.config.api.enable_api_keys:
+            raise errors.AuthenticationError()
+        principal = await self.call(self.services.auth.authenticate, self.presented_key())
+        self.principal = principal
+        return principal
+
+    # --- errors -----------------------------------------------------------------------
+
+    def error_body(self, exc: BaseException | None, status: int, message: str) -> dict[str, Any]:
+        """The JSON body for an error; faces override this for their own shape."""
+        code = exc.code if isinstance(exc, errors.JobferryError) else _http_code(status)
+        body: dict[str, Any] = {"error": code, "message": message}
+        if isinstance(exc, errors.ValidationError):
+            body["errors"] = exc.errors
+        return body
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, errors.JobferryError):
+            status_code = status_for(exc)
+            message = exc.message
+        elif isinstance(exc, tornado.web.HTTPError):
+            status_code = exc.status_code
+            message = exc.log_message if exc.log_message and status_code < 500 else ""
+            message = message or self._reason
+        else:
+            message = "Internal server error."
+        self.clear()
+        self.set_default_headers()
+        self.set_status(status_code)
+        self.finish(json.dumps(self.error_body(exc, status_code, message), default=str))
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if isinstance(value, errors.JobferryError) and status_for(value) < 500:
+            logger.debug("%s %s: %s", self.request.method, self.request.uri, value.message)
+            return
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        logger.error("error handling %s %s", self.request.method, self.request.uri, exc_info=value)
+
+    def absolute_url(self, path: str) -> str:
+        base = self.core.config.server.base_url
+        if base:
+            return base.rstrip("/") + path
+        return f"{self.request.protocol}://{self.request.host}{path}"
+
+
+def _http_code(status: int) -> str:
+    return {
+        400: "bad_request",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        416: "range_not_satisfiable",
+    }.get(status, "internal_error" if status >= 500 else "error")
+
+
+class ApiHandler(ApiMixin, tornado.web.RequestHandler):
+    """Base of every API handler."""
+
+
+class NotFoundHandler(ApiHandler):
+    """Every unknown path: a JSON 404."""
+
+    def prepare(self) -> None:
+        raise errors.NotFoundError(f"no such endpoint: {self.request.path}")

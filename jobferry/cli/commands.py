@@ -1,0 +1,376 @@
+"""The CLI's subcommands: each parses, calls one service, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+
+from jobferry.config import Config, config_as_dict, load_config
+from jobferry.errors import JobferryError, NotFoundError
+from jobferry.services.auth import AuthService
+from jobferry.services.core import Core, Principal
+from jobferry.services.jobs import JobService
+from jobferry.services.scripts import ScriptService, ScriptUpload
+from jobferry.store.engine import check_schema, current_revision, upgrade_schema
+from jobferry.store.models import JobState, User
+
+Handler = Callable[[argparse.Namespace], int | None]
+COMMANDS: dict[str, Handler] = {}
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--config", help="YAML configuration file (default: $JOBFERRY_CONFIG)")
+    parser.add_argument("--data-dir", help="data directory (overrides data_dir)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _cmd(sub: Any, name: str, key: str, fn: Handler, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(command_key=key)
+    COMMANDS[key] = fn
+    _common(parser)
+    return parser
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def _core(args: argparse.Namespace) -> Core:
+    from jobferry.runners.local import LocalRunner
+
+    config = _config(args)
+    core = Core(config, runners={"local": LocalRunner(config.runners.local.kill_grace_s)})
+    core.ensure_dirs()
+    check_schema(core.engine)
+    return core
+
+
+def _admin(core: Core) -> Principal:
+    """The CLI acts as an admin: the first admin user (created if there is none)."""
+    AuthService(core).ensure_admin()
+    with core.sessions.begin() as session:
+        user = session.execute(
+            select(User).where(User.is_admin).order_by(User.created_at).limit(1)
+        ).scalar()
+    if user is None:
+        raise NotFoundError("no admin user exists; create one with 'jobferry user create --admin'")
+    return Principal(user.id, user.username, True)
+
+
+def _print(args: argparse.Namespace, data: Any, columns: list[str] | None = None) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    if columns is None:
+        if isinstance(data, dict):
+            width = max((len(k) for k in data), default=0)
+            for key, value in data.items():
+                shown = json.dumps(value, default=str) if isinstance(value, list | dict) else value
+                print(f"{key:<{width}}  {'' if shown is None else shown}")
+        else:
+            print(data)
+        return
+    rows = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in data]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- serve, db, config --------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jobferry.daemon.server import serve
+
+    config = _config(args, **{"server.host": args.host, "server.port": args.port})
+    serve(config)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = _config(args)
+    core = Core(config)
+    core.ensure_dirs()
+    before, after = upgrade_schema(core.engine)
+    _print(args, {"database": config.database_url, "from": before, "to": after})
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    from jobferry.store.engine import head_revision
+
+    config = _config(args)
+    core = Core(config)
+    current, head = current_revision(core.engine), head_revision()
+    _print(
+        args,
+        {
+            "database": config.database_url,
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        },
+    )
+    return 0 if current == head else 1
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    data = config_as_dict(config)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+    return 0
+
+
+# --- users and keys -----------------------------------------------------------------------
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    core = _core(args)
+    user, key = AuthService(core).create_user(args.name, email=args.email, is_admin=args.admin)
+    if args.json:
+        print(json.dumps({"id": user.id, "username": user.username, "api_key": key}))
+    else:
+        print(key)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    users = [vars(u) for u in AuthService(_core(args)).list_users()]
+    _print(args, users, ["id", "username", "email", "is_admin", "is_active", "created_at"])
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    info, key = AuthService(_core(args)).create_key(args.user, args.name or "")
+    if args.json:
+        print(json.dumps({**vars(info), "api_key": key}, default=str))
+    else:
+        print(key)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    keys = [vars(k) for k in AuthService(_core(args)).list_keys(args.user)]
+    _print(args, keys, ["id", "username", "name", "prefix", "is_active", "last_used_at"])
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    AuthService(_core(args)).revoke_key(args.id)
+    _print(args, {"id": args.id, "revoked": True})
+    return 0
+
+
+# --- scripts ------------------------------------------------------------------------------
+
+
+def cmd_script_add(args: argparse.Namespace) -> int:
+    core = _core(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise NotFoundError(f"no such file: {path}")
+    with tempfile.TemporaryDirectory(dir=core.tmp_path) as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        name = args.name or path.stem
+        results = ScriptService(core).add_or_update(
+            _admin(core),
+            [ScriptUpload(name, copy, path.name)],
+            group=args.group,
+            default=not args.no_default,
+        )
+    result = results[0]
+    _print(args, result)
+    if not result["success"]:
+        print(f"jobferry: error: {result['errors']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_script_list(args: argparse.Namespace) -> int:
+    scripts = ScriptService(_core(args)).list_scripts()
+    rows = [
+        {
+            **s,
+            "default": (s["default_version"] or {}).get("script_version"),
+            "iteration": (s["default_version"] or {}).get("script_iteration"),
+        }
+        for s in scripts
+    ]
+    _print(args, rows, ["slug", "script_name", "group", "default", "iteration", "versions_count"])
+    return 0
+
+
+def cmd_script_show(args: argparse.Namespace) -> int:
+    _print(args, ScriptService(_core(args)).get_script(args.slug))
+    return 0
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    if args.state and args.state not in {s.value for s in JobState}:
+        raise JobferryError(
+            f"unknown state {args.state!r}; one of: {', '.join(s.value for s in JobState)}"
+        )
+    core = _core(args)
+    jobs = JobService(core).list_jobs(
+        _admin(core),
+        states=[args.state] if args.state else [],
+        username=args.user,
+        limit=args.limit,
+    )
+    rows = [
+        {
+            "id": j.id,
+            "user": u,
+            "name": j.name,
+            "state": j.state,
+            "exit_code": j.exit_code,
+            "created_at": j.created_at.isoformat(timespec="seconds"),
+        }
+        for j, u in jobs
+    ]
+    _print(args, rows, ["id", "user", "name", "state", "exit_code", "created_at"])
+    return 0
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    core = _core(args)
+    view = JobService(core).get(_admin(core), args.id)
+    job = view.job
+    data = {
+        "id": job.id,
+        "uuid": job.uuid,
+        "user": view.username,
+        "script": view.script_slug,
+        "name": job.name,
+        "description": job.description,
+        "state": job.state,
+        "reason": job.state_reason,
+        "exit_code": job.exit_code,
+        "command": job.command,
+        "argv": job.argv,
+        "runner": job.runner,
+        "destination": job.destination,
+        "node": job.node,
+        "attempt": job.attempt,
+        "external_id": job.external_id,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "wall_s": job.wall_s,
+        "cpu_user_s": job.cpu_user_s,
+        "cpu_sys_s": job.cpu_sys_s,
+        "peak_rss_kb": job.peak_rss_kb,
+        "job_dir": job.job_dir,
+        "files": [
+            {"id": f.id, "kind": f.kind, "name": f.name, "size": f.size, "sha256": f.sha256}
+            for f in view.files
+        ],
+    }
+    _print(args, data)
+    return 0
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    core = _core(args)
+    state = JobService(core).cancel(_admin(core), args.id)
+    _print(args, {"id": args.id, "state": state})
+    return 0
+
+
+def cmd_job_logs(args: argparse.Namespace) -> int:
+    core = _core(args)
+    service = JobService(core)
+    view = service.get(_admin(core), args.id)
+    stream = "stderr" if args.stderr else "stdout"
+    text = service.read_log(view, stream, limit=1 << 62)
+    if args.json:
+        print(json.dumps({"id": args.id, stream: text}))
+    elif text:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_job_key(args: argparse.Namespace) -> int:
+    core = _core(args)
+    key = JobService(core).job_key(_admin(core), args.id)
+    print(json.dumps({"id": args.id, "job_key": key}) if args.json else key)
+    return 0
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    top = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = _cmd(top, "serve", "serve", cmd_serve, "run the daemon")
+    serve.add_argument("--host", help="address to bind (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
+
+    db = top.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
+    _cmd(db, "upgrade", "db.upgrade", cmd_db_upgrade, "migrate the schema to this version")
+    _cmd(db, "status", "db.status", cmd_db_status, "show the schema revision")
+
+    cfg = top.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
+    _cmd(cfg, "check", "config.check", cmd_config_check, "validate and print the configuration")
+
+    user = top.add_parser("user", help="users").add_subparsers(metavar="ACTION")
+    p = _cmd(user, "create", "user.create", cmd_user_create, "create a user; print its API key")
+    p.add_argument("name")
+    p.add_argument("--email")
+    p.add_argument("--admin", action="store_true", help="make the user an admin")
+    _cmd(user, "list", "user.list", cmd_user_list, "list users")
+
+    key = top.add_parser("key", help="API keys").add_subparsers(metavar="ACTION")
+    p = _cmd(key, "create", "key.create", cmd_key_create, "create a key for a user; print it")
+    p.add_argument("user")
+    p.add_argument("--name", help="a label for the key")
+    p = _cmd(key, "list", "key.list", cmd_key_list, "list keys (never the keys themselves)")
+    p.add_argument("--user")
+    p = _cmd(key, "revoke", "key.revoke", cmd_key_revoke, "revoke a key by id")
+    p.add_argument("id")
+
+    script = top.add_parser("script", help="scripts").add_subparsers(metavar="ACTION")
+    p = _cmd(script, "add", "script.add", cmd_script_add, "register a script (or a new version)")
+    p.add_argument("file")
+    p.add_argument("--group")
+    p.add_argument("--name", help="script name (default: the file name without .py)")
+    p.add_argument("--no-default", action="store_true", help="do not make it the default")
+    _cmd(script, "list", "script.list", cmd_script_list, "list scripts")
+    p = _cmd(script, "show", "script.show", cmd_script_show, "show a script and its versions")
+    p.add_argument("slug")
+
+    job = top.add_parser("job", help="jobs").add_subparsers(metavar="ACTION")
+    p = _cmd(job, "list", "job.list", cmd_job_list, "list jobs, newest first")
+    p.add_argument("--state")
+    p.add_argument("--user")
+    p.add_argument("--limit", type=int, default=50)
+    p = _cmd(job, "show", "job.show", cmd_job_show, "show a job")
+    p.add_argument("id")
+    p = _cmd(job, "cancel", "job.cancel", cmd_job_cancel, "cancel a job (kills its processes)")
+    p.add_argument("id")
+    p = _cmd(job, "logs", "job.logs", cmd_job_logs, "print a job's stdout (or --stderr)")
+    p.add_argument("id")
+    p.add_argument("--stderr", action="store_true")
+    p = _cmd(job, "key", "job.key", cmd_job_key, "print a job's job_key (admins)")
+    p.add_argument("id")

@@ -1,0 +1,147 @@
+"""The daemon's life: start-up, recovery, serving, signals, graceful shutdown.
+
+One process runs the Tornado server and the scheduler on one asyncio loop.
+Start-up: check (or, for a fresh store, create) the schema, create the first
+admin, take the data directory's lock, re-attach to jobs left running, then
+serve. SIGTERM/SIGINT stop accepting work and exit; running jobs keep running
+and are re-attached by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import IO
+
+import tornado.httpserver
+import tornado.netutil
+
+from jobferry.api.app import make_app, make_services
+from jobferry.config import Config
+from jobferry.daemon.scheduler import Scheduler
+from jobferry.errors import ConfigError
+from jobferry.runners.local import LocalRunner
+from jobferry.services.core import Core
+from jobferry.services.execution import ExecutionService
+from jobferry.store.engine import check_schema
+
+logger = logging.getLogger(__name__)
+
+#: File in the data directory describing the running daemon (pid, url), for tools.
+STATE_FILE = "daemon.json"
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=getattr(logging, config.logging.level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def _lock_data_dir(path: Path) -> IO[str]:
+    handle = open(path / "daemon.lock", "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(
+            f"another jobferry daemon is using {path} (lock {path / 'daemon.lock'} is held)"
+        ) from None
+    return handle
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        runner = LocalRunner(kill_grace_s=config.runners.local.kill_grace_s)
+        self.core = Core(config, runners={runner.name: runner})
+        self.runner = runner
+        self.stop_event = asyncio.Event()
+        self.url = ""
+        self.port = 0
+
+    async def start(self) -> tornado.httpserver.HTTPServer:
+        core = self.core
+        core.ensure_dirs()
+        self._lock = _lock_data_dir(core.data_path)
+        await core.call(check_schema, core.engine)
+        await core.call(lambda: core.secret)
+        shutil.rmtree(core.tmp_path, ignore_errors=True)  # uploads cut off by a crash
+        core.tmp_path.mkdir(parents=True, exist_ok=True)
+        services = make_services(core)
+        admin_key_path = await core.call(services.auth.ensure_admin)
+        if admin_key_path is not None:
+            logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
+        cap = self.config.server.max_upload_mb * 1024 * 1024
+        server = tornado.httpserver.HTTPServer(
+            make_app(services),
+            max_body_size=cap,
+            max_buffer_size=16 * 1024 * 1024,
+            xheaders=self.config.server.xheaders,
+            idle_connection_timeout=300,
+            body_timeout=3600,
+        )
+        sockets = tornado.netutil.bind_sockets(
+            self.config.server.port,
+            self.config.server.host,
+            family=socket.AF_INET if ":" not in self.config.server.host else socket.AF_INET6,
+        )
+        self.port = sockets[0].getsockname()[1]
+        host = self.config.server.host
+        self.url = self.config.server.base_url or f"http://{host}:{self.port}"
+        execution = ExecutionService(core, base_url=self.url)
+        self.scheduler = Scheduler(core, execution, self.runner, slots=self.config.local_slots)
+        loop = asyncio.get_running_loop()
+
+        def wake_from_any_thread() -> None:
+            loop.call_soon_threadsafe(self.scheduler.wake)
+
+        core.on_job_queued = wake_from_any_thread
+        await self.scheduler.recover()
+        server.add_sockets(sockets)
+        self._write_state()
+        logger.info(
+            "jobferry serving on %s (data %s, %d local slots)",
+            self.url,
+            core.data_path,
+            self.config.local_slots,
+        )
+        return server
+
+    def _write_state(self) -> None:
+        path = self.core.data_path / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "url": self.url, "port": self.port}))
+        tmp.replace(path)
+
+    async def run(self) -> None:
+        server = await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        scheduling = asyncio.ensure_future(self.scheduler.run(self.stop_event))
+        await self.stop_event.wait()
+        logger.info("stopping: no new work accepted; running jobs keep running")
+        server.stop()
+        await scheduling
+        await self.scheduler.detach()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), timeout=5)
+        except TimeoutError:
+            logger.warning("some connections did not close in time")
+        (self.core.data_path / STATE_FILE).unlink(missing_ok=True)
+        self.core.close()
+        logger.info("stopped")
+
+
+def serve(config: Config) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    configure_logging(config)
+    asyncio.run(Daemon(config).run())

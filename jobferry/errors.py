@@ -1,0 +1,163 @@
+"""The one exception tree of jobferry.
+
+Every layer raises these; ``jobferry.api.base`` maps them to HTTP status codes in
+one table, and the CLI turns them into one-line messages. Third-party exceptions
+are caught where they are raised and re-raised as one of these with ``from``.
+A class's docstring is its default message; structured facts are attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobferryError(Exception):
+    """An error occurred in jobferry."""
+
+    #: Short machine-readable code used in JSON error bodies.
+    code = "internal_error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.__class__.__name__).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class ConfigError(JobferryError):
+    """The configuration is invalid."""
+
+    code = "config_error"
+
+
+# --- client errors --------------------------------------------------------------
+
+
+class RequestError(JobferryError):
+    """The request is malformed."""
+
+    code = "bad_request"
+
+
+class ValidationError(RequestError):
+    """The request did not validate.
+
+    ``errors`` maps a field or parameter name to a list of messages (or a single
+    message string, where the Wooey contract answers with a string).
+    """
+
+    code = "validation_error"
+
+    def __init__(self, message: str | None = None, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.errors: dict[str, Any] = errors or {"__all__": [self.message]}
+
+
+class FormError(ValidationError):
+    """The form fields are invalid (Wooey answers these with HTTP 200)."""
+
+    code = "form_error"
+
+
+class ScriptNotFoundError(ValidationError):
+    """Unable to find script."""
+
+    code = "script_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is larger than allowed."""
+
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiableError(RequestError):
+    """The requested byte range cannot be served."""
+
+    code = "range_not_satisfiable"
+
+
+class AuthenticationError(JobferryError):
+    """Must be authenticated to use this method."""
+
+    code = "authentication_required"
+
+
+class PermissionDeniedError(JobferryError):
+    """You are not permitted to do this."""
+
+    code = "permission_denied"
+
+
+class NotFoundError(JobferryError):
+    """The requested object does not exist."""
+
+    code = "not_found"
+
+
+class ConflictError(JobferryError):
+    """The object is not in a state that allows this change."""
+
+    code = "conflict"
+
+
+class IntrospectionError(JobferryError):
+    """The script's argument parser could not be read."""
+
+    code = "introspection_error"
+
+
+# --- server-side errors ---------------------------------------------------------
+
+
+class StoreError(JobferryError):
+    """The store failed."""
+
+    code = "store_error"
+
+
+class SchemaOutOfDateError(StoreError):
+    """The database schema is not at the revision this version of jobferry needs."""
+
+    code = "schema_out_of_date"
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached right now."""
+
+    code = "store_unavailable"
+
+
+class RunnerError(JobferryError):
+    """The runner failed."""
+
+    code = "runner_error"
+
+
+class RunnerUnavailableError(RunnerError):
+    """The runner cannot take work right now."""
+
+    code = "runner_unavailable"
+
+
+class SubmitError(RunnerError):
+    """The runner could not start the job."""
+
+    code = "submit_error"
+
+
+class StagingError(JobferryError):
+    """A file could not be staged."""
+
+    code = "staging_error"
+
+
+class PathRejectedError(StagingError):
+    """The path is not allowed."""
+
+    code = "path_rejected"
+
+
+class TransferError(StagingError):
+    """The transfer was interrupted or incomplete."""
+
+    code = "transfer_error"

@@ -1,0 +1,160 @@
+"""The Runner interface: data in, data out, no database and no HTTP.
+
+A runner starts a job's command somewhere (a local process, a container, a
+cluster job), reports how it ends, stops it on request and re-attaches to it
+after a daemon restart. The scheduler decides what runs and when; runners never
+count resources or choose jobs.
+
+Methods are plain blocking calls, except ``wait`` which is a coroutine; the
+daemon calls the blocking ones through its executor, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class RunState(enum.StrEnum):
+    """What a runner knows about a started job."""
+
+    RUNNING = "running"
+    #: The command ended by itself; ``exit_code`` says how.
+    EXITED = "exited"
+    #: The runner ended it (cancel or walltime); ``reason`` says why.
+    KILLED = "killed"
+    #: It is gone and nothing says how it ended.
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a runner needs to start one job.
+
+    ``argv`` is executed as a list, never through a shell. ``workdir`` is the
+    job's working directory (its outputs are what it writes there); stdout and
+    stderr go to ``stdout_path``/``stderr_path``; ``result_path`` is where the job
+    wrapper records the exit code when it ends.
+    """
+
+    job_id: str
+    argv: tuple[str, ...]
+    workdir: str
+    stdout_path: str
+    stderr_path: str
+    result_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    walltime_s: float | None = None
+    cores: int = 1
+    memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """How to find a started job again, even from another daemon process.
+
+    ``external_id`` is the runner's own id (``"<pid>@<start time>"`` for local
+    processes, a container id, a Slurm job id); ``data`` holds whatever else the
+    runner needs to re-attach. Handles round-trip through JSON (``dumps``/``loads``).
+    """
+
+    runner: str
+    external_id: str
+    started_at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> RunHandle:
+        raw = json.loads(text)
+        return cls(
+            runner=str(raw["runner"]),
+            external_id=str(raw["external_id"]),
+            started_at=float(raw["started_at"]),
+            data=dict(raw.get("data") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Resource use of a finished job; ``None`` where the runner cannot tell."""
+
+    wall_s: float | None = None
+    cpu_user_s: float | None = None
+    cpu_sys_s: float | None = None
+    peak_rss_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A snapshot of a started job."""
+
+    state: RunState
+    exit_code: int | None = None
+    reason: str | None = None
+    finished_at: float | None = None
+    metrics: RunMetrics = RunMetrics()
+
+    @property
+    def is_final(self) -> bool:
+        return self.state is not RunState.RUNNING
+
+
+class Runner(abc.ABC):
+    """Starts, watches, stops and re-attaches to jobs of one kind."""
+
+    #: The name jobs record as their runner (``local``, ``docker``, ``slurm``).
+    name: str = "base"
+
+    @abc.abstractmethod
+    def submit(self, spec: RunSpec) -> RunHandle:
+        """Start the job and return its handle. Blocking; not idempotent.
+
+        Raises SubmitError if it cannot be started, RunnerUnavailableError if the
+        runner is down for now (the job should stay queued).
+        """
+
+    @abc.abstractmethod
+    def poll(self, handle: RunHandle) -> RunStatus:
+        """Return the job's current status. Blocking, idempotent, cheap."""
+
+    @abc.abstractmethod
+    def cancel(self, handle: RunHandle, reason: str = "cancelled") -> None:
+        """Stop the job and everything it started. Blocking; idempotent.
+
+        A later ``poll``/``wait`` reports ``KILLED`` with *reason*.
+        """
+
+    def adopt(self, handle: RunHandle, spec: RunSpec) -> None:  # noqa: B027
+        """Re-attach to a job started by an earlier daemon. Blocking; idempotent.
+
+        After this, ``wait`` works for the handle as if this process had started
+        it. The default does nothing (``poll`` already works from the handle).
+        """
+
+    def cleanup(self, handle: RunHandle) -> None:  # noqa: B027
+        """Release what the runner holds for a finished job. Idempotent."""
+
+    async def wait(self, handle: RunHandle) -> RunStatus:
+        """Wait until the job is final and return its status.
+
+        The default polls with back-off through the default executor; runners
+        that can be told of the end (pidfd, callbacks) override it.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            status = await loop.run_in_executor(None, self.poll, handle)
+            if status.is_final:
+                return status
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:  # noqa: B027
+        """Release the runner's own resources at daemon shutdown (jobs keep running)."""

@@ -1,0 +1,180 @@
+"""An in-memory runner for fast tests of the scheduler and daemon.
+
+Owns nothing but dictionaries: no processes, no files. A test scripts each job's
+outcome up front (``outcomes``/``default``) or holds jobs running and ends them
+itself with ``finish``; every call is recorded in ``calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+
+from jobferry.errors import JobferryError, RunnerError
+from jobferry.runners.base import RunHandle, Runner, RunSpec, RunState, RunStatus
+
+logger = logging.getLogger(__name__)
+
+EXITED_OK = RunStatus(RunState.EXITED, exit_code=0)
+
+
+class FakeRunner(Runner):
+    """A runner whose jobs end when the test says so.
+
+    Args:
+        outcomes: Final status per job id, reported as soon as the job is
+            submitted (or adopted).
+        default: Final status for jobs not in *outcomes*; ``None`` keeps them
+            ``RUNNING`` until ``finish`` or ``cancel``.
+        submit_errors: Errors ``submit`` raises per job id (e.g. ``SubmitError``).
+
+    ``calls`` lists ``(method, job_id)`` for every call, in order. All methods are
+    thread-safe; ``wait`` must run on an asyncio loop.
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        outcomes: dict[str, RunStatus] | None = None,
+        default: RunStatus | None = EXITED_OK,
+        submit_errors: dict[str, JobferryError] | None = None,
+    ) -> None:
+        self.outcomes = dict(outcomes or {})
+        self.default = default
+        self.submit_errors = dict(submit_errors or {})
+        self.calls: list[tuple[str, str]] = []
+        #: The spec and the latest handle of each submitted or adopted job id.
+        self.specs: dict[str, RunSpec] = {}
+        self.handles: dict[str, RunHandle] = {}
+        self._status: dict[str, RunStatus] = {}  # external_id -> status
+        self._waiters: dict[str, list[asyncio.Future[RunStatus]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> list[str]:
+        """Job ids whose latest handle is still running."""
+        with self._lock:
+            return [
+                job_id
+                for job_id, handle in self.handles.items()
+                if not self._status[handle.external_id].is_final
+            ]
+
+    def _initial(self, job_id: str) -> RunStatus:
+        outcome = self.outcomes.get(job_id, self.default)
+        if outcome is None:
+            return RunStatus(RunState.RUNNING)
+        if outcome.is_final and outcome.finished_at is None:
+            return RunStatus(
+                outcome.state, outcome.exit_code, outcome.reason, time.time(), outcome.metrics
+            )
+        return outcome
+
+    def _job_id(self, handle: RunHandle) -> str:
+        return str(handle.data.get("job_id", handle.external_id))
+
+    def submit(self, spec: RunSpec) -> RunHandle:
+        """Record the job and give it its scripted status. Instant; not idempotent.
+
+        Raises:
+            JobferryError: the error scripted in ``submit_errors`` for this job id.
+        """
+        with self._lock:
+            self.calls.append(("submit", spec.job_id))
+            error = self.submit_errors.get(spec.job_id)
+            if error is not None:
+                raise error
+            external_id = f"fake-{next(self._ids)}"
+            handle = RunHandle(self.name, external_id, time.time(), {"job_id": spec.job_id})
+            self.specs[spec.job_id] = spec
+            self.handles[spec.job_id] = handle
+            self._status[external_id] = self._initial(spec.job_id)
+            return handle
+
+    def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
+        """Take over a handle from an earlier runner (scripted like a submit). Idempotent."""
+        with self._lock:
+            self.calls.append(("adopt", spec.job_id))
+            self.specs[spec.job_id] = spec
+            self.handles[spec.job_id] = handle
+            self._status.setdefault(handle.external_id, self._initial(spec.job_id))
+
+    def poll(self, handle: RunHandle) -> RunStatus:
+        """Return the job's current status. Instant; idempotent.
+
+        Raises:
+            RunnerError: the handle was never submitted to or adopted by this runner.
+        """
+        with self._lock:
+            self.calls.append(("poll", self._job_id(handle)))
+            return self._get(handle)
+
+    def _get(self, handle: RunHandle) -> RunStatus:
+        try:
+            return self._status[handle.external_id]
+        except KeyError:
+            raise RunnerError(f"unknown fake run {handle.external_id}") from None
+
+    async def wait(self, handle: RunHandle) -> RunStatus:
+        """Return the final status at once if known, else when ``finish``/``cancel`` ends it.
+
+        Raises:
+            RunnerError: the handle is unknown to this runner.
+        """
+        with self._lock:
+            self.calls.append(("wait", self._job_id(handle)))
+            status = self._get(handle)
+            if status.is_final:
+                return status
+            future: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(handle.external_id, []).append(future)
+        return await future
+
+    def finish(self, job_id: str, status: RunStatus = EXITED_OK) -> None:
+        """End the job's latest run with *status*, waking its waiters. Idempotent per run.
+
+        Raises:
+            RunnerError: no run of *job_id* exists.
+        """
+        with self._lock:
+            handle = self.handles.get(job_id)
+            if handle is None:
+                raise RunnerError(f"unknown fake job {job_id}")
+            self._end(handle.external_id, status)
+
+    def _end(self, external_id: str, status: RunStatus) -> None:
+        if self._status[external_id].is_final:
+            return
+        if status.finished_at is None:
+            status = RunStatus(
+                status.state, status.exit_code, status.reason, time.time(), status.metrics
+            )
+        self._status[external_id] = status
+        for future in self._waiters.pop(external_id, []):
+            future.get_loop().call_soon_threadsafe(_resolve, future, status)
+
+    def cancel(self, handle: RunHandle, reason: str = "cancelled") -> None:
+        """End a running job as ``KILLED`` with *reason*. Instant; idempotent.
+
+        Raises:
+            RunnerError: the handle is unknown to this runner.
+        """
+        with self._lock:
+            self.calls.append(("cancel", self._job_id(handle)))
+            self._get(handle)
+            self._end(handle.external_id, RunStatus(RunState.KILLED, reason=reason))
+
+    def cleanup(self, handle: RunHandle) -> None:
+        """Record the call; the fake keeps statuses for assertions. Idempotent."""
+        with self._lock:
+            self.calls.append(("cleanup", self._job_id(handle)))
+
+
+def _resolve(future: asyncio.Future[RunStatus], status: RunStatus) -> None:
+    if not future.done():
+        future.set_result(status)

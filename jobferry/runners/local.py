@@ -1,0 +1,469 @@
+"""The local runner: jobs as process trees on this machine that outlive the daemon.
+
+Owns spawning jobs under ``wrapper.sh`` (each in its own session), learning of
+their end through a pidfd, reaping its own children, enforcing walltime,
+killing whole process trees, and reading the wrapper's result file so that a
+restarted daemon can re-attach to jobs an earlier daemon started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from jobferry.errors import RunnerError, SubmitError
+from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+
+logger = logging.getLogger(__name__)
+
+WRAPPER = Path(__file__).with_name("wrapper.sh")
+_CREATE_TIME_TOLERANCE_S = 0.01
+_LOST_REASON = "process ended without recording a result"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The fields of a handle's ``data`` this runner relies on."""
+
+    external_id: str
+    pid: int
+    create_time: float
+    start_ticks: int | None
+    result_path: str
+    walltime_s: float | None
+
+    @classmethod
+    def of(cls, handle: RunHandle) -> _Job:
+        try:
+            data = handle.data
+            ticks = data.get("start_ticks")
+            walltime = data.get("walltime_s")
+            return cls(
+                external_id=handle.external_id,
+                pid=int(data["pid"]),
+                create_time=float(data["create_time"]),
+                start_ticks=None if ticks is None else int(ticks),
+                result_path=str(data["result_path"]),
+                walltime_s=None if walltime is None else float(walltime),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunnerError(f"malformed local run handle {handle.external_id!r}") from exc
+
+    @property
+    def killed_path(self) -> str:
+        return self.result_path + ".killed"
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What the wrapper recorded in the result file."""
+
+    exit_code: int | None
+    reason: str | None
+    cpu_user_s: float | None
+    cpu_sys_s: float | None
+    mtime: float
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Return the process start time in clock ticks since boot (immune to clock steps)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _parse_times(text: str) -> tuple[float, float]:
+    """Parse one ``times`` line (``0m1.250000s 0m0.010000s``) into user and sys seconds."""
+    out = []
+    for part in text.split():
+        minutes, _, seconds = part.rstrip("s").partition("m")
+        out.append(int(minutes) * 60 + float(seconds))
+    return out[0], out[1]
+
+
+def _read_result(path: str) -> _Result | None:
+    """Read the wrapper's result file; None if it does not exist (yet)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            mtime = os.fstat(f.fileno()).st_mtime
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("cannot read result file %s: %s", path, exc)
+        return None
+    exit_code: int | None = None
+    reason: str | None = None
+    user = sys_ = 0.0
+    have_cpu = False
+    for line in lines:
+        key, _, value = line.partition("=")
+        try:
+            if key == "exit_code":
+                exit_code = int(value)
+            elif key == "reason":
+                reason = value
+            elif key == "cpu":
+                u, s = _parse_times(value)
+                user, sys_, have_cpu = user + u, sys_ + s, True
+        except (ValueError, IndexError):
+            logger.warning("ignoring malformed line %r in %s", line, path)
+    if exit_code is None:
+        reason = reason or "result file has no exit code"
+    return _Result(exit_code, reason, user if have_cpu else None, sys_ if have_cpu else None, mtime)
+
+
+class LocalRunner(Runner):
+    """Runs jobs as local processes, each under ``wrapper.sh`` in its own session.
+
+    Args:
+        kill_grace_s: How long ``cancel`` waits after SIGTERM before SIGKILL.
+        shell: The POSIX shell that runs the wrapper.
+    """
+
+    name = "local"
+
+    def __init__(self, kill_grace_s: float = 5.0, shell: str = "/bin/sh") -> None:
+        self.kill_grace_s = kill_grace_s
+        self.shell = shell
+        self._children: set[int] = set()  # pids this instance spawned and has not reaped
+        self._killed: dict[str, str] = {}  # external_id -> cancel reason
+        self._final: dict[str, RunStatus] = {}  # external_id -> final status once known
+        # pid -> our own peak RSS when we spawned it: exec from our address space sets the
+        # wrapper's ru_maxrss to that, so only a larger figure can be the job's.
+        self._spawn_rss_kb: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # --- submit / adopt -----------------------------------------------------------
+
+    def submit(self, spec: RunSpec) -> RunHandle:
+        """Start the job under the wrapper and return its handle. Blocking; not idempotent.
+
+        Raises:
+            SubmitError: argv is empty or starts with ``-``, the workdir or an
+                output directory does not exist, or the wrapper cannot be spawned.
+        """
+        if not spec.argv or spec.argv[0].startswith("-"):
+            raise SubmitError(f"invalid argv for job {spec.job_id}: {list(spec.argv)!r}")
+        if not os.path.isdir(spec.workdir):
+            raise SubmitError(f"working directory {spec.workdir} does not exist")
+        for path in (spec.stdout_path, spec.stderr_path, spec.result_path):
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise SubmitError(f"directory for {path} does not exist")
+        for stale in (spec.result_path, spec.result_path + ".tmp", spec.result_path + ".killed"):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SubmitError(f"cannot remove stale {stale}: {exc}") from exc
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": spec.workdir,
+        }
+        env.update((k, os.environ[k]) for k in ("TMPDIR", "USER", "LOGNAME") if k in os.environ)
+        env.update(spec.env)
+        argv = [self.shell, str(WRAPPER), spec.workdir, spec.stdout_path, spec.stderr_path]
+        argv += [spec.result_path, "--", *spec.argv]
+        devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        started_at = time.time()
+        try:
+            pid = os.posix_spawn(
+                self.shell,
+                argv,
+                env,
+                file_actions=devnull,
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
+            )
+        except (OSError, ValueError) as exc:
+            raise SubmitError(f"cannot start job {spec.job_id}: {exc}") from exc
+        with self._lock:
+            self._children.add(pid)
+            self._spawn_rss_kb[pid] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Our unreaped child cannot vanish, so these lookups cannot race with pid reuse.
+        create_time = psutil.Process(pid).create_time()
+        data: dict[str, Any] = {
+            "pid": pid,
+            "create_time": create_time,
+            "start_ticks": _start_ticks(pid),
+            "result_path": spec.result_path,
+            "stdout_path": spec.stdout_path,
+            "stderr_path": spec.stderr_path,
+            "walltime_s": spec.walltime_s,
+        }
+        logger.info("started job %s as pid %d", spec.job_id, pid)
+        return RunHandle(self.name, f"{pid}@{create_time}", started_at, data)
+
+    def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
+        """Check that *handle* is a well-formed local handle. Blocking; idempotent.
+
+        Raises:
+            RunnerError: the handle is not from a local runner or is malformed.
+        """
+        if handle.runner != self.name:
+            raise RunnerError(f"cannot adopt a {handle.runner!r} handle in the local runner")
+        _Job.of(handle)
+
+    # --- status -----------------------------------------------------------------
+
+    def _process(self, job: _Job) -> psutil.Process | None:
+        """Return the job's wrapper process if it still exists and is the same process."""
+        try:
+            proc = psutil.Process(job.pid)
+            if job.start_ticks is not None:
+                same = _start_ticks(job.pid) == job.start_ticks
+            else:
+                same = abs(proc.create_time() - job.create_time) <= _CREATE_TIME_TOLERANCE_S
+            return proc if same else None
+        except psutil.Error:
+            return None
+
+    def _alive(self, job: _Job) -> bool:
+        """True while the wrapper runs (a zombie that is not ours counts as ended)."""
+        proc = self._process(job)
+        try:
+            return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def poll(self, handle: RunHandle) -> RunStatus:
+        """Return the job's status, reaping it if it is our ended child. Blocking; idempotent."""
+        job = _Job.of(handle)
+        with self._lock:
+            final = self._final.get(job.external_id)
+            if final is not None:
+                return final
+            if job.pid in self._children:
+                try:
+                    pid, wait_status, rusage = os.wait4(job.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: fall back to the files
+                    self._children.discard(job.pid)
+                    self._spawn_rss_kb.pop(job.pid, None)
+                else:
+                    if pid == 0:
+                        return RunStatus(RunState.RUNNING)
+                    self._children.discard(job.pid)
+                    return self._conclude(handle, job, wait_status, rusage)
+            elif self._alive(job):
+                return RunStatus(RunState.RUNNING)
+            return self._conclude(handle, job, None, None)
+
+    def _conclude(
+        self,
+        handle: RunHandle,
+        job: _Job,
+        wait_status: int | None,
+        rusage: Any,
+    ) -> RunStatus:
+        """Build and cache the final status from the wait status and/or the files."""
+        now = time.time()
+        result = _read_result(job.result_path)
+        killed = self._killed.get(job.external_id)
+        if killed is None:
+            try:
+                killed = Path(job.killed_path).read_text(encoding="utf-8") or "killed"
+            except OSError:
+                pass
+        exit_code = None if result is None else result.exit_code
+        if exit_code is None and wait_status is not None:
+            code = os.waitstatus_to_exitcode(wait_status)
+            exit_code = code if code >= 0 else 128 - code
+        # Our own child is reaped the moment it ends; else the result file's mtime says when.
+        finished_at = now if rusage is not None or result is None else result.mtime
+        reason: str | None
+        if killed is not None:
+            state, reason = RunState.KILLED, killed
+        elif result is not None and result.exit_code is not None:
+            state, reason = RunState.EXITED, result.reason
+        elif wait_status is not None and os.WIFEXITED(wait_status):
+            state, reason = RunState.EXITED, "result file missing; exit code from the wrapper"
+        else:
+            state, exit_code = RunState.LOST, None
+            lost = (result.reason if result is not None else None) or _LOST_REASON
+            if wait_status is not None and os.WIFSIGNALED(wait_status):
+                lost += f" (wrapper killed by signal {os.WTERMSIG(wait_status)})"
+            reason = lost
+        if rusage is not None:
+            floor = self._spawn_rss_kb.pop(job.pid, 0)
+            metrics = RunMetrics(
+                wall_s=max(0.0, finished_at - handle.started_at),
+                cpu_user_s=rusage.ru_utime,
+                cpu_sys_s=rusage.ru_stime,
+                peak_rss_kb=rusage.ru_maxrss if rusage.ru_maxrss > floor else None,
+            )
+        else:
+            metrics = RunMetrics(
+                wall_s=None if result is None else max(0.0, finished_at - handle.started_at),
+                cpu_user_s=None if result is None else result.cpu_user_s,
+                cpu_sys_s=None if result is None else result.cpu_sys_s,
+            )
+        status = RunStatus(state, exit_code, reason, finished_at, metrics)
+        self._final[job.external_id] = status
+        logger.info("job %s ended: %s exit=%s %s", job.external_id, state, exit_code, reason or "")
+        return status
+
+    # --- waiting ----------------------------------------------------------------
+
+    def _pidfd(self, job: _Job) -> int | None:
+        """Open a pidfd on the wrapper; -1 if it is already gone, None if unsupported."""
+        try:
+            fd = os.pidfd_open(job.pid)
+        except ProcessLookupError:
+            return -1
+        except (OSError, AttributeError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSYS, errno.EPERM):
+                raise RunnerError(f"pidfd_open({job.pid}) failed: {exc}") from exc
+            return None
+        # Check identity after opening, so the fd cannot refer to a reused pid.
+        if job.pid not in self._children and self._process(job) is None:
+            os.close(fd)
+            return -1
+        return fd
+
+    async def wait(self, handle: RunHandle) -> RunStatus:
+        """Wait for the job's end without polling (pidfd) and enforce its walltime.
+
+        On walltime expiry it runs ``cancel`` in the default executor with reason
+        ``walltime exceeded (<N>s)``. Falls back to polling with back-off where
+        pidfds are unavailable. Cancelling the coroutine leaves the job running.
+
+        Raises:
+            RunnerError: the handle is malformed or the pidfd cannot be opened.
+        """
+        job = _Job.of(handle)
+        loop = asyncio.get_running_loop()
+        deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
+        fd = self._pidfd(job)
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        if fd is not None and fd >= 0:
+            loop.add_reader(fd, on_exit)
+        delay = 0.05
+        try:
+            while fd is None or fd >= 0:
+                timeout: float | None = None
+                if fd is None:  # no pidfd: poll with back-off
+                    status = await loop.run_in_executor(None, self.poll, handle)
+                    if status.is_final:
+                        return status
+                    timeout, delay = delay, min(delay * 2, 2.0)
+                if deadline is not None:
+                    remaining = deadline - time.time()
+                    if remaining <= 0:
+                        deadline = None
+                        reason = f"walltime exceeded ({job.walltime_s:g}s)"
+                        await loop.run_in_executor(None, self.cancel, handle, reason)
+                        continue
+                    timeout = remaining if timeout is None else min(timeout, remaining)
+                if fd is None:
+                    await asyncio.sleep(timeout or 0)
+                else:
+                    await asyncio.wait([ended], timeout=timeout)
+                    if ended.done():
+                        break
+        finally:
+            if fd is not None and fd >= 0:
+                loop.remove_reader(fd)
+                os.close(fd)
+        return await loop.run_in_executor(None, self.poll, handle)
+
+    # --- cancel -----------------------------------------------------------------
+
+    def cancel(self, handle: RunHandle, reason: str = "cancelled") -> None:
+        """Kill the job's whole process tree: SIGTERM, then SIGKILL after the grace time.
+
+        Blocking (up to ``kill_grace_s`` plus a little); idempotent. Does nothing if
+        the job has already ended. Records *reason* in memory and in
+        ``<result_path>.killed`` so later ``poll``/``wait`` (also in a restarted
+        daemon) report ``KILLED``.
+        """
+        job = _Job.of(handle)
+        wrapper = self._process(job)
+        try:
+            if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
+                return
+            procs = wrapper.children(recursive=True)
+        except psutil.Error:
+            return
+        if os.path.exists(job.result_path):  # it ended by itself just now
+            return
+        with self._lock:
+            self._killed.setdefault(job.external_id, reason)
+        if not os.path.exists(job.killed_path):
+            try:
+                tmp = job.killed_path + ".tmp"
+                Path(tmp).write_text(reason, encoding="utf-8")
+                os.replace(tmp, job.killed_path)
+            except OSError as exc:
+                logger.warning("cannot record kill of %s: %s", job.external_id, exc)
+        logger.info("killing job %s (%d processes): %s", job.external_id, len(procs) + 1, reason)
+        procs.append(wrapper)
+        self._signal(job.pid, procs, signal.SIGTERM)
+        survivors = self._wait_gone(procs, self.kill_grace_s)
+        if survivors:
+            logger.warning("job %s: %d processes ignored SIGTERM", job.external_id, len(survivors))
+            self._signal(job.pid, survivors, signal.SIGKILL)
+            self._wait_gone(survivors, 2.0)
+
+    @staticmethod
+    def _signal(pgid: int, procs: list[psutil.Process], sig: int) -> None:
+        """Signal the job's process group (while a member lives) and each listed process."""
+        for proc in procs:
+            try:
+                if proc.is_running() and os.getpgid(proc.pid) == pgid:
+                    os.killpg(pgid, sig)  # the group id cannot be reused while it has members
+                    break
+            except (OSError, psutil.Error):
+                pass
+        for proc in procs:
+            try:
+                proc.send_signal(sig)  # psutil checks the process is still the same one
+            except psutil.Error:
+                pass
+
+    @staticmethod
+    def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+        """Wait until the processes are gone or zombies (never reaping them); return survivors."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = []
+            for proc in procs:
+                try:
+                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(proc)
+                except psutil.Error:
+                    pass
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            procs = alive
+            time.sleep(0.02)
+
+    # --- cleanup ----------------------------------------------------------------
+
+    def cleanup(self, handle: RunHandle) -> None:
+        """Forget what this runner remembers about a finished job. Idempotent; cheap."""
+        job = _Job.of(handle)
+        with self._lock:
+            self._final.pop(job.external_id, None)
+            self._killed.pop(job.external_id, None)

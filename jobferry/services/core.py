@@ -1,0 +1,129 @@
+"""The service core: configuration, store, executor, runners and paths in one object.
+
+Services receive a ``Core``; the daemon, the API and the CLI each build one.
+Blocking work (SQL, file copies, process control) runs through ``Core.call``,
+which hands it to a thread pool so the event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobferry.config import Config
+from jobferry.runners.base import Runner
+from jobferry.store.engine import make_engine, make_session_factory
+from jobferry.store.models import Setting
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user resolved from an API key."""
+
+    user_id: str
+    username: str
+    is_admin: bool
+
+
+class Core:
+    """Shared state of one jobferry process (daemon or CLI)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: Engine | None = None,
+        runners: dict[str, Runner] | None = None,
+        node_name: str | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine or make_engine(config.database_url, config.database.pool_size)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.runners: dict[str, Runner] = runners if runners is not None else {}
+        self.node_name = node_name or socket.gethostname()
+        self.data_path = config.data_path
+        self.jobs_path = self.data_path / "jobs"
+        self.scripts_path = self.data_path / "scripts"
+        self.tmp_path = self.data_path / "tmp"
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.database.pool_size + 2, thread_name_prefix="jobferry-worker"
+        )
+        #: Called (from any thread) when a job was queued; the daemon wakes its scheduler.
+        self.on_job_queued: Callable[[], None] = lambda: None
+        self._secret: bytes | None = None
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_path, self.jobs_path, self.scripts_path, self.tmp_path):
+            path.mkdir(parents=True, exist_ok=True)
+        self.data_path.chmod(0o700)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking *fn* in the worker pool and await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def runner(self, name: str) -> Runner:
+        from jobferry.errors import RunnerUnavailableError
+
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise RunnerUnavailableError(f"runner {name!r} is not configured here") from None
+
+    # --- job keys -------------------------------------------------------------------
+
+    @property
+    def secret(self) -> bytes:
+        """The store-wide secret that job keys derive from (created on first use)."""
+        if self._secret is None:
+            self._secret = self._load_secret()
+        return self._secret
+
+    def _load_secret(self) -> bytes:
+        with self.sessions.begin() as session:
+            row = session.execute(select(Setting).where(Setting.key == "job_key_secret")).scalar()
+            if row is not None:
+                return bytes.fromhex(row.value)
+        value = secrets.token_hex(32)
+        try:
+            with self.sessions.begin() as session:
+                session.add(Setting(key="job_key_secret", value=value))
+        except IntegrityError:
+            pass  # another process created it first; read theirs
+        with self.sessions.begin() as session:
+            stored = session.execute(select(Setting.value).where(Setting.key == "job_key_secret"))
+            return bytes.fromhex(stored.scalar_one())
+
+    def job_key(self, job_id: str) -> str:
+        """The key that opens this one job's files and callbacks (HMAC of its id)."""
+        return hmac.new(self.secret, job_id.encode(), hashlib.sha256).hexdigest()
+
+    def check_job_key(self, job_id: str, key: str) -> bool:
+        return hmac.compare_digest(self.job_key(job_id), key)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_path / job_id[:2] / job_id
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        for runner in self.runners.values():
+            runner.close()
+        self.engine.dispose()

@@ -1,0 +1,219 @@
+"""Running jobs: claim, start, record the handle, finish with outputs, recover.
+
+The daemon's scheduler calls these (through the executor); they own the
+mapping from runner outcomes to job states and the collection of outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from jobferry.errors import ConflictError
+from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
+from jobferry.services.core import Core
+from jobferry.store import transitions
+from jobferry.store.models import Job, JobFile, JobState
+
+logger = logging.getLogger(__name__)
+
+#: Most output files collected per job (more are ignored, with a note in the reason).
+MAX_OUTPUT_FILES = 10_000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: str
+    attempt: int
+    runner: str
+    spec: RunSpec
+    handle: RunHandle | None = None
+    state: str = JobState.RUNNING.value
+
+
+class ExecutionService:
+    def __init__(self, core: Core, *, base_url: str) -> None:
+        self.core = core
+        self.base_url = base_url
+
+    def _spec(self, job: Job) -> RunSpec:
+        job_dir = Path(job.job_dir)
+        return RunSpec(
+            job_id=job.id,
+            argv=tuple(str(a) for a in job.argv),
+            workdir=str(job_dir / "work"),
+            stdout_path=str(job_dir / "stdout"),
+            stderr_path=str(job_dir / "stderr"),
+            result_path=str(job_dir / "result"),
+            env={
+                "JOBFERRY_URL": self.base_url,
+                "JOBFERRY_JOB_ID": job.id,
+                "JOBFERRY_JOB_KEY": self.core.job_key(job.id),
+            },
+            walltime_s=job.walltime_s,
+            cores=job.cores,
+            memory_mb=job.memory_mb,
+        )
+
+    def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
+        self.core.secret  # noqa: B018 - load outside the claim's write transaction
+        with self.core.sessions.begin() as session:
+            jobs = transitions.claim_queued_jobs(
+                session, runner=runner, node=self.core.node_name, limit=limit
+            )
+        return [ClaimedJob(j.id, j.attempt, j.runner, self._spec(j)) for j in jobs]
+
+    def record_handle(self, claimed: ClaimedJob, handle: RunHandle) -> str:
+        """Store the handle of a started job; return the job's state (it may be deleting)."""
+        with self.core.sessions.begin() as session:
+            state = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
+            if state not in (JobState.RUNNING.value, JobState.DELETING.value):
+                raise ConflictError(f"job {claimed.job_id} is {state}")
+            from sqlalchemy import update
+
+            session.execute(
+                update(Job)
+                .where(Job.id == claimed.job_id, Job.attempt == claimed.attempt)
+                .values(handle=handle.dumps(), external_id=handle.external_id)
+            )
+            return str(state)
+
+    def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
+        self._finish(claimed.job_id, claimed.attempt, JobState.ERROR, reason, None, None, {})
+
+    def finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
+        """Record how a run ended, with its outputs. Returns the terminal state."""
+        with self.core.sessions.begin() as session:
+            current = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
+        state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
+        metrics = {
+            "wall_s": status.metrics.wall_s,
+            "cpu_user_s": status.metrics.cpu_user_s,
+            "cpu_sys_s": status.metrics.cpu_sys_s,
+            "peak_rss_kb": status.metrics.peak_rss_kb,
+        }
+        finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
+        outputs = _scan_outputs(Path(claimed.spec.workdir))
+        self._finish(
+            claimed.job_id,
+            claimed.attempt,
+            state,
+            reason,
+            status.exit_code,
+            finished,
+            metrics,
+            outputs,
+        )
+        return state.value
+
+    def _finish(
+        self,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        reason: str | None,
+        exit_code: int | None,
+        finished_at: datetime | None,
+        metrics: dict[str, float | int | None],
+        outputs: list[tuple[str, int, str]] | None = None,
+    ) -> None:
+        from jobferry.store.models import utcnow
+
+        with self.core.sessions.begin() as session:
+            transitions.finish_job(
+                session,
+                job_id,
+                attempt,
+                state,
+                reason=reason,
+                exit_code=exit_code,
+                finished_at=finished_at or utcnow(),
+                metrics=metrics,
+            )
+            for name, size, digest in outputs or []:
+                session.add(
+                    JobFile(job_id=job_id, kind="output", name=name, size=size, sha256=digest)
+                )
+
+    def in_flight(self) -> list[ClaimedJob]:
+        """This node's running or being-cancelled jobs (for re-attaching at start-up)."""
+        with self.core.sessions.begin() as session:
+            jobs = transitions.jobs_in_flight(session, node=self.core.node_name)
+            return [
+                ClaimedJob(
+                    j.id,
+                    j.attempt,
+                    j.runner,
+                    self._spec(j),
+                    RunHandle.loads(j.handle) if j.handle else None,
+                    j.state,
+                )
+                for j in jobs
+            ]
+
+    def recover_unstarted(self, claimed: ClaimedJob) -> str:
+        """A claimed job with no handle: requeue it if its process never began, else error."""
+        if os.path.exists(claimed.spec.stdout_path):
+            self._finish(
+                claimed.job_id,
+                claimed.attempt,
+                JobState.ERROR,
+                "the daemon stopped while starting the job; its outcome is unknown",
+                None,
+                None,
+                {},
+            )
+            return JobState.ERROR.value
+        if claimed.state == JobState.DELETING.value:
+            self._finish(
+                claimed.job_id, claimed.attempt, JobState.DELETED, "cancelled", None, None, {}
+            )
+            return JobState.DELETED.value
+        with self.core.sessions.begin() as session:
+            transitions.requeue_job(
+                session, claimed.job_id, claimed.attempt, "requeued: never started"
+            )
+        return JobState.QUEUED.value
+
+
+def _outcome(status: RunStatus, *, cancelled: bool) -> tuple[JobState, str | None]:
+    if cancelled:
+        return JobState.DELETED, "cancelled"
+    if status.state is RunState.EXITED:
+        if status.exit_code == 0:
+            return JobState.OK, None
+        return JobState.ERROR, f"exit code {status.exit_code}"
+    if status.state is RunState.KILLED:
+        if status.reason == "cancelled":
+            return JobState.DELETED, "cancelled"
+        return JobState.ERROR, status.reason or "killed"
+    return JobState.ERROR, status.reason or "the job was lost"
+
+
+def _scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
+    """Regular files under the working directory (symlinks are not followed)."""
+    found: list[tuple[str, int, str]] = []
+    if not workdir.is_dir():
+        return found
+    for root, dirs, files in os.walk(workdir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            digest = hashlib.sha256()
+            size = 0
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            found.append((str(path.relative_to(workdir)), size, digest.hexdigest()))
+            if len(found) >= MAX_OUTPUT_FILES:
+                return found
+    return found

@@ -1,0 +1,290 @@
+"""Jobs: submission, reading, cancel, logs — the use cases both API faces share.
+
+A submission is validated completely before anything is stored; then its
+uploads are moved into the job's directory and the job row is inserted in one
+transaction, so an invalid or interrupted submission leaves no job and no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobferry.argspec.command import build_command
+from jobferry.argspec.introspect import ScriptSpec
+from jobferry.errors import (
+    ConflictError,
+    FormError,
+    NotFoundError,
+    PermissionDeniedError,
+    ScriptNotFoundError,
+    ValidationError,
+)
+from jobferry.runners.base import RunHandle
+from jobferry.services.core import Core, Principal
+from jobferry.staging.forms import UploadedFile
+from jobferry.staging.paths import confine, safe_filename
+from jobferry.store import transitions
+from jobferry.store.models import (
+    TERMINAL_STATES,
+    Job,
+    JobFile,
+    JobState,
+    Script,
+    ScriptVersion,
+    User,
+    new_id,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Most bytes of stdout/stderr returned inline in job details.
+LOG_INLINE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A job submission as a face received it."""
+
+    slug: str
+    job_name: str | None
+    job_description: str | None = None
+    command: str = ""
+    version: str | None = None
+    iteration: str | None = None
+    history_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job and its files, read in one unit of work."""
+
+    job: Job
+    username: str
+    script_slug: str | None
+    files: Sequence[JobFile]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.job.state in {s.value for s in TERMINAL_STATES}
+
+
+class JobService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    # --- submission ------------------------------------------------------------------
+
+    def submit(
+        self, principal: Principal, request: SubmitRequest, uploads: Sequence[UploadedFile]
+    ) -> str:
+        """Validate and queue a job; return its id. Raises FormError, ScriptNotFoundError,
+        ValidationError. The caller still owns (and must discard) the uploads on error."""
+        name = (request.job_name or "").strip()
+        if not name:
+            raise FormError(errors={"job_name": ["This field is required."]})
+        if len(name) > 255:
+            raise FormError(errors={"job_name": ["Ensure this value has at most 255 characters."]})
+        iteration: int | None = None
+        if request.iteration not in (None, ""):
+            try:
+                iteration = int(str(request.iteration))
+            except ValueError:
+                raise FormError(errors={"iteration": ["Enter a whole number."]}) from None
+        version = self._choose_version(request.slug, request.version or None, iteration)
+        job_id = new_id()
+        job_dir = self.core.job_dir(job_id)
+        inputs_dir = job_dir / "inputs"
+        # Every upload gets its final path now; the command refers to those paths.
+        placed: list[tuple[UploadedFile, str]] = []
+        by_field: dict[str, str] = {}
+        for index, upload in enumerate(uploads):
+            rel = f"{index}/{safe_filename(upload.filename)}"
+            placed.append((upload, rel))
+            by_field.setdefault(upload.field, str(inputs_dir / rel))
+        spec = ScriptSpec.from_dict(version.spec)
+        built = build_command(spec, request.command or "", by_field)
+        argv = [self.core.config.interpreter, version.path, *built.args]
+        param_of = {path: dest for dest, paths in built.input_files.items() for path in paths}
+        try:
+            (job_dir / "work").mkdir(parents=True)
+            for upload, rel in placed:
+                target = inputs_dir / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(upload.path, target)
+            with self.core.sessions.begin() as session:
+                job = Job(
+                    id=job_id,
+                    uuid=str(uuid.uuid4()),
+                    user_id=principal.user_id,
+                    script_version_id=version.id,
+                    name=name,
+                    description=request.job_description,
+                    command=request.command or "",
+                    argv=argv,
+                    params=built.values,
+                    state=JobState.QUEUED.value,
+                    runner="local",
+                    destination="local",
+                    walltime_s=float(self.core.config.jobs.default_walltime_s) or None,
+                    job_dir=str(job_dir),
+                )
+                session.add(job)
+                for upload, rel in placed:
+                    session.add(
+                        JobFile(
+                            job_id=job_id,
+                            kind="input",
+                            name=rel,
+                            param=param_of.get(str(inputs_dir / rel)),
+                            size=upload.size,
+                            sha256=upload.sha256,
+                        )
+                    )
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        self.core.on_job_queued()
+        return job_id
+
+    def _choose_version(
+        self, slug: str, version: str | None, iteration: int | None
+    ) -> ScriptVersion:
+        with self.core.sessions.begin() as session:
+            stmt = (
+                select(ScriptVersion)
+                .join(Script, Script.id == ScriptVersion.script_id)
+                .where(Script.slug == slug, Script.is_active, ScriptVersion.is_active)
+            )
+            if version is None and iteration is None:
+                stmt = stmt.where(ScriptVersion.is_default)
+            if version is not None:
+                stmt = stmt.where(ScriptVersion.version == version)
+            if iteration is not None:
+                stmt = stmt.where(ScriptVersion.iteration == iteration)
+            rows = session.execute(stmt.limit(2)).scalars().all()
+        if not rows:
+            raise ScriptNotFoundError(errors={"script": "Unable to find script."})
+        if len(rows) > 1:
+            raise ValidationError(
+                "more than one version matches; give both version and iteration",
+                errors={"version": ["More than one version matches; give iteration as well."]},
+            )
+        return rows[0]
+
+    # --- reading ---------------------------------------------------------------------
+
+    def get(self, principal: Principal, job_id: str) -> JobView:
+        """A job the principal may see. Raises NotFoundError / PermissionDeniedError."""
+        with self.core.sessions.begin() as session:
+            view = self._view(session, job_id)
+        if not principal.is_admin and view.job.user_id != principal.user_id:
+            raise PermissionDeniedError("You are not permitted to access this job.")
+        return view
+
+    def _view(self, session: Session, job_id: str) -> JobView:
+        if not job_id or len(job_id) > 64:
+            raise NotFoundError(f"no job with id {job_id!r}")
+        row = session.execute(
+            select(Job, User.username, Script.slug)
+            .join(User, User.id == Job.user_id)
+            .outerjoin(ScriptVersion, ScriptVersion.id == Job.script_version_id)
+            .outerjoin(Script, Script.id == ScriptVersion.script_id)
+            .where(Job.id == job_id)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no job with id {job_id!r}")
+        files = (
+            session.execute(
+                select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.kind, JobFile.name)
+            )
+            .scalars()
+            .all()
+        )
+        return JobView(job=row[0], username=row[1], script_slug=row[2], files=files)
+
+    def list_jobs(
+        self,
+        principal: Principal,
+        *,
+        states: Sequence[str] = (),
+        username: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[tuple[Job, str]]:
+        """Jobs newest first; a non-admin sees only their own."""
+        stmt = select(Job, User.username).join(User, User.id == Job.user_id)
+        if not principal.is_admin:
+            stmt = stmt.where(Job.user_id == principal.user_id)
+        if username is not None:
+            stmt = stmt.where(User.username == username)
+        if states:
+            stmt = stmt.where(Job.state.in_(list(states)))
+        stmt = stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+        with self.core.sessions.begin() as session:
+            return [(job, uname) for job, uname in session.execute(stmt).all()]
+
+    def read_log(self, view: JobView, stream: str, limit: int = LOG_INLINE_BYTES) -> str | None:
+        """The job's stdout or stderr (the last *limit* bytes), or None if it never ran."""
+        path = Path(view.job.job_dir) / stream
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > limit:
+                    handle.seek(size - limit)
+                data = handle.read(limit)
+        except FileNotFoundError:
+            return None
+        return data.decode("utf-8", "replace")
+
+    def output_path(self, principal: Principal, job_id: str, file_id: str) -> tuple[Path, JobFile]:
+        """Where a job file lies on disk, for a download. Confined to the job's directory."""
+        view = self.get(principal, job_id)
+        for job_file in view.files:
+            if job_file.id == file_id:
+                base = Path(view.job.job_dir) / ("work" if job_file.kind == "output" else "inputs")
+                path = confine(base, job_file.name)
+                if not path.is_file():
+                    raise NotFoundError("the file is no longer available")
+                return path, job_file
+        raise NotFoundError(f"job {job_id} has no file {file_id!r}")
+
+    # --- cancel ----------------------------------------------------------------------
+
+    def cancel(self, principal: Principal, job_id: str) -> str:
+        """Cancel a job: queued → deleted; running → deleting, its process tree stopped.
+
+        Returns the job's state afterwards. Idempotent on an already cancelled job;
+        raises ConflictError on a job that already ended otherwise.
+        """
+        view = self.get(principal, job_id)
+        job = view.job
+        if job.state in (JobState.DELETED.value, JobState.DELETING.value):
+            return job.state
+        if job.state in (JobState.OK.value, JobState.ERROR.value):
+            raise ConflictError(f"job {job_id} has already ended ({job.state})")
+        with self.core.sessions.begin() as session:
+            new_state = transitions.mark_cancelled(session, job_id)
+            handle_text = session.execute(select(Job.handle).where(Job.id == job_id)).scalar()
+        if new_state is JobState.DELETING and handle_text:
+            handle = RunHandle.loads(handle_text)
+            self.core.runner(handle.runner).cancel(handle, reason="cancelled")
+        return new_state.value
+
+    def job_key(self, principal: Principal, job_id: str) -> str:
+        if not principal.is_admin:
+            raise PermissionDeniedError("Only admins may read job keys.")
+        self.get(principal, job_id)
+        return self.core.job_key(job_id)
+
+    def input_args(self, job: Job) -> dict[str, Any]:
+        return {"argv": list(job.argv), "params": dict(job.params)}

@@ -1,0 +1,1 @@
+"""jobferry.staging."""

@@ -1,0 +1,108 @@
+"""Engine and session factory, and the schema's revision (Alembic).
+
+SQLite gets WAL journaling, a busy timeout and foreign keys on every
+connection. The schema is owned by Alembic: ``upgrade_schema`` brings a
+database to head, ``check_schema`` refuses an out-of-date one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobferry.errors import SchemaOutOfDateError
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str, pool_size: int = 4) -> Engine:
+    """Create the engine for *url*; SQLite connections are tuned for a daemon."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+            Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
+    else:
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_empty(engine: Engine) -> bool:
+    """True when the database holds no tables at all (a fresh install)."""
+    return not inspect(engine).get_table_names()
+
+
+def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
+    """Migrate the database to head; return (revision before, revision after)."""
+    before = current_revision(engine)
+    command.upgrade(_alembic_config(engine), "head")
+    return before, head_revision()
+
+
+def check_schema(engine: Engine, *, initialize_empty: bool = True) -> None:
+    """Refuse a database whose schema is not at head.
+
+    An empty database is initialised when *initialize_empty* (first start).
+    Raises SchemaOutOfDateError naming the command that fixes it.
+    """
+    if initialize_empty and is_empty(engine):
+        upgrade_schema(engine)
+        logger.info("initialised a new database at schema revision %s", head_revision())
+        return
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        raise SchemaOutOfDateError(
+            f"the database schema is at revision {current or 'none'} but this jobferry needs "
+            f"{head}: run 'jobferry db upgrade' (with the same --config/--data-dir)"
+        )

@@ -1,0 +1,224 @@
+"""SQLAlchemy 2.0 models: users, API keys, scripts and versions, jobs, job files.
+
+Ids are opaque random hex strings (never a sequence a client could walk), the
+same in every API face. Timestamps are timezone-aware UTC. Job states are the
+internal vocabulary of ``JobState``; each API face maps them to its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id() -> str:
+    """A fresh opaque id: 16 hex characters (64 random bits)."""
+    return secrets.token_hex(8)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC without zone (portable); always returns aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class JobState(enum.StrEnum):
+    """The one internal job state machine (see design.md, "The job's life")."""
+
+    NEW = "new"
+    QUEUED = "queued"
+    RUNNING = "running"
+    OK = "ok"
+    ERROR = "error"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+#: States that never change again.
+TERMINAL_STATES = frozenset({JobState.OK, JobState.ERROR, JobState.DELETED})
+#: States from which a job can still be cancelled.
+ACTIVE_STATES = frozenset({JobState.NEW, JobState.QUEUED, JobState.RUNNING})
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    #: sha256 hex of the key; keys are random (≥190 bits), so no salt is needed.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The first characters of the key, so an admin can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Script(Base):
+    __tablename__ = "scripts"
+    __table_args__ = (UniqueConstraint("name", "group_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    group_name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScriptVersion(Base):
+    __tablename__ = "script_versions"
+    __table_args__ = (UniqueConstraint("script_id", "version", "iteration"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    script_id: Mapped[str] = mapped_column(ForeignKey("scripts.id", ondelete="CASCADE"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    iteration: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    #: The introspected parser (jobferry.argspec.ScriptSpec.to_dict()).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
+        Index("ix_jobs_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    script_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("script_versions.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    #: The command string as submitted.
+    command: Mapped[str] = mapped_column(Text, default="")
+    #: The argv to execute (a list; never passed through a shell).
+    argv: Mapped[list[Any]] = mapped_column(JSON)
+    #: Parsed parameter values by dest.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    runner: Mapped[str] = mapped_column(String(32), default="local")
+    destination: Mapped[str] = mapped_column(String(64), default="local")
+    node: Mapped[str | None] = mapped_column(String(255))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    #: The runner's id for the run (pid@start, container id, Slurm id).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    #: The runner's RunHandle as JSON, to re-attach after a restart.
+    handle: Mapped[str | None] = mapped_column(Text)
+    cores: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
+    walltime_s: Mapped[float | None] = mapped_column(Float)
+    job_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    wall_s: Mapped[float | None] = mapped_column(Float)
+    cpu_user_s: Mapped[float | None] = mapped_column(Float)
+    cpu_sys_s: Mapped[float | None] = mapped_column(Float)
+    peak_rss_kb: Mapped[int | None] = mapped_column(Integer)
+
+
+class JobFile(Base):
+    __tablename__ = "job_files"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: "input" or "output".
+    kind: Mapped[str] = mapped_column(String(8))
+    #: Path relative to the job's input or working directory.
+    name: Mapped[str] = mapped_column(Text)
+    #: The parameter (dest) an input was given for, if any.
+    param: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Setting(Base):
+    """Daemon-wide values shared by every node of a store (e.g. the job_key secret)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

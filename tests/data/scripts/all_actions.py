@@ -1,0 +1,37 @@
+"""A script declaring every kind of argparse parameter jobferry understands."""
+
+import argparse
+import sys
+
+parser = argparse.ArgumentParser(description="Exercise every argparse action.")
+parser.add_argument("--version", action="version", version="%(prog)s 2.5")
+parser.add_argument("-n", "--name", required=True, help="Who to greet.")
+parser.add_argument("-v", "--verbose", action="store_true", help="Talk more.")
+parser.add_argument("--no-color", dest="color", action="store_false", help="Plain output.")
+parser.add_argument("--fast", dest="speed", action="store_const", const="fast")
+parser.add_argument("--tag", action="append", help="A tag; repeat for more.")
+parser.add_argument("-q", "--quiet", action="count", default=0)
+parser.add_argument("--item", action="extend", nargs="+")
+parser.add_argument("--level", type=int, choices=[1, 2, 3], default=1, help="Level (%(default)s).")
+parser.add_argument("--ratio", type=float, default=0.5)
+parser.add_argument("--mode", choices=["fast", "slow"])
+parser.add_argument("--maybe", nargs="?", const="yes")
+parser.add_argument("--many", nargs="*")
+parser.add_argument("--some", nargs="+", type=int)
+parser.add_argument("--pair", nargs=2, metavar=("X", "Y"))
+parser.add_argument("--input", type=argparse.FileType("r"), help="A file to read.")
+parser.add_argument("-o", "--output", type=argparse.FileType("w"), help="A file to write.")
+parser.add_argument("--log", type=argparse.FileType("w"), default=sys.stdout)
+parser.add_argument("--mark", dest="marks", action="append_const", const="m")
+parser.add_argument("--when", type=lambda s: s.upper())
+parser.add_argument("infile", type=argparse.FileType("r"), help="The data.")
+parser.add_argument("count", type=int)
+parser.add_argument("extra", nargs="?", default="x")
+tuning = parser.add_argument_group("tuning", "Performance knobs.")
+tuning.add_argument("--threads", type=int, default=1)
+formats = parser.add_mutually_exclusive_group()
+formats.add_argument("--json", action="store_true")
+formats.add_argument("--csv", action="store_true")
+
+args = parser.parse_args()
+print(args)

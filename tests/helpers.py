@@ -1,0 +1,142 @@
+"""Test helpers: a real daemon process on 127.0.0.1 and an HTTP client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
+
+
+class DaemonProcess:
+    """``jobferry serve`` in a subprocess, on a free port, with its own data dir."""
+
+    def __init__(self, data_dir: Path, config: dict[str, Any] | None = None) -> None:
+        self.data_dir = data_dir
+        self.config_path: Path | None = None
+        if config is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.config_path = data_dir.parent / f"{data_dir.name}.yml"
+            self.config_path.write_text(json.dumps(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "jobferry.cli", *args, "--data-dir", str(self.data_dir)]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env())
+        if check and result.returncode != 0:
+            raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self, timeout_s: float = 30.0) -> DaemonProcess:
+        state = self.data_dir / "daemon.json"
+        state.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobferry.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log_path.read_text()}")
+            try:
+                info = json.loads(state.read_text())
+                if info["pid"] == self.proc.pid:
+                    self.url = info["url"]
+                    return self
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"daemon did not start: {self.log_path.read_text()}")
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin-api-key").read_text().strip()
+
+    def client(self, key: str | None = None) -> Client:
+        return Client(self.url, self.admin_key if key is None else key)
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFERRY_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class Client:
+    """requests against one daemon with one API key."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.get(self.url + path, timeout=30, **kw)
+
+    def head(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.head(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.post(self.url + path, timeout=60, **kw)
+
+    def add_script(self, name: str, path: Path, **data: Any) -> dict[str, Any]:
+        with open(path, "rb") as handle:
+            response = self.post("/api/scripts/v1/add-or-update/", data=data, files={name: handle})
+        assert response.status_code == 200, response.text
+        result = response.json()[0]
+        assert result["success"], result
+        return dict(result)
+
+    def submit(self, slug: str, command: str = "", files: Any = None, **data: Any) -> str:
+        data.setdefault("job_name", "test job")
+        response = self.post(
+            f"/api/scripts/v1/{slug}/submit/", data={"command": command, **data}, files=files
+        )
+        assert response.status_code == 200 and response.json()["valid"], response.text
+        return str(response.json()["job_id"])
+
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.get(f"/api/jobs/v1/{job_id}/status/").json()
+            if status["is_complete"]:
+                return dict(self.get(f"/api/jobs/v1/{job_id}/details/").json())
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
