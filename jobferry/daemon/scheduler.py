@@ -6,22 +6,32 @@ without waiting for a polling interval. A slow periodic tick is only the
 safety net (jobs queued by another process, e.g. the CLI). Each running job is
 one asyncio task awaiting ``Runner.wait``; blocking calls go through the
 core's executor.
+
+Starting a job (spawn, then store its handle) is never cut in half by a daemon
+stop: ``detach`` lets starts in progress record their handles first, so the
+next daemon can re-attach to every process this one started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
-from jobferry.errors import ConflictError, JobferryError
-from jobferry.runners.base import Runner
+from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
+from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.store.models import JobState
 
 logger = logging.getLogger(__name__)
 
 #: Safety-net interval between claims when nothing wakes the scheduler, seconds.
 TICK_S = 2.0
+#: How long a daemon stop waits for job starts in progress to record their handles.
+START_GRACE_S = 10.0
+#: Attempts at recording a job's end before giving up (until the next restart).
+FINISH_ATTEMPTS = 4
 
 
 class Scheduler:
@@ -34,6 +44,8 @@ class Scheduler:
         self.slots = slots
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._starting: set[asyncio.Task[RunHandle | None]] = set()
+        self._paused_until = 0.0  # loop time before which no claims (runner unavailable)
 
     def wake(self) -> None:
         """Ask for a claim round soon. Call on the event loop."""
@@ -48,27 +60,50 @@ class Scheduler:
         for claimed in await self.core.call(self.execution.in_flight):
             if claimed.runner != self.runner.name:
                 continue
-            if claimed.handle is None:
+            try:
+                await self._recover(claimed)
+            except Exception:
+                logger.exception("recovering job %s failed", claimed.job_id)
+
+    async def _recover(self, claimed: ClaimedJob) -> None:
+        if claimed.handle is None:
+            found = await self.core.call(self.runner.find, claimed.spec)
+            if found is None:
                 state = await self.core.call(self.execution.recover_unstarted, claimed)
                 logger.info("job %s had no process handle: now %s", claimed.job_id, state)
-                continue
-            try:
-                await self.core.call(self.runner.adopt, claimed.handle, claimed.spec)
-            except JobferryError as exc:
-                logger.warning("job %s could not be re-attached: %s", claimed.job_id, exc)
-            logger.info("re-attached job %s (%s)", claimed.job_id, claimed.handle.external_id)
-            self._watch(claimed)
+                return
+            await self.core.call(self.execution.record_handle, claimed, found)
+            claimed = ClaimedJob(
+                claimed.job_id, claimed.attempt, claimed.runner, claimed.spec, found, claimed.state
+            )
+        handle = claimed.handle
+        assert handle is not None
+        try:
+            await self.core.call(self.runner.adopt, handle, claimed.spec)
+        except JobferryError as exc:
+            logger.warning("job %s could not be re-attached: %s", claimed.job_id, exc.message)
+            await self.core.call(
+                self.execution.abandon, claimed, f"could not re-attach to the job: {exc.message}"
+            )
+            return
+        logger.info("re-attached job %s (%s)", claimed.job_id, handle.external_id)
+        self._watch(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start jobs until *stop* is set."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._wake.clear()
-            if self.free_slots:
+            timeout = TICK_S
+            paused = self._paused_until - loop.time()
+            if paused > 0:
+                timeout = min(timeout, paused)
+            elif self.free_slots:
                 try:
                     claimed = await self.core.call(
                         self.execution.claim, self.runner.name, self.free_slots
                     )
-                except JobferryError as exc:
+                except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
                     claimed = []
                 for job in claimed:
@@ -77,7 +112,7 @@ class Scheduler:
                     continue  # there may be more queued
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=TICK_S, return_when="FIRST_COMPLETED")
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
             waiter.cancel()
             stopper.cancel()
 
@@ -90,27 +125,50 @@ class Scheduler:
 
     async def _launch(self, claimed: ClaimedJob) -> None:
         try:
-            handle = await self.core.call(self.runner.submit, claimed.spec)
-        except JobferryError as exc:
-            logger.warning("job %s could not start: %s", claimed.job_id, exc.message)
-            await self._guard(self.core.call(self.execution.fail_to_start, claimed, exc.message))
+            # Shielded: cancelling this task (daemon stop) must not lose a started process.
+            begin = asyncio.ensure_future(self._begin(claimed))
+            self._starting.add(begin)
+            begin.add_done_callback(self._starting.discard)
+            handle = await asyncio.shield(begin)
+            if handle is not None:
+                await self._follow(dataclasses.replace(claimed, handle=handle))
+        finally:
             self._done(claimed.job_id)
-            return
+
+    async def _begin(self, claimed: ClaimedJob) -> RunHandle | None:
+        """Start the job's process and store its handle; None if it did not start."""
+        try:
+            handle = await self.core.call(self.runner.submit, claimed.spec)
+        except RunnerUnavailableError as exc:
+            logger.warning("job %s stays queued: %s", claimed.job_id, exc.message)
+            self._paused_until = asyncio.get_running_loop().time() + TICK_S
+            await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
+            return None
+        except Exception as exc:
+            message = exc.message if isinstance(exc, JobferryError) else f"{exc!r}"
+            logger.warning("job %s could not start: %s", claimed.job_id, message)
+            await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
+            return None
         try:
             state = await self.core.call(self.execution.record_handle, claimed, handle)
         except ConflictError:
             state = "gone"
-        if state != "running":  # cancelled while starting
-            await self.core.call(self.runner.cancel, handle, "cancelled")
-        await self._follow(
-            ClaimedJob(claimed.job_id, claimed.attempt, claimed.runner, claimed.spec, handle)
-        )
+        except Exception:
+            # Follow it anyway: its end is recorded by attempt, not by handle.
+            logger.exception("job %s: storing its handle failed", claimed.job_id)
+            state = JobState.RUNNING.value
+        if state != JobState.RUNNING.value:  # cancelled while starting
+            await self._guard(self.core.call(self.runner.cancel, handle, "cancelled"))
+        return handle
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None
         try:
+            if claimed.state == JobState.DELETING.value:
+                # Re-attached while being cancelled: the kill may never have happened.
+                await self._guard(self.core.call(self.runner.cancel, claimed.handle, "cancelled"))
             status = await self.runner.wait(claimed.handle)
-            state = await self.core.call(self.execution.finish, claimed, status)
+            state = await self._finish(claimed, status)
             logger.debug("job %s ended %s", claimed.job_id, state)
             await self.core.call(self.runner.cleanup, claimed.handle)
         except ConflictError as exc:
@@ -122,6 +180,24 @@ class Scheduler:
         finally:
             self._done(claimed.job_id)
 
+    async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
+        """Record the job's end, retrying errors other than conflicts a few times."""
+        delay = 0.5
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                return await self.core.call(self.execution.finish, claimed, status)
+            except (ConflictError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if attempt == FINISH_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "recording the end of job %s failed (%s); retrying", claimed.job_id, exc
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
     def _done(self, job_id: str) -> None:
         self.running.pop(job_id, None)
         self.wake()
@@ -129,11 +205,23 @@ class Scheduler:
     async def _guard(self, awaitable: asyncio.Future[None] | object) -> None:
         try:
             await awaitable  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
         except JobferryError as exc:
             logger.error("%s", exc)
+        except Exception:
+            logger.exception("unexpected error")
 
     async def detach(self) -> None:
-        """Stop following jobs without stopping them (daemon shutdown)."""
+        """Stop following jobs without stopping them (daemon shutdown).
+
+        Job starts in progress first get up to ``START_GRACE_S`` to store their
+        handles, so that the next daemon re-attaches to them.
+        """
+        if self._starting:
+            _, pending = await asyncio.wait(set(self._starting), timeout=START_GRACE_S)
+            if pending:
+                logger.warning("%d job starts did not finish before the stop", len(pending))
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()

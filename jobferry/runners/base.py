@@ -131,6 +131,15 @@ class Runner(abc.ABC):
         A later ``poll``/``wait`` reports ``KILLED`` with *reason*.
         """
 
+    def find(self, spec: RunSpec) -> RunHandle | None:
+        """Find a job started from *spec* whose handle was never stored. Blocking.
+
+        Covers a daemon that died between starting a job and recording its
+        handle. Returns None when the runner has no trace of it (it never
+        started, so it may be queued again). The default finds nothing.
+        """
+        return None
+
     def adopt(self, handle: RunHandle, spec: RunSpec) -> None:  # noqa: B027
         """Re-attach to a job started by an earlier daemon. Blocking; idempotent.
 

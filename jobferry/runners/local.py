@@ -164,7 +164,8 @@ class LocalRunner(Runner):
         for path in (spec.stdout_path, spec.stderr_path, spec.result_path):
             if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise SubmitError(f"directory for {path} does not exist")
-        for stale in (spec.result_path, spec.result_path + ".tmp", spec.result_path + ".killed"):
+        stale_files = [spec.result_path + suffix for suffix in ("", ".tmp", ".killed", ".pid")]
+        for stale in stale_files:
             try:
                 os.unlink(stale)
             except FileNotFoundError:
@@ -209,6 +210,37 @@ class LocalRunner(Runner):
             "walltime_s": spec.walltime_s,
         }
         logger.info("started job %s as pid %d", spec.job_id, pid)
+        return RunHandle(self.name, f"{pid}@{create_time}", started_at, data)
+
+    def find(self, spec: RunSpec) -> RunHandle | None:
+        """Find a wrapper started for *spec* whose handle was never stored. Blocking.
+
+        The wrapper writes its pid to ``<result_path>.pid`` before anything else;
+        the process is accepted only if its command line names this job's result
+        file. A wrapper that already ended yields a handle whose ``poll`` reads
+        its result file (or reports it lost).
+        """
+        try:
+            pid = int(Path(spec.result_path + ".pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        create_time, ticks = 0.0, -1
+        try:
+            proc = psutil.Process(pid)
+            if spec.result_path in proc.cmdline():
+                create_time, ticks = proc.create_time(), _start_ticks(pid) or -1
+        except psutil.Error:
+            pass
+        data: dict[str, Any] = {
+            "pid": pid,
+            "create_time": create_time,
+            "start_ticks": ticks,
+            "result_path": spec.result_path,
+            "stdout_path": spec.stdout_path,
+            "stderr_path": spec.stderr_path,
+            "walltime_s": spec.walltime_s,
+        }
+        started_at = create_time or os.path.getmtime(spec.result_path + ".pid")
         return RunHandle(self.name, f"{pid}@{create_time}", started_at, data)
 
     def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
@@ -327,9 +359,12 @@ class LocalRunner(Runner):
             fd = os.pidfd_open(job.pid)
         except ProcessLookupError:
             return -1
-        except (OSError, AttributeError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSYS, errno.EPERM):
-                raise RunnerError(f"pidfd_open({job.pid}) failed: {exc}") from exc
+        except AttributeError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                # E.g. EMFILE with many jobs: polling still follows the job.
+                logger.warning("pidfd_open(%d) failed (%s); polling instead", job.pid, exc)
             return None
         # Check identity after opening, so the fd cannot refer to a reused pid.
         if job.pid not in self._children and self._process(job) is None:
@@ -345,7 +380,7 @@ class LocalRunner(Runner):
         pidfds are unavailable. Cancelling the coroutine leaves the job running.
 
         Raises:
-            RunnerError: the handle is malformed or the pidfd cannot be opened.
+            RunnerError: the handle is malformed.
         """
         job = _Job.of(handle)
         loop = asyncio.get_running_loop()
@@ -386,7 +421,12 @@ class LocalRunner(Runner):
             if fd is not None and fd >= 0:
                 loop.remove_reader(fd)
                 os.close(fd)
-        return await loop.run_in_executor(None, self.poll, handle)
+        status = await loop.run_in_executor(None, self.poll, handle)
+        while not status.is_final:  # not expected once the pidfd fired; never report RUNNING
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            status = await loop.run_in_executor(None, self.poll, handle)
+        return status
 
     # --- cancel -----------------------------------------------------------------
 
@@ -403,6 +443,7 @@ class LocalRunner(Runner):
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
                 return
+            self._wait_started(wrapper, job)
             procs = wrapper.children(recursive=True)
         except psutil.Error:
             return
@@ -425,6 +466,27 @@ class LocalRunner(Runner):
             logger.warning("job %s: %d processes ignored SIGTERM", job.external_id, len(survivors))
             self._signal(job.pid, survivors, signal.SIGKILL)
             self._wait_gone(survivors, 2.0)
+
+    @staticmethod
+    def _wait_started(wrapper: psutil.Process, job: _Job, timeout: float = 1.0) -> None:
+        """Wait (briefly) until the wrapper's child has exec'd the job, or the job ended.
+
+        A SIGTERM sent earlier is lost: the wrapper's ``trap`` takes it before the
+        fork, and the forked subshell still has that handler until it execs. The
+        job would then run on until the SIGKILL after the grace time.
+        """
+        shell = wrapper.cmdline()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if wrapper.status() == psutil.STATUS_ZOMBIE or os.path.exists(job.result_path):
+                return
+            children = wrapper.children()
+            try:
+                if children and all(c.cmdline() != shell for c in children):
+                    return
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.005)
 
     @staticmethod
     def _signal(pgid: int, procs: list[psutil.Process], sig: int) -> None:

@@ -15,6 +15,9 @@
 trap : TERM
 w=$1 o=$2 e=$3 r=$4
 shift 4
+# First of all, say who we are: a daemon that dies before recording our handle
+# finds us through this file instead of starting the job a second time.
+echo $$ >"$r.pid"
 if [ "$1" = -- ]; then shift; fi
 m=
 if cd -- "$w" 2>/dev/null; then

@@ -6,6 +6,7 @@ mapping from runner outcomes to job states and the collection of outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
 from jobferry.store import transitions
-from jobferry.store.models import Job, JobFile, JobState
+from jobferry.store.models import Job, JobFile, JobState, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +71,46 @@ class ExecutionService:
         return [ClaimedJob(j.id, j.attempt, j.runner, self._spec(j)) for j in jobs]
 
     def record_handle(self, claimed: ClaimedJob, handle: RunHandle) -> str:
-        """Store the handle of a started job; return the job's state (it may be deleting)."""
-        with self.core.sessions.begin() as session:
-            state = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
-            if state not in (JobState.RUNNING.value, JobState.DELETING.value):
-                raise ConflictError(f"job {claimed.job_id} is {state}")
-            from sqlalchemy import update
+        """Store the handle of a started job; return the job's state (it may be deleting).
 
-            session.execute(
+        The write comes first and the state is read in the same write transaction,
+        so a cancel either sees the handle (and kills the process itself) or is
+        seen here (and the caller kills it): it can never fall between the two.
+
+        Raises:
+            ConflictError: the attempt is no longer running or being cancelled.
+        """
+        with self.core.sessions.begin() as session:
+            result = session.execute(
                 update(Job)
-                .where(Job.id == claimed.job_id, Job.attempt == claimed.attempt)
-                .values(handle=handle.dumps(), external_id=handle.external_id)
+                .where(
+                    Job.id == claimed.job_id,
+                    Job.attempt == claimed.attempt,
+                    Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+                )
+                .values(handle=handle.dumps(), external_id=handle.external_id, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
             )
+            state = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise ConflictError(f"job {claimed.job_id} attempt {claimed.attempt} is {state}")
             return str(state)
 
     def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
         self._finish(claimed.job_id, claimed.attempt, JobState.ERROR, reason, None, None, {})
+
+    def requeue(self, claimed: ClaimedJob, reason: str) -> None:
+        """Put a claimed job whose runner could not take it back in the queue."""
+        with self.core.sessions.begin() as session:
+            transitions.requeue_job(session, claimed.job_id, claimed.attempt, reason)
+
+    def abandon(self, claimed: ClaimedJob, reason: str) -> str:
+        """End a job this daemon cannot follow: error, or deleted if it was being cancelled."""
+        state = JobState.DELETED if claimed.state == JobState.DELETING.value else JobState.ERROR
+        if state is JobState.DELETED:
+            reason = f"cancelled ({reason})"
+        self._finish(claimed.job_id, claimed.attempt, state, reason, None, None, {})
+        return state.value
 
     def finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
         """Record how a run ended, with its outputs. Returns the terminal state."""
@@ -123,8 +148,6 @@ class ExecutionService:
         metrics: dict[str, float | int | None],
         outputs: list[tuple[str, int, str]] | None = None,
     ) -> None:
-        from jobferry.store.models import utcnow
-
         with self.core.sessions.begin() as session:
             transitions.finish_job(
                 session,
@@ -142,23 +165,37 @@ class ExecutionService:
                 )
 
     def in_flight(self) -> list[ClaimedJob]:
-        """This node's running or being-cancelled jobs (for re-attaching at start-up)."""
+        """This node's running or being-cancelled jobs (for re-attaching at start-up).
+
+        A job whose stored handle cannot be read is ended (error) here: nothing
+        could ever re-attach to it.
+        """
+        found: list[ClaimedJob] = []
+        unreadable: list[ClaimedJob] = []
         with self.core.sessions.begin() as session:
-            jobs = transitions.jobs_in_flight(session, node=self.core.node_name)
-            return [
-                ClaimedJob(
-                    j.id,
-                    j.attempt,
-                    j.runner,
-                    self._spec(j),
-                    RunHandle.loads(j.handle) if j.handle else None,
-                    j.state,
-                )
-                for j in jobs
-            ]
+            for j in transitions.jobs_in_flight(session, node=self.core.node_name):
+                claimed = ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), None, j.state)
+                if not j.handle:
+                    found.append(claimed)
+                    continue
+                try:
+                    handle = RunHandle.loads(j.handle)
+                except (KeyError, TypeError, ValueError):
+                    unreadable.append(claimed)
+                    continue
+                found.append(dataclasses.replace(claimed, handle=handle))
+        for claimed in unreadable:
+            logger.error("job %s has an unreadable run handle; ending it", claimed.job_id)
+            self.abandon(claimed, "its run handle is unreadable; the job was lost")
+        return found
 
     def recover_unstarted(self, claimed: ClaimedJob) -> str:
         """A claimed job with no handle: requeue it if its process never began, else error."""
+        if claimed.state == JobState.DELETING.value:
+            self._finish(
+                claimed.job_id, claimed.attempt, JobState.DELETED, "cancelled", None, None, {}
+            )
+            return JobState.DELETED.value
         if os.path.exists(claimed.spec.stdout_path):
             self._finish(
                 claimed.job_id,
@@ -170,11 +207,6 @@ class ExecutionService:
                 {},
             )
             return JobState.ERROR.value
-        if claimed.state == JobState.DELETING.value:
-            self._finish(
-                claimed.job_id, claimed.attempt, JobState.DELETED, "cancelled", None, None, {}
-            )
-            return JobState.DELETED.value
         with self.core.sessions.begin() as session:
             transitions.requeue_job(
                 session, claimed.job_id, claimed.attempt, "requeued: never started"
@@ -188,7 +220,8 @@ def _outcome(status: RunStatus, *, cancelled: bool) -> tuple[JobState, str | Non
     if status.state is RunState.EXITED:
         if status.exit_code == 0:
             return JobState.OK, None
-        return JobState.ERROR, f"exit code {status.exit_code}"
+        # A reason from the wrapper means the command never ran (e.g. no working dir).
+        return JobState.ERROR, status.reason or f"exit code {status.exit_code}"
     if status.state is RunState.KILLED:
         if status.reason == "cancelled":
             return JobState.DELETED, "cancelled"

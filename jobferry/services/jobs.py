@@ -268,7 +268,13 @@ class JobService:
         """
         view = self.get(principal, job_id)
         job = view.job
-        if job.state in (JobState.DELETED.value, JobState.DELETING.value):
+        if job.state == JobState.DELETED.value:
+            return job.state
+        if job.state == JobState.DELETING.value:
+            # Cancelling again re-sends the kill: an earlier one may have been cut off.
+            if job.handle:
+                handle = RunHandle.loads(job.handle)
+                self.core.runner(handle.runner).cancel(handle, reason="cancelled")
             return job.state
         if job.state in (JobState.OK.value, JobState.ERROR.value):
             raise ConflictError(f"job {job_id} has already ended ({job.state})")
