@@ -14,29 +14,25 @@ import tornado.web
 
 from jobferry import errors
 from jobferry.api.base import ApiMixin
-from jobferry.services.jobs import JobView, SubmitRequest
+from jobferry.services.jobs import SubmitRequest
 from jobferry.services.scripts import ScriptUpload
 from jobferry.staging.forms import FormReceiver
-from jobferry.store.models import JobState
+from jobferry.store.models import TERMINAL_STATES, JobState
 
 logger = logging.getLogger(__name__)
 
 
-def wooey_status(view: JobView) -> str:
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATES)
+
+
+def wooey_status(state: str, exit_code: int | None, reason: str | None) -> str:
     """Map the internal state onto Wooey 0.14.1's status strings."""
-    job = view.job
-    state = job.state
     if state == JobState.OK.value:
         return "completed"
     if state == JobState.ERROR.value:
         # A script that ran and failed is FAILURE; anything that stopped it is error.
-        return (
-            "FAILURE"
-            if job.exit_code not in (None, 0)
-            and job.state_reason
-            and (job.state_reason.startswith("exit code"))
-            else "error"
-        )
+        ran = exit_code not in (None, 0) and (reason or "").startswith("exit code")
+        return "FAILURE" if ran else "error"
     if state == JobState.DELETED.value:
         return "REVOKED"
     if state in (JobState.RUNNING.value, JobState.DELETING.value):
@@ -182,8 +178,13 @@ class ScriptDetailHandler(WooeyHandler):
 class JobStatusHandler(WooeyHandler):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        view = await self.call(self.services.jobs.get, principal, job_id)
-        self.send_json({"status": wooey_status(view), "is_complete": view.is_terminal})
+        status = await self.call(self.services.jobs.status, principal, job_id)
+        self.send_json(
+            {
+                "status": wooey_status(status.state, status.exit_code, status.state_reason),
+                "is_complete": status.state in TERMINAL_VALUES,
+            }
+        )
 
 
 class JobDetailsHandler(WooeyHandler):
@@ -210,7 +211,7 @@ class JobDetailsHandler(WooeyHandler):
         job = view.job
         self.send_json(
             {
-                "status": wooey_status(view),
+                "status": wooey_status(job.state, job.exit_code, job.state_reason),
                 "is_complete": view.is_terminal,
                 "uuid": job.uuid,
                 "job_name": job.name,

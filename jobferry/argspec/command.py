@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -200,10 +201,38 @@ def _expand_flag_words(spec: ScriptSpec, tokens: list[str]) -> list[str]:
     return out
 
 
-def _parse(spec: ScriptSpec, tokens: list[str]) -> tuple[dict[int, Any], dict[str, list[str]]]:
-    """Parse the tokens; return the given values by parameter index and the value errors."""
+_parsers = threading.local()
+
+
+def _parser_for(spec: ScriptSpec) -> tuple[_Parser, _ValueErrors]:
+    """The rebuilt parser of *spec*, made once per spec and thread.
+
+    Building an argparse parser costs more than parsing with it (argparse looks
+    up its translations on disk for every argument), and submissions reuse the
+    same spec object. The cache is per thread because ``checks`` collects the
+    errors of one parse at a time; it holds the spec itself, so an id reused by
+    a new object after garbage collection cannot match.
+    """
+    cache: dict[int, tuple[ScriptSpec, _Parser, _ValueErrors]] | None = getattr(
+        _parsers, "cache", None
+    )
+    if cache is None:
+        cache = _parsers.cache = {}
+    entry = cache.get(id(spec))
+    if entry is not None and entry[0] is spec:
+        return entry[1], entry[2]
     checks = _ValueErrors()
     parser = _make_parser(spec, checks)
+    if len(cache) >= 64:
+        cache.clear()
+    cache[id(spec)] = (spec, parser, checks)
+    return parser, checks
+
+
+def _parse(spec: ScriptSpec, tokens: list[str]) -> tuple[dict[int, Any], dict[str, list[str]]]:
+    """Parse the tokens; return the given values by parameter index and the value errors."""
+    parser, checks = _parser_for(spec)
+    checks.errors = {}
     try:
         namespace = parser.parse_args(tokens)
     except (_ParseError, argparse.ArgumentError) as exc:

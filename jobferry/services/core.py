@@ -69,6 +69,8 @@ class Core:
         #: Called (from any thread) when a job was queued; the daemon wakes its scheduler.
         self.on_job_queued: Callable[[], None] = lambda: None
         self._secret: bytes | None = None
+        #: Bumped whenever this process changes scripts, to drop cached versions.
+        self.scripts_generation = 0
 
     def ensure_dirs(self) -> None:
         for path in (self.data_path, self.jobs_path, self.scripts_path, self.tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,11 +45,23 @@ from jobferry.store.models import (
     User,
     new_id,
 )
+from jobferry.store.records import JobStatus, insert_job, job_status_row
 
 logger = logging.getLogger(__name__)
 
 #: Most bytes of stdout/stderr returned inline in job details.
 LOG_INLINE_BYTES = 1024 * 1024
+
+
+#: How long a resolved script version is reused by submissions, seconds.
+VERSION_CACHE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    id: str
+    path: str
+    spec: ScriptSpec
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class JobView:
 class JobService:
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._versions: dict[tuple[Any, ...], tuple[float, ResolvedVersion]] = {}
 
     # --- submission ------------------------------------------------------------------
 
@@ -100,7 +114,7 @@ class JobService:
                 iteration = int(str(request.iteration))
             except ValueError:
                 raise FormError(errors={"iteration": ["Enter a whole number."]}) from None
-        version = self._choose_version(request.slug, request.version or None, iteration)
+        version = self._resolve_version(request.slug, request.version or None, iteration)
         job_id = new_id()
         job_dir = self.core.job_dir(job_id)
         inputs_dir = job_dir / "inputs"
@@ -111,8 +125,7 @@ class JobService:
             rel = f"{index}/{safe_filename(upload.filename)}"
             placed.append((upload, rel))
             by_field.setdefault(upload.field, str(inputs_dir / rel))
-        spec = ScriptSpec.from_dict(version.spec)
-        built = build_command(spec, request.command or "", by_field)
+        built = build_command(version.spec, request.command or "", by_field)
         argv = [self.core.config.interpreter, version.path, *built.args]
         param_of = {path: dest for dest, paths in built.input_files.items() for path in paths}
         try:
@@ -122,39 +135,57 @@ class JobService:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(upload.path, target)
             with self.core.sessions.begin() as session:
-                job = Job(
-                    id=job_id,
-                    uuid=str(uuid.uuid4()),
-                    user_id=principal.user_id,
-                    script_version_id=version.id,
-                    name=name,
-                    description=request.job_description,
-                    command=request.command or "",
-                    argv=argv,
-                    params=built.values,
-                    state=JobState.QUEUED.value,
-                    runner="local",
-                    destination="local",
-                    walltime_s=float(self.core.config.jobs.default_walltime_s) or None,
-                    job_dir=str(job_dir),
+                insert_job(
+                    session,
+                    {
+                        "id": job_id,
+                        "uuid": str(uuid.uuid4()),
+                        "user_id": principal.user_id,
+                        "script_version_id": version.id,
+                        "name": name,
+                        "description": request.job_description,
+                        "command": request.command or "",
+                        "argv": argv,
+                        "params": built.values,
+                        "walltime_s": float(self.core.config.jobs.default_walltime_s) or None,
+                        "job_dir": str(job_dir),
+                    },
+                    [
+                        {
+                            "kind": "input",
+                            "name": rel,
+                            "param": param_of.get(str(inputs_dir / rel)),
+                            "size": upload.size,
+                            "sha256": upload.sha256,
+                        }
+                        for upload, rel in placed
+                    ],
                 )
-                session.add(job)
-                for upload, rel in placed:
-                    session.add(
-                        JobFile(
-                            job_id=job_id,
-                            kind="input",
-                            name=rel,
-                            param=param_of.get(str(inputs_dir / rel)),
-                            size=upload.size,
-                            sha256=upload.sha256,
-                        )
-                    )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
         self.core.on_job_queued()
         return job_id
+
+    def _resolve_version(
+        self, slug: str, version: str | None, iteration: int | None
+    ) -> ResolvedVersion:
+        """The script version a submission runs, cached for VERSION_CACHE_S.
+
+        Registering a script through this process clears the cache at once; a
+        change made by another process (the CLI) is seen within VERSION_CACHE_S.
+        """
+        key = (slug, version, iteration, self.core.scripts_generation)
+        now = time.monotonic()
+        cached = self._versions.get(key)
+        if cached is not None and now - cached[0] < VERSION_CACHE_S:
+            return cached[1]
+        row = self._choose_version(slug, version, iteration)
+        resolved = ResolvedVersion(row.id, row.path, ScriptSpec.from_dict(row.spec))
+        if len(self._versions) > 1000:
+            self._versions.clear()
+        self._versions[key] = (now, resolved)
+        return resolved
 
     def _choose_version(
         self, slug: str, version: str | None, iteration: int | None
@@ -190,6 +221,18 @@ class JobService:
         if not principal.is_admin and view.job.user_id != principal.user_id:
             raise PermissionDeniedError("You are not permitted to access this job.")
         return view
+
+    def status(self, principal: Principal, job_id: str) -> JobStatus:
+        """Just the state of a job the principal may see (cheap: polled often)."""
+        if not job_id or len(job_id) > 64:
+            raise NotFoundError(f"no job with id {job_id!r}")
+        with self.core.sessions.begin() as session:
+            row = job_status_row(session, job_id)
+        if row is None:
+            raise NotFoundError(f"no job with id {job_id!r}")
+        if not principal.is_admin and row.user_id != principal.user_id:
+            raise PermissionDeniedError("You are not permitted to access this job.")
+        return row
 
     def _view(self, session: Session, job_id: str) -> JobView:
         if not job_id or len(job_id) > 64:

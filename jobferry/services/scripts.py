@@ -74,10 +74,15 @@ class ScriptService:
         require_admin(principal)
         if not uploads:
             raise ValidationError(errors={"script_file": ["A script file is required."]})
-        return [
-            self._add_one(principal, up, group=group, default=default, description=description)
-            for up in uploads
-        ]
+        self.core.scripts_generation += 1
+        try:
+            return [
+                self._add_one(principal, up, group=group, default=default, description=description)
+                for up in uploads
+            ]
+        finally:
+            # Again after the change: a submission that cached meanwhile saw the old one.
+            self.core.scripts_generation += 1
 
     def _add_one(
         self,

@@ -1,0 +1,59 @@
+"""The hot path: statements run for every submission or status poll.
+
+They use Core statements rather than the ORM unit of work: a submission
+inserting one job and its files that way costs half as much, which is what the
+acceptance rate and the latency under polling are made of.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from jobferry.store.models import Base, JobState, new_id, utcnow
+
+JOBS = Base.metadata.tables["jobs"]
+JOB_FILES = Base.metadata.tables["job_files"]
+
+
+def insert_job(session: Session, job: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    """Insert a queued job and its files. Missing columns get their model defaults."""
+    now = utcnow()
+    values = {
+        "state": JobState.QUEUED.value,
+        "params": {},
+        "priority": 0,
+        "runner": "local",
+        "destination": "local",
+        "attempt": 0,
+        "cores": 1,
+        "created_at": now,
+        "updated_at": now,
+        **job,
+    }
+    session.execute(insert(JOBS), [values])
+    if files:
+        rows = [
+            {"id": new_id(), "job_id": values["id"], "created_at": now, "param": None, **f}
+            for f in files
+        ]
+        session.execute(insert(JOB_FILES), rows)
+
+
+class JobStatus(NamedTuple):
+    state: str
+    exit_code: int | None
+    state_reason: str | None
+    user_id: str
+
+
+def job_status_row(session: Session, job_id: str) -> JobStatus | None:
+    """The few columns a status poll needs, or None for an unknown id."""
+    row = session.execute(
+        select(JOBS.c.state, JOBS.c.exit_code, JOBS.c.state_reason, JOBS.c.user_id).where(
+            JOBS.c.id == job_id
+        )
+    ).first()
+    return None if row is None else JobStatus(*row)
