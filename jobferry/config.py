@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from jobferry.errors import ConfigError
@@ -26,7 +26,30 @@ CONFIG_ENV = "JOBFERRY_CONFIG"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: YAML already gives ints, floats, bools and strings, so nothing needs
+    # coercing; a quoted "80" or a `true` where a number belongs is a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section whose keys are all commented out (``server:`` alone) is empty."""
+        if isinstance(data, dict):
+            return {
+                key: value
+                for key, value in data.items()
+                if not (value is None and _section_of(cls, key) is not None)
+            }
+        return data
+
+
+def _section_of(model: type[BaseModel], key: Any) -> type[_Section] | None:
+    """The section model of *model*'s field *key*, if that field is a section."""
+    field = model.model_fields.get(key) if isinstance(key, str) else None
+    annotation = field.annotation if field is not None else None
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
 
 
 class ServerConfig(_Section):
@@ -158,9 +181,63 @@ def _describe(error: Any) -> str:
     loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
+        model: type[BaseModel] | None = Config
+        for part in error["loc"][:-1]:
+            model = _section_of(model, part) if model is not None else None
+        if model is None:
+            return f"{loc}: unknown key"
+        return f"{loc}: unknown key (expected one of: {', '.join(model.model_fields)})"
     value = error.get("input")
     return f"{loc}: {error['msg']} (got {value!r})"
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.60})"
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
+    """One line: where the YAML broke and why."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = " ".join(str(problem or exc).split())
+    context = getattr(exc, "context", None)
+    if context:
+        what = f"{' '.join(str(context).split())}: {what}"
+    return ConfigError(f"{source}: not valid YAML{where}: {what}")
+
+
+def _load_yaml(source: str, text: str) -> Any:
+    """Parse *text*; duplicate keys are an error (YAML would keep the last silently)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(source, node, [])
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from exc
+    finally:
+        loader.dispose()
+
+
+def _check_duplicates(source: str, node: yaml.Node, path: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = ".".join([*path, key])
+            if key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(
+                    f"{source}: {dotted}: duplicate key (line {line}); give each key once"
+                )
+            seen.add(key)
+            _check_duplicates(source, value_node, [*path, key])
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicates(source, item, [*path, str(index)])
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -168,7 +245,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {data!r}")
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {_kind(data)}")
     try:
         return Config.model_validate(data)
     except PydanticValidationError as exc:
@@ -196,23 +273,29 @@ def load_config(
         try:
             text = Path(chosen).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{chosen}: cannot read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{chosen}: not UTF-8 text (byte {exc.start}); expected a YAML file"
+            ) from exc
+        loaded = _load_yaml(chosen, text)
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{chosen}: the top level must be a mapping of keys")
+            raise ConfigError(
+                f"{chosen}: (top level): expected a mapping of keys, got {_kind(loaded)}"
+            )
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         node = data
         *parents, last = dotted.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
+        for depth, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {part}: must be a mapping")
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"{source}: {where}: expected a mapping, got {_kind(child)}")
             node = child
         node[last] = value
     return parse_config(data, source)

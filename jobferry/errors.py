@@ -18,7 +18,8 @@ class JobferryError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
-        self.message = message or (self.__doc__ or self.__class__.__name__).strip()
+        default = (self.__doc__ or self.__class__.__name__).strip().split("\n", 1)[0]
+        self.message = message or default
         self.details = details
         super().__init__(self.message)
 

@@ -8,18 +8,25 @@ and exits non-zero with a one-line error on bad input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from jobferry import __version__
 from jobferry.cli.commands import COMMANDS, add_subcommands
-from jobferry.errors import JobferryError
+from jobferry.errors import JobferryError, ValidationError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the subcommands inherit this class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"jobferry: error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobferry", description="jobferry job runner daemon and admin tool"
-    )
+    parser = _Parser(prog="jobferry", description="jobferry job runner daemon and admin tool")
     parser.add_argument("--version", action="version", version=f"jobferry {__version__}")
     add_subcommands(parser)
     return parser
@@ -32,13 +39,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return handler(args) or 0
     except JobferryError as exc:
-        print(f"jobferry: error: {exc.message}", file=sys.stderr)
+        print(f"jobferry: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        print(f"jobferry: error: the database failed: {_flatten(reason)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `jobferry job logs ID | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141
+
+
+def _flatten(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _one_line(exc: JobferryError) -> str:
+    """The message, with a ValidationError's per-field messages, on one line."""
+    message = exc.message
+    if message == (type(exc).__doc__ or "").strip():
+        message = message.splitlines()[0]  # a default message: the docstring's summary
+    if isinstance(exc, ValidationError):
+        details = []
+        for field, problems in exc.errors.items():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                if problem != message:
+                    details.append(problem if field == "__all__" else f"{field}: {problem}")
+        if details:
+            message = f"{message.rstrip('.')}: {'; '.join(details)}"
+    return _flatten(message)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,22 @@ def _admin(core: Core) -> Principal:
     return Principal(user.id, user.username, True)
 
 
+def _json_value(value: Any) -> Any:
+    """Datetimes as ISO 8601 (as the HTTP API gives them); anything else as text."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def _print(args: argparse.Namespace, data: Any, columns: list[str] | None = None) -> None:
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(data, indent=2, default=_json_value))
         return
     if columns is None:
         if isinstance(data, dict):
             width = max((len(k) for k in data), default=0)
             for key, value in data.items():
-                shown = json.dumps(value, default=str) if isinstance(value, list | dict) else value
+                shown = value
+                if isinstance(value, list | dict):
+                    shown = json.dumps(value, default=_json_value)
                 print(f"{key:<{width}}  {'' if shown is None else shown}")
         else:
             print(data)
@@ -159,7 +167,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_key_create(args: argparse.Namespace) -> int:
     info, key = AuthService(_core(args)).create_key(args.user, args.name or "")
     if args.json:
-        print(json.dumps({**vars(info), "api_key": key}, default=str))
+        print(json.dumps({**vars(info), "api_key": key}, default=_json_value))
     else:
         print(key)
     return 0
@@ -198,7 +206,7 @@ def cmd_script_add(args: argparse.Namespace) -> int:
     result = results[0]
     _print(args, result)
     if not result["success"]:
-        print(f"jobferry: error: {result['errors']}", file=sys.stderr)
+        print(f"jobferry: error: {' '.join(str(result['errors']).split())}", file=sys.stderr)
         return 1
     return 0
 
@@ -302,11 +310,20 @@ def cmd_job_logs(args: argparse.Namespace) -> int:
     service = JobService(core)
     view = service.get(_admin(core), args.id)
     stream = "stderr" if args.stderr else "stdout"
-    text = service.read_log(view, stream, limit=1 << 62)
+    path = Path(view.job.job_dir) / stream
+    text: str | None = None  # None: the job never ran
+    try:
+        with open(path, "rb") as handle:
+            if args.json:
+                text = handle.read().decode("utf-8", "replace")
+            else:  # the whole log, streamed: it may be larger than memory
+                sys.stdout.flush()
+                shutil.copyfileobj(handle, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+    except FileNotFoundError:
+        pass
     if args.json:
         print(json.dumps({"id": args.id, stream: text}))
-    elif text:
-        sys.stdout.write(text)
     return 0
 
 
@@ -320,28 +337,34 @@ def cmd_job_key(args: argparse.Namespace) -> int:
 # --- wiring -------------------------------------------------------------------------------
 
 
+def _group(top: Any, name: str, help_text: str) -> Any:
+    """A command group (``jobferry db ...``) whose action is required."""
+    parser = top.add_parser(name, help=help_text, description=help_text)
+    return parser.add_subparsers(metavar="ACTION", dest="action", required=True)
+
+
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
-    top = parser.add_subparsers(title="commands", metavar="COMMAND")
+    top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
 
     serve = _cmd(top, "serve", "serve", cmd_serve, "run the daemon")
     serve.add_argument("--host", help="address to bind (overrides server.host)")
     serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
 
-    db = top.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
+    db = _group(top, "db", "database schema")
     _cmd(db, "upgrade", "db.upgrade", cmd_db_upgrade, "migrate the schema to this version")
     _cmd(db, "status", "db.status", cmd_db_status, "show the schema revision")
 
-    cfg = top.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
+    cfg = _group(top, "config", "configuration")
     _cmd(cfg, "check", "config.check", cmd_config_check, "validate and print the configuration")
 
-    user = top.add_parser("user", help="users").add_subparsers(metavar="ACTION")
+    user = _group(top, "user", "users")
     p = _cmd(user, "create", "user.create", cmd_user_create, "create a user; print its API key")
     p.add_argument("name")
     p.add_argument("--email")
     p.add_argument("--admin", action="store_true", help="make the user an admin")
     _cmd(user, "list", "user.list", cmd_user_list, "list users")
 
-    key = top.add_parser("key", help="API keys").add_subparsers(metavar="ACTION")
+    key = _group(top, "key", "API keys")
     p = _cmd(key, "create", "key.create", cmd_key_create, "create a key for a user; print it")
     p.add_argument("user")
     p.add_argument("--name", help="a label for the key")
@@ -350,7 +373,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = _cmd(key, "revoke", "key.revoke", cmd_key_revoke, "revoke a key by id")
     p.add_argument("id")
 
-    script = top.add_parser("script", help="scripts").add_subparsers(metavar="ACTION")
+    script = _group(top, "script", "scripts")
     p = _cmd(script, "add", "script.add", cmd_script_add, "register a script (or a new version)")
     p.add_argument("file")
     p.add_argument("--group")
@@ -360,7 +383,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = _cmd(script, "show", "script.show", cmd_script_show, "show a script and its versions")
     p.add_argument("slug")
 
-    job = top.add_parser("job", help="jobs").add_subparsers(metavar="ACTION")
+    job = _group(top, "job", "jobs")
     p = _cmd(job, "list", "job.list", cmd_job_list, "list jobs, newest first")
     p.add_argument("--state")
     p.add_argument("--user")

@@ -170,7 +170,7 @@ class AuthService:
 
         assert isinstance(session, Session)
         key = new_key()
-        session.add(ApiKey(user_id=user_id, name=name, key_hash=hash_key(key), prefix=key[:8]))
+        session.add(ApiKey(user_id=user_id, name=name, key_hash=hash_key(key), prefix=key[:12]))
         return key
 
     def create_key(self, username: str, name: str = "") -> tuple[KeyInfo, str]:
@@ -180,7 +180,12 @@ class AuthService:
                 raise NotFoundError(f"no user named {username!r}")
             key = self._add_key(session, user.id, name)
             session.flush()
-        info = next(k for k in self.list_keys(username) if k.prefix == key[:8])
+            row = session.execute(
+                select(ApiKey).where(ApiKey.key_hash == hash_key(key))
+            ).scalar_one()
+            info = KeyInfo(
+                row.id, username, row.name, row.prefix, True, row.created_at, row.last_used_at
+            )
         return info, key
 
     def list_keys(self, username: str | None = None) -> list[KeyInfo]:

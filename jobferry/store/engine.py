@@ -15,10 +15,12 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobferry.errors import SchemaOutOfDateError
+from jobferry.errors import SchemaOutOfDateError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +66,21 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
-def head_revision() -> str:
+def _script_directory() -> ScriptDirectory:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return ScriptDirectory.from_config(cfg)
+
+
+def head_revision() -> str:
+    head = _script_directory().get_current_head()
     assert head is not None
     return head
+
+
+def is_known_revision(revision: str) -> bool:
+    """True when *revision* is one of this jobferry's migrations."""
+    return any(script.revision == revision for script in _script_directory().walk_revisions())
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -85,8 +96,24 @@ def is_empty(engine: Engine) -> bool:
 def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to head; return (revision before, revision after)."""
     before = current_revision(engine)
-    command.upgrade(_alembic_config(engine), "head")
+    if before is not None and not is_known_revision(before):
+        raise SchemaOutOfDateError(_unknown_revision(before))
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except CommandError as exc:
+        raise SchemaOutOfDateError(f"cannot migrate the database: {exc}") from exc
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise StoreError(f"migrating the database failed: {reason}") from exc
     return before, head_revision()
+
+
+def _unknown_revision(current: str) -> str:
+    return (
+        f"the database schema is at revision {current}, which this jobferry does not know "
+        f"(it was migrated by a newer version?): install that version, then run "
+        f"'jobferry db upgrade' (head here is {head_revision()})"
+    )
 
 
 def check_schema(engine: Engine, *, initialize_empty: bool = True) -> None:
@@ -101,6 +128,8 @@ def check_schema(engine: Engine, *, initialize_empty: bool = True) -> None:
         return
     current = current_revision(engine)
     head = head_revision()
+    if current is not None and not is_known_revision(current):
+        raise SchemaOutOfDateError(_unknown_revision(current))
     if current != head:
         raise SchemaOutOfDateError(
             f"the database schema is at revision {current or 'none'} but this jobferry needs "

@@ -6,6 +6,7 @@ queued, so these tests are fast and check acceptance only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.ioloop import IOLoop
 
 from jobferry.api.app import make_app, make_services
 from jobferry.api.base import Services, status_for
@@ -34,6 +36,18 @@ from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
 
 JOBS = Path(__file__).resolve().parent.parent / "data" / "jobs"
+
+
+@pytest.fixture
+def io_loop() -> Iterator[IOLoop]:
+    """pytest-tornado's io_loop, but closing its asyncio loop (and self-pipe) afterwards."""
+    asyncio_loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(asyncio_loop)
+    loop = IOLoop.current()
+    yield loop
+    loop.close(all_fds=True)
+    asyncio.set_event_loop(None)
+    asyncio_loop.close()
 
 
 @pytest.fixture
@@ -84,7 +98,7 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
     for name, (filename, data) in files.items():
         parts.append(
             (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
             ).encode()
             + data

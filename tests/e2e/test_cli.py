@@ -1,0 +1,521 @@
+"""The admin command line, as real ``python -m jobferry.cli`` processes on real data dirs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env
+
+pytestmark = pytest.mark.e2e
+
+HEAD = "0001"
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``jobferry ARGS`` exactly as given (no --data-dir added)."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobferry.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**_env(), **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("jobferry: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> DaemonProcess:
+    """A data directory that does not exist yet (no daemon started)."""
+    return DaemonProcess(tmp_path / "data")
+
+
+# --- config check ---------------------------------------------------------------------------
+
+
+def test_config_check__prints_the_effective_configuration_as_yaml_and_json(
+    fresh: DaemonProcess,
+) -> None:
+    result = fresh.cli("config", "check")
+    shown = yaml.safe_load(result.stdout)
+    data_dir = fresh.data_dir.resolve()
+    assert shown["data_dir"] == str(data_dir)
+    assert (shown["server"]["host"], shown["server"]["port"]) == ("127.0.0.1", 8080)
+    assert shown["database"]["url"] == f"sqlite:///{data_dir}/jobferry.db"
+    assert shown["runners"]["local"]["slots"] == (os.cpu_count() or 1)
+    assert shown["scripts"]["interpreter"]
+    assert as_json(fresh.cli("config", "check", "--json")) == shown
+    assert not fresh.data_dir.exists()  # checking the configuration touches nothing
+
+
+def test_config_check__reads_the_file_from_config_or_the_environment(tmp_path: Path) -> None:
+    from_env = tmp_path / "env.yml"
+    from_env.write_text("server:\n  port: 9001\nlogging:\n  level: DEBUG\n")
+    given = tmp_path / "given.yml"
+    given.write_text("server:\n  port: 9002\n")
+    env = {"JOBFERRY_CONFIG": str(from_env)}
+    by_env = as_json(run_cli("config", "check", "--json", env=env))
+    assert (by_env["server"]["port"], by_env["logging"]["level"]) == (9001, "DEBUG")
+    by_flag = as_json(run_cli("config", "check", "--json", "--config", str(given), env=env))
+    assert (by_flag["server"]["port"], by_flag["logging"]["level"]) == (9002, "INFO")
+    with_dir = as_json(
+        run_cli("config", "check", "--json", "--config", str(given), "--data-dir", "/srv/jf")
+    )
+    assert with_dir["data_dir"] == "/srv/jf"
+
+
+def test_config_check__accepts_the_sample_file() -> None:
+    sample = Path(__file__).resolve().parents[2] / "conf" / "jobferry.yml"
+    shown = as_json(run_cli("config", "check", "--json", "--config", str(sample)))
+    assert shown["server"]["port"] == 8080
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("server:\n  prot: 1\n", ["server.prot", "unknown key"]),
+        ("server:\n  port: abc\n", ["server.port", "valid integer"]),
+        ("server:\n  port: 70000\n", ["server.port", "65535"]),
+        ("logging:\n  level: LOUD\n", ["logging.level", "'INFO'"]),
+        ("server: [\n", ["not valid YAML", "line 2"]),
+        ("- 1\n", ["(top level)", "mapping"]),
+    ],
+)
+def test_config_check__bad_file_exits_non_zero_with_a_one_line_error(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    result = run_cli("config", "check", "--config", str(path))
+    assert_one_line_error(result, str(path), *fragments)
+    assert result.stdout == ""
+
+
+def test_config_check__missing_file_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yml"
+    result = run_cli("config", "check", "--config", str(missing))
+    assert_one_line_error(result, str(missing), "cannot read")
+
+
+# --- db -------------------------------------------------------------------------------------
+
+
+def test_db_upgrade__creates_the_schema_on_a_fresh_dir_and_status_reports_it(
+    fresh: DaemonProcess,
+) -> None:
+    before = fresh.cli("db", "status", "--json", check=False)
+    assert before.returncode == 1
+    assert json.loads(before.stdout)["up_to_date"] is False
+    upgraded = as_json(fresh.cli("db", "upgrade", "--json"))
+    assert (upgraded["from"], upgraded["to"]) == (None, HEAD)
+    assert (fresh.data_dir / "jobferry.db").is_file()
+    status = as_json(fresh.cli("db", "status", "--json"))
+    assert status == {
+        "database": f"sqlite:///{fresh.data_dir.resolve()}/jobferry.db",
+        "current": HEAD,
+        "head": HEAD,
+        "up_to_date": True,
+    }
+    again = as_json(fresh.cli("db", "upgrade", "--json"))
+    assert (again["from"], again["to"]) == (HEAD, HEAD)
+    table = fresh.cli("db", "status").stdout
+    assert re.search(r"^up_to_date\s+True$", table, re.M), table
+
+
+def _serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``jobferry serve`` expected to exit by itself (bounded: killed after 60 s)."""
+    return run_cli("serve", "--port", "0", "--data-dir", str(data_dir))
+
+
+def _sql(data_dir: Path, statement: str) -> None:
+    conn = sqlite3.connect(data_dir / "jobferry.db")
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_serve__refuses_an_unknown_schema_revision_naming_the_fix(fresh: DaemonProcess) -> None:
+    fresh.cli("db", "upgrade")
+    _sql(fresh.data_dir, "UPDATE alembic_version SET version_num = 'f00dfeed'")
+    result = _serve_once(fresh.data_dir)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("jobferry: error: ") and "jobferry db upgrade" in last, result.stderr
+    assert not (fresh.data_dir / "daemon.json").exists()
+    assert_one_line_error(fresh.cli("db", "upgrade", check=False), "f00dfeed")
+
+
+def test_serve__refuses_a_schema_behind_head_until_db_upgrade(fresh: DaemonProcess) -> None:
+    fresh.data_dir.mkdir(parents=True)
+    _sql(fresh.data_dir, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    result = _serve_once(fresh.data_dir)
+    assert result.returncode != 0
+    assert "jobferry db upgrade" in result.stderr.strip().splitlines()[-1], result.stderr
+    status = fresh.cli("db", "status", "--json", check=False)
+    assert status.returncode == 1 and json.loads(status.stdout)["current"] is None
+    fresh.cli("db", "upgrade")
+    fresh.start()
+    try:
+        assert fresh.client().get("/api/scripts/v1/list/").status_code == 200
+    finally:
+        fresh.stop()
+
+
+# --- users and keys (no daemon) -------------------------------------------------------------
+
+
+def test_user_create__duplicate_is_a_one_line_error(fresh: DaemonProcess) -> None:
+    fresh.cli("user", "create", "bob", "--email", "bob@example.org")
+    again = fresh.cli("user", "create", "bob", check=False)
+    assert again.returncode == 1 and again.stdout == ""
+    assert_one_line_error(again, "bob")
+    same_email = fresh.cli("user", "create", "robert", "--email", "bob@example.org", check=False)
+    assert_one_line_error(same_email)
+
+
+def test_user_create__bad_name_is_a_one_line_error_naming_the_field(fresh: DaemonProcess) -> None:
+    result = fresh.cli("user", "create", "has space", check=False)
+    assert result.returncode == 1
+    assert_one_line_error(result, "username", "without spaces")
+
+
+def test_user_list__shows_users_as_a_table_and_json(fresh: DaemonProcess) -> None:
+    fresh.cli("user", "create", "root", "--email", "root@example.org", "--admin")
+    fresh.cli("user", "create", "bob")
+    table = fresh.cli("user", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "USERNAME", "EMAIL", "IS_ADMIN", "IS_ACTIVE", "CREATED_AT"]
+    assert [line.split()[1] for line in table[1:]] == ["root", "bob"]
+    users = as_json(fresh.cli("user", "list", "--json"))
+    assert [(u["username"], u["email"], u["is_admin"]) for u in users] == [
+        ("root", "root@example.org", True),
+        ("bob", None, False),
+    ]
+
+
+def test_key_create_list_revoke__without_a_daemon(fresh: DaemonProcess) -> None:
+    fresh.cli("user", "create", "bob")
+    key = fresh.cli("key", "create", "bob", "--name", "ci").stdout
+    assert re.fullmatch(r"\S{20,}\n", key), key
+    key = key.strip()
+    listed = as_json(fresh.cli("key", "list", "--user", "bob", "--json"))
+    assert [(k["name"], k["is_active"]) for k in listed] == [("default", True), ("ci", True)]
+    ci = listed[1]
+    assert key.startswith(ci["prefix"]) and len(ci["prefix"]) < len(key)
+    for shown in (fresh.cli("key", "list").stdout, fresh.cli("key", "list", "--json").stdout):
+        assert key not in shown and key[len(ci["prefix"]) :] not in shown
+    revoked = as_json(fresh.cli("key", "revoke", ci["id"], "--json"))
+    assert revoked == {"id": ci["id"], "revoked": True}
+    after = as_json(fresh.cli("key", "list", "--user", "bob", "--json"))
+    assert [k["is_active"] for k in after] == [True, False]
+
+
+def test_key_commands__unknown_user_or_key_is_a_one_line_error(fresh: DaemonProcess) -> None:
+    assert_one_line_error(fresh.cli("key", "create", "nobody", check=False), "nobody")
+    assert_one_line_error(fresh.cli("key", "revoke", "0123456789abcdef", check=False), "API key")
+
+
+# --- scripts (no daemon) --------------------------------------------------------------------
+
+
+def test_script_add_list_show__versions_and_default(fresh: DaemonProcess, tmp_path: Path) -> None:
+    wordcount = str(JOB_SCRIPTS / "wordcount.py")
+    added = as_json(
+        fresh.cli("script", "add", wordcount, "--group", "Text", "--name", "wc", "--json")
+    )
+    assert (added["success"], added["slug"], added["group"], added["iteration"]) == (
+        True,
+        "wc",
+        "Text",
+        1,
+    )
+    changed = tmp_path / "wordcount.py"
+    changed.write_text((JOB_SCRIPTS / "wordcount.py").read_text() + "# v2\n")
+    second = as_json(
+        fresh.cli(
+            "script",
+            "add",
+            str(changed),
+            "--group",
+            "Text",
+            "--name",
+            "wc",
+            "--no-default",
+            "--json",
+        )
+    )
+    assert (second["slug"], second["iteration"], second["is_default"]) == ("wc", 2, False)
+
+    listed = as_json(fresh.cli("script", "list", "--json"))
+    assert [(s["slug"], s["group"], s["versions_count"]) for s in listed] == [("wc", "Text", 2)]
+    assert listed[0]["default_version"]["script_iteration"] == 1
+    table = fresh.cli("script", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["SLUG", "SCRIPT_NAME", "GROUP"]
+    assert table[1].split()[:3] == ["wc", "wc", "Text"]
+
+    shown = as_json(fresh.cli("script", "show", "wc", "--json"))
+    assert [(v["script_iteration"], v["default_version"]) for v in shown["versions"]] == [
+        (2, False),
+        (1, True),
+    ]
+    assert "infile" in {p["dest"] for p in shown["versions"][0]["parameters"]}
+    assert "versions_count" in fresh.cli("script", "show", "wc").stdout
+
+
+def test_script_add__broken_script_exits_non_zero_and_stores_nothing(
+    fresh: DaemonProcess, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import argparse\nraise RuntimeError('broken at import')\n")
+    result = fresh.cli("script", "add", str(broken), "--group", "G", check=False)
+    assert result.returncode != 0
+    assert_one_line_error(result, "broken at import")
+    assert as_json(fresh.cli("script", "list", "--json")) == []
+    assert [p for p in (fresh.data_dir / "scripts").rglob("*") if p.is_file()] == []
+    missing = fresh.cli("script", "add", str(tmp_path / "missing.py"), check=False)
+    assert_one_line_error(missing, "missing.py")
+    assert_one_line_error(fresh.cli("script", "show", "nope", check=False))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["job", "list", "--state", "bogus"], "unknown state 'bogus'"),
+        (["job", "list", "--limit", "many"], "invalid int value"),
+        (["job", "show"], "required: id"),
+        (["job", "show", "0123456789abcdef"], "no job with id"),
+        (["job", "logs", "0123456789abcdef"], "no job with id"),
+        (["job", "key", "0123456789abcdef"], "no job with id"),
+        (["job", "cancel", "0123456789abcdef"], "no job with id"),
+        (["job"], "ACTION"),
+        (["frobnicate"], "invalid choice"),
+        (["user", "create"], "required: name"),
+    ],
+)
+def test_cli__bad_input_exits_non_zero_with_a_one_line_error(
+    fresh: DaemonProcess, args: list[str], fragment: str
+) -> None:
+    result = fresh.cli(*args, check=False)
+    assert_one_line_error(result, fragment)
+    assert result.stdout == ""
+
+
+# --- against a running daemon ---------------------------------------------------------------
+
+
+def accepted(client: Client) -> bool:
+    """Whether the daemon accepts the client's key (any user may ask about a job: 404)."""
+    status = client.get("/api/jobs/v1/0123456789abcdef/status/").status_code
+    assert status in (403, 404), status
+    return status == 404
+
+
+class Live:
+    """A running daemon whose first user (an admin) was created with the CLI."""
+
+    def __init__(self, daemon: DaemonProcess, admin_key: str, user_key: str) -> None:
+        self.daemon = daemon
+        self.admin_key = admin_key
+        self.user_key = user_key
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.daemon.cli(*args, check=check)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(as_json(self.cli("job", "show", job_id, "--json")))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("cli") / "data")
+    created = daemon.cli("user", "create", "root", "--email", "root@example.org", "--admin")
+    assert created.stderr == ""
+    admin_key = created.stdout
+    assert re.fullmatch(r"\S{20,}\n", admin_key), admin_key  # the key alone, one line
+    user_key = daemon.cli("user", "create", "alice").stdout.strip()
+    daemon.cli("script", "add", str(JOB_SCRIPTS / "sleeper.py"), "--name", "sleeper")
+    daemon.start()
+    try:
+        yield Live(daemon, admin_key.strip(), user_key)
+    finally:
+        daemon.stop()
+
+
+def test_user_create__key_works_against_the_daemon(live: Live) -> None:
+    admin = live.daemon.client(live.admin_key)
+    response = admin.get("/api/scripts/v1/list/")
+    assert response.status_code == 200, response.text
+    assert "sleeper" in response.text
+    assert not (live.daemon.data_dir / "admin-api-key").exists()  # root is the first admin
+    user = live.daemon.client(live.user_key)
+    with open(JOB_SCRIPTS / "noop.py", "rb") as handle:
+        refused = user.post("/api/scripts/v1/add-or-update/", files={"noop": handle})
+    assert refused.status_code == 403  # alice is no admin
+    carol = live.cli("user", "create", "carol").stdout.strip()  # while the daemon runs
+    assert accepted(live.daemon.client(carol))
+
+
+def test_key_revoke__the_daemon_refuses_the_key_afterwards(live: Live) -> None:
+    key = live.cli("key", "create", "alice", "--name", "temporary").stdout.strip()
+    client = live.daemon.client(key)
+    assert accepted(client)
+    listed = as_json(live.cli("key", "list", "--user", "alice", "--json"))
+    (entry,) = [k for k in listed if k["name"] == "temporary"]
+    assert entry["last_used_at"] is not None
+    assert key not in json.dumps(listed)
+    live.cli("key", "revoke", entry["id"])
+    assert not accepted(client)
+    assert accepted(live.daemon.client(live.user_key))  # alice's other key still works
+
+
+def test_job_commands__list_show_logs_key_of_a_finished_job(live: Live) -> None:
+    client = live.daemon.client(live.user_key)
+    job_id = client.submit("sleeper", "0.1", job_name="quick one")
+    details = client.wait(job_id, timeout_s=60)
+    assert details["status"] == "completed", details
+
+    shown = live.job(job_id)
+    assert (shown["id"], shown["user"], shown["script"], shown["name"]) == (
+        job_id,
+        "alice",
+        "sleeper",
+        "quick one",
+    )
+    assert (shown["state"], shown["exit_code"], shown["attempt"]) == ("ok", 0, 1)
+    assert shown["argv"][-1] == "0.1"
+    assert re.search(r"^state\s+ok$", live.cli("job", "show", job_id).stdout, re.M)
+
+    stdout = live.cli("job", "logs", job_id).stdout
+    assert re.match(r"pid \d+ sleeping 0\.1\nawake\n$", stdout), stdout
+    assert live.cli("job", "logs", job_id, "--stderr").stdout == "to stderr\n"
+    assert as_json(live.cli("job", "logs", job_id, "--stderr", "--json")) == {
+        "id": job_id,
+        "stderr": "to stderr\n",
+    }
+
+    key = live.cli("job", "key", job_id).stdout
+    assert re.fullmatch(r"[0-9a-f]{64}\n", key), key
+    conn = sqlite3.connect(live.daemon.data_dir / "jobferry.db")
+    try:
+        (secret,) = conn.execute(
+            "SELECT value FROM settings WHERE key = 'job_key_secret'"
+        ).fetchone()
+    finally:
+        conn.close()
+    expected = hmac.new(bytes.fromhex(secret), job_id.encode(), hashlib.sha256).hexdigest()
+    assert key.strip() == expected
+    assert as_json(live.cli("job", "key", job_id, "--json")) == {"id": job_id, "job_key": expected}
+
+    ids = [j["id"] for j in as_json(live.cli("job", "list", "--json"))]
+    assert job_id in ids
+    by_state = as_json(live.cli("job", "list", "--state", "ok", "--user", "alice", "--json"))
+    assert job_id in [j["id"] for j in by_state]
+    assert {(j["state"], j["user"]) for j in by_state} == {("ok", "alice")}
+    assert job_id not in [
+        j["id"] for j in as_json(live.cli("job", "list", "--state", "running", "--json"))
+    ]
+    assert as_json(live.cli("job", "list", "--user", "root", "--json")) == []
+    table = live.cli("job", "list", "--user", "alice").stdout.splitlines()
+    assert table[0].split() == ["ID", "USER", "NAME", "STATE", "EXIT_CODE", "CREATED_AT"]
+    assert any(line.startswith(job_id) and " ok " in line for line in table[1:])
+
+    refused = live.cli("job", "cancel", job_id, check=False)
+    assert_one_line_error(refused, "already ended")
+    assert live.job(job_id)["state"] == "ok"
+
+
+def test_job_cancel__ends_a_running_job_revoked_and_kills_its_process(live: Live) -> None:
+    client = live.daemon.client(live.user_key)
+    job_id = client.submit("sleeper", "30", job_name="long one")
+
+    def started() -> int | None:
+        match = re.search(r"pid (\d+) sleeping", live.cli("job", "logs", job_id).stdout)
+        return int(match.group(1)) if match else None
+
+    pid = wait_for("the job to start", started, timeout_s=30)
+    assert live.job(job_id)["state"] == "running"
+    assert psutil.pid_exists(pid)
+
+    cancelled = as_json(live.cli("job", "cancel", job_id, "--json"))
+    assert cancelled["id"] == job_id and cancelled["state"] in ("deleting", "deleted")
+    wait_for("the job to end", lambda: live.job(job_id)["state"] == "deleted", timeout_s=15)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for("the job's process to go", gone, timeout_s=10)
+    status = client.get(f"/api/jobs/v1/{job_id}/status/").json()
+    assert (status["status"], status["is_complete"]) == ("REVOKED", True)
+    assert "awake" not in live.cli("job", "logs", job_id).stdout
+    # Cancelling again is harmless; the state stays.
+    assert as_json(live.cli("job", "cancel", job_id, "--json"))["state"] == "deleted"
+    listed = as_json(live.cli("job", "list", "--state", "deleted", "--json"))
+    assert job_id in [j["id"] for j in listed]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "list"],
+        ["key", "list"],
+        ["key", "list", "--user", "alice"],
+        ["script", "list"],
+        ["script", "show", "sleeper"],
+        ["job", "list"],
+        ["job", "list", "--state", "queued"],
+        ["db", "status"],
+        ["config", "check"],
+    ],
+)
+def test_cli__json_output_parses(live: Live, args: list[str]) -> None:
+    data = as_json(live.cli(*args, "--json"))
+    assert isinstance(data, list | dict)
+    assert live.cli(*args).stdout.strip()  # and a readable default output
