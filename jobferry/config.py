@@ -87,6 +87,11 @@ class ApiConfig(_Section):
     key_last_used_resolution_s: Annotated[int, Field(ge=0)] = Field(
         60, description="Record a key's last use at most this often (0: every request)."
     )
+    key_cache_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        1.0,
+        description="Trust a verified key this long without asking the store again; a key "
+        "revoked by another process stops working within this time (0: always ask).",
+    )
 
 
 class ScriptsConfig(_Section):

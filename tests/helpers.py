@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
 
 
+def eventually(check: Any, timeout_s: float = 5.0) -> bool:
+    """True as soon as *check()* is truthy; False if it never is within *timeout_s*."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
 class DaemonProcess:
     """``jobferry serve`` in a subprocess, on a free port, with its own data dir."""
 

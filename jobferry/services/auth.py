@@ -78,6 +78,8 @@ class AuthService:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._last_written: dict[str, float] = {}
+        #: sha256 of a key -> (when verified, who); see api.key_cache_s.
+        self._verified: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
     # --- authentication ---------------------------------------------------------------
@@ -87,6 +89,11 @@ class AuthService:
         if not key or len(key) > 512:
             raise AuthenticationError()
         digest = hash_key(key)
+        ttl = self.core.config.api.key_cache_s
+        now = time.monotonic()
+        cached = self._verified.get(digest)
+        if cached is not None and now - cached[0] < ttl:
+            return cached[1]
         with self.core.sessions.begin() as session:
             row = session.execute(
                 select(ApiKey.id, User.id, User.username, User.is_admin)
@@ -100,7 +107,12 @@ class AuthService:
                 session.execute(
                     update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow())
                 )
-        return Principal(user_id=user_id, username=username, is_admin=bool(is_admin))
+        principal = Principal(user_id=user_id, username=username, is_admin=bool(is_admin))
+        if ttl > 0:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[digest] = (now, principal)
+        return principal
 
     def _due_for_write(self, key_id: str) -> bool:
         resolution = self.core.config.api.key_last_used_resolution_s
@@ -213,3 +225,4 @@ class AuthService:
                 raise PermissionDeniedError("You may revoke only your own keys.")
             key.is_active = False
             key.revoked_at = utcnow()
+            self._verified.pop(key.key_hash, None)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,9 @@ def test_revoked_key__is_refused_and_last_use_is_recorded(daemon: DaemonProcess)
     keys = json.loads(listed)
     assert keys[0]["last_used_at"] is not None
     daemon.cli("key", "revoke", keys[0]["id"])
-    assert daemon.client(key).get("/api/jobs/v1/nope/status/").status_code == 403
+    revoked = daemon.client(key)
+    # A revocation by another process applies within api.key_cache_s (1 s).
+    assert eventually(lambda: revoked.get("/api/jobs/v1/nope/status/").status_code == 403, 3)
 
 
 # --- scripts --------------------------------------------------------------------------------
