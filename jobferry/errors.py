@@ -65,6 +65,12 @@ class ScriptNotFoundError(ValidationError):
     code = "script_not_found"
 
 
+class MalformedIdError(RequestError):
+    """The id of the resource is malformed."""
+
+    code = "malformed_id"
+
+
 class PayloadTooLargeError(RequestError):
     """The request body is larger than allowed."""
 
@@ -83,10 +89,28 @@ class AuthenticationError(JobferryError):
     code = "authentication_required"
 
 
+class InvalidKeyError(AuthenticationError):
+    """Provided API key is not valid."""
+
+    code = "invalid_key"
+
+
+class InvalidCredentialsError(AuthenticationError):
+    """Invalid password."""
+
+    code = "invalid_credentials"
+
+
 class PermissionDeniedError(JobferryError):
     """You are not permitted to do this."""
 
     code = "permission_denied"
+
+
+class AdminRequiredError(PermissionDeniedError):
+    """Action requires admin account."""
+
+    code = "admin_required"
 
 
 class NotFoundError(JobferryError):

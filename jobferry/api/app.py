@@ -10,6 +10,7 @@ import logging
 import tornado.web
 
 from jobferry.api.base import NotFoundHandler, Services
+from jobferry.api.galaxy import galaxy_routes
 from jobferry.api.wooey import wooey_routes
 from jobferry.services.auth import AuthService
 from jobferry.services.core import Core
@@ -26,7 +27,7 @@ def make_services(core: Core) -> Services:
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    routes = [*wooey_routes(services)]
+    routes = [*wooey_routes(services), *galaxy_routes(services)]
     log_requests = services.core.config.logging.access_log
 
     def log_function(handler: tornado.web.RequestHandler) -> None:

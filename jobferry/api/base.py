@@ -44,11 +44,52 @@ STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
 }
 
 
-def status_for(exc: BaseException) -> int:
+#: Where the Galaxy face answers differently (galaxy-contract.md §1.2-1.3).
+GALAXY_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
+    errors.InvalidKeyError: 401,
+    errors.InvalidCredentialsError: 401,
+    errors.FormError: 400,
+    errors.ScriptNotFoundError: 404,
+}
+
+#: Galaxy's six-digit err_code by exception class (HTTP status x 1000 + n).
+GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
+    errors.MalformedIdError: 400009,
+    errors.ValidationError: 400008,
+    errors.RequestError: 400008,
+    errors.IntrospectionError: 400008,
+    errors.InvalidKeyError: 401001,
+    errors.InvalidCredentialsError: 401001,
+    errors.AuthenticationError: 403001,
+    errors.AdminRequiredError: 403006,
+    errors.PathRejectedError: 403002,
+    errors.PermissionDeniedError: 403002,
+    errors.NotFoundError: 404001,
+    errors.ConflictError: 409001,
+    errors.PayloadTooLargeError: 413001,
+    errors.RangeNotSatisfiableError: 416001,
+}
+
+
+def _lookup(table: dict[type[errors.JobferryError], int], exc: BaseException) -> int | None:
     for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 500
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def status_for(exc: BaseException, *, galaxy: bool = False) -> int:
+    """The HTTP status for an exception; *galaxy* applies the Galaxy face's differences."""
+    if galaxy:
+        found = _lookup(GALAXY_STATUS_BY_ERROR, exc)
+        if found is not None:
+            return found
+    return _lookup(STATUS_BY_ERROR, exc) or 500
+
+
+def galaxy_err_code(exc: BaseException | None, status: int) -> int:
+    found = _lookup(GALAXY_ERR_CODES, exc) if exc is not None else None
+    return found or status * 1000 + 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,8 @@ class ApiMixin(_HandlerBase):
 
     services: Services
     principal: Principal | None
+    #: Handlers of the Galaxy face answer with Galaxy's statuses and error JSON.
+    galaxy_face = False
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -119,7 +162,13 @@ class ApiMixin(_HandlerBase):
     def error_body(self, exc: BaseException | None, status: int, message: str) -> dict[str, Any]:
         """The JSON body for an error; faces override this for their own shape."""
         code = exc.code if isinstance(exc, errors.JobferryError) else _http_code(status)
-        body: dict[str, Any] = {"error": code, "message": message}
+        body: dict[str, Any] = {
+            "error": code,
+            "message": message,
+            # Galaxy's shape, in every face, so any client finds its keys.
+            "err_msg": message,
+            "err_code": galaxy_err_code(exc, status),
+        }
         if isinstance(exc, errors.ValidationError):
             body["errors"] = exc.errors
         return body
@@ -127,7 +176,7 @@ class ApiMixin(_HandlerBase):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, errors.JobferryError):
-            status_code = status_for(exc)
+            status_code = status_for(exc, galaxy=self.galaxy_face)
             message = exc.message
         elif isinstance(exc, tornado.web.HTTPError):
             status_code = exc.status_code

@@ -47,8 +47,11 @@ class WooeyMixin(ApiMixin):
 
     def error_body(self, exc: BaseException | None, status: int, message: str) -> dict[str, Any]:
         body = super().error_body(exc, status, message)
-        if isinstance(exc, errors.ValidationError):
-            errs: dict[str, Any] = exc.errors
+        if isinstance(exc, errors.AuthenticationError):
+            message = errors.AuthenticationError().message  # Wooey's one wording
+            errs: dict[str, Any] = {"__all__": [message]}
+        elif isinstance(exc, errors.ValidationError):
+            errs = exc.errors
         else:
             field = "__all__"
             if isinstance(exc, errors.JobferryError):

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from jobferry.errors import (
     AuthenticationError,
     ConflictError,
+    InvalidKeyError,
     NotFoundError,
     PermissionDeniedError,
     ValidationError,
@@ -101,7 +102,7 @@ class AuthService:
                 .where(ApiKey.key_hash == digest, ApiKey.is_active, User.is_active)
             ).first()
             if row is None:
-                raise AuthenticationError()
+                raise InvalidKeyError()
             key_id, user_id, username, is_admin = row
             if self._due_for_write(key_id):
                 session.execute(

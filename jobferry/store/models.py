@@ -99,6 +99,7 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
@@ -176,6 +177,8 @@ class Job(Base):
     state_reason: Mapped[str | None] = mapped_column(Text)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: An opaque grouping label a client gave at submission (Galaxy's history_id).
+    history_id: Mapped[str | None] = mapped_column(String(64), index=True)
     runner: Mapped[str] = mapped_column(String(32), default="local")
     destination: Mapped[str] = mapped_column(String(64), default="local")
     node: Mapped[str | None] = mapped_column(String(255))

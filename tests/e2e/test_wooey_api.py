@@ -246,8 +246,8 @@ def test_submit__upload_cut_off_half_way_leaves_no_job_and_no_file(
             ).encode()
             + payload
         )
-        time.sleep(0.5)
-        assert any((daemon.data_dir / "tmp").iterdir()), "the upload should be streaming"
+        streaming = eventually(lambda: any((daemon.data_dir / "tmp").iterdir()), 10)
+        assert streaming, "the upload should be streaming to a temporary file"
     deadline = time.monotonic() + 10
     while any((daemon.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)

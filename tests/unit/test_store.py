@@ -136,10 +136,11 @@ def _schema(engine: Engine) -> dict[str, Any]:
         if table == "alembic_version":
             continue
         tables[table] = {
-            "columns": [
+            # Sorted: a column added by a later migration comes last, which is fine.
+            "columns": sorted(
                 (c["name"], str(c["type"]), c["nullable"], c.get("default"))
                 for c in insp.get_columns(table)
-            ],
+            ),
             "pk": insp.get_pk_constraint(table),
             "fks": sorted(
                 (fk["name"], tuple(fk["constrained_columns"]), fk["referred_table"], fk["options"])
