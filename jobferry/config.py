@@ -135,6 +135,11 @@ class JobsConfig(_Section):
     default_walltime_s: Annotated[int, Field(ge=0)] = Field(
         0, description="Walltime of a job that names none (0: unlimited)."
     )
+    files_grace_s: Annotated[int, Field(ge=0)] = Field(
+        600,
+        description="How long a job's files stay open to its job_key after it ends, so that "
+        "late output uploads land.",
+    )
 
 
 class LoggingConfig(_Section):
