@@ -5,9 +5,11 @@
 # Runs ARGV in WORKDIR with stdin from /dev/null and stdout/stderr to the given
 # files. ARGV goes to `exec` as separate words, never through eval or sh -c, and
 # `exec` only runs programs (never builtins), so hostile strings stay literal.
-# When it ends, RESULT is written atomically (RESULT.tmp, then mv) as key=value
-# lines: exit_code=N, an optional reason=..., and two cpu=<user> <sys> lines from
-# `times` (this shell, then its children). RESULT's mtime is the finish time.
+# When it ends, RESULT is written as key=value lines: exit_code=N, an optional
+# reason=..., and two cpu=<user> <sys> lines from `times` (this shell, then its
+# children). RESULT's mtime is the finish time. It is written in place, without a
+# rename (an external `mv` would cost a fork+exec per job): readers only look at it
+# once this wrapper has exited, and a result without exit_code counts as none.
 # The wrapper exits with the job's exit code. SIGTERM to the process group does not
 # stop the wrapper before the job: the trap (a handler, so the job gets the default
 # action back on exec) is only run once the job has ended, and the result still
@@ -26,8 +28,7 @@ if cd -- "$w" 2>/dev/null; then
 else
     c=127 m="reason=cannot change to working directory $w"
 fi
-times >"$r.tmp"
-{ read -r s; read -r k; } <"$r.tmp"
-printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s\n' "$c" "$s" "$k" "$m" >"$r.tmp"
-mv -f "$r.tmp" "$r"
+times >"$r"
+{ read -r s; read -r k; } <"$r"
+printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s\n' "$c" "$s" "$k" "$m" >"$r"
 exit "$c"
