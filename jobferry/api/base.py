@@ -153,7 +153,10 @@ class ApiMixin(_HandlerBase):
     async def authenticate(self) -> Principal:
         if not self.core.config.api.enable_api_keys:
             raise errors.AuthenticationError()
-        principal = await self.call(self.services.auth.authenticate, self.presented_key())
+        key = self.presented_key()
+        principal = self.services.auth.cached(key)
+        if principal is None:
+            principal = await self.call(self.services.auth.authenticate, key)
         self.principal = principal
         return principal
 

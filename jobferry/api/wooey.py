@@ -8,6 +8,7 @@ we answer with a JSON error instead. Request bodies are streamed to disk.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import tornado.web
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATES)
+#: Longest ``?wait=`` a status request may hold, seconds.
+MAX_WAIT_S = 60.0
 
 
 def wooey_status(state: str, exit_code: int | None, reason: str | None) -> str:
@@ -182,12 +185,31 @@ class JobStatusHandler(WooeyHandler):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
         status = await self.call(self.services.jobs.status, principal, job_id)
+        wait_s = self._wait_seconds()
+        # ?wait=S (our extension): answer as soon as the job is complete, or after S s.
+        deadline = time.monotonic() + wait_s
+        while status.state not in TERMINAL_VALUES and time.monotonic() < deadline:
+            await self.core.wait_job_change(job_id, min(1.0, deadline - time.monotonic()))
+            status = await self.call(self.services.jobs.status, principal, job_id)
         self.send_json(
             {
                 "status": wooey_status(status.state, status.exit_code, status.state_reason),
                 "is_complete": status.state in TERMINAL_VALUES,
             }
         )
+
+
+    def _wait_seconds(self) -> float:
+        raw = self.get_query_argument("wait", None)
+        if raw is None:
+            return 0.0
+        try:
+            value = float(raw)
+        except ValueError:
+            raise errors.ValidationError(errors={"wait": ["Enter a number of seconds."]}) from None
+        if not 0 <= value <= MAX_WAIT_S:
+            raise errors.ValidationError(errors={"wait": [f"Between 0 and {MAX_WAIT_S:g}."]})
+        return value
 
 
 class JobDetailsHandler(WooeyHandler):

@@ -170,6 +170,7 @@ class Scheduler:
             status = await self.runner.wait(claimed.handle)
             state = await self._finish(claimed, status)
             logger.debug("job %s ended %s", claimed.job_id, state)
+            self.core.job_changed(claimed.job_id)
             await self.core.call(self.runner.cleanup, claimed.handle)
         except ConflictError as exc:
             logger.info("job %s: %s", claimed.job_id, exc.message)

@@ -85,6 +85,19 @@ class AuthService:
 
     # --- authentication ---------------------------------------------------------------
 
+    def cached(self, key: str | None) -> Principal | None:
+        """The principal for a key verified less than api.key_cache_s ago, else None.
+
+        Non-blocking (a dict lookup), so the API calls it on the event loop and
+        goes to the store (through the executor) only on a miss.
+        """
+        if not key or len(key) > 512:
+            return None
+        cached = self._verified.get(hash_key(key))
+        if cached is not None and time.monotonic() - cached[0] < self.core.config.api.key_cache_s:
+            return cached[1]
+        return None
+
     def authenticate(self, key: str | None) -> Principal:
         """Resolve an API key. Raises AuthenticationError for a missing or bad key."""
         if not key or len(key) > 512:

@@ -69,6 +69,7 @@ class Core:
         #: Called (from any thread) when a job was queued; the daemon wakes its scheduler.
         self.on_job_queued: Callable[[], None] = lambda: None
         self._secret: bytes | None = None
+        self._job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Bumped whenever this process changes scripts, to drop cached versions.
         self.scripts_generation = 0
 
@@ -81,6 +82,33 @@ class Core:
         """Run blocking *fn* in the worker pool and await its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # --- waiting for a job to change -------------------------------------------------
+
+    def job_changed(self, job_id: str) -> None:
+        """Wake whoever waits on *job_id* (call on the event loop)."""
+        for waiter in self._job_waiters.pop(job_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_job_change(self, job_id: str, timeout_s: float) -> None:
+        """Return when this daemon sees *job_id* change, or after *timeout_s*.
+
+        Only this daemon's own scheduler signals; callers re-read the store, so a
+        change made elsewhere is seen at the latest when the timeout ends.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._job_waiters.setdefault(job_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._job_waiters.get(job_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._job_waiters[job_id]
 
     def runner(self, name: str) -> Runner:
         from jobferry.errors import RunnerUnavailableError

@@ -4,21 +4,31 @@ Used by the job_files API (a job's wrapper or a Pulsar-style runner fetching
 inputs and posting outputs). Rules (galaxy-contract.md §6):
 
 - the root comes from the job id on the server side; the client's path is
-  absolute (Pulsar's form) or relative to the root, decoded once, never
-  unquoted again;
-- reads: ``realpath`` containment by path components (not a string prefix),
-  final component opened with ``O_NOFOLLOW`` and checked with ``fstat``;
-- writes: walk from the root component by component with ``lstat``, refusing
-  any symlink or non-directory on the way, create missing directories with
-  ``mkdir`` (no ``makedirs`` that follows links), write to an ``O_EXCL`` temp
-  file in the checked directory and ``os.replace`` it onto the target;
-- anything outside answers the same way whether it exists or not.
+  absolute (Pulsar's form) or relative to the root, decoded once by the caller,
+  never unquoted again; a ``..`` component is refused in either form (no
+  lexical normalisation that the kernel would resolve differently);
+- an absolute path is matched against the root component by component (never
+  a string prefix: ``/jobs/ab`` does not contain ``/jobs/ab_evil``);
+- reads: ``realpath`` containment, then the resolved path is opened component
+  by component below the root with ``O_NOFOLLOW`` (a symlink swapped in after
+  the check is refused, not followed), ``O_NONBLOCK`` (a FIFO cannot hang a
+  worker thread) and checked with ``fstat`` to be a regular file;
+- writes: walk from the root component by component with ``O_NOFOLLOW``
+  directory descriptors, refusing any symlink or non-directory on the way,
+  create missing directories with ``mkdir`` (no ``makedirs`` that follows
+  links), write to an ``O_EXCL`` temp file and ``os.replace`` it onto the
+  target (a rename replaces a link instead of writing through it); optionally
+  only below one top-level directory (the *area*, e.g. ``work``);
+- anything outside answers the same way (PathRejectedError) whether it exists
+  or not; errors never name the resolved path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 from typing import IO
@@ -27,39 +37,60 @@ from jobferry.errors import NotFoundError, PathRejectedError, RequestError
 
 #: Longest path accepted, in bytes.
 MAX_PATH_BYTES = 4096
+#: Longest single path component accepted, in bytes (NAME_MAX).
+MAX_NAME_BYTES = 255
 #: Files that an upload appends to instead of replacing (Galaxy's rule).
 APPEND_SUFFIXES = ("tool_stdout", "tool_stderr")
+#: Bytes copied at a time when appending or copying across filesystems.
+COPY_CHUNK = 1 << 20
 
 OUTSIDE = "Job is not authorized to access the supplied path."
+OUTSIDE_WRITE = "Job is not authorized to write to supplied path."
+MISSING_PATH = "Job files action requires a valid 'path'."
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def relative_parts(root: Path, path: str) -> list[str]:
     """Split a client path into components below *root*; refuse anything else.
 
     Raises RequestError for an empty path or one with NUL bytes, and
-    PathRejectedError for one that leaves *root*.
+    PathRejectedError for one that leaves *root*, names *root* itself, has a
+    ``..`` component, or is too long.
     """
     if not path or "\x00" in path:
-        raise RequestError("Job files action requires a valid 'path'.")
+        raise RequestError(MISSING_PATH)
     if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise PathRejectedError(OUTSIDE)
-    root_text = os.fspath(root)
+    parts = _components(path)
+    if any(p == ".." or len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        raise PathRejectedError(OUTSIDE)
     if os.path.isabs(path):
-        normalized = os.path.normpath(path)
-        real_root = os.path.realpath(root_text)
-        for base in {root_text.rstrip(os.sep), real_root}:
-            if normalized == base:
-                raise PathRejectedError(OUTSIDE)
-            if normalized.startswith(base + os.sep):
-                rest = normalized[len(base) + 1 :]
+        root_text = os.fspath(root)
+        for base in (root_text, os.path.realpath(root_text)):
+            base_parts = _components(base)
+            if parts[: len(base_parts)] == base_parts:
+                parts = parts[len(base_parts) :]
                 break
         else:
             raise PathRejectedError(OUTSIDE)
-    else:
-        rest = path
-    parts = [p for p in rest.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
+    if not parts:
         raise PathRejectedError(OUTSIDE)
+    return parts
+
+
+def write_parts(root: Path, path: str, area: str | None = None) -> list[str]:
+    """``relative_parts`` for a write: with *area*, only below ``root/area/``."""
+    try:
+        parts = relative_parts(root, path)
+    except PathRejectedError:
+        raise PathRejectedError(OUTSIDE_WRITE) from None
+    if area is not None and (len(parts) < 2 or parts[0] != area):
+        raise PathRejectedError(OUTSIDE_WRITE)
     return parts
 
 
@@ -73,119 +104,247 @@ def open_for_read(root: Path, path: str) -> tuple[IO[bytes], int]:
     parts = relative_parts(root, path)
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, *parts))
-    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
-        raise PathRejectedError(OUTSIDE)
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFoundError("File not found.") from None
-    except OSError as exc:
-        raise PathRejectedError(OUTSIDE) from exc
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
+    if real == real_root:
         raise RequestError("Path does not refer to a file.")
-    return os.fdopen(fd, "rb"), info.st_size
-
-
-def checked_parent(root: Path, parts: list[str]) -> int:
-    """Open (creating as needed) the directory holding *parts*' last component.
-
-    Walks from *root* with ``openat``-style descriptors and ``O_NOFOLLOW`` so a
-    symlink anywhere on the way is refused, even if swapped in concurrently.
-    Returns a directory file descriptor the caller must close.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(os.path.realpath(root), flags)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise PathRejectedError(OUTSIDE)
+    inner = _components(os.path.relpath(real, real_root))
+    fd = _open_beneath(real_root, inner)
     try:
-        for name in parts[:-1]:
-            try:
-                child = os.open(name, flags, dir_fd=fd)
-            except FileNotFoundError:
-                os.mkdir(name, 0o750, dir_fd=fd)
-                child = os.open(name, flags, dir_fd=fd)
-            except OSError as exc:  # ELOOP/ENOTDIR: a symlink or a file on the way
-                raise PathRejectedError(OUTSIDE) from exc
-            os.close(fd)
-            fd = child
-        try:
-            info = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return fd
-        if stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode):
-            raise PathRejectedError(OUTSIDE)
-        return fd
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RequestError("Path does not refer to a file.")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info.st_size
     except BaseException:
         os.close(fd)
         raise
 
 
-class ConfinedWriter:
-    """Write one upload to a temp file beside its target; ``commit`` renames it into place.
+def _open_beneath(real_root: str, parts: list[str]) -> int:
+    """Open ``real_root/parts`` read-only without following any symlink on the way.
 
-    ``abort`` (or garbage) removes the temp file. Appends (for ``tool_stdout``/
-    ``tool_stderr``) are applied at commit from the temp file.
+    *parts* come from a resolved path, so a symlink met here was swapped in
+    after the check: it is refused. A FIFO or device is opened non-blocking
+    (the caller refuses it after ``fstat``).
+    """
+    try:
+        fd = os.open(real_root, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise NotFoundError("File not found.") from None
+    try:
+        for name in parts[:-1]:
+            child = _open_child(name, _DIR_FLAGS, fd)
+            os.close(fd)
+            fd = child
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        return _open_child(parts[-1], flags, fd)
+    finally:
+        os.close(fd)
+
+
+def _open_child(name: str, flags: int, dir_fd: int) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise NotFoundError("File not found.") from None
+    except OSError as exc:  # ELOOP (a symlink), ENOTDIR, EACCES: refused, never followed
+        raise PathRejectedError(OUTSIDE) from exc
+
+
+def checked_parent(root: Path, parts: list[str]) -> tuple[int, list[int]]:
+    """Open (creating as needed) the directory holding *parts*' last component.
+
+    Walks from *root* with directory descriptors and ``O_NOFOLLOW`` so a
+    symlink anywhere on the way is refused, even if swapped in concurrently.
+    Refuses a last component that is a symlink or a directory.
+
+    Returns the directory's descriptor (the caller must close it) and the
+    indexes in *parts* of the directories this call created.
+    """
+    fd = os.open(os.path.realpath(root), _DIR_FLAGS)
+    created: list[int] = []
+    try:
+        for index, name in enumerate(parts[:-1]):
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, 0o750, dir_fd=fd)
+                    created.append(index)
+                except FileExistsError:
+                    pass  # made concurrently: opened (and checked) below
+                child = _open_dir(name, fd)
+            except OSError as exc:  # ELOOP/ENOTDIR: a symlink or a file on the way
+                raise PathRejectedError(OUTSIDE_WRITE) from exc
+            os.close(fd)
+            fd = child
+        try:
+            info = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return fd, created
+        if stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode):
+            raise PathRejectedError(OUTSIDE_WRITE)
+        return fd, created
+    except BaseException:
+        os.close(fd)
+        if created:
+            _remove_empty_dirs(root, parts, created)
+        raise
+
+
+def _open_dir(name: str, dir_fd: int) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise PathRejectedError(OUTSIDE_WRITE) from exc
+
+
+def _remove_empty_dirs(root: Path, parts: list[str], created: list[int]) -> None:
+    """Remove the directories a refused or aborted write created (deepest first, if empty)."""
+    for index in sorted(created, reverse=True):
+        try:
+            fd = os.open(os.path.realpath(root), _DIR_FLAGS)
+        except OSError:
+            return
+        try:
+            for name in parts[:index]:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            os.rmdir(parts[index], dir_fd=fd)
+        except OSError:
+            pass  # not empty (someone else wrote there) or gone: leave it
+        finally:
+            os.close(fd)
+
+
+class ConfinedWriter:
+    """Write one upload to a temp file; ``commit`` moves it onto its target.
+
+    With *path*, the target is checked (and its missing parent directories
+    made) at once and the temp file lies beside it, so ``commit()`` is one
+    rename. Without it (the target only becomes known after the body), the
+    temp file is made in *staging_dir* (a directory the caller trusts, on the
+    same filesystem if possible) and ``commit(path)`` checks the target then.
+
+    ``abort`` removes the temp file and any directory this writer created.
+    Appends (for ``tool_stdout``/``tool_stderr``) are applied at commit from
+    the temp file. Not thread-safe: one thread at a time.
     """
 
-    def __init__(self, root: Path, path: str) -> None:
-        self.parts = relative_parts(root, path)
-        self.dir_fd = checked_parent(root, self.parts)
-        self.name = self.parts[-1]
-        self.tmp_name = f".{self.name[:100]}.{secrets.token_hex(6)}.upload"
-        fd = os.open(
-            self.tmp_name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o640,
-            dir_fd=self.dir_fd,
-        )
-        self.file: IO[bytes] | None = os.fdopen(fd, "wb")
+    def __init__(
+        self,
+        root: Path,
+        path: str | None = None,
+        *,
+        area: str | None = None,
+        staging_dir: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.area = area
+        self.parts: list[str] = []
+        self.created: list[int] = []
         self.size = 0
+        self.staged = path is None
+        if path is not None:
+            self.parts = write_parts(root, path, area)
+            self.dir_fd, self.created = checked_parent(root, self.parts)
+            hint = self.parts[-1][:100]
+        else:
+            self.dir_fd = os.open(staging_dir if staging_dir is not None else root, _DIR_FLAGS)
+            hint = "staged"
+        self.tmp_name = f".{hint}.{secrets.token_hex(6)}.upload"
+        try:
+            fd = os.open(
+                self.tmp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+                dir_fd=self.dir_fd,
+            )
+        except BaseException:
+            self._close_dir(remove_created=True)
+            raise
+        self.file: IO[bytes] | None = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes) -> None:
         assert self.file is not None
         self.file.write(chunk)
         self.size += len(chunk)
 
-    def commit(self) -> int:
-        """Put the upload in place; return its size."""
-        assert self.file is not None
+    def commit(self, path: str | None = None) -> int:
+        """Put the upload in place; return its size. A staged writer needs *path*.
+
+        Whatever happens, the temp file is gone afterwards.
+        """
+        assert self.file is not None, "commit after commit or abort"
         self.file.close()
         self.file = None
         try:
-            if self.name.endswith(APPEND_SUFFIXES) and _exists(self.name, self.dir_fd):
-                self._append()
+            if self.staged:
+                if path is None:
+                    raise RequestError(MISSING_PATH)
+                self._commit_staged(path)
             else:
-                os.replace(self.tmp_name, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        finally:
-            self._cleanup()
+                self._place(self.dir_fd, self.dir_fd, self.tmp_name)
+        except BaseException:
+            self._cleanup(remove_created=True)
+            raise
+        self._cleanup(remove_created=False)
         return self.size
 
-    def _append(self) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        target = os.open(self.name, flags, dir_fd=self.dir_fd)
-        source = os.open(self.tmp_name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
-        try:
-            while chunk := os.read(source, 1 << 20):
-                os.write(target, chunk)
-        finally:
-            os.close(source)
-            os.close(target)
-
     def abort(self) -> None:
+        """Drop the upload (idempotent)."""
         if self.file is not None:
             self.file.close()
             self.file = None
-        self._cleanup()
+        self._cleanup(remove_created=True)
 
-    def _cleanup(self) -> None:
-        if self.dir_fd < 0:
+    # --- internals ------------------------------------------------------------------------
+
+    def _commit_staged(self, path: str) -> None:
+        self.parts = write_parts(self.root, path, self.area)
+        dest_fd, self.created = checked_parent(self.root, self.parts)
+        try:
+            try:
+                self._place(self.dir_fd, dest_fd, self.tmp_name)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # Another filesystem: copy beside the target first, then rename there.
+                local = f".{self.parts[-1][:100]}.{secrets.token_hex(6)}.upload"
+                _copy_at(self.dir_fd, self.tmp_name, dest_fd, local)
+                try:
+                    self._place(dest_fd, dest_fd, local)
+                finally:
+                    _unlink_at(local, dest_fd)
+        except BaseException:
+            os.close(dest_fd)
+            raise
+        os.close(dest_fd)
+
+    def _place(self, src_fd: int, dest_fd: int, src_name: str) -> None:
+        name = self.parts[-1]
+        if name.endswith(APPEND_SUFFIXES) and _exists(name, dest_fd):
+            _append_at(src_fd, src_name, dest_fd, name)
             return
         try:
-            os.unlink(self.tmp_name, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            pass
+            os.replace(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
+        except (IsADirectoryError, NotADirectoryError) as exc:  # a directory swapped in
+            raise PathRejectedError(OUTSIDE_WRITE) from exc
+
+    def _cleanup(self, *, remove_created: bool) -> None:
+        if self.dir_fd < 0:
+            return
+        _unlink_at(self.tmp_name, self.dir_fd)
+        self._close_dir(remove_created=remove_created)
+
+    def _close_dir(self, *, remove_created: bool) -> None:
         os.close(self.dir_fd)
         self.dir_fd = -1
+        if remove_created and self.created:
+            _remove_empty_dirs(self.root, self.parts, self.created)
+            self.created = []
 
 
 def _exists(name: str, dir_fd: int) -> bool:
@@ -194,3 +353,38 @@ def _exists(name: str, dir_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _append_at(src_fd: int, src_name: str, dest_fd: int, name: str) -> None:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        target = os.open(name, flags, dir_fd=dest_fd)
+    except OSError as exc:  # ELOOP: a symlink swapped in
+        raise PathRejectedError(OUTSIDE_WRITE) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(target).st_mode):
+            raise PathRejectedError(OUTSIDE_WRITE)
+        os.set_blocking(target, True)
+        with (
+            os.fdopen(os.open(src_name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=src_fd), "rb") as src,
+            os.fdopen(target, "ab", closefd=False) as dst,
+        ):
+            shutil.copyfileobj(src, dst, COPY_CHUNK)
+    finally:
+        os.close(target)
+
+
+def _copy_at(src_fd: int, src_name: str, dest_fd: int, dest_name: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with (
+        os.fdopen(os.open(src_name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=src_fd), "rb") as src,
+        os.fdopen(os.open(dest_name, flags, 0o640, dir_fd=dest_fd), "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst, COPY_CHUNK)

@@ -355,3 +355,14 @@ def test_fifty_concurrent_submissions__none_lost(admin: Client) -> None:
     assert len(set(ids)) == 50
     outcomes: list[Any] = [admin.wait(job_id, timeout_s=120)["status"] for job_id in ids]
     assert outcomes == ["completed"] * 50
+
+
+def test_status_wait__answers_when_the_job_completes(admin: Client) -> None:
+    job_id = admin.submit("sleeper", "0.3")
+    started = time.monotonic()
+    status = admin.get(f"/api/jobs/v1/{job_id}/status/?wait=20").json()
+    assert status == {"status": "completed", "is_complete": True}
+    assert time.monotonic() - started < 15
+    for bad in ("abc", "-1", "1000"):
+        response = admin.get(f"/api/jobs/v1/{job_id}/status/?wait={bad}")
+        assert response.status_code == 400 and "wait" in response.json()["errors"]
