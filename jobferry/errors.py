@@ -65,6 +65,18 @@ class ScriptNotFoundError(ValidationError):
     code = "script_not_found"
 
 
+class AttributeMissingError(RequestError):
+    """Attempted to create or update object without required attribute."""
+
+    code = "attribute_missing"
+
+
+class ParameterMissingError(RequestError):
+    """Request is missing parameter required to complete desired action."""
+
+    code = "parameter_missing"
+
+
 class MalformedIdError(RequestError):
     """The id of the resource is malformed."""
 
@@ -105,6 +117,12 @@ class PermissionDeniedError(JobferryError):
     """You are not permitted to do this."""
 
     code = "permission_denied"
+
+
+class NotAllowedByConfigError(PermissionDeniedError):
+    """The configuration of this daemon does not allow that operation."""
+
+    code = "not_allowed_by_config"
 
 
 class AdminRequiredError(PermissionDeniedError):

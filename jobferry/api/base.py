@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ GALAXY_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
 
 #: Galaxy's six-digit err_code by exception class (HTTP status x 1000 + n).
 GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
+    errors.AttributeMissingError: 400005,
+    errors.ParameterMissingError: 400007,
     errors.MalformedIdError: 400009,
     errors.ValidationError: 400008,
     errors.RequestError: 400008,
@@ -62,6 +65,7 @@ GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
     errors.InvalidCredentialsError: 401001,
     errors.AuthenticationError: 403001,
     errors.AdminRequiredError: 403006,
+    errors.NotAllowedByConfigError: 403004,
     errors.PathRejectedError: 403002,
     errors.PermissionDeniedError: 403002,
     errors.NotFoundError: 404001,
@@ -76,6 +80,14 @@ def _lookup(table: dict[type[errors.JobferryError], int], exc: BaseException) ->
         if cls in table:
             return table[cls]
     return None
+
+
+_KEY_IN_URI = re.compile(r"((?:^|[?&])(?:job_key|key)=)[^&]*")
+
+
+def scrub(uri: str) -> str:
+    """*uri* with job keys and API keys blanked: what logs may show of a request."""
+    return _KEY_IN_URI.sub(r"\1***", uri)
 
 
 def status_for(exc: BaseException, *, galaxy: bool = False) -> int:
@@ -192,13 +204,18 @@ class ApiMixin(_HandlerBase):
         self.set_status(status_code)
         self.finish(json.dumps(self.error_body(exc, status_code, message), default=str))
 
+    def _request_summary(self) -> str:
+        uri = scrub(self.request.uri or "")
+        return f"{self.request.method} {uri} ({self.request.remote_ip})"
+
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        uri = scrub(self.request.uri or "")
         if isinstance(value, errors.JobferryError) and status_for(value) < 500:
-            logger.debug("%s %s: %s", self.request.method, self.request.uri, value.message)
+            logger.debug("%s %s: %s", self.request.method, uri, value.message)
             return
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
-        logger.error("error handling %s %s", self.request.method, self.request.uri, exc_info=value)
+        logger.error("error handling %s %s", self.request.method, uri, exc_info=value)
 
     def absolute_url(self, path: str) -> str:
         base = self.core.config.server.base_url

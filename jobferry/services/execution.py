@@ -237,6 +237,8 @@ def _scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
     for root, dirs, files in os.walk(workdir, followlinks=False):
         dirs.sort()
         for name in sorted(files):
+            if name.startswith(".") and name.endswith(".upload"):
+                continue  # a job_files upload still in flight (staging/confined.py)
             path = Path(root) / name
             if path.is_symlink() or not path.is_file():
                 continue

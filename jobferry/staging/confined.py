@@ -162,7 +162,10 @@ def checked_parent(root: Path, parts: list[str]) -> tuple[int, list[int]]:
     Returns the directory's descriptor (the caller must close it) and the
     indexes in *parts* of the directories this call created.
     """
-    fd = os.open(os.path.realpath(root), _DIR_FLAGS)
+    try:
+        fd = os.open(os.path.realpath(root), _DIR_FLAGS)
+    except FileNotFoundError:
+        raise NotFoundError("The job's directory no longer exists.") from None
     created: list[int] = []
     try:
         for index, name in enumerate(parts[:-1]):
@@ -252,7 +255,10 @@ class ConfinedWriter:
             self.dir_fd, self.created = checked_parent(root, self.parts)
             hint = self.parts[-1][:100]
         else:
-            self.dir_fd = os.open(staging_dir if staging_dir is not None else root, _DIR_FLAGS)
+            try:
+                self.dir_fd = os.open(staging_dir or root, _DIR_FLAGS)
+            except FileNotFoundError:
+                raise NotFoundError("The job's directory no longer exists.") from None
             hint = "staged"
         self.tmp_name = f".{hint}.{secrets.token_hex(6)}.upload"
         try:
@@ -272,12 +278,16 @@ class ConfinedWriter:
         self.file.write(chunk)
         self.size += len(chunk)
 
-    def commit(self, path: str | None = None) -> int:
-        """Put the upload in place; return its size. A staged writer needs *path*.
+    def commit(self, path: str | None = None, *, root: Path | None = None) -> int:
+        """Put the upload in place; return its size.
 
-        Whatever happens, the temp file is gone afterwards.
+        A staged writer needs *path*, and takes *root* if it was only known
+        after the upload began. Whatever happens, the temp file is gone afterwards.
         """
         assert self.file is not None, "commit after commit or abort"
+        if root is not None:
+            assert self.staged, "only a staged writer can change its root"
+            self.root = root
         self.file.close()
         self.file = None
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.store.models import Base, JobState, new_id, utcnow
@@ -57,3 +57,27 @@ def job_status_row(session: Session, job_id: str) -> JobStatus | None:
         )
     ).first()
     return None if row is None else JobStatus(*row)
+
+
+def replace_output_file(session: Session, job_id: str, name: str, size: int, sha256: str) -> None:
+    """Record (or re-record) one output file of a job, e.g. uploaded after it ended."""
+    session.execute(
+        delete(JOB_FILES).where(
+            JOB_FILES.c.job_id == job_id, JOB_FILES.c.kind == "output", JOB_FILES.c.name == name
+        )
+    )
+    session.execute(
+        insert(JOB_FILES),
+        [
+            {
+                "id": new_id(),
+                "job_id": job_id,
+                "kind": "output",
+                "name": name,
+                "param": None,
+                "size": size,
+                "sha256": sha256,
+                "created_at": utcnow(),
+            }
+        ],
+    )

@@ -1,11 +1,277 @@
-"""job_files: a job's wrapper or runner fetching inputs and posting outputs (placeholder)."""
+"""job_files: a job's runner fetching inputs and posting outputs (galaxy-contract.md §5).
+
+``GET``/``HEAD /api/jobs/{id}/files?job_key=&path=`` serve one file of the
+job's directory (``Range`` → 206, unsatisfiable → 416), streamed from the
+descriptor the confinement check opened, one chunk at a time.
+``POST /api/jobs/{id}/files`` takes ``multipart/form-data`` (part ``file`` or
+``__file``; ``path`` and ``job_key`` from the query or the form, the query
+winning) or ``application/x-www-form-urlencoded`` (``session_id``/``__file_path``
+sources, which this daemon refuses). The body is written to disk as it
+arrives: beside the target when the query names it (Pulsar's form, checked
+before any byte is read), else to a temp file moved into place once the form
+named the target. Only the job's key authorises (§4, §6): user API keys are
+ignored here. Rules and errors live in ``jobferry.services.job_files``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import IO, Any
 
+import tornado.iostream
+import tornado.web
+
+from jobferry import errors
 from jobferry.api.base import Services
+from jobferry.api.galaxy.base import GalaxyMixin
+from jobferry.services.job_files import (
+    MISSING_KEY,
+    MISSING_PATH,
+    NO_FILE,
+    JobAccess,
+    JobFilesService,
+    UploadReceiver,
+    check_job_id,
+    multipart_kind,
+)
+from jobferry.staging.confined import ConfinedWriter
+
+logger = logging.getLogger(__name__)
+
+#: Bytes read from disk and handed to the socket at a time, on downloads.
+READ_CHUNK = 1 << 20
+#: Slack above server.max_upload_mb for the transport's own check, so that the
+#: receiver's cap (a JSON 413) is what a client over the limit meets.
+BODY_SLACK = 1 << 20
+FORM_KINDS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (start, end) of a single ``bytes=`` range, or None for the whole file.
+
+    A missing, malformed or multi-range header is ignored (RFC 9110 allows
+    serving the whole representation). Raises RangeNotSatisfiableError when the
+    range lies outside the file.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or (not first and last.isdigit())):
+        return None
+    if last and not last.isdigit():
+        return None
+    if not first:  # suffix: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise errors.RangeNotSatisfiableError("Requested range not satisfiable.")
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise errors.RangeNotSatisfiableError("Requested range not satisfiable.")
+    return start, (min(int(last), size - 1) if last else size - 1)
+
+
+@tornado.web.stream_request_body
+class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
+    """``/api/jobs/{id}/files``: GET, HEAD and streamed POST, job_key only."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST")
+
+    def initialize(  # type: ignore[override]
+        self, services: Services, job_files: JobFilesService
+    ) -> None:
+        super().initialize(services)
+        self.job_files = job_files
+        self.access: JobAccess | None = None
+        self.writer: ConfinedWriter | None = None
+        self.receiver: UploadReceiver | None = None
+        self._committing = False
+        self._unsatisfiable_size: int | None = None
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        size = getattr(self, "_unsatisfiable_size", None)
+        if size is not None:  # survives write_error's clear(): a 416 names the size
+            self.set_header("Content-Range", f"bytes */{size}")
+
+    def compute_etag(self) -> str | None:
+        return None
+
+    # --- request values --------------------------------------------------------------------
+
+    def query_value(self, name: str) -> str | None:
+        """A query parameter decoded exactly once, unstripped, control characters kept
+        (NUL must reach the path check); given twice with different values → 400."""
+        raw = self.request.query_arguments.get(name)
+        if not raw:
+            return None
+        if any(v != raw[0] for v in raw):
+            raise errors.RequestError(f"the query gives {name!r} more than once")
+        try:
+            return raw[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.RequestError(f"the query parameter {name!r} is not UTF-8") from None
+
+    # --- GET / HEAD ------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> None:
+        await self._send_file(job_id, include_body=True)
+
+    async def head(self, job_id: str) -> None:
+        await self._send_file(job_id, include_body=False)
+
+    async def _send_file(self, job_id: str, *, include_body: bool) -> None:
+        path, key = self.query_value("path"), self.query_value("job_key")
+        if not path:
+            raise errors.AttributeMissingError(MISSING_PATH)
+        if not key:
+            raise errors.AttributeMissingError(MISSING_KEY)
+        handle, size = await self.core.call(self.job_files.open_for_read, job_id, key, path)
+        with handle:
+            try:
+                byte_range = parse_range(self.request.headers.get("Range"), size)
+            except errors.RangeNotSatisfiableError:
+                self._unsatisfiable_size = size
+                raise
+            start, end = byte_range if byte_range is not None else (0, size - 1)
+            length = max(0, end - start + 1)
+            if byte_range is not None:
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Accept-Ranges", "bytes")
+            self.set_header("Content-Length", str(length))
+            if include_body and length:
+                if start:
+                    handle.seek(start)
+                if not await self._stream(handle, length):
+                    return
+            self.finish()
+
+    async def _stream(self, handle: IO[bytes], length: int) -> bool:
+        """Send *length* bytes of *handle*, one chunk in flight; False if the client left.
+
+        Reads happen on the event loop (like StaticFileHandler's): a page-cache
+        read of a chunk costs less than an executor hop.
+        """
+        remaining = length
+        while remaining:
+            chunk = handle.read(min(READ_CHUNK, remaining))
+            if not chunk:
+                raise errors.TransferError("the file shrank while it was being sent")
+            remaining -= len(chunk)
+            self.write(chunk)
+            try:
+                await self.flush()
+            except tornado.iostream.StreamClosedError:
+                return False
+        return True
+
+    # --- POST ------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        if self.request.method != "POST":
+            return
+        job_id = self.path_args[0]
+        check_job_id(job_id)
+        key = self.query_value("job_key")
+        if key is not None:  # authorise before reading a byte of the body
+            self.access = await self.core.call(self.job_files.authorize, job_id, key)
+        cap = self.core.config.server.max_upload_mb * 1024 * 1024
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                raise errors.RequestError("invalid Content-Length")
+            if int(length) > cap:
+                raise errors.PayloadTooLargeError(
+                    f"the request body ({length} bytes) exceeds server.max_upload_mb"
+                )
+        content_type = self.request.headers.get("Content-Type", "")
+        if multipart_kind(content_type) not in FORM_KINDS:
+            raise errors.RequestError(
+                "POST job files as multipart/form-data or application/x-www-form-urlencoded."
+            )
+        self.request.connection.set_max_body_size(cap + BODY_SLACK)  # type: ignore[union-attr]
+        writer: ConfinedWriter | None = None
+        if multipart_kind(content_type) == "multipart/form-data":
+            path = self.query_value("path")
+            if self.access is not None and path:
+                writer = await self.core.call(self.job_files.open_writer, self.access, path)
+            else:
+                writer = await self.core.call(self.job_files.open_staged_writer, self.access)
+        self.writer = writer
+        if self._client_gone():  # it left while the writer was being opened
+            self._drop_upload()
+            return
+        try:
+            self.receiver = UploadReceiver(
+                content_type,
+                writer,
+                max_body_bytes=cap,
+                max_field_bytes=self.core.config.server.max_form_kb * 1024,
+            )
+        except errors.JobferryError:
+            self._drop_upload()
+            raise
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished or self.receiver is None:
+            return
+        try:
+            self.receiver.feed(chunk)
+        except (errors.JobferryError, OSError) as exc:
+            self.receiver = None
+            self._drop_upload()
+            self._handle_request_exception(exc)
+
+    async def post(self, job_id: str) -> None:
+        receiver = self.receiver
+        if self._finished or receiver is None:
+            return
+        receiver.finish()
+        key = self.query_value("job_key") or receiver.field("job_key")
+        access = self.access
+        if access is None:
+            if not key:
+                raise errors.AttributeMissingError(MISSING_KEY)
+            access = await self.core.call(self.job_files.authorize, job_id, key)
+        self.job_files.refuse_form_sources(receiver.fields)
+        if not receiver.has_file or self.writer is None:
+            raise errors.ParameterMissingError(NO_FILE)
+        path = self.query_value("path") or receiver.field("path")
+        if not path:
+            raise errors.AttributeMissingError(MISSING_PATH)
+        writer, self.writer = self.writer, None
+        self._committing = True
+        await self.core.call(self.job_files.commit, access, writer, path)
+        self.send_json({"message": "ok"})
+
+    def _drop_upload(self) -> None:
+        """Remove a half-received upload (never one being committed on a worker thread)."""
+        if self.writer is not None and not self._committing:
+            self.writer.abort()
+        self.writer = None
+
+    def _client_gone(self) -> bool:
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is not None and bool(stream.closed())
+
+    def on_connection_close(self) -> None:
+        self._drop_upload()
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
+        # The temp file goes before the answer does: a client that sees the
+        # answer never sees a half-kept file.
+        self._drop_upload()
+        return super().finish(chunk)
 
 
 def files_routes(services: Services) -> list[Any]:
-    return []
+    init = {"services": services, "job_files": JobFilesService(services.core)}
+    return [(r"/api/jobs/([^/]+)/files/?", JobFilesHandler, init)]

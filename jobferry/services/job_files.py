@@ -1,0 +1,367 @@
+"""job_files: a job's own runner (or a Pulsar-style stager) reading and writing its files.
+
+Authorised only by the job's ``job_key`` (never a user API key), in the order
+of galaxy-contract.md §5.1: the job id's format, the key (compared in constant
+time before the job is looked up, so a wrong key never tells whether a job
+exists), the job, then the state gate: files are reachable while the job is
+active (new, queued, running, deleting) and for ``jobs.files_grace_s`` seconds
+after it finished, so that late output uploads land.
+
+The root is the job's own directory (``inputs/``, ``work/``, ``stdout``,
+``stderr``, ...): reads anywhere inside it, writes only inside ``work/`` (the
+job's working directory, where outputs are collected from when it ends).
+Paths are absolute (Pulsar's form, inside the job directory) or relative to
+the job directory; confinement is ``jobferry.staging.confined``'s.
+
+Every method here blocks (SQL, file system): handlers run them through
+``Core.call``. ``UploadReceiver`` is the exception: it is fed request body
+chunks on the event loop and writes file data straight to a ``ConfinedWriter``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Literal, overload
+from urllib.parse import parse_qsl
+
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import parse_options_header
+from sqlalchemy import select
+
+from jobferry.errors import (
+    AttributeMissingError,
+    MalformedIdError,
+    NotAllowedByConfigError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RequestError,
+)
+from jobferry.services.core import Core
+from jobferry.staging import confined
+from jobferry.staging.confined import ConfinedWriter
+from jobferry.store.models import Job, JobState
+from jobferry.store.records import replace_output_file
+
+#: Job ids are opaque lower-case hex (``new_id``: 16 characters; the column holds 32).
+JOB_ID = re.compile(r"[0-9a-f]{16,32}")
+#: The one directory of a job's directory that job_files may write to.
+WRITE_AREA = "work"
+#: States in which a job's files are open regardless of time.
+OPEN_STATES = frozenset(
+    {JobState.NEW.value, JobState.QUEUED.value, JobState.RUNNING.value, JobState.DELETING.value}
+)
+#: Names of the multipart parts that carry the content (Galaxy's precedence order).
+FILE_FIELDS = ("file", "__file")
+#: TUS session ids (galaxy-contract.md §5.5, §6.11).
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+INVALID_KEY = "Invalid job_key supplied."
+COMPLETED = "Attempting to read or modify the files of a job that has already completed."
+MISSING_KEY = "Job files action requires a valid 'job_key'."
+MISSING_PATH = confined.MISSING_PATH
+NO_FILE = "No file uploaded."
+FILE_PATH_REFUSED = "The server is not configured to accept __file_path uploads."
+
+
+@dataclass(frozen=True)
+class JobAccess:
+    """A job whose key was checked and whose files are open: its id and root."""
+
+    job_id: str
+    root: Path
+
+
+def check_job_id(job_id: str) -> None:
+    """Raise MalformedIdError unless *job_id* has the shape of a job id."""
+    if not JOB_ID.fullmatch(job_id):
+        raise MalformedIdError("Malformed job id.")
+
+
+class JobFilesService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    # --- authorisation ---------------------------------------------------------------------
+
+    def authorize(self, job_id: str, job_key: str | None) -> JobAccess:
+        """The access to one job's files, or an error in the order of §5.1.
+
+        Raises MalformedIdError (400), RequestError (400, no key),
+        PermissionDeniedError (403: wrong key, or the job ended more than
+        ``jobs.files_grace_s`` ago), NotFoundError (404, valid key, no job).
+        """
+        check_job_id(job_id)
+        if not job_key:
+            raise AttributeMissingError(MISSING_KEY)
+        # compare_digest refuses non-ASCII str; such a key can never match a hex one.
+        if not job_key.isascii() or not self.core.check_job_key(job_id, job_key):
+            raise PermissionDeniedError(INVALID_KEY)
+        return self._open_job(job_id)
+
+    @overload
+    def _open_job(self, job_id: str) -> JobAccess: ...
+
+    @overload
+    def _open_job(self, job_id: str, *, with_state: Literal[True]) -> str: ...
+
+    def _open_job(self, job_id: str, *, with_state: bool = False) -> JobAccess | str:
+        """The job, if its files are still open (the state gate); or just its state."""
+        with self.core.sessions.begin() as session:
+            row = session.execute(
+                select(Job.state, Job.finished_at, Job.updated_at, Job.job_dir).where(
+                    Job.id == job_id
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError("Job not found.")
+        state, finished_at, updated_at, job_dir = row
+        if state not in OPEN_STATES:
+            ended = finished_at or updated_at
+            grace = timedelta(seconds=self.core.config.jobs.files_grace_s)
+            if ended is None or datetime.now(UTC) >= ended + grace:
+                raise PermissionDeniedError(COMPLETED)
+        if with_state:
+            return str(state)
+        return JobAccess(job_id, Path(job_dir))
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def open_for_read(self, job_id: str, job_key: str | None, path: str) -> tuple[IO[bytes], int]:
+        """Authorise, then open one regular file of the job; return (file, size).
+
+        Raises as ``authorize``, then PathRejectedError (403, outside the job's
+        directory, whether or not it exists), NotFoundError (404, missing inside),
+        RequestError (400, not a regular file).
+        """
+        if not path:
+            raise AttributeMissingError(MISSING_PATH)
+        access = self.authorize(job_id, job_key)
+        return confined.open_for_read(access.root, path)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def open_writer(self, access: JobAccess, path: str) -> ConfinedWriter:
+        """A writer straight beside the target (checked now: 403 before any byte is read)."""
+        return ConfinedWriter(access.root, path, area=WRITE_AREA)
+
+    def open_staged_writer(self, access: JobAccess | None) -> ConfinedWriter:
+        """A writer whose target is named later: staged in the job's directory (same
+        filesystem, one rename at commit) or, before the key is known, in the daemon's
+        own temp directory (nothing unauthorised lands in a job's directory)."""
+        if access is not None:
+            return ConfinedWriter(access.root, None, area=WRITE_AREA, staging_dir=access.root)
+        self.core.tmp_path.mkdir(parents=True, exist_ok=True)
+        tmp = self.core.tmp_path  # the root is given at commit, once the key was checked
+        return ConfinedWriter(tmp, None, area=WRITE_AREA, staging_dir=tmp)
+
+    def commit(self, access: JobAccess, writer: ConfinedWriter, path: str | None) -> int:
+        """Re-check the state gate (the upload may have taken long), then put the
+        upload in place; return its size. The writer's temp file is gone afterwards."""
+        try:
+            state = self._open_job(access.job_id, with_state=True)
+        except BaseException:
+            writer.abort()
+            raise
+        size = writer.commit(path, root=access.root) if writer.staged else writer.commit()
+        if state not in OPEN_STATES:
+            # The job already ended (its outputs were collected): a late upload within
+            # the grace period becomes an output of its own.
+            self._register_late_output(access, writer.parts)
+        return size
+
+    def _register_late_output(self, access: JobAccess, parts: list[str]) -> None:
+        name = "/".join(parts[1:])  # parts[0] is the write area, "work"
+        path = access.root.joinpath(*parts)
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        with self.core.sessions.begin() as session:
+            replace_output_file(session, access.job_id, name, size, digest.hexdigest())
+
+    def refuse_form_sources(self, fields: dict[str, list[str]]) -> None:
+        """``__file_path`` (nginx upload store) and ``session_id`` (TUS) sources.
+
+        This daemon has neither an nginx upload store nor a TUS endpoint: a
+        ``__file_path`` is refused (and never opened), a ``session_id`` names no
+        upload. Raises PermissionDeniedError / RequestError when either is given.
+        """
+        if fields.get("__file_path"):
+            raise NotAllowedByConfigError(FILE_PATH_REFUSED)
+        session_ids = fields.get("session_id")
+        if session_ids:
+            if not SESSION_ID.fullmatch(session_ids[-1]):
+                raise RequestError("Invalid session id format.")
+            raise RequestError("No upload found for session id.")
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    is_content: bool = False
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class UploadReceiver:
+    """One POST body, fed chunk by chunk on the event loop.
+
+    ``multipart/form-data``: the part named ``file`` (or ``__file``) is written
+    to *writer* as it arrives (never held in memory); other fields are kept, each
+    and all together capped at *max_field_bytes*; other file parts are dropped.
+    ``application/x-www-form-urlencoded``: buffered (capped) and parsed at the end.
+    The whole body is capped at *max_body_bytes* (PayloadTooLargeError).
+    """
+
+    def __init__(
+        self,
+        content_type: str,
+        writer: ConfinedWriter | None,
+        *,
+        max_body_bytes: int,
+        max_field_bytes: int,
+    ) -> None:
+        self.writer = writer
+        self.max_body_bytes = max_body_bytes
+        self.max_field_bytes = max_field_bytes
+        self.received = 0
+        self.fields: dict[str, list[str]] = {}
+        self.content_parts = 0
+        self._field_bytes = 0
+        self._raw = bytearray()
+        self._part: _Part | None = None
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._ended = False
+        self.kind = multipart_kind(content_type)
+        self._parser: MultipartParser | None = None
+        if self.kind == "multipart/form-data":
+            _, options = parse_options_header(content_type)
+            boundary = options.get(b"boundary")
+            if not boundary:
+                raise RequestError("multipart body without a boundary")
+            self._parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": self._on_part_begin,
+                    "on_header_field": self._on_header_field,
+                    "on_header_value": self._on_header_value,
+                    "on_header_end": self._on_header_end,
+                    "on_headers_finished": self._on_headers_finished,
+                    "on_part_data": self._on_part_data,
+                    "on_part_end": self._on_part_end,
+                    "on_end": self._on_end,
+                },
+            )
+
+    @property
+    def has_file(self) -> bool:
+        return self.content_parts > 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.max_body_bytes:
+            raise PayloadTooLargeError(
+                f"the request body exceeds {self.max_body_bytes} bytes (server.max_upload_mb)"
+            )
+        if self._parser is None:
+            if len(self._raw) + len(chunk) > self.max_field_bytes:
+                raise PayloadTooLargeError(
+                    f"a form body may not exceed {self.max_field_bytes} bytes"
+                )
+            self._raw += chunk
+            return
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise RequestError(f"malformed multipart body: {exc}") from exc
+
+    def finish(self) -> None:
+        """The body is complete: parse a form body, check a multipart one ended."""
+        if self._parser is not None:
+            self._parser.finalize()
+            if not self._ended:
+                raise RequestError("the multipart body ended before its closing boundary")
+            return
+        text = self._raw.decode("utf-8", "replace")
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            self.fields.setdefault(key, []).append(value)
+
+    def field(self, name: str) -> str | None:
+        """A form field's value; two different values of one field are refused
+        (different layers picking different ones is how checks get bypassed)."""
+        values = self.fields.get(name)
+        if not values:
+            return None
+        if any(v != values[0] for v in values):
+            raise RequestError(f"the form gives {name!r} more than once")
+        return values[0]
+
+    # --- multipart callbacks ---------------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        assert self._part is not None
+        key = self._header_field.decode("latin-1").lower()
+        self._part.headers[key] = self._header_value.decode("utf-8", "replace")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        part = self._part
+        assert part is not None
+        _, options = parse_options_header(part.headers.get("content-disposition", ""))
+        part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        if part.name in FILE_FIELDS:
+            self.content_parts += 1
+            if self.content_parts > 1:
+                raise RequestError("Multiple file uploads are not supported.")
+            part.is_content = True
+        elif b"filename" in options:
+            part.name = ""  # another file part: its data is dropped
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        assert part is not None
+        if part.is_content:
+            if self.writer is not None:
+                self.writer.write(data[start:end])
+            return
+        if not part.name:
+            return
+        self._field_bytes += end - start
+        if self._field_bytes > self.max_field_bytes:
+            raise PayloadTooLargeError(f"the form fields exceed {self.max_field_bytes} bytes")
+        part.buffer += data[start:end]
+
+    def _on_part_end(self) -> None:
+        part = self._part
+        assert part is not None
+        if not part.is_content and part.name:
+            self.fields.setdefault(part.name, []).append(part.buffer.decode("utf-8", "replace"))
+        self._part = None
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+
+def multipart_kind(content_type: str) -> str:
+    """The lower-case media type of a Content-Type header (no parameters)."""
+    mime, _ = parse_options_header(content_type or "")
+    return mime.decode("latin-1").lower()
