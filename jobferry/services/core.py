@@ -22,11 +22,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from jobferry.config import Config
 from jobferry.runners.base import Runner
-from jobferry.store.engine import make_engine, make_session_factory
+from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
 from jobferry.store.models import Setting
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class Core:
     ) -> None:
         self.config = config
         self.engine = engine or make_engine(config.database_url, config.database.pool_size)
-        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.sessions: SessionFactory = make_session_factory(self.engine)
         self.runners: dict[str, Runner] = runners if runners is not None else {}
         self.node_name = node_name or socket.gethostname()
         self.data_path = config.data_path
