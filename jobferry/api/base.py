@@ -201,6 +201,13 @@ class ApiMixin(_HandlerBase):
             message = "Internal server error."
         self.clear()
         self.set_default_headers()
+        body_future = getattr(self.request, "_body_future", None)
+        if body_future is not None and not body_future.done():
+            # Answered before the body was read (e.g. a refused upload): Tornado will
+            # close the connection, so say so, or a client reusing it sees a reset.
+            self.set_header("Connection", "close")
+        if isinstance(exc, errors.RangeNotSatisfiableError) and "size" in exc.details:
+            self.set_header("Content-Range", f"bytes */{exc.details['size']}")
         self.set_status(status_code)
         self.finish(json.dumps(self.error_body(exc, status_code, message), default=str))
 
@@ -213,7 +220,9 @@ class ApiMixin(_HandlerBase):
         if isinstance(value, errors.JobferryError) and status_for(value) < 500:
             logger.debug("%s %s: %s", self.request.method, uri, value.message)
             return
-        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+        if isinstance(value, tornado.web.HTTPError) and (
+            value.status_code < 500 or value.status_code == 501
+        ):
             return
         logger.error("error handling %s %s", self.request.method, uri, exc_info=value)
 
@@ -232,6 +241,7 @@ def _http_code(status: int) -> str:
         405: "method_not_allowed",
         413: "payload_too_large",
         416: "range_not_satisfiable",
+        501: "not_implemented",
     }.get(status, "internal_error" if status >= 500 else "error")
 
 
@@ -239,8 +249,12 @@ class ApiHandler(ApiMixin, tornado.web.RequestHandler):
     """Base of every API handler."""
 
 
+@tornado.web.stream_request_body
 class NotFoundHandler(ApiHandler):
-    """Every unknown path: a JSON 404."""
+    """Every unknown path: a JSON 404 (answered before any body is read)."""
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
 
     def prepare(self) -> None:
         raise errors.NotFoundError(f"no such endpoint: {self.request.path}")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import tornado.web
 
 from jobferry.api.base import Services
+from jobferry.api.galaxy.files import parse_range
 from jobferry.api.wooey import WooeyMixin
 
 
@@ -35,6 +36,8 @@ class AssetHandler(WooeyMixin, tornado.web.StaticFileHandler):
         filename = quote(os.path.basename(job_file.name), safe="")
         self.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{filename}")
         self.set_header("Cache-Control", "private, no-cache")
+        # A range past the end answers with our JSON 416 (StaticFileHandler's is empty).
+        parse_range(self.request.headers.get("Range"), job_file.size)
         await super().get(path.name, include_body=include_body)
 
     async def head(self, job_id: str, file_id: str) -> None:  # type: ignore[override]

@@ -100,7 +100,7 @@ class StreamingFormHandler(WooeyHandler):
             return
         try:
             self.receiver.feed(chunk)
-        except errors.JobferryError as exc:
+        except Exception as exc:  # any failure answers (JSON) instead of dropping the connection
             self.receiver.discard()
             self.receiver = None
             self._handle_request_exception(exc)

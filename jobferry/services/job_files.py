@@ -319,7 +319,8 @@ class UploadReceiver:
     def _on_header_end(self) -> None:
         assert self._part is not None
         key = self._header_field.decode("latin-1").lower()
-        self._part.headers[key] = self._header_value.decode("utf-8", "replace")
+        # Latin-1 keeps the raw bytes; names and file names are decoded as UTF-8 later.
+        self._part.headers[key] = self._header_value.decode("latin-1")
         self._header_field.clear()
         self._header_value.clear()
 

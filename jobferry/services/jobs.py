@@ -114,6 +114,8 @@ class JobService:
                 iteration = int(str(request.iteration))
             except ValueError:
                 raise FormError(errors={"iteration": ["Enter a whole number."]}) from None
+            if not 0 <= iteration < 2**31:
+                raise FormError(errors={"iteration": ["Enter a number below 2147483648."]})
         version = self._resolve_version(request.slug, request.version or None, iteration)
         job_id = new_id()
         job_dir = self.core.job_dir(job_id)

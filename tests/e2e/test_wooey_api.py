@@ -366,3 +366,37 @@ def test_status_wait__answers_when_the_job_completes(admin: Client) -> None:
     for bad in ("abc", "-1", "1000"):
         response = admin.get(f"/api/jobs/v1/{job_id}/status/?wait={bad}")
         assert response.status_code == 400 and "wait" in response.json()["errors"]
+
+
+def test_multipart_field_names_outside_latin1__are_accepted(admin: Client) -> None:
+    response = admin.post(
+        "/api/scripts/v1/wordcount/submit/",
+        data={"job_name": "unicode", "command": "--infile ȧ€"},
+        files={"ȧ€": ("dȯc.txt", b"a b c")},
+    )
+    assert response.status_code == 200 and response.json()["valid"], response.text
+    assert admin.wait(response.json()["job_id"])["stdout"] == "counted 3 words\n"
+
+
+def test_refused_upload__says_connection_close_and_the_session_keeps_working(
+    daemon: DaemonProcess, admin: Client
+) -> None:
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer wrong"
+    for _ in range(5):
+        response = session.post(
+            f"{daemon.url}/api/scripts/v1/wordcount/submit/",
+            files={"doc": ("d.txt", b"x" * 200_000)},
+            timeout=10,
+        )
+        assert response.status_code == 403
+        assert response.headers.get("Connection") == "close"
+
+
+def test_asset_range_past_the_end__is_a_json_416(admin: Client) -> None:
+    details = admin.wait(submit_wordcount(admin))
+    path = "/" + details["assets"][0]["url"].split("//", 1)[1].split("/", 1)[1]
+    response = admin.get(path, headers={"Range": "bytes=1000000-"})
+    assert response.status_code == 416
+    assert response.json()["error"] == "range_not_satisfiable"
+    assert response.headers["Content-Range"].startswith("bytes */")

@@ -67,13 +67,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first:  # suffix: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:
-            raise errors.RangeNotSatisfiableError("Requested range not satisfiable.")
+            raise errors.RangeNotSatisfiableError("Requested range not satisfiable.", size=size)
         return max(0, size - suffix), size - 1
     start = int(first)
     if last and int(last) < start:
         return None
     if start >= size:
-        raise errors.RangeNotSatisfiableError("Requested range not satisfiable.")
+        raise errors.RangeNotSatisfiableError("Requested range not satisfiable.", size=size)
     return start, (min(int(last), size - 1) if last else size - 1)
 
 
@@ -225,7 +225,7 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
             return
         try:
             self.receiver.feed(chunk)
-        except (errors.JobferryError, OSError) as exc:
+        except Exception as exc:  # any failure answers (JSON), never a dropped connection
             self.receiver = None
             self._drop_upload()
             self._handle_request_exception(exc)
