@@ -1,0 +1,1 @@
+"""Benchmarks of the jobferry daemon (run as scripts; see bench/README.md)."""
