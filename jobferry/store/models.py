@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -156,6 +157,16 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
+        # The claim's order (priority desc, then oldest), so a claim reads one index
+        # range instead of sorting the whole queue.
+        Index(
+            "ix_jobs_claim",
+            "state",
+            "runner",
+            text("priority DESC"),
+            "created_at",
+            "id",
+        ),
         Index("ix_jobs_user_created", "user_id", "created_at"),
     )
 
