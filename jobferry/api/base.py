@@ -55,6 +55,7 @@ GALAXY_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
 
 #: Galaxy's six-digit err_code by exception class (HTTP status x 1000 + n).
 GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
+    errors.ScriptNotFoundError: 404001,
     errors.AttributeMissingError: 400005,
     errors.ParameterMissingError: 400007,
     errors.MalformedIdError: 400009,

@@ -198,7 +198,6 @@ class JobStatusHandler(WooeyHandler):
             }
         )
 
-
     def _wait_seconds(self) -> float:
         raw = self.get_query_argument("wait", None)
         if raw is None:

@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy import select
 
 from jobferry.config import Config, config_as_dict, load_config
-from jobferry.errors import JobferryError, NotFoundError
+from jobferry.errors import JobferryError, NotFoundError, ValidationError
 from jobferry.services.auth import AuthService
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService
@@ -155,6 +155,30 @@ def cmd_user_create(args: argparse.Namespace) -> int:
         print(json.dumps({"id": user.id, "username": user.username, "api_key": key}))
     else:
         print(key)
+    return 0
+
+
+def _read_new_password() -> str:
+    """The new password: prompted twice on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat it: ") != first:
+            raise ValidationError("the two passwords differ")
+        return first
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    from jobferry.services.users import UserService
+
+    core = _core(args)
+    service = UserService(core, AuthService(core))
+    service.auth.get_user(args.name)  # an unknown user fails before the prompt
+    service.set_password(args.name, _read_new_password().rstrip("\r"))
+    _print(args, {"username": args.name, "password_changed": True})
     return 0
 
 
@@ -363,6 +387,10 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--email")
     p.add_argument("--admin", action="store_true", help="make the user an admin")
     _cmd(user, "list", "user.list", cmd_user_list, "list users")
+    p = _cmd(
+        user, "passwd", "user.passwd", cmd_user_passwd, "set a user's password (read from stdin)"
+    )
+    p.add_argument("name")
 
     key = _group(top, "key", "API keys")
     p = _cmd(key, "create", "key.create", cmd_key_create, "create a key for a user; print it")

@@ -151,6 +151,7 @@ class JobService:
                         "params": built.values,
                         "walltime_s": float(self.core.config.jobs.default_walltime_s) or None,
                         "job_dir": str(job_dir),
+                        "history_id": request.history_id,
                     },
                     [
                         {

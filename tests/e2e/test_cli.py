@@ -19,11 +19,12 @@ import psutil
 import pytest
 import yaml
 
+from jobferry.store.engine import head_revision
 from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
 
 pytestmark = pytest.mark.e2e
 
-HEAD = "0001"
+HEAD = head_revision()
 
 
 def run_cli(

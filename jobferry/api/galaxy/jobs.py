@@ -1,0 +1,166 @@
+"""``/api/jobs``: list, show, inputs/outputs, rerun template, search, cancel, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from jobferry import errors
+from jobferry.api.galaxy.common import GalaxyResource, route
+from jobferry.services.galaxy import (
+    GALAXY_JOB_STATES,
+    JOB_VIEWS,
+    JobQuery,
+    check_id,
+    parse_query_datetime,
+)
+
+#: Filters on things this daemon has none of: given any value, the list is empty.
+NOTHING_FILTERS = (
+    "workflow_id",
+    "invocation_id",
+    "implicit_collection_jobs_id",
+    "tool_request_id",
+)
+ORDER_BY = frozenset({"update_time", "create_time"})
+
+
+class JobListHandler(GalaxyResource):
+    """``GET /api/jobs``."""
+
+    async def get(self) -> None:
+        principal = await self.authenticate()
+        query = self.parse_query()
+        self.send_json(await self.call(self.gx.galaxy.list_jobs, principal, query))
+
+    def parse_query(self) -> JobQuery:
+        states = self.list_arg("state")
+        unknown = sorted(set(states) - GALAXY_JOB_STATES)
+        if unknown:
+            raise errors.ValidationError(
+                f"unknown job state(s): {', '.join(unknown)[:200]}",
+                errors={"state": [f"Unknown job state {s[:40]!r}." for s in unknown[:10]]},
+            )
+        view = self.arg("view") or "collection"
+        if view not in JOB_VIEWS:
+            raise errors.ValidationError(
+                f"unknown view {view[:40]!r}", errors={"view": [f"Unknown view {view[:40]!r}."]}
+            )
+        order_by = self.arg("order_by") or "update_time"
+        if order_by not in ORDER_BY:
+            raise errors.ValidationError(
+                "order_by: expected update_time or create_time",
+                errors={"order_by": ["Enter update_time or create_time."]},
+            )
+        user_id = self.arg("user_id") or None
+        if user_id is not None:
+            check_id(user_id, "user")
+        date_min = self.arg("date_range_min")
+        date_max = self.arg("date_range_max")
+        like = self.list_arg("tool_id_like")
+        search = (self.arg("search") or "").strip()
+        if search:  # Galaxy's free-text search, here on the tool id only
+            like.append(f"%{search}%")
+        return JobQuery(
+            states=tuple(states),
+            tool_ids=tuple(self.list_arg("tool_id")),
+            tool_id_like=tuple(like),
+            history_id=self.arg("history_id") or None,
+            date_min=parse_query_datetime(date_min, "date_range_min") if date_min else None,
+            date_max=parse_query_datetime(date_max, "date_range_max") if date_max else None,
+            user_id=user_id,
+            user_details=self.flag("user_details"),
+            view=view,
+            order_by=order_by,
+            limit=self.int_arg("limit", 500, minimum=1),
+            offset=self.int_arg("offset", 0),
+            matches_nothing=any(self.arg(name) for name in NOTHING_FILTERS),
+        )
+
+
+class JobHandler(GalaxyResource):
+    """``GET /api/jobs/{id}`` (``?full=``) and ``DELETE /api/jobs/{id}`` (cancel)."""
+
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        full = self.flag("full")
+        self.send_json(await self.call(self.gx.galaxy.show_job, principal, job_id, full=full))
+
+    async def delete(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        self.payload()  # optional {"message": ...}: read (and size-checked), not used
+        self.send_json(await self.call(self.gx.galaxy.cancel, principal, job_id))
+
+
+class JobInputsHandler(GalaxyResource):
+    kind = "input"
+
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        galaxy = self.gx.galaxy
+        self.send_json(await self.call(galaxy.associations, principal, job_id, self.kind))
+
+
+class JobOutputsHandler(JobInputsHandler):
+    kind = "output"
+
+
+class JobRerunHandler(GalaxyResource):
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        self.send_json(await self.call(self.gx.tools.build_for_rerun, principal, job_id))
+
+
+class JobMetricsHandler(GalaxyResource):
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        self.send_json(await self.call(self.gx.galaxy.metrics, principal, job_id))
+
+
+class JobProblemsHandler(GalaxyResource):
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        self.send_json(await self.call(self.gx.galaxy.common_problems, principal, job_id))
+
+
+class JobDestinationHandler(GalaxyResource):
+    async def get(self, job_id: str) -> None:
+        principal = await self.authenticate()
+        self.send_json(await self.call(self.gx.galaxy.destination_params, principal, job_id))
+
+
+class JobSearchHandler(GalaxyResource):
+    """``POST /api/jobs/search``: answers 200 (bioblend refuses a 201)."""
+
+    async def post(self) -> None:
+        principal = await self.authenticate()
+        payload = self.payload()
+        self.send_json(await self.call(self.gx.tools.search_jobs, principal, payload))
+
+
+class NotImplementedHandler(GalaxyResource):
+    """Galaxy job routes this daemon has no equivalent for: 501 / 501001."""
+
+    async def _refuse(self, *args: str) -> None:
+        await self.authenticate()
+        raise tornado.web.HTTPError(501, "Method is not implemented.")
+
+    get = put = post = _refuse
+
+
+def job_routes(init: dict[str, Any]) -> list[Any]:
+    job = r"/api/jobs/([^/]+)"
+    return [
+        (route(r"/api/jobs"), JobListHandler, init),
+        (route(r"/api/jobs/search"), JobSearchHandler, init),
+        (route(r"/api/job_lock"), NotImplementedHandler, init),
+        (route(job), JobHandler, init),
+        (route(job + "/inputs"), JobInputsHandler, init),
+        (route(job + "/outputs"), JobOutputsHandler, init),
+        (route(job + "/build_for_rerun"), JobRerunHandler, init),
+        (route(job + "/metrics"), JobMetricsHandler, init),
+        (route(job + "/common_problems"), JobProblemsHandler, init),
+        (route(job + "/destination_params"), JobDestinationHandler, init),
+        (route(job + "/(?:resume|error)"), NotImplementedHandler, init),
+    ]

@@ -1,0 +1,747 @@
+"""The Galaxy-compatible face (jobs, tools, datasets, users, config, baseauth), through a
+real daemon process on 127.0.0.1, requested the way bioblend requests it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
+
+pytestmark = pytest.mark.e2e
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
+ID = re.compile(r"^[0-9a-f]{16}$")
+SUMMARY_KEYS = {
+    "model_class",
+    "id",
+    "state",
+    "exit_code",
+    "create_time",
+    "update_time",
+    "galaxy_version",
+    "tool_id",
+    "tool_version",
+    "history_id",
+}
+ADMIN_KEYS = {"external_id", "command_line", "traceback"}
+ALICE_PASSWORD = "correct horse: battery"
+
+
+class Galaxy:
+    """requests the way bioblend sends them: x-api-key header, JSON content type."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Content-Type"] = "application/json"
+        if key:
+            self.session.headers["x-api-key"] = key
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, payload: Any = None, **kw: Any) -> requests.Response:
+        data = None if payload is None else json.dumps(payload)
+        return self.session.post(
+            self.url + path, data=data, timeout=60, allow_redirects=False, **kw
+        )
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.delete(self.url + path, timeout=30, allow_redirects=False, **kw)
+
+    def ok(self, path: str, **kw: Any) -> Any:
+        response = self.get(path, **kw)
+        assert response.status_code == 200, (path, response.text)
+        return response.json()
+
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.ok(f"/api/jobs/{job_id}")
+            if job["state"] in ("ok", "error", "deleted"):
+                return dict(job)
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
+
+    def run(self, tool_id: str, inputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        response = self.post("/api/tools", {"tool_id": tool_id, "inputs": inputs, **extra})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def assert_error(response: requests.Response, status: int, err_code: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["err_code"] == err_code and isinstance(body["err_msg"], str), body
+    return dict(body)
+
+
+def passwd(daemon: DaemonProcess, name: str, password: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "jobferry.cli", "user", "passwd", name]
+    cmd += ["--data-dir", str(daemon.data_dir)]
+    return subprocess.run(
+        cmd, input=password + "\n", capture_output=True, text=True, timeout=60, env=_env()
+    )
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    base = tmp_path_factory.mktemp("galaxy")
+    proc = DaemonProcess(
+        base / "data", {"runners": {"local": {"kill_grace_s": 2.0, "slots": 2}}}
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(daemon: DaemonProcess) -> Galaxy:
+    wooey = daemon.client()
+    wooey.add_script("wordcount", JOB_SCRIPTS / "wordcount.py")
+    wooey.add_script("sleeper", JOB_SCRIPTS / "sleeper.py")
+    return Galaxy(daemon.url, daemon.admin_key)
+
+
+@pytest.fixture(scope="module")
+def alice_key(daemon: DaemonProcess, admin: Galaxy) -> str:
+    key = daemon.cli("user", "create", "alice", "--email", "alice@example.org").stdout.strip()
+    result = passwd(daemon, "alice", ALICE_PASSWORD)
+    assert result.returncode == 0, result.stderr
+    return key
+
+
+@pytest.fixture(scope="module")
+def alice(daemon: DaemonProcess, alice_key: str) -> Galaxy:
+    return Galaxy(daemon.url, alice_key)
+
+
+@pytest.fixture(scope="module")
+def bob(daemon: DaemonProcess, admin: Galaxy) -> Galaxy:
+    key = daemon.cli("user", "create", "bob", "--email", "bob@example.org").stdout.strip()
+    return Galaxy(daemon.url, key)
+
+
+@pytest.fixture(scope="module")
+def alice_job(daemon: DaemonProcess, alice_key: str) -> str:
+    """A finished wordcount job of alice's, submitted through the Wooey face."""
+    wooey = Client(daemon.url, alice_key)
+    job_id = wooey.submit(
+        "wordcount", "--infile doc --upper", files={"doc": ("doc.txt", b"one two three")}
+    )
+    assert wooey.wait(job_id)["status"] == "completed"
+    return job_id
+
+
+def dataset_of(client: Galaxy, job_id: str, kind: str, name: str) -> str:
+    for item in client.ok(f"/api/jobs/{job_id}/{kind}"):
+        if item["name"] == name:
+            return str(item["dataset"]["id"])
+    raise AssertionError(f"job {job_id} has no {kind} named {name}")
+
+
+# --- version, whoami, configuration -------------------------------------------------------------
+
+
+def test_version__is_public_with_string_versions(daemon: DaemonProcess) -> None:
+    response = requests.get(f"{daemon.url}/api/version", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"version_major": "24.1", "version_minor": "0"}
+
+
+def test_whoami__null_without_key_user_with_key_401_for_bad_key(
+    daemon: DaemonProcess, alice: Galaxy
+) -> None:
+    anonymous = requests.get(f"{daemon.url}/api/whoami", timeout=10)
+    assert anonymous.status_code == 200 and anonymous.json() is None
+    me = alice.ok("/api/whoami")
+    assert me["model_class"] == "User" and ID.match(me["id"])
+    assert (me["username"], me["email"], me["deleted"], me["active"]) == (
+        "alice",
+        "alice@example.org",
+        False,
+        True,
+    )
+    assert TIMESTAMP.match(me["last_password_change"])
+    bad = Galaxy(daemon.url, "nope").get("/api/whoami")
+    assert_error(bad, 401, 401001)
+
+
+def test_configuration__anonymous_user_and_admin_views(
+    daemon: DaemonProcess, admin: Galaxy, alice: Galaxy
+) -> None:
+    anonymous = requests.get(f"{daemon.url}/api/configuration", timeout=10).json()
+    assert "brand" in anonymous and anonymous["is_admin_user"] is False
+    assert anonymous["version_major"] == "24.1" and anonymous["version_minor"] == "0"
+    assert isinstance(anonymous["server_startttime"], int)
+    user = alice.ok("/api/configuration")
+    assert user["is_admin_user"] is False and "allow_user_deletion" not in user
+    full = admin.ok("/api/configuration/")
+    assert full["is_admin_user"] is True and "allow_user_deletion" in full
+    assert set(full) > set(user)
+    assert admin.ok("/api/configuration?keys=brand,is_admin_user&view=all") == {
+        "brand": "jobferry",
+        "is_admin_user": True,
+    }
+    assert_error(admin.get("/api/configuration?view=bogus"), 400, 400008)
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+def test_baseauth__bare_and_basic_forms_by_email_or_username_give_working_keys(
+    daemon: DaemonProcess, alice: Galaxy
+) -> None:
+    credentials = [f"alice@example.org:{ALICE_PASSWORD}", f"alice:{ALICE_PASSWORD}"]
+    for index, text in enumerate(credentials):
+        encoded = base64.b64encode(text.encode()).decode()
+        header = encoded if index == 0 else f"Basic {encoded}"
+        response = requests.get(
+            f"{daemon.url}/api/authenticate/baseauth",
+            headers={"Authorization": header},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        key = response.json()["api_key"]
+        assert Galaxy(daemon.url, key).ok("/api/whoami")["username"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "err_code"),
+    [
+        (None, 400, 400008),
+        ("Basic", 400, 400008),
+        ("Basic !!!notbase64", 400, 400008),
+        ("Bearer " + base64.b64encode(b"alice:x").decode(), 400, 400008),
+        ("a b c", 400, 400008),
+        (base64.b64encode(b"no-colon-here").decode(), 400, 400008),
+        (base64.b64encode(b"nobody@example.org:secret").decode(), 404, 404001),
+        (base64.b64encode(b"alice@example.org:wrong password").decode(), 401, 401001),
+    ],
+)
+def test_baseauth__bad_credentials_are_refused_with_galaxys_codes(
+    daemon: DaemonProcess, alice: Galaxy, header: str | None, status: int, err_code: int
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    started = time.monotonic()
+    response = requests.get(f"{daemon.url}/api/authenticate/baseauth/", headers=headers, timeout=10)
+    assert_error(response, status, err_code)
+    if status in (401, 404):
+        assert time.monotonic() - started >= 0.25  # failures are held back
+
+
+def test_baseauth__user_without_password_is_401(daemon: DaemonProcess, bob: Galaxy) -> None:
+    encoded = base64.b64encode(b"bob:anything-at-all").decode()
+    response = requests.get(
+        f"{daemon.url}/api/authenticate/baseauth", headers={"Authorization": encoded}, timeout=10
+    )
+    assert_error(response, 401, 401001)
+
+
+def test_passwd_cli__short_password_or_unknown_user_fails(daemon: DaemonProcess) -> None:
+    short = passwd(daemon, "bob", "abc")
+    assert short.returncode == 1 and "at least 6" in short.stderr
+    unknown = passwd(daemon, "nobody", "long enough")
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr
+
+
+def test_api_key__query_header_and_bearer_forms_missing_is_403_bad_is_401(
+    daemon: DaemonProcess, alice_key: str
+) -> None:
+    url = f"{daemon.url}/api/jobs"
+    assert requests.get(url, params={"key": alice_key}, timeout=10).status_code == 200
+    assert requests.get(url, headers={"X-API-KEY": alice_key}, timeout=10).status_code == 200
+    bearer = {"Authorization": f"Bearer {alice_key}"}
+    assert requests.get(url, headers=bearer, timeout=10).status_code == 200
+    assert_error(requests.get(url, timeout=10), 403, 403001)
+    assert_error(requests.get(url, headers={"x-api-key": "wrong"}, timeout=10), 401, 401001)
+    assert_error(requests.get(url, params={"key": "wrong"}, timeout=10), 401, 401001)
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+
+def test_routes__answer_with_and_without_trailing_slash_never_redirecting(
+    admin: Galaxy, alice_job: str
+) -> None:
+    paths = [
+        "/api/version",
+        "/api/whoami",
+        "/api/configuration",
+        "/api/jobs",
+        f"/api/jobs/{alice_job}",
+        f"/api/jobs/{alice_job}/inputs",
+        f"/api/jobs/{alice_job}/outputs",
+        f"/api/jobs/{alice_job}/build_for_rerun",
+        "/api/tools",
+        "/api/tools/wordcount",
+        "/api/users",
+        "/api/users/current",
+    ]
+    for path in paths:
+        for variant in (path, path + "/"):
+            response = admin.get(variant, allow_redirects=False)
+            assert response.status_code == 200, (variant, response.status_code)
+    search = admin.post("/api/jobs/search/", {"tool_id": "wordcount", "inputs": {}})
+    assert search.status_code == 200
+
+
+def test_wrong_method_is_json_405_and_unimplemented_routes_501(
+    admin: Galaxy, alice_job: str
+) -> None:
+    response = admin.session.put(admin.url + "/api/version", timeout=10)
+    assert response.status_code == 405 and response.json()["err_code"] == 405001
+    assert_error(admin.session.put(admin.url + f"/api/jobs/{alice_job}/resume"), 501, 501001)
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+
+def test_tools__listed_shown_with_io_details_and_unknown_is_404(alice: Galaxy) -> None:
+    tools = {t["id"]: t for t in alice.ok("/api/tools")}
+    assert {"wordcount", "sleeper"} <= set(tools)
+    wordcount = tools["wordcount"]
+    assert wordcount["model_class"] == "Tool" and wordcount["name"] == "wordcount"
+    assert wordcount["version"] == "1" and wordcount["description"] == "Count the words of a file."
+    panel = alice.ok("/api/tools?in_panel=True")
+    assert panel[0]["model_class"] == "ToolSection"
+    assert "wordcount" in [t["id"] for s in panel for t in s["elems"]]
+    assert alice.ok("/api/tools?q=count") == ["wordcount"]
+    shown = alice.ok("/api/tools/wordcount")
+    assert shown["id"] == "wordcount" and "inputs" not in shown
+    detailed = alice.ok("/api/tools/wordcount?io_details=True&link_details=False")
+    inputs = {i["name"]: i for i in detailed["inputs"]}
+    assert inputs["infile"]["type"] == "data" and inputs["infile"]["optional"] is False
+    assert inputs["upper"]["type"] == "boolean" and inputs["upper"]["value"] is False
+    assert inputs["repeat"]["type"] == "select"
+    assert [o[1] for o in inputs["repeat"]["options"]] == ["1", "2", "3"]
+    assert [o["name"] for o in detailed["outputs"]] == ["out"]
+    assert_error(alice.get("/api/tools/no-such-tool"), 404, 404001)
+    assert_error(alice.get("/api/tools/wordcount?tool_version=9"), 404, 404001)
+
+
+def test_run_tool__reuses_a_dataset_and_answers_200_with_galaxys_shape(
+    alice: Galaxy, alice_job: str
+) -> None:
+    doc = dataset_of(alice, alice_job, "inputs", "infile")
+    result = alice.run(
+        "wordcount",
+        {"infile": {"src": "hda", "id": doc}, "repeat": "3", "out": "n.txt", "upper": False},
+        history_id="f2db41e1fa331b3e",
+        input_format="21.01",
+    )
+    assert set(result) >= {"outputs", "jobs", "implicit_collections", "output_collections"}
+    [job] = result["jobs"]
+    assert SUMMARY_KEYS <= set(job) and not ADMIN_KEYS & set(job)
+    assert job["tool_id"] == "wordcount" and job["history_id"] == "f2db41e1fa331b3e"
+    done = alice.wait(job["id"])
+    assert done["state"] == "ok" and done["history_id"] == "f2db41e1fa331b3e"
+    assert json.loads(done["params"]["repeat"]) == 3
+    out = dataset_of(alice, job["id"], "outputs", "n.txt")
+    assert alice.get(f"/api/datasets/{out}/display").content == b"9\n"
+    assert "upper.txt" not in [o["name"] for o in alice.ok(f"/api/jobs/{job['id']}/outputs")]
+
+
+def test_run_tool__long_option_names_and_dataset_lists_are_accepted(alice: Galaxy) -> None:
+    result = alice.run("sleeper", {"seconds": 0, "exit-code": 3})
+    done = alice.wait(result["jobs"][0]["id"])
+    assert done["state"] == "error" and done["exit_code"] == 3
+    legacy = alice.run("sleeper", {"exit_code": "0", "grandchild": "false"})
+    assert alice.wait(legacy["jobs"][0]["id"])["state"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "status", "err_code"),
+    [
+        ({}, 400, 400008),  # --infile is required
+        ({"infile": {"src": "hda", "id": "zz"}}, 400, 400009),
+        ({"infile": {"src": "hda", "id": "0000000000000000"}}, 404, 404001),
+        ({"infile": "plain text"}, 400, 400008),
+        ({"bogus": 1}, 400, 400008),
+        ({"repeat": 7, "infile": {"src": "hda", "id": "DOC"}}, 400, 400008),
+        ({"out": "../escape.txt", "infile": {"src": "hda", "id": "DOC"}}, 400, 400008),
+    ],
+)
+def test_run_tool__invalid_inputs_are_refused_and_queue_nothing(
+    daemon: DaemonProcess,
+    alice: Galaxy,
+    alice_job: str,
+    inputs: dict[str, Any],
+    status: int,
+    err_code: int,
+) -> None:
+    doc = dataset_of(alice, alice_job, "inputs", "infile")
+    inputs = json.loads(json.dumps(inputs).replace("DOC", doc))
+    before = alice.ok("/api/jobs?limit=1000")
+    response = alice.post("/api/tools", {"tool_id": "wordcount", "inputs": inputs})
+    assert_error(response, status, err_code)
+    assert len(alice.ok("/api/jobs?limit=1000")) == len(before)
+    assert not any((daemon.data_dir / "tmp").iterdir())
+
+
+def test_run_tool__unknown_tool_is_404_and_missing_tool_id_400(alice: Galaxy) -> None:
+    assert_error(alice.post("/api/tools", {"tool_id": "nope", "inputs": {}}), 404, 404001)
+    assert_error(alice.post("/api/tools", {"inputs": {}}), 400, 400008)
+    assert_error(alice.post("/api/tools", ["not", "an", "object"]), 400, 400008)
+
+
+def test_run_tool__another_users_dataset_is_403(alice_job: str, alice: Galaxy, bob: Galaxy) -> None:
+    doc = dataset_of(alice, alice_job, "inputs", "infile")
+    response = bob.post("/api/tools", {"tool_id": "wordcount", "inputs": {"infile": {"id": doc}}})
+    assert_error(response, 403, 403002)
+
+
+# --- jobs: show, inputs, outputs ----------------------------------------------------------------
+
+
+def test_show_job__element_view_for_owner_admin_extras_and_full_logs(
+    admin: Galaxy, alice: Galaxy, alice_job: str
+) -> None:
+    job = alice.ok(f"/api/jobs/{alice_job}")
+    assert SUMMARY_KEYS <= set(job) and not ADMIN_KEYS & set(job)
+    assert (job["model_class"], job["id"], job["state"], job["exit_code"]) == (
+        "Job",
+        alice_job,
+        "ok",
+        0,
+    )
+    assert TIMESTAMP.match(job["create_time"]) and TIMESTAMP.match(job["update_time"])
+    assert job["tool_id"] == "wordcount" and job["galaxy_version"] == "24.1"
+    assert job["params"] == {"upper": "true"}
+    assert set(job["inputs"]) == {"infile"}
+    assert job["inputs"]["infile"]["src"] == "hda" and ID.match(job["inputs"]["infile"]["id"])
+    assert set(job["outputs"]) == {"count.txt", "upper.txt"}
+    assert "tool_stdout" not in job
+    full = alice.ok(f"/api/jobs/{alice_job}?full=True")
+    assert full["tool_stdout"] == full["stdout"] == "counted 3 words\n"
+    assert full["job_messages"] == [] and "job_metrics" not in full
+    as_admin = admin.ok(f"/api/jobs/{alice_job}", params={"full": "true"})
+    assert ADMIN_KEYS <= set(as_admin) and "--upper" in as_admin["command_line"]
+    assert as_admin["user_email"] == "alice@example.org"
+    metrics = {m["name"]: m for m in as_admin["job_metrics"]}
+    assert {"start_epoch", "end_epoch", "runtime_seconds"} <= set(metrics)
+    assert set(metrics["runtime_seconds"]) == {"title", "value", "plugin", "name", "raw_value"}
+    assert admin.ok(f"/api/jobs/{alice_job}/metrics") == as_admin["job_metrics"]
+    assert alice.ok(f"/api/jobs/{alice_job}/metrics") == []
+    assert alice.ok(f"/api/jobs/{alice_job}/common_problems") == {
+        "has_empty_inputs": False,
+        "has_duplicate_inputs": False,
+    }
+
+
+def test_show_job__other_users_unknown_and_malformed_ids(
+    bob: Galaxy, alice_job: str, alice: Galaxy
+) -> None:
+    for suffix in ("", "/inputs", "/outputs", "/build_for_rerun"):
+        assert_error(bob.get(f"/api/jobs/{alice_job}{suffix}"), 403, 403002)
+        assert_error(alice.get(f"/api/jobs/0123456789abcdef{suffix}"), 404, 404001)
+        for bad in ("123", "0123456789ABCDEF", "0123456789abcdef0", "..%2F..%2Fetc"):
+            assert_error(alice.get(f"/api/jobs/{bad}{suffix}"), 400, 400009)
+    assert_error(alice.get(f"/api/jobs/{alice_job}/destination_params"), 403, 403006)
+
+
+def test_inputs_and_outputs__exact_list_shapes(alice: Galaxy, alice_job: str) -> None:
+    job = alice.ok(f"/api/jobs/{alice_job}")
+    inputs = alice.ok(f"/api/jobs/{alice_job}/inputs")
+    assert inputs == [
+        {"name": "infile", "dataset": {"src": "hda", "id": job["inputs"]["infile"]["id"]}}
+    ]
+    outputs = alice.ok(f"/api/jobs/{alice_job}/outputs")
+    assert outputs == [
+        {"name": name, "dataset": {"src": "hda", "id": job["outputs"][name]["id"]}}
+        for name in ("count.txt", "upper.txt")
+    ]
+
+
+def test_build_for_rerun__gives_inputs_that_rerun_the_same_job(
+    alice: Galaxy, alice_job: str
+) -> None:
+    template = alice.ok(f"/api/jobs/{alice_job}/build_for_rerun")
+    assert template["id"] == "wordcount" and template["job_remap"] is False
+    doc = dataset_of(alice, alice_job, "inputs", "infile")
+    assert template["state_inputs"] == {"infile": {"src": "hda", "id": doc}, "upper": True}
+    result = alice.run(template["id"], template["state_inputs"], history_id=template["history_id"])
+    rerun = result["jobs"][0]["id"]
+    assert alice.wait(rerun)["state"] == "ok"
+    original = {o["name"] for o in alice.ok(f"/api/jobs/{alice_job}/outputs")}
+    assert {o["name"] for o in alice.ok(f"/api/jobs/{rerun}/outputs")} == original
+
+
+# --- jobs: search -------------------------------------------------------------------------------
+
+
+def test_search__finds_the_callers_jobs_with_same_params_and_input_content(
+    alice: Galaxy, bob: Galaxy, alice_job: str
+) -> None:
+    doc = dataset_of(alice, alice_job, "inputs", "infile")
+    inputs = {"infile": {"src": "hda", "id": doc}, "repeat": 2}
+    first = alice.run("wordcount", inputs)["jobs"][0]["id"]
+    alice.wait(first)
+    response = alice.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs})
+    assert response.status_code == 200, response.text
+    found = [j["id"] for j in response.json()]
+    assert first in found and alice_job not in found
+    assert all(j["params"].get("repeat") == "2" for j in response.json())
+    as_string = alice.post(
+        "/api/jobs/search", {"tool_id": "wordcount", "inputs": json.dumps(inputs), "state": "ok"}
+    )
+    assert first in [j["id"] for j in as_string.json()]
+    other_state = alice.post(
+        "/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs, "state": "error"}
+    )
+    assert other_state.json() == []
+    different = alice.post(
+        "/api/jobs/search", {"tool_id": "wordcount", "inputs": {**inputs, "repeat": 3}}
+    )
+    assert first not in [j["id"] for j in different.json()]
+    assert alice.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": {"x": 1}}).json() == []
+    assert_error(
+        bob.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs}), 403, 403002
+    )
+    assert_error(alice.post("/api/jobs/search", {"tool_id": "nope", "inputs": {}}), 404, 404001)
+    assert_error(alice.post("/api/jobs/search", {"tool_id": "wordcount"}), 400, 400008)
+
+
+# --- jobs: listing ------------------------------------------------------------------------------
+
+
+def test_list_jobs__users_see_their_own_admins_everyones(
+    admin: Galaxy, alice: Galaxy, bob: Galaxy, alice_job: str
+) -> None:
+    mine = alice.ok("/api/jobs")
+    assert alice_job in [j["id"] for j in mine]
+    assert all(SUMMARY_KEYS == set(j) for j in mine)
+    assert alice_job not in [j["id"] for j in bob.ok("/api/jobs")]
+    everyone = admin.ok("/api/jobs")
+    assert alice_job in [j["id"] for j in everyone]
+    assert all(SUMMARY_KEYS | ADMIN_KEYS == set(j) for j in everyone)
+    detailed = admin.ok("/api/jobs", params={"user_details": True})
+    assert {j["user_email"] for j in detailed if j["id"] == alice_job} == {"alice@example.org"}
+    alice_id = alice.ok("/api/whoami")["id"]
+    only = admin.ok("/api/jobs", params={"user_id": alice_id})
+    assert only and all(j["id"] in {m["id"] for m in mine} for j in only)
+    assert alice.ok("/api/jobs", params={"user_id": alice_id}) == mine
+    assert_error(bob.get("/api/jobs", params={"user_id": alice_id}), 403, 403006)
+    assert_error(bob.get("/api/jobs", params={"user_details": "True"}), 403, 403006)
+    assert_error(bob.get("/api/jobs", params={"view": "admin_job_list"}), 403, 403006)
+    admin_view = admin.ok("/api/jobs", params={"view": "admin_job_list", "limit": 1})
+    assert {"user_email", "handler", "job_runner_name"} <= set(admin_view[0])
+
+
+def test_list_jobs__state_filters_repeated_comma_separated_and_unknown(
+    alice: Galaxy, alice_job: str
+) -> None:
+    failed = alice.run("sleeper", {"seconds": 0, "exit_code": 1})["jobs"][0]["id"]
+    alice.wait(failed)
+    ok = {j["id"] for j in alice.ok("/api/jobs?state=ok")}
+    assert alice_job in ok and failed not in ok
+    error = {j["id"] for j in alice.ok("/api/jobs", params={"state": "error"})}
+    assert failed in error and alice_job not in error
+    both = {j["id"] for j in alice.ok("/api/jobs", params={"state": ["ok", "error"]})}
+    assert both == ok | error
+    assert {j["id"] for j in alice.ok("/api/jobs?state=ok,error")} == both
+    assert alice.ok("/api/jobs?state=paused") == []
+    assert_error(alice.get("/api/jobs?state=failed_hard"), 400, 400008)
+
+
+def test_list_jobs__tool_and_history_filters(alice: Galaxy, alice_job: str) -> None:
+    labelled = alice.run("sleeper", {"seconds": 0}, history_id="abc123")["jobs"][0]["id"]
+    alice.wait(labelled)
+    sleepers = alice.ok("/api/jobs?tool_id=sleeper")
+    assert sleepers and {j["tool_id"] for j in sleepers} == {"sleeper"}
+    assert alice_job in [j["id"] for j in alice.ok("/api/jobs?tool_id=sleeper,wordcount")]
+    both = alice.ok("/api/jobs", params={"tool_id": ["sleeper", "wordcount"]})
+    assert {j["tool_id"] for j in both} == {"sleeper", "wordcount"}
+    assert {j["tool_id"] for j in alice.ok("/api/jobs?tool_id_like=word%25")} == {"wordcount"}
+    assert alice.ok("/api/jobs?tool_id=nope") == []
+    assert [j["id"] for j in alice.ok("/api/jobs?history_id=abc123")] == [labelled]
+    assert alice.ok("/api/jobs?workflow_id=f2db41e1fa331b3e") == []
+    assert alice.ok("/api/jobs?file_type=whatever&bogus=1")  # unknown parameters are ignored
+
+
+def test_list_jobs__date_ranges_compare_update_time(alice: Galaxy, alice_job: str) -> None:
+    today = datetime.now(UTC).date()
+    yesterday, tomorrow = today - timedelta(days=1), today + timedelta(days=1)
+    assert alice_job in [j["id"] for j in alice.ok(f"/api/jobs?date_range_min={today}")]
+    assert alice.ok(f"/api/jobs?date_range_min={tomorrow}") == []
+    assert alice.ok(f"/api/jobs?date_range_max={yesterday}") == []
+    job = alice.ok(f"/api/jobs/{alice_job}")
+    exact = {"date_range_min": job["update_time"], "date_range_max": job["update_time"]}
+    assert [j["id"] for j in alice.ok("/api/jobs", params=exact)] == [alice_job]
+    assert_error(alice.get("/api/jobs?date_range_min=yesterday"), 400, 400008)
+
+
+def test_list_jobs__limit_offset_and_order(alice: Galaxy) -> None:
+    ids = []
+    for _ in range(3):
+        job_id = alice.run("sleeper", {"seconds": 0}, history_id="paging")["jobs"][0]["id"]
+        alice.wait(job_id)
+        ids.append(job_id)
+    base = "/api/jobs?history_id=paging"
+    newest_first = [j["id"] for j in alice.ok(base + "&order_by=create_time")]
+    assert newest_first == ids[::-1]
+    page = alice.ok(base + "&limit=1&offset=1&order_by=create_time")
+    assert [j["id"] for j in page] == [ids[1]]
+    by_update = alice.ok(base)
+    times = [j["update_time"] for j in by_update]
+    assert times == sorted(times, reverse=True)
+    assert len(alice.ok(base + "&limit=2")) == 2
+    assert alice.ok(base + "&offset=3") == []
+    assert_error(alice.get(base + "&limit=0"), 400, 400008)
+    assert_error(alice.get(base + "&offset=-1"), 400, 400008)
+    assert_error(alice.get(base + "&limit=ten"), 400, 400008)
+    assert_error(alice.get(base + "&order_by=name"), 400, 400008)
+
+
+# --- jobs: cancel -------------------------------------------------------------------------------
+
+
+def test_cancel__stops_the_process_answers_true_then_false(
+    alice: Galaxy, bob: Galaxy, alice_job: str
+) -> None:
+    job_id = alice.run("sleeper", {"seconds": 120})["jobs"][0]["id"]
+
+    def pid() -> int | None:
+        text = alice.ok(f"/api/jobs/{job_id}?full=true")["stdout"]
+        found = re.search(r"pid (\d+) sleeping", text)
+        return int(found.group(1)) if found else None
+
+    assert eventually(lambda: pid() is not None, 30)
+    process = pid()
+    assert process is not None
+    assert_error(bob.delete(f"/api/jobs/{job_id}"), 403, 403002)
+    response = alice.delete(f"/api/jobs/{job_id}")
+    assert response.status_code == 200 and response.json() is True
+    assert alice.ok(f"/api/jobs/{job_id}")["state"] in ("deleting", "deleted")
+    assert eventually(lambda: alice.ok(f"/api/jobs/{job_id}")["state"] == "deleted", 30)
+    assert eventually(lambda: not Path(f"/proc/{process}").exists(), 10)
+    again = alice.delete(f"/api/jobs/{job_id}/")
+    assert again.status_code == 200 and again.json() is False
+    finished = alice.delete(f"/api/jobs/{alice_job}")
+    assert finished.status_code == 200 and finished.json() is False
+    assert alice.ok(f"/api/jobs/{alice_job}")["state"] == "ok"
+    assert_error(alice.delete("/api/jobs/0123456789abcdef"), 404, 404001)
+    assert_error(alice.delete("/api/jobs/nope"), 400, 400009)
+
+
+def test_cancel__a_queued_job_becomes_deleted_at_once(daemon: DaemonProcess, alice: Galaxy) -> None:
+    # Fill the daemon's slots with sleepers so the last job waits in the queue.
+    slots = json.loads(daemon.cli("config", "check", "--json").stdout)["runners"]["local"]["slots"]
+    blockers = [alice.run("sleeper", {"seconds": 60})["jobs"][0]["id"] for _ in range(slots)]
+    try:
+        queued = alice.run("sleeper", {"seconds": 60})["jobs"][0]["id"]
+        assert alice.ok(f"/api/jobs/{queued}")["state"] in ("queued", "new")
+        assert alice.delete(f"/api/jobs/{queued}").json() is True
+        assert alice.ok(f"/api/jobs/{queued}")["state"] == "deleted"
+    finally:
+        for job_id in blockers:
+            alice.delete(f"/api/jobs/{job_id}")
+    for job_id in blockers:
+        assert eventually(lambda j=job_id: alice.ok(f"/api/jobs/{j}")["state"] == "deleted", 30)
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+
+def test_dataset__shown_downloaded_with_ranges_for_owner_and_admin_only(
+    admin: Galaxy, alice: Galaxy, bob: Galaxy, alice_job: str
+) -> None:
+    upper = dataset_of(alice, alice_job, "outputs", "upper.txt")
+    shown = alice.ok(f"/api/datasets/{upper}?hda_ldda=hda")
+    assert shown["id"] == upper and shown["name"] == "upper.txt" and shown["state"] == "ok"
+    assert shown["file_size"] == 13 and shown["file_ext"] == shown["extension"] == "txt"
+    assert shown["creating_job"] == alice_job
+    assert shown["download_url"] == f"/api/datasets/{upper}/display"
+    assert TIMESTAMP.match(shown["create_time"])
+    url = shown["download_url"] + "?to_ext=txt"
+    content = alice.get(url)
+    assert content.status_code == 200 and content.content == b"ONE TWO THREE"
+    assert 'filename="upper.txt"' in content.headers["Content-Disposition"]
+    ranged = alice.get(url, headers={"Range": "bytes=4-6"})
+    assert ranged.status_code == 206 and ranged.content == b"TWO"
+    head = alice.session.head(alice.url + url, timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == "13"
+    assert_error(alice.get(url, headers={"Range": "bytes=100-"}), 416, 416001)
+    assert admin.get(url).content == b"ONE TWO THREE"
+    assert_error(bob.get(f"/api/datasets/{upper}"), 403, 403002)
+    assert_error(bob.get(url), 403, 403002)
+    assert_error(alice.get("/api/datasets/0123456789abcdef"), 404, 404001)
+    assert_error(alice.get("/api/datasets/0123456789abcdef/display"), 404, 404001)
+    assert_error(alice.get("/api/datasets/x/display"), 400, 400009)
+    assert_error(requests.get(alice.url + url, timeout=10), 403, 403001)
+
+
+# --- users --------------------------------------------------------------------------------------
+
+
+def test_users__admin_lists_all_user_sees_self_show_and_current(
+    admin: Galaxy, alice: Galaxy, bob: Galaxy
+) -> None:
+    everyone = {u["username"]: u for u in admin.ok("/api/users")}
+    assert {"admin", "alice", "bob"} <= set(everyone)
+    assert [u["username"] for u in alice.ok("/api/users")] == ["alice"]
+    alice_id = everyone["alice"]["id"]
+    assert [u["username"] for u in admin.ok("/api/users?f_email=alice@")] == ["alice"]
+    assert [u["username"] for u in admin.ok("/api/users?f_any=bo")] == ["bob"]
+    shown = alice.ok(f"/api/users/{alice_id}")
+    assert shown["username"] == "alice" and shown["is_admin"] is False
+    assert shown["total_disk_usage"] > 0 and shown["nice_total_disk_usage"]
+    assert alice.ok("/api/users/current") == shown
+    assert admin.ok(f"/api/users/{alice_id}")["email"] == "alice@example.org"
+    assert_error(bob.get(f"/api/users/{alice_id}"), 403, 403002)
+    assert_error(admin.get("/api/users/0123456789abcdef"), 404, 404001)
+    assert_error(admin.get("/api/users/not-an-id"), 400, 400009)
+    assert admin.ok("/api/users/deleted") == []
+    assert_error(alice.get("/api/users/deleted"), 403, 403006)
+
+
+def test_users__admin_creates_a_local_user_who_can_baseauth(
+    daemon: DaemonProcess, admin: Galaxy, alice: Galaxy
+) -> None:
+    payload = {"username": "carol", "email": "carol@example.org", "password": "s3cret-pw"}
+    assert_error(alice.post("/api/users", payload), 403, 403006)
+    response = admin.post("/api/users", payload)
+    assert response.status_code == 200, response.text
+    carol = response.json()
+    assert carol["username"] == "carol" and ID.match(carol["id"])
+    assert_error(admin.post("/api/users", payload), 409, 409001)
+    short = {"username": "dave", "email": "dave@example.org", "password": "abc"}
+    assert_error(admin.post("/api/users", short), 400, 400008)
+    assert_error(admin.post("/api/users", {"username": "erin"}), 400, 400008)
+    encoded = base64.b64encode(b"carol@example.org:s3cret-pw").decode()
+    key = requests.get(
+        f"{daemon.url}/api/authenticate/baseauth", headers={"Authorization": encoded}, timeout=10
+    ).json()["api_key"]
+    assert Galaxy(daemon.url, key).ok("/api/whoami")["id"] == carol["id"]
+
+
+def test_users__api_keys_new_for_self_or_by_admin_and_own_key_handed_back(
+    daemon: DaemonProcess, admin: Galaxy, alice: Galaxy, bob: Galaxy, alice_key: str
+) -> None:
+    alice_id = alice.ok("/api/whoami")["id"]
+    response = alice.post(f"/api/users/{alice_id}/api_key", {"user_id": alice_id})
+    assert response.status_code == 200
+    fresh = response.json()
+    assert isinstance(fresh, str) and fresh != alice_key
+    assert Galaxy(daemon.url, fresh).ok("/api/whoami")["username"] == "alice"
+    assert alice.ok(f"/api/users/{alice_id}/api_key") == alice_key
+    assert alice.ok(f"/api/users/{alice_id}/api_key/detailed")["key"] == alice_key
+    by_admin = admin.post(f"/api/users/{alice_id}/api_key").json()
+    assert Galaxy(daemon.url, by_admin).ok("/api/whoami")["username"] == "alice"
+    assert_error(bob.post(f"/api/users/{alice_id}/api_key"), 403, 403002)
