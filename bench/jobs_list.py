@@ -73,8 +73,12 @@ WARMUP = 20
 PROPOSED_INDEXES = {
     "ix_jobs_updated": "CREATE INDEX IF NOT EXISTS ix_jobs_updated ON jobs (updated_at, id)",
     "ix_jobs_created": "CREATE INDEX IF NOT EXISTS ix_jobs_created ON jobs (created_at, id)",
-    "ix_jobs_user_updated": "CREATE INDEX IF NOT EXISTS ix_jobs_user_updated ON jobs (user_id, updated_at, id)",
-    "ix_jobs_state_updated": "CREATE INDEX IF NOT EXISTS ix_jobs_state_updated ON jobs (state, updated_at, id)",
+    "ix_jobs_user_updated": (
+        "CREATE INDEX IF NOT EXISTS ix_jobs_user_updated ON jobs (user_id, updated_at, id)"
+    ),
+    "ix_jobs_state_updated": (
+        "CREATE INDEX IF NOT EXISTS ix_jobs_state_updated ON jobs (state, updated_at, id)"
+    ),
 }
 
 #: (state, weight, runner, node): terminal states, or active ones this daemon never touches.
