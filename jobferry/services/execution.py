@@ -7,7 +7,6 @@ mapping from runner outcomes to job states and the collection of outputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sqlalchemy import select, update
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
+from jobferry.staging.paths import file_digest
 from jobferry.store import transitions
 from jobferry.store.models import Job, JobFile, JobState, utcnow
 
@@ -242,13 +242,8 @@ def _scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
             path = Path(root) / name
             if path.is_symlink() or not path.is_file():
                 continue
-            digest = hashlib.sha256()
-            size = 0
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-            found.append((str(path.relative_to(workdir)), size, digest.hexdigest()))
+            size, sha256 = file_digest(path)
+            found.append((str(path.relative_to(workdir)), size, sha256))
             if len(found) >= MAX_OUTPUT_FILES:
                 return found
     return found

@@ -20,7 +20,6 @@ chunks on the event loop and writes file data straight to a ``ConfinedWriter``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from jobferry.errors import (
 from jobferry.services.core import Core
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
+from jobferry.staging.paths import file_digest
 from jobferry.store.models import Job, JobState
 from jobferry.store.records import replace_output_file
 
@@ -177,15 +177,9 @@ class JobFilesService:
 
     def _register_late_output(self, access: JobAccess, parts: list[str]) -> None:
         name = "/".join(parts[1:])  # parts[0] is the write area, "work"
-        path = access.root.joinpath(*parts)
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
+        size, sha256 = file_digest(access.root.joinpath(*parts))
         with self.core.sessions.begin() as session:
-            replace_output_file(session, access.job_id, name, size, digest.hexdigest())
+            replace_output_file(session, access.job_id, name, size, sha256)
 
     def refuse_form_sources(self, fields: dict[str, list[str]]) -> None:
         """``__file_path`` (nginx upload store) and ``session_id`` (TUS) sources.

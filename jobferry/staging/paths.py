@@ -8,6 +8,7 @@ prefix-sibling directories), NUL bytes and percent-encoded forms.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -45,3 +46,14 @@ def confine(root: str | os.PathLike[str], relative: str) -> Path:
     if candidate == real_root or not candidate.startswith(real_root + os.sep):
         raise PathRejectedError("The path is not allowed.")
     return Path(candidate)
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """Size and sha256 hex of a file, read in 1 MiB chunks. Blocking."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
