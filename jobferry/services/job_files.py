@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import IO, Literal, overload
 from urllib.parse import parse_qsl
 
-from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 from sqlalchemy import select
 
@@ -44,6 +42,7 @@ from jobferry.errors import (
 from jobferry.services.core import Core
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
+from jobferry.staging.forms import MultipartStream
 from jobferry.staging.paths import file_digest
 from jobferry.store.models import Job, JobState
 from jobferry.store.records import replace_output_file
@@ -200,12 +199,11 @@ class JobFilesService:
 @dataclass
 class _Part:
     name: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
     is_content: bool = False
     buffer: bytearray = field(default_factory=bytearray)
 
 
-class UploadReceiver:
+class UploadReceiver(MultipartStream):
     """One POST body, fed chunk by chunk on the event loop.
 
     ``multipart/form-data``: the part named ``file`` (or ``__file``) is written
@@ -232,58 +230,16 @@ class UploadReceiver:
         self._field_bytes = 0
         self._raw = bytearray()
         self._part: _Part | None = None
-        self._header_field = bytearray()
-        self._header_value = bytearray()
-        self._ended = False
-        self.kind = multipart_kind(content_type)
-        self._parser: MultipartParser | None = None
-        if self.kind == "multipart/form-data":
-            _, options = parse_options_header(content_type)
-            boundary = options.get(b"boundary")
-            if not boundary:
-                raise RequestError("multipart body without a boundary")
-            self._parser = MultipartParser(
-                boundary,
-                {
-                    "on_part_begin": self._on_part_begin,
-                    "on_header_field": self._on_header_field,
-                    "on_header_value": self._on_header_value,
-                    "on_header_end": self._on_header_end,
-                    "on_headers_finished": self._on_headers_finished,
-                    "on_part_data": self._on_part_data,
-                    "on_part_end": self._on_part_end,
-                    "on_end": self._on_end,
-                },
-            )
+        self._start_multipart(content_type)
 
     @property
     def has_file(self) -> bool:
         return self.content_parts > 0
 
-    def feed(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.max_body_bytes:
-            raise PayloadTooLargeError(
-                f"the request body exceeds {self.max_body_bytes} bytes (server.max_upload_mb)"
-            )
-        if self._parser is None:
-            if len(self._raw) + len(chunk) > self.max_field_bytes:
-                raise PayloadTooLargeError(
-                    f"a form body may not exceed {self.max_field_bytes} bytes"
-                )
-            self._raw += chunk
-            return
-        try:
-            self._parser.write(chunk)
-        except MultipartParseError as exc:
-            raise RequestError(f"malformed multipart body: {exc}") from exc
-
     def finish(self) -> None:
         """The body is complete: parse a form body, check a multipart one ended."""
         if self._parser is not None:
-            self._parser.finalize()
-            if not self._ended:
-                raise RequestError("the multipart body ended before its closing boundary")
+            self._finish_multipart()
             return
         text = self._raw.decode("utf-8", "replace")
         for key, value in parse_qsl(text, keep_blank_values=True):
@@ -304,24 +260,10 @@ class UploadReceiver:
     def _on_part_begin(self) -> None:
         self._part = _Part()
 
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        assert self._part is not None
-        key = self._header_field.decode("latin-1").lower()
-        # Latin-1 keeps the raw bytes; names and file names are decoded as UTF-8 later.
-        self._part.headers[key] = self._header_value.decode("latin-1")
-        self._header_field.clear()
-        self._header_value.clear()
-
     def _on_headers_finished(self) -> None:
         part = self._part
         assert part is not None
-        _, options = parse_options_header(part.headers.get("content-disposition", ""))
+        options = self._disposition()
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
         if part.name in FILE_FIELDS:
             self.content_parts += 1
@@ -351,9 +293,6 @@ class UploadReceiver:
         if not part.is_content and part.name:
             self.fields.setdefault(part.name, []).append(part.buffer.decode("utf-8", "replace"))
         self._part = None
-
-    def _on_end(self) -> None:
-        self._ended = True
 
 
 def multipart_kind(content_type: str) -> str:

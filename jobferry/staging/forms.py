@@ -11,6 +11,7 @@ Nothing here is visible to anyone until the caller moves the files into place;
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import shutil
@@ -41,7 +42,6 @@ class UploadedFile:
 
 @dataclass
 class _Part:
-    headers: dict[str, str] = field(default_factory=dict)
     name: str = ""
     upload: UploadedFile | None = None
     handle: IO[bytes] | None = None
@@ -49,7 +49,127 @@ class _Part:
     buffer: bytearray = field(default_factory=bytearray)
 
 
-class FormReceiver:
+class MultipartStream(abc.ABC):
+    """The multipart plumbing both request-body receivers share.
+
+    ``_start_multipart`` sets ``kind`` and, for ``multipart/form-data``, a
+    python-multipart parser whose callbacks land here; the part's headers are
+    collected by this class, and subclasses handle each part through
+    ``_on_part_begin``, ``_on_headers_finished`` (``_disposition()`` gives the
+    part's Content-Disposition options), ``_on_part_data`` and ``_on_part_end``.
+    """
+
+    kind: str
+    max_body_bytes: int
+    max_field_bytes: int
+    received: int
+    _raw: bytearray
+    _parser: MultipartParser | None
+    _ended: bool
+
+    def _start_multipart(self, content_type: str) -> None:
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._part_headers: dict[str, str] = {}
+        self._ended = False
+        self._parser = None
+        mime, options = parse_options_header(content_type or "")
+        self.kind = mime.decode("latin-1").lower()
+        if self.kind != "multipart/form-data":
+            return
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise RequestError("multipart body without a boundary")
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin_part,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body: parsed at once if multipart, else buffered.
+
+        Raises PayloadTooLargeError past ``max_body_bytes`` (or ``max_field_bytes``
+        for a buffered body), RequestError for a malformed multipart body.
+        """
+        self.received += len(chunk)
+        if self.received > self.max_body_bytes:
+            raise PayloadTooLargeError(
+                f"the request body exceeds {self.max_body_bytes} bytes (server.max_upload_mb)"
+            )
+        if self._parser is None:
+            if len(self._raw) + len(chunk) > self.max_field_bytes:
+                raise PayloadTooLargeError(
+                    f"a {self.kind or 'non-multipart'} body may not exceed "
+                    f"{self.max_field_bytes} bytes"
+                )
+            self._raw += chunk
+            return
+        self._write_multipart(chunk)
+
+    def _write_multipart(self, chunk: bytes) -> None:
+        assert self._parser is not None
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise RequestError(f"malformed multipart body: {exc}") from exc
+
+    def _finish_multipart(self) -> None:
+        assert self._parser is not None
+        self._parser.finalize()
+        if not self._ended:
+            raise RequestError("the multipart body ended before its closing boundary")
+
+    def _disposition(self) -> dict[bytes, bytes]:
+        _, options = parse_options_header(self._part_headers.get("content-disposition", ""))
+        return dict(options)
+
+    def _begin_part(self) -> None:
+        self._part_headers = {}
+        self._on_part_begin()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        key = self._header_field.decode("latin-1").lower()
+        # Latin-1 keeps the raw bytes; names and file names are decoded as UTF-8 later.
+        self._part_headers[key] = self._header_value.decode("latin-1")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+    @abc.abstractmethod
+    def _on_part_begin(self) -> None:
+        """Handle one step of the current part."""
+
+    @abc.abstractmethod
+    def _on_headers_finished(self) -> None:
+        """Handle one step of the current part."""
+
+    @abc.abstractmethod
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        """Handle one step of the current part."""
+
+    @abc.abstractmethod
+    def _on_part_end(self) -> None:
+        """Handle one step of the current part."""
+
+
+class FormReceiver(MultipartStream):
     """Parse one request body incrementally.
 
     Args:
@@ -72,29 +192,9 @@ class FormReceiver:
         self._dir: Path | None = None
         self._tmp_root = tmp_root
         self._part: _Part | None = None
-        self._header_field = bytearray()
-        self._header_value = bytearray()
-        mime, options = parse_options_header(content_type or "")
-        self.kind = mime.decode("latin-1").lower()
-        self._parser: MultipartParser | None = None
-        if self.kind == "multipart/form-data":
-            boundary = options.get(b"boundary")
-            if not boundary:
-                raise RequestError("multipart body without a boundary")
-            self._parser = MultipartParser(
-                boundary,
-                {
-                    "on_part_begin": self._on_part_begin,
-                    "on_header_field": self._on_header_field,
-                    "on_header_value": self._on_header_value,
-                    "on_header_end": self._on_header_end,
-                    "on_headers_finished": self._on_headers_finished,
-                    "on_part_data": self._on_part_data,
-                    "on_part_end": self._on_part_end,
-                    "on_end": self._on_end,
-                },
-            )
-        self._ended = self._parser is None
+        self._start_multipart(content_type)
+        if self._parser is None:
+            self._ended = True
 
     @property
     def directory(self) -> Path:
@@ -103,30 +203,10 @@ class FormReceiver:
             self._dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self._tmp_root))
         return self._dir
 
-    def feed(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.max_body_bytes:
-            raise PayloadTooLargeError(
-                f"the request body exceeds {self.max_body_bytes} bytes (server.max_upload_mb)"
-            )
-        if self._parser is None:
-            if len(self._raw) + len(chunk) > self.max_field_bytes:
-                raise PayloadTooLargeError(
-                    f"a form or JSON body may not exceed {self.max_field_bytes} bytes"
-                )
-            self._raw += chunk
-            return
-        try:
-            self._parser.write(chunk)
-        except MultipartParseError as exc:
-            raise RequestError(f"malformed multipart body: {exc}") from exc
-
     def finish(self) -> None:
         """The body is complete: parse a buffered body, check a multipart one ended."""
         if self._parser is not None:
-            self._parser.finalize()
-            if not self._ended:
-                raise RequestError("the multipart body ended before its closing boundary")
+            self._finish_multipart()
             return
         text = self._raw.decode("utf-8", "replace")
         if "json" in self.kind:
@@ -159,24 +239,10 @@ class FormReceiver:
     def _on_part_begin(self) -> None:
         self._part = _Part()
 
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        assert self._part is not None
-        key = self._header_field.decode("latin-1").lower()
-        # Latin-1 keeps the raw bytes; names and file names are decoded as UTF-8 later.
-        self._part.headers[key] = self._header_value.decode("latin-1")
-        self._header_field.clear()
-        self._header_value.clear()
-
     def _on_headers_finished(self) -> None:
         part = self._part
         assert part is not None
-        _, options = parse_options_header(part.headers.get("content-disposition", ""))
+        options = self._disposition()
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in options:
             filename = options[b"filename"].decode("utf-8", "replace")
@@ -214,9 +280,6 @@ class FormReceiver:
             value = part.buffer.decode("utf-8", "replace")
             self.fields.setdefault(part.name, []).append(value)
         self._part = None
-
-    def _on_end(self) -> None:
-        self._ended = True
 
 
 def _as_text(value: Any) -> str:
