@@ -11,6 +11,7 @@ reports the exact location of every error and coerces types strictly.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from jobferry.errors import ConfigError
 
+#: Destination names (they are stored on jobs and shown in URLs and tables).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Environment variable naming the configuration file when --config is not given.
 CONFIG_ENV = "JOBFERRY_CONFIG"
 
@@ -123,10 +126,106 @@ class LocalRunnerConfig(_Section):
     )
 
 
+class DockerRunnerConfig(_Section):
+    """The Docker runner (docker SDK)."""
+
+    enabled: bool = Field(False, description="Serve destinations with runner: docker.")
+    base_url: str = Field(
+        "unix:///var/run/docker.sock", description="The Docker engine's API address."
+    )
+    pull: bool = Field(
+        False, description="Pull an image missing locally (false: such a job ends error)."
+    )
+    user: str | None = Field(
+        None, description="uid:gid jobs run as in containers; default: the daemon's own if "
+        "not root, else 65534:65534 (nobody)."
+    )
+    slots: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Containers run at once on this node; default: the number of cores."
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="Timeout of one Docker API call."
+    )
+
+
+class SlurmRunnerConfig(_Section):
+    """The Slurm runner (sbatch, squeue, scontrol, sacct, scancel)."""
+
+    enabled: bool = Field(False, description="Serve destinations with runner: slurm.")
+    bin_dir: str | None = Field(
+        None, description="Directory of the Slurm commands; default: found on PATH."
+    )
+    slots: Annotated[int, Field(ge=0)] = Field(
+        1000, description="Slurm jobs this node keeps submitted at once."
+    )
+    poll_interval_s: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="Longest pause between two squeue calls (one call covers every job)."
+    )
+    command_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Timeout of one Slurm command."
+    )
+
+
 class RunnersConfig(_Section):
     """Runners that execute jobs."""
 
     local: LocalRunnerConfig = LocalRunnerConfig()
+    docker: DockerRunnerConfig = DockerRunnerConfig()
+    slurm: SlurmRunnerConfig = SlurmRunnerConfig()
+
+
+class DestinationConfig(_Section):
+    """Where and how a job runs: a runner plus its parameters."""
+
+    runner: Literal["local", "docker", "slurm"] = "local"
+    cores: Annotated[int, Field(ge=1)] = 1
+    memory_mb: Annotated[int, Field(ge=1)] | None = None
+    gpus: Annotated[int, Field(ge=0)] = 0
+    walltime_s: Annotated[int, Field(ge=0)] | None = None
+    image: str | None = None
+    partition: str | None = None
+    sbatch_args: list[str] = Field(default_factory=list)
+    network: bool = False
+    staging: Literal["shared", "remote"] = "shared"
+    scratch_dir: str = "/tmp/jobferry-scratch"
+    env: dict[str, str] = Field(default_factory=dict)
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _runner_params(self) -> DestinationConfig:
+        if self.runner == "docker" and not self.image:
+            raise ValueError("a docker destination needs an image")
+        if self.runner == "local" and self.staging == "remote":
+            raise ValueError("staging: remote needs runner docker or slurm")
+        return self
+
+
+class RoutingRule(_Section):
+    """Send matching jobs to a destination; the first matching rule wins."""
+
+    destination: str
+    script: str | None = None
+    tool: str | None = None
+    user: str | None = None
+    group: str | None = None
+
+    @model_validator(mode="after")
+    def _one_match(self) -> RoutingRule:
+        given = [k for k in ("script", "tool", "user", "group") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a rule names exactly one of script, tool, user, group")
+        return self
+
+
+class RoutingConfig(_Section):
+    """Which destination a job goes to."""
+
+    default: str = Field("local", description="Destination of a job no rule matches.")
+    rules: list[RoutingRule] = Field(
+        default_factory=list,
+        description="First match wins; each names one of script/tool/user/group and a "
+        "destination.",
+    )
 
 
 class JobsConfig(_Section):
@@ -160,8 +259,36 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     scripts: ScriptsConfig = ScriptsConfig()
     runners: RunnersConfig = RunnersConfig()
+    destinations: dict[str, DestinationConfig] = Field(
+        default_factory=lambda: {"local": DestinationConfig()},
+        description="Named destinations: a runner and its parameters.",
+    )
+    routing: RoutingConfig = RoutingConfig()
     jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _routes_name_destinations(self) -> Config:
+        names = set(self.destinations)
+        problems = []
+        if self.routing.default not in names:
+            problems.append(f"routing.default: unknown destination {self.routing.default!r}")
+        for i, rule in enumerate(self.routing.rules):
+            if rule.destination not in names:
+                problems.append(
+                    f"routing.rules.{i}.destination: unknown destination {rule.destination!r}"
+                )
+        for name, dest in self.destinations.items():
+            if not _NAME.fullmatch(name):
+                problems.append(f"destinations.{name}: names are letters, digits, _ . -")
+            if dest.runner != "local" and not getattr(self.runners, dest.runner).enabled:
+                problems.append(
+                    f"destinations.{name}.runner: runner {dest.runner!r} is not enabled "
+                    f"(runners.{dest.runner}.enabled)"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     # --- derived values (not keys) ------------------------------------------------
 
@@ -197,6 +324,9 @@ def _describe(error: Any) -> str:
         if model is None:
             return f"{loc}: unknown key"
         return f"{loc}: unknown key (expected one of: {', '.join(model.model_fields)})"
+    if kind == "value_error":  # from a model validator: the message names its keys
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return message if loc == "(top level)" else f"{loc}: {message}"
     value = error.get("input")
     return f"{loc}: {error['msg']} (got {value!r})"
 

@@ -51,6 +51,23 @@ class RunSpec:
     walltime_s: float | None = None
     cores: int = 1
     memory_mb: int | None = None
+    #: The claim's attempt number (callbacks and writes are fenced by it).
+    attempt: int = 1
+    #: The destination's name and parameters (config ``destinations.<name>``).
+    destination: str = "local"
+    gpus: int = 0
+    image: str | None = None
+    network: bool = False
+    partition: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    #: ``shared``: the execution host sees ``workdir`` and the other paths above.
+    #: ``remote``: it does not; the wrapper works in ``remote_dir`` on the execution
+    #: host, fetches ``stage_in`` (paths relative to ``job_dir``) over HTTP first and
+    #: posts outputs, logs and the result back to ``job_dir`` over HTTP.
+    staging: str = "shared"
+    job_dir: str = ""
+    remote_dir: str | None = None
+    stage_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ import psutil
 
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.wrapper import WRAPPER, read_result
 
 logger = logging.getLogger(__name__)
 
-WRAPPER = Path(__file__).with_name("wrapper.sh")
 _CREATE_TIME_TOLERANCE_S = 0.01
 _LOST_REASON = "process ended without recording a result"
 
@@ -65,17 +65,6 @@ class _Job:
         return self.result_path + ".killed"
 
 
-@dataclass(frozen=True)
-class _Result:
-    """What the wrapper recorded in the result file."""
-
-    exit_code: int | None
-    reason: str | None
-    cpu_user_s: float | None
-    cpu_sys_s: float | None
-    mtime: float
-
-
 def _start_ticks(pid: int) -> int | None:
     """Return the process start time in clock ticks since boot (immune to clock steps)."""
     try:
@@ -84,47 +73,6 @@ def _start_ticks(pid: int) -> int | None:
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _parse_times(text: str) -> tuple[float, float]:
-    """Parse one ``times`` line (``0m1.250000s 0m0.010000s``) into user and sys seconds."""
-    out = []
-    for part in text.split():
-        minutes, _, seconds = part.rstrip("s").partition("m")
-        out.append(int(minutes) * 60 + float(seconds))
-    return out[0], out[1]
-
-
-def _read_result(path: str) -> _Result | None:
-    """Read the wrapper's result file; None if it does not exist (yet)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            mtime = os.fstat(f.fileno()).st_mtime
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        logger.warning("cannot read result file %s: %s", path, exc)
-        return None
-    exit_code: int | None = None
-    reason: str | None = None
-    user = sys_ = 0.0
-    have_cpu = False
-    for line in lines:
-        key, _, value = line.partition("=")
-        try:
-            if key == "exit_code":
-                exit_code = int(value)
-            elif key == "reason":
-                reason = value
-            elif key == "cpu":
-                u, s = _parse_times(value)
-                user, sys_, have_cpu = user + u, sys_ + s, True
-        except (ValueError, IndexError):
-            logger.warning("ignoring malformed line %r in %s", line, path)
-    if exit_code is None:
-        reason = reason or "result file has no exit code"
-    return _Result(exit_code, reason, user if have_cpu else None, sys_ if have_cpu else None, mtime)
 
 
 class LocalRunner(Runner):
@@ -306,7 +254,7 @@ class LocalRunner(Runner):
     ) -> RunStatus:
         """Build and cache the final status from the wait status and/or the files."""
         now = time.time()
-        result = _read_result(job.result_path)
+        result = read_result(job.result_path)
         killed = self._killed.get(job.external_id)
         if killed is None:
             try:

@@ -286,6 +286,8 @@ def test_sample_config__parses_to_the_defaults(tmp_path: Path) -> None:
 
 def test_sample_config__documents_every_key_of_the_schema() -> None:
     documented = _sample_keys(SAMPLE.read_text(encoding="utf-8"))
+    # Entries of a mapping of named destinations are data, not schema keys.
+    documented = {k: v for k, v in documented.items() if not k.startswith("destinations.")}
     schema = _schema_keys(Config)
     assert sorted(documented) == sorted(key for key, _ in schema), "sample and schema differ"
     undocumented = [key for key, leaf in schema if leaf and not documented[key]]

@@ -1,0 +1,98 @@
+"""The job wrapper every runner executes a job through, and its result file.
+
+``wrapper.sh`` (POSIX sh) runs the job's argv in its working directory with
+stdout/stderr to files, and writes the result file (exit code, CPU times) when
+the job ends. Runners start it with ``wrapper_argv(spec)``: the script's text is
+passed with ``sh -c`` so it needs no file on the execution host (a container, a
+Slurm node). With ``staging: remote`` the same wrapper first fetches the job's
+inputs and afterwards posts its outputs, logs and result back over HTTP and
+reports the job's state to the daemon (``stage.py``, run with python3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from jobferry.runners.base import RunSpec
+
+logger = logging.getLogger(__name__)
+
+WRAPPER = Path(__file__).with_name("wrapper.sh")
+
+
+@cache
+def wrapper_text() -> str:
+    return WRAPPER.read_text(encoding="utf-8")
+
+
+def wrapper_paths(spec: RunSpec) -> tuple[str, str, str, str]:
+    """Working dir, stdout, stderr and result file as the execution host sees them."""
+    if spec.staging == "remote" and spec.remote_dir:
+        r = spec.remote_dir.rstrip("/")
+        return f"{r}/work", f"{r}/stdout", f"{r}/stderr", f"{r}/result"
+    return spec.workdir, spec.stdout_path, spec.stderr_path, spec.result_path
+
+
+def wrapper_argv(spec: RunSpec, shell: str = "/bin/sh") -> list[str]:
+    """The argv that runs *spec*'s command under the wrapper (no file needed)."""
+    w, o, e, r = wrapper_paths(spec)
+    return [shell, "-c", wrapper_text(), "jobferry-job", w, o, e, r, "--", *spec.argv]
+
+
+@dataclass(frozen=True)
+class WrapperResult:
+    """What the wrapper recorded in the result file."""
+
+    exit_code: int | None
+    reason: str | None
+    cpu_user_s: float | None
+    cpu_sys_s: float | None
+    mtime: float
+
+
+def parse_times(text: str) -> tuple[float, float]:
+    """Parse one ``times`` line (``0m1.250000s 0m0.010000s``) into user and sys seconds."""
+    out = []
+    for part in text.split():
+        minutes, _, seconds = part.rstrip("s").partition("m")
+        out.append(int(minutes) * 60 + float(seconds))
+    return out[0], out[1]
+
+
+def read_result(path: str) -> WrapperResult | None:
+    """Read the wrapper's result file; None if it does not exist (yet)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            mtime = os.fstat(f.fileno()).st_mtime
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("cannot read result file %s: %s", path, exc)
+        return None
+    exit_code: int | None = None
+    reason: str | None = None
+    user = sys_ = 0.0
+    have_cpu = False
+    for line in lines:
+        key, _, value = line.partition("=")
+        try:
+            if key == "exit_code":
+                exit_code = int(value)
+            elif key == "reason":
+                reason = value
+            elif key == "cpu":
+                u, s = parse_times(value)
+                user, sys_, have_cpu = user + u, sys_ + s, True
+        except (ValueError, IndexError):
+            logger.warning("ignoring malformed line %r in %s", line, path)
+    if exit_code is None:
+        reason = reason or "result file has no exit code"
+    cpu_user, cpu_sys = (user, sys_) if have_cpu else (None, None)
+    return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime)
+
+
