@@ -1,8 +1,14 @@
 """Engine and session factory, and the schema's revision (Alembic).
 
-SQLite gets WAL journaling, a busy timeout and foreign keys on every
-connection. The schema is owned by Alembic: ``upgrade_schema`` brings a
-database to head, ``check_schema`` refuses an out-of-date one.
+Two engines are supported: SQLite (embedded, the default) and PostgreSQL
+through psycopg 3. SQLite gets WAL journaling, a busy timeout and foreign keys
+on every connection. PostgreSQL gets a pool with pre-ping, so connections that
+died with a server restart are replaced instead of failing a request. A lost
+or unreachable database surfaces as ``StoreUnavailableError`` from the unit of
+work (``SessionFactory.begin``), which the API answers with 503.
+
+The schema is owned by Alembic: ``upgrade_schema`` brings a database to head,
+``check_schema`` refuses an out-of-date one.
 """
 
 from __future__ import annotations
@@ -20,33 +26,98 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobferry.errors import SchemaOutOfDateError, StoreError
+from jobferry.errors import SchemaOutOfDateError, StoreError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+#: Seconds a new PostgreSQL connection may take before the store counts as unreachable.
+PG_CONNECT_TIMEOUT_S = 5
+#: Seconds a unit of work waits for a pooled connection before giving up (503).
+POOL_TIMEOUT_S = 10
+
+
+def normalize_url(url: str) -> str:
+    """*url* with PostgreSQL URLs pointed at psycopg 3 (``postgres://``, ``postgresql://``)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def display_url(url: str) -> str:
+    """*url* as logs and the CLI may show it: normalised, any password masked."""
+    url = normalize_url(url)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing secret
+        return url.split("://", 1)[0] + "://..."
+
+
 def make_engine(url: str, pool_size: int = 4) -> Engine:
-    """Create the engine for *url*; SQLite connections are tuned for a daemon."""
-    kwargs: dict[str, Any] = {}
+    """Create the engine for *url* (SQLite or PostgreSQL), tuned for a daemon."""
+    url = normalize_url(url)
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
             Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["pool_size"] = pool_size
-        kwargs["max_overflow"] = pool_size
     else:
-        kwargs["pool_size"] = pool_size
-        kwargs["max_overflow"] = pool_size
         kwargs["pool_pre_ping"] = True
+        kwargs["pool_timeout"] = POOL_TIMEOUT_S
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "jobferry",
+            }
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def dialect_name(bind: Engine | Session) -> str:
+    """``"sqlite"`` or ``"postgresql"``: the engine behind *bind* (an engine or a session)."""
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return str(engine.dialect.name)
+
+
+def is_postgres(bind: Engine | Session) -> bool:
+    """True when *bind* (an engine or a session) talks to PostgreSQL, else it is SQLite."""
+    return dialect_name(bind) == "postgresql"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when *exc* says the database cannot be reached (rather than refused a statement).
+
+    A dropped or refused connection, a server shutting down, an exhausted pool: the
+    same request can succeed later. SQLite's own errors (locked, disk full) are not
+    counted: they are not about reaching a server.
+    """
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailableError:
+    """The project error for a connection-level failure *exc* (one line, no secrets)."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return StoreUnavailableError(f"the database cannot be reached right now: {reason}")
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -66,20 +137,31 @@ class SessionFactory:
     ...), which costs far more than queueing on a lock here. The lock is
     re-entrant so a nested unit of work in the same thread cannot deadlock on it.
     On PostgreSQL units of work run concurrently.
+
+    A unit of work that fails because the database cannot be reached (PostgreSQL
+    down or restarting) raises ``StoreUnavailableError``; its transaction was
+    rolled back, so nothing of it was stored and the caller may retry it whole.
     """
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
         self._maker = sessionmaker(engine, expire_on_commit=False)
-        self._lock = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._lock = threading.RLock() if self.dialect == "sqlite" else None
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
-        if self._lock is None:
-            with self._maker.begin() as session:
+        try:
+            if self._lock is None:
+                with self._maker.begin() as session:
+                    yield session
+                return
+            with self._lock, self._maker.begin() as session:
                 yield session
-            return
-        with self._lock, self._maker.begin() as session:
-            yield session
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if is_connection_error(exc):
+                raise store_unavailable(exc) from exc
+            raise
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:

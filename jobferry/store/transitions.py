@@ -69,19 +69,28 @@ def claim_queued_jobs(
 ) -> Sequence[Job]:
     """Claim up to *limit* queued jobs for *runner* on *node*, best priority then oldest.
 
-    One conditional UPDATE (SQLite serialises writers, so two claimers can
-    never take the same row); each claimed job's attempt is incremented.
+    One statement; each claimed job's attempt is incremented. On SQLite it is a
+    conditional UPDATE (SQLite serialises writers, so two claimers can never take
+    the same row). On PostgreSQL the candidates are picked in a CTE with
+    ``FOR UPDATE SKIP LOCKED``: concurrent claimers (other daemons, other threads)
+    skip the rows another one is taking instead of queueing behind it, and the
+    CTE keeps the planner from re-evaluating the LIMIT per row (the "optimisation
+    fence" Oban relies on), so a claim never takes more than *limit* jobs.
     """
     if limit <= 0:
         return []
     now = now or utcnow()
-    candidates = (
+    picked = (
         select(Job.id)
         .where(Job.state == JobState.QUEUED.value, Job.runner == runner)
         .order_by(Job.priority.desc(), Job.created_at, Job.id)
         .limit(limit)
-        .scalar_subquery()
     )
+    if session.get_bind().dialect.name == "postgresql":
+        fenced = picked.with_for_update(skip_locked=True).cte("claim_candidates")
+        candidates = select(fenced.c.id).scalar_subquery()
+    else:
+        candidates = picked.scalar_subquery()
     stmt = (
         update(Job)
         .where(Job.id.in_(candidates), Job.state == JobState.QUEUED.value)

@@ -1,8 +1,14 @@
-"""The SQL store on real SQLite files: migrations, schema checks and job state changes."""
+"""The SQL store on the test run's engine: migrations, schema checks and job state changes.
+
+SQLite files by default; fresh PostgreSQL databases with JOBFERRY_TEST_DB=postgres
+(tests.db). Tests named ``..._on_postgres_...`` always need PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,16 +20,20 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobferry.errors import ConflictError, SchemaOutOfDateError
+from jobferry.errors import ConflictError, SchemaOutOfDateError, StoreUnavailableError
 from jobferry.store.engine import (
+    SessionFactory,
     check_schema,
     current_revision,
+    display_url,
     head_revision,
     is_empty,
     make_engine,
     make_session_factory,
+    normalize_url,
     upgrade_schema,
 )
 from jobferry.store.models import TERMINAL_STATES, Base, Job, JobState, User
@@ -35,18 +45,21 @@ from jobferry.store.transitions import (
     transition_job,
     update_running_job,
 )
+from tests.db import database_url, fresh_pg_database, on_postgres
+from tests.services import require
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
+def store_url(tmp_path: Path, name: str) -> str:
+    """A new, empty store named *name* for this test (a SQLite file or a PG database)."""
+    return database_url(tmp_path / name)
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database in a file."""
-    eng = make_engine(sqlite_url(tmp_path / "store.db"))
+    """A migrated database."""
+    eng = make_engine(store_url(tmp_path, "store"))
     upgrade_schema(eng)
     try:
         yield eng
@@ -158,8 +171,8 @@ def _schema(engine: Engine) -> dict[str, Any]:
 
 
 def test_migrations__upgrade_head_matches_the_models(tmp_path: Path) -> None:
-    migrated = make_engine(sqlite_url(tmp_path / "migrated.db"))
-    created = make_engine(sqlite_url(tmp_path / "created.db"))
+    migrated = make_engine(store_url(tmp_path, "migrated"))
+    created = make_engine(store_url(tmp_path, "created"))
     try:
         assert upgrade_schema(migrated) == (None, head_revision())
         Base.metadata.create_all(created)
@@ -182,7 +195,9 @@ def test_migrations__upgrade_head_matches_the_models(tmp_path: Path) -> None:
         for engine in (migrated, created):
             with engine.connect() as conn:
                 sql = conn.exec_driver_sql(
-                    "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_claim'"
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_claim'"
+                    if engine.dialect.name == "postgresql"
+                    else "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_claim'"
                 ).scalar_one()
             assert "priority DESC" in sql
         assert set(_schema(migrated)) == set(Base.metadata.tables)
@@ -197,7 +212,7 @@ def test_upgrade_schema__is_idempotent_at_head(engine: Engine) -> None:
 
 
 def test_check_schema__initialises_an_empty_database(tmp_path: Path) -> None:
-    eng = make_engine(sqlite_url(tmp_path / "sub" / "fresh.db"))
+    eng = make_engine(store_url(tmp_path, "sub/fresh"))
     try:
         assert is_empty(eng)
         check_schema(eng)
@@ -209,7 +224,7 @@ def test_check_schema__initialises_an_empty_database(tmp_path: Path) -> None:
 
 
 def test_check_schema__without_initialise_refuses_an_empty_database(tmp_path: Path) -> None:
-    eng = make_engine(sqlite_url(tmp_path / "fresh.db"))
+    eng = make_engine(store_url(tmp_path, "fresh"))
     try:
         with pytest.raises(SchemaOutOfDateError, match="jobferry db upgrade"):
             check_schema(eng, initialize_empty=False)
@@ -238,7 +253,7 @@ def test_check_schema__refuses_a_database_not_at_head(engine: Engine, tamper: st
 
 def test_check_schema__behind_database_is_fixed_by_upgrade(tmp_path: Path) -> None:
     """A store created before the first migration: only an empty alembic_version table."""
-    eng = make_engine(sqlite_url(tmp_path / "old.db"))
+    eng = make_engine(store_url(tmp_path, "old"))
     try:
         with eng.begin() as conn:
             conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
@@ -429,7 +444,7 @@ def test_claim_queued_jobs__concurrent_claimers_take_each_job_exactly_once(
     tmp_path: Path, engine: Engine, sessions: sessionmaker[Session], user_id: str
 ) -> None:
     ids = {add_job(sessions, user_id, created_at=T0 + timedelta(milliseconds=i)) for i in range(40)}
-    url = sqlite_url(tmp_path / "store.db")
+    url = store_url(tmp_path, "store")  # the engine fixture's database
     start = threading.Barrier(4, timeout=30)
 
     def claimer(index: int) -> list[tuple[str, int, str]]:
@@ -493,3 +508,136 @@ def test_mark_cancelled__an_ended_or_ending_job_is_a_conflict(
     with sessions.begin() as session, pytest.raises(ConflictError):
         mark_cancelled(session, job_id)
     assert job_row(sessions, job_id).state == state.value
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:pw@db:5432/jf", "postgresql+psycopg://u:pw@db:5432/jf"),
+        ("postgresql://u@db/jf", "postgresql+psycopg://u@db/jf"),
+        ("postgresql+psycopg://u@db/jf", "postgresql+psycopg://u@db/jf"),
+        ("sqlite:////srv/jf/jobferry.db", "sqlite:////srv/jf/jobferry.db"),
+    ],
+)
+def test_make_engine__postgres_urls_use_psycopg_3(given: str, expected: str) -> None:
+    assert normalize_url(given) == expected
+    engine = make_engine(given)
+    try:
+        assert engine.url.render_as_string(hide_password=False) == expected
+        if expected.startswith("postgresql"):
+            assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
+            assert engine.pool._pre_ping  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+def test_display_url__masks_the_password() -> None:
+    assert display_url("postgres://jf:s3cret@db/jf") == "postgresql+psycopg://jf:***@db/jf"
+
+
+def test_session_factory__unreachable_postgres_raises_store_unavailable() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{port}/jobferry")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as caught:
+            with make_session_factory(engine).begin() as session:
+                session.execute(select(User.id)).all()
+        assert time.monotonic() - started < 10
+        assert caught.value.code == "store_unavailable" and "\n" not in caught.value.message
+    finally:
+        engine.dispose()
+
+
+def test_session_factory__a_statement_error_is_not_a_store_outage(
+    sessions: SessionFactory,
+) -> None:
+    with pytest.raises(DBAPIError) as caught, sessions.begin() as session:
+        session.execute(text("SELECT no_such_column FROM users"))
+    assert not isinstance(caught.value, StoreUnavailableError)
+
+
+def test_store__claim_on_postgres_never_hands_a_job_to_two_claimers(tmp_path: Path) -> None:
+    """Eight claimers, each with its own engine, drain one queue of 300 jobs."""
+    require("postgres")
+    url = database_url(tmp_path / "pg") if on_postgres() else fresh_pg_database()
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    sessions = make_session_factory(engine)
+    try:
+        with sessions.begin() as session:
+            user = User(username="alice")
+            session.add(user)
+            session.flush()
+            owner = user.id
+        ids = {
+            add_job(sessions, owner, priority=i % 3, created_at=T0 + timedelta(milliseconds=i))
+            for i in range(300)
+        }
+        start = threading.Barrier(8, timeout=30)
+
+        def claimer(index: int) -> list[tuple[str, int]]:
+            own = make_engine(url, pool_size=1)
+            try:
+                own_sessions = make_session_factory(own)
+                start.wait()
+                got: list[tuple[str, int]] = []
+                while True:
+                    jobs = claim(own_sessions, 4, node=f"node-{index}")
+                    if not jobs:
+                        return got
+                    assert len(jobs) <= 4
+                    got += [(j.id, j.attempt) for j in jobs]
+            finally:
+                own.dispose()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = [f.result(timeout=120) for f in [pool.submit(claimer, i) for i in range(8)]]
+        claimed = [job_id for result in results for job_id, _ in result]
+        assert len(claimed) == len(set(claimed)) == len(ids)  # none twice, none lost
+        assert set(claimed) == ids
+        assert {attempt for result in results for _, attempt in result} == {1}
+        assert sum(1 for result in results if result) > 1  # the claimers really competed
+        with sessions.begin() as session:
+            rows = session.execute(select(Job.id, Job.node, Job.state)).all()
+        by_claimer = {job_id: f"node-{i}" for i, r in enumerate(results) for job_id, _ in r}
+        assert {(job_id, node, state) for job_id, node, state in rows} == {
+            (job_id, node, "running") for job_id, node in by_claimer.items()
+        }
+    finally:
+        engine.dispose()
+
+
+def test_claim_queued_jobs__on_postgres_skips_jobs_another_claim_holds(tmp_path: Path) -> None:
+    """A claim in progress (uncommitted) does not block a second claimer: it takes the next."""
+    require("postgres")
+    url = database_url(tmp_path / "pg") if on_postgres() else fresh_pg_database()
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    sessions = make_session_factory(engine)
+    try:
+        with sessions.begin() as session:
+            user = User(username="alice")
+            session.add(user)
+            session.flush()
+            owner = user.id
+        first_id = add_job(sessions, owner, created_at=T0)
+        second_id = add_job(sessions, owner, created_at=T0 + timedelta(seconds=1))
+        with sessions.begin() as holding:
+            (held,) = claim_queued_jobs(holding, runner="local", node="node-a", limit=1)
+            assert held.id == first_id
+            with sessions.begin() as other:
+                other.execute(text("SET LOCAL lock_timeout = '2s'"))
+                taken = claim_queued_jobs(other, runner="local", node="node-b", limit=5)
+                assert [j.id for j in taken] == [second_id]
+        assert (job_row(sessions, first_id).node, job_row(sessions, second_id).node) == (
+            "node-a",
+            "node-b",
+        )
+    finally:
+        engine.dispose()
