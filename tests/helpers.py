@@ -13,6 +13,8 @@ from typing import Any
 
 import requests
 
+from tests.db import database_url, on_postgres, with_database
+
 ROOT = Path(__file__).resolve().parent.parent
 JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
 
@@ -28,10 +30,18 @@ def eventually(check: Any, timeout_s: float = 5.0) -> bool:
 
 
 class DaemonProcess:
-    """``jobferry serve`` in a subprocess, on a free port, with its own data dir."""
+    """``jobferry serve`` in a subprocess, on a free port, with its own data dir.
+
+    Its store is the test run's engine (``tests.db``): on PostgreSQL the config file
+    always names the data dir's own database, so daemons and CLI runs on one data
+    dir share it.
+    """
 
     def __init__(self, data_dir: Path, config: dict[str, Any] | None = None) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url(data_dir)
+        if on_postgres():
+            config = with_database(config or {}, data_dir)
         self.config_path: Path | None = None
         if config is not None:
             data_dir.mkdir(parents=True, exist_ok=True)

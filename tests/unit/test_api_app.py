@@ -34,6 +34,7 @@ from jobferry.runners.fake import FakeRunner
 from jobferry.services.core import Core
 from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
+from tests.db import with_database
 
 JOBS = Path(__file__).resolve().parent.parent / "data" / "jobs"
 
@@ -52,7 +53,10 @@ def io_loop() -> Iterator[IOLoop]:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    config = parse_config({"data_dir": str(tmp_path / "data"), "server": {"max_upload_mb": 1}})
+    data = tmp_path / "data"
+    config = parse_config(
+        with_database({"data_dir": str(data), "server": {"max_upload_mb": 1}}, data)
+    )
     core = Core(config, runners={"local": FakeRunner()})
     core.ensure_dirs()
     check_schema(core.engine)

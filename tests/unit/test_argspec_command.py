@@ -14,7 +14,7 @@ from jobferry.argspec.command import BuiltCommand, build_command
 from jobferry.argspec.introspect import MutexGroup, ParamSpec, ScriptSpec, introspect_script
 from jobferry.errors import ValidationError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
 UPLOADS = {"data": "/uploads/data.csv", "more": "/uploads/more.txt"}

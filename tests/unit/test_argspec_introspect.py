@@ -15,7 +15,7 @@ import pytest
 from jobferry.argspec.introspect import MutexGroup, ParamSpec, ScriptSpec, introspect_script
 from jobferry.errors import IntrospectionError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
 

@@ -13,6 +13,8 @@ from jobferry.config import CONFIG_ENV, Config, config_as_dict, load_config
 from jobferry.errors import ConfigError
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.engine_independent
+
 SAMPLE = ROOT / "conf" / "jobferry.yml"
 
 

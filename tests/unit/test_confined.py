@@ -16,7 +16,7 @@ from jobferry.staging.confined import (
     write_parts,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.engine_independent]
 
 SECRET = b"TOP-SECRET-OUTSIDE"
 

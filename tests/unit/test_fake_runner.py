@@ -11,7 +11,7 @@ from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunSpec, RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.timeout(10), pytest.mark.engine_independent]
 
 
 def spec(job_id: str) -> RunSpec:

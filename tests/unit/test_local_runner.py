@@ -23,7 +23,7 @@ from jobferry.errors import SubmitError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.runners.local import LocalRunner
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -28,6 +28,7 @@ from jobferry.config import parse_config
 from jobferry.runners.fake import FakeRunner
 from jobferry.services.core import Core
 from jobferry.store.engine import check_schema
+from tests.db import with_database
 
 HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
@@ -49,7 +50,8 @@ def io_loop() -> Iterator[IOLoop]:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    config = parse_config({"data_dir": str(tmp_path / "data")})
+    data = tmp_path / "data"
+    config = parse_config(with_database({"data_dir": str(data)}, data))
     core = Core(config, runners={"local": FakeRunner()})
     core.ensure_dirs()
     check_schema(core.engine)
