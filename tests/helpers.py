@@ -44,7 +44,7 @@ class DaemonProcess:
             config = with_database(config or {}, data_dir)
         self.config_path: Path | None = None
         if config is not None:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
             self.config_path = data_dir.parent / f"{data_dir.name}.yml"
             self.config_path.write_text(json.dumps(config))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -225,6 +225,11 @@ class ApiMixin(_HandlerBase):
             value.status_code < 500 or value.status_code == 501
         ):
             return
+        if isinstance(value, errors.StoreUnavailableError):
+            # An outage, not a bug: one line per request, no traceback.
+            reason = value.details.get("reason", value.message)
+            logger.warning("%s %s: store unavailable: %s", self.request.method, uri, reason)
+            return
         logger.error("error handling %s %s", self.request.method, uri, exc_info=value)
 
     def absolute_url(self, path: str) -> str:

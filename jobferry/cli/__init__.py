@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from jobferry import __version__
 from jobferry.cli.commands import COMMANDS, add_subcommands
-from jobferry.errors import JobferryError, ValidationError
+from jobferry.errors import JobferryError, StoreUnavailableError, ValidationError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except JobferryError as exc:
-        print(f"jobferry: error: {_one_line(exc)}", file=sys.stderr)
+        line = _one_line(exc)
+        if isinstance(exc, StoreUnavailableError) and exc.details.get("reason"):
+            line = f"{line.rstrip('.')}: {_flatten(exc.details['reason'])}"  # an admin sees why
+        print(f"jobferry: error: {line}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         reason = getattr(exc, "orig", None) or exc

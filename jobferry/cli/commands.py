@@ -21,7 +21,7 @@ from jobferry.services.auth import AuthService
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService
 from jobferry.services.scripts import ScriptService, ScriptUpload
-from jobferry.store.engine import check_schema, current_revision, upgrade_schema
+from jobferry.store.engine import check_schema, current_revision, display_url, upgrade_schema
 from jobferry.store.models import JobState, User
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -113,7 +113,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     core = Core(config)
     core.ensure_dirs()
     before, after = upgrade_schema(core.engine)
-    _print(args, {"database": config.database_url, "from": before, "to": after})
+    _print(args, {"database": display_url(config.database_url), "from": before, "to": after})
     return 0
 
 
@@ -126,7 +126,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     _print(
         args,
         {
-            "database": config.database_url,
+            "database": display_url(config.database_url),
             "current": current,
             "head": head,
             "up_to_date": current == head,

@@ -18,7 +18,12 @@ import asyncio
 import dataclasses
 import logging
 
-from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
+from jobferry.errors import (
+    ConflictError,
+    JobferryError,
+    RunnerUnavailableError,
+    StoreUnavailableError,
+)
 from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
@@ -32,6 +37,8 @@ TICK_S = 2.0
 START_GRACE_S = 10.0
 #: Attempts at recording a job's end before giving up (until the next restart).
 FINISH_ATTEMPTS = 4
+#: Longest wait between retries of recording a job's end while the store is unreachable.
+STORE_RETRY_MAX_S = 5.0
 
 
 class Scheduler:
@@ -182,22 +189,34 @@ class Scheduler:
             self._done(claimed.job_id)
 
     async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
-        """Record the job's end, retrying errors other than conflicts a few times."""
+        """Record the job's end, retrying errors other than conflicts a few times.
+
+        While the store is unreachable (StoreUnavailableError: PostgreSQL down or
+        restarting) it keeps retrying, without using up the attempts, so an end
+        that happened during the outage is recorded once the store is back.
+        """
         delay = 0.5
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
+        attempt = 0
+        while True:
             try:
                 return await self.core.call(self.execution.finish, claimed, status)
             except (ConflictError, asyncio.CancelledError):
                 raise
+            except StoreUnavailableError as exc:
+                logger.warning(
+                    "job %s ended but the store is unreachable (%s); retrying",
+                    claimed.job_id,
+                    exc.details.get("reason", exc.message),
+                )
             except Exception as exc:
-                if attempt == FINISH_ATTEMPTS:
+                attempt += 1
+                if attempt >= FINISH_ATTEMPTS:
                     raise
                 logger.warning(
                     "recording the end of job %s failed (%s); retrying", claimed.job_id, exc
                 )
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def _done(self, job_id: str) -> None:
         self.running.pop(job_id, None)

@@ -115,9 +115,15 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def store_unavailable(exc: BaseException) -> StoreUnavailableError:
-    """The project error for a connection-level failure *exc* (one line, no secrets)."""
+    """The project error for a connection-level failure *exc*.
+
+    Its message is what a client may see; the driver's words (hosts, ports) go to
+    ``details["reason"]``, for logs only.
+    """
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-    return StoreUnavailableError(f"the database cannot be reached right now: {reason}")
+    return StoreUnavailableError(
+        "The database cannot be reached right now; try again shortly.", reason=reason
+    )
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

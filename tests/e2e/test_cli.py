@@ -7,7 +7,6 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from jobferry.store.engine import head_revision
+from jobferry.store.engine import display_url, head_revision
+from tests.db import on_postgres, store_sql
 from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,9 @@ def test_config_check__prints_the_effective_configuration_as_yaml_and_json(
     data_dir = fresh.data_dir.resolve()
     assert shown["data_dir"] == str(data_dir)
     assert (shown["server"]["host"], shown["server"]["port"]) == ("127.0.0.1", 8080)
-    assert shown["database"]["url"] == f"sqlite:///{data_dir}/jobferry.db"
+    assert shown["database"]["url"] == (
+        fresh.database_url if on_postgres() else f"sqlite:///{data_dir}/jobferry.db"
+    )
     assert shown["runners"]["local"]["slots"] == (os.cpu_count() or 1)
     assert shown["scripts"]["interpreter"]
     assert as_json(fresh.cli("config", "check", "--json")) == shown
@@ -150,10 +152,10 @@ def test_db_upgrade__creates_the_schema_on_a_fresh_dir_and_status_reports_it(
     assert json.loads(before.stdout)["up_to_date"] is False
     upgraded = as_json(fresh.cli("db", "upgrade", "--json"))
     assert (upgraded["from"], upgraded["to"]) == (None, HEAD)
-    assert (fresh.data_dir / "jobferry.db").is_file()
+    assert on_postgres() or (fresh.data_dir / "jobferry.db").is_file()
     status = as_json(fresh.cli("db", "status", "--json"))
     assert status == {
-        "database": f"sqlite:///{fresh.data_dir.resolve()}/jobferry.db",
+        "database": display_url(fresh.database_url),
         "current": HEAD,
         "head": HEAD,
         "up_to_date": True,
@@ -164,24 +166,16 @@ def test_db_upgrade__creates_the_schema_on_a_fresh_dir_and_status_reports_it(
     assert re.search(r"^up_to_date\s+True$", table, re.M), table
 
 
-def _serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
+def _serve_once(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
     """``jobferry serve`` expected to exit by itself (bounded: killed after 60 s)."""
-    return run_cli("serve", "--port", "0", "--data-dir", str(data_dir))
-
-
-def _sql(data_dir: Path, statement: str) -> None:
-    conn = sqlite3.connect(data_dir / "jobferry.db")
-    try:
-        conn.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
+    config = ["--config", str(daemon.config_path)] if daemon.config_path else []
+    return run_cli("serve", "--port", "0", "--data-dir", str(daemon.data_dir), *config)
 
 
 def test_serve__refuses_an_unknown_schema_revision_naming_the_fix(fresh: DaemonProcess) -> None:
     fresh.cli("db", "upgrade")
-    _sql(fresh.data_dir, "UPDATE alembic_version SET version_num = 'f00dfeed'")
-    result = _serve_once(fresh.data_dir)
+    store_sql(fresh.database_url, "UPDATE alembic_version SET version_num = 'f00dfeed'")
+    result = _serve_once(fresh)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("jobferry: error: ") and "jobferry db upgrade" in last, result.stderr
@@ -191,8 +185,9 @@ def test_serve__refuses_an_unknown_schema_revision_naming_the_fix(fresh: DaemonP
 
 def test_serve__refuses_a_schema_behind_head_until_db_upgrade(fresh: DaemonProcess) -> None:
     fresh.data_dir.mkdir(parents=True)
-    _sql(fresh.data_dir, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-    result = _serve_once(fresh.data_dir)
+    statement = "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"
+    store_sql(fresh.database_url, statement)
+    result = _serve_once(fresh)
     assert result.returncode != 0
     assert "jobferry db upgrade" in result.stderr.strip().splitlines()[-1], result.stderr
     status = fresh.cli("db", "status", "--json", check=False)
@@ -442,13 +437,10 @@ def test_job_commands__list_show_logs_key_of_a_finished_job(live: Live) -> None:
 
     key = live.cli("job", "key", job_id).stdout
     assert re.fullmatch(r"[0-9a-f]{64}\n", key), key
-    conn = sqlite3.connect(live.daemon.data_dir / "jobferry.db")
-    try:
-        (secret,) = conn.execute(
-            "SELECT value FROM settings WHERE key = 'job_key_secret'"
-        ).fetchone()
-    finally:
-        conn.close()
+    (row,) = store_sql(
+        live.daemon.database_url, "SELECT value FROM settings WHERE key = 'job_key_secret'"
+    )
+    secret = row["value"]
     expected = hmac.new(bytes.fromhex(secret), job_id.encode(), hashlib.sha256).hexdigest()
     assert key.strip() == expected
     assert as_json(live.cli("job", "key", job_id, "--json")) == {"id": job_id, "job_key": expected}

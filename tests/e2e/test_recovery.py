@@ -7,13 +7,11 @@ kills, by pid, whatever process still runs inside that test's job directories.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
 import signal
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.db import database_url, store_sql
 from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +60,7 @@ class Env:
         self.config: dict[str, Any] = {}
         self.daemons: list[DaemonProcess] = []
         self.scripts_added = False
+        self.store_url = database_url(self.data)
 
     # --- daemons ----------------------------------------------------------------------
 
@@ -128,12 +128,13 @@ class Env:
 
     def row(self, job_id: str) -> dict[str, Any]:
         """The job's row, read straight from the store (the CLI takes a second to start)."""
-        uri = f"file:{self.data / 'jobferry.db'}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-            db.row_factory = sqlite3.Row
-            found = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        assert found is not None, job_id
-        return dict(found)
+        rows = store_sql(self.store_url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        assert rows, job_id
+        return dict(rows[0])
+
+    def sql(self, statement: str, **params: Any) -> None:
+        """Change the store behind the daemons' backs (the state a crash leaves)."""
+        store_sql(self.store_url, statement, params)
 
     def wrapper(self, job_id: str) -> psutil.Process:
         """The job's wrapper process, from the handle (``pid@create_time``)."""
@@ -230,8 +231,7 @@ def test_crash_between_start_and_storing_the_handle__job_is_found_not_run_again(
     proc = env.started(first, running)
     first.kill()
     # The state a crash right after spawning (before the handle was written) leaves.
-    with contextlib.closing(sqlite3.connect(env.data / "jobferry.db", timeout=10)) as db, db:
-        db.execute("UPDATE jobs SET handle = NULL, external_id = NULL WHERE id = ?", (running,))
+    env.sql("UPDATE jobs SET handle = NULL, external_id = NULL WHERE id = :id", id=running)
     assert not gone(proc)
 
     client = env.daemon().client()
@@ -395,10 +395,9 @@ def test_cancel_cut_off_by_a_crash__restart_finishes_killing_the_job(env: Env) -
     grandchild = env.grandchild(job_id)
     first.kill()
     # The state a crash between recording a cancel and killing the processes leaves.
-    with contextlib.closing(sqlite3.connect(env.data / "jobferry.db", timeout=10)) as db, db:
-        db.execute(
-            "UPDATE jobs SET state = 'deleting', state_reason = 'cancelled' WHERE id = ?", (job_id,)
-        )
+    env.sql(
+        "UPDATE jobs SET state = 'deleting', state_reason = 'cancelled' WHERE id = :id", id=job_id
+    )
     assert not gone(proc)
 
     client = env.daemon().client()

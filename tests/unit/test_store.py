@@ -550,6 +550,8 @@ def test_session_factory__unreachable_postgres_raises_store_unavailable() -> Non
                 session.execute(select(User.id)).all()
         assert time.monotonic() - started < 10
         assert caught.value.code == "store_unavailable" and "\n" not in caught.value.message
+        assert str(port) in caught.value.details["reason"]  # for the log, not the client
+        assert str(port) not in caught.value.message
     finally:
         engine.dispose()
 
