@@ -22,5 +22,4 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if on_postgres():
-        drop_created_databases()
+    drop_created_databases()  # also those PostgreSQL-only tests made on a SQLite run

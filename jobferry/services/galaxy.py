@@ -367,7 +367,8 @@ class GalaxyService:
         conditions: list[Any] = []
         if exact:
             conditions.append(Script.slug.in_(sorted(set(exact))))
-        conditions.extend(Script.slug.like(pattern) for pattern in like)
+        # ILIKE: case-insensitive on both engines (SQLite's LIKE is; PostgreSQL's is not).
+        conditions.extend(Script.slug.ilike(pattern) for pattern in like)
         stmt = (
             select(ScriptVersion.id)
             .join(Script, Script.id == ScriptVersion.script_id)
