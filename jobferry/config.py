@@ -76,7 +76,9 @@ class DatabaseConfig(_Section):
     """The SQL store."""
 
     url: str | None = Field(
-        None, description="SQLAlchemy URL; default: sqlite:///<data_dir>/jobferry.db."
+        None,
+        description="SQLAlchemy URL (sqlite:/// or postgresql://); "
+        "default: sqlite:///<data_dir>/jobferry.db.",
     )
     pool_size: Annotated[int, Field(ge=1, le=64)] = Field(
         4, description="Connections (and database worker threads) per daemon."
