@@ -51,11 +51,20 @@ class DaemonProcess:
         self.url = ""
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli_command(self, *args: str) -> list[str]:
+        """``jobferry ARGS`` on this daemon's data dir and config (so: on its store)."""
         cmd = [sys.executable, "-m", "jobferry.cli", *args, "--data-dir", str(self.data_dir)]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env())
+        return cmd
+
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = self.cli_command(*args)
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=60, env=_env()
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
         return result

@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -89,11 +88,7 @@ def assert_error(response: requests.Response, status: int, err_code: int) -> dic
 
 
 def passwd(daemon: DaemonProcess, name: str, password: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "jobferry.cli", "user", "passwd", name]
-    cmd += ["--data-dir", str(daemon.data_dir)]
-    return subprocess.run(
-        cmd, input=password + "\n", capture_output=True, text=True, timeout=60, env=_env()
-    )
+    return daemon.cli("user", "passwd", name, input=password + "\n", check=False)
 
 
 # --- fixtures -----------------------------------------------------------------------------------

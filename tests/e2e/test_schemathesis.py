@@ -34,7 +34,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +86,7 @@ class World:
 
 
 def _cli_with_input(daemon: DaemonProcess, stdin: str, *args: str) -> str:
-    cmd = [sys.executable, "-m", "jobferry.cli", *args, "--data-dir", str(daemon.data_dir)]
-    if daemon.config_path:
-        cmd += ["--config", str(daemon.config_path)]
+    cmd = daemon.cli_command(*args)
     result = subprocess.run(
         cmd, input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
     )

@@ -522,14 +522,21 @@ def test_mark_cancelled__an_ended_or_ending_job_is_a_conflict(
         ("sqlite:////srv/jf/jobferry.db", "sqlite:////srv/jf/jobferry.db"),
     ],
 )
-def test_make_engine__postgres_urls_use_psycopg_3(given: str, expected: str) -> None:
+def test_normalize_url__postgres_urls_use_psycopg_3(given: str, expected: str) -> None:
     assert normalize_url(given) == expected
-    engine = make_engine(given)
-    try:
-        assert engine.url.render_as_string(hide_password=False) == expected
-        if expected.startswith("postgresql"):
-            assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
-            assert engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_make_engine__postgres_gets_psycopg_3_and_a_pre_pinged_pool(scheme: str) -> None:
+    engine = make_engine(f"{scheme}://u:pw@db.invalid:5432/jf", pool_size=3)
+    try:  # nothing connects until first use
+        assert engine.url.render_as_string(hide_password=False) == (
+            "postgresql+psycopg://u:pw@db.invalid:5432/jf"
+        )
+        assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
+        assert engine.pool._pre_ping  # type: ignore[attr-defined]
+        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert SessionFactory(engine)._lock is None  # no SQLite lock on PostgreSQL
     finally:
         engine.dispose()
 
