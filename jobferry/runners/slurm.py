@@ -29,7 +29,7 @@ from typing import Any
 
 from jobferry.errors import RunnerError, RunnerUnavailableError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
-from jobferry.runners.wrapper import read_result, wrapper_argv
+from jobferry.runners.wrapper import read_result, wrapper_argv, wrapper_paths
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,8 @@ class SlurmRunner(Runner):
                 raise SubmitError(f"invalid environment variable name {key!r}")
             lines.append(f"export {key}={shlex.quote(value)}")
         if remote and spec.remote_dir:
-            lines.append(f"mkdir -p -- {shlex.quote(spec.remote_dir)}")
+            # The wrapper's own files live there; it needs them before anything else.
+            lines.append(f"mkdir -p -- {shlex.quote(wrapper_paths(spec)[0])}")
         lines.append("exec " + " ".join(shlex.quote(word) for word in wrapper_argv(spec)))
         return "\n".join(lines) + "\n", extra
 
