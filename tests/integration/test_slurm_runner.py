@@ -525,3 +525,45 @@ def test_slurm_runner__remote_staging_pipes_the_script_to_sbatch(
     assert (remote / "work" / "f").read_text() == "remote\n"
     # Nothing posts the result back in this test: the exit code comes from Slurm.
     assert (status.state, status.exit_code) == (RunState.EXITED, 4)
+
+
+def test_slurm_runner__cancel_by_someone_else_is_killed_cancelled_by_slurm(
+    runner: SlurmRunner, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "/bin/sh", "-c", "exec sleep 300")
+    handle = runner.submit(spec)
+
+    subprocess.run(["scancel", handle.external_id], check=True, timeout=20)
+    status = wait(runner, handle)
+
+    assert (status.state, status.reason) == (RunState.KILLED, "cancelled by Slurm")
+
+
+@pytest.mark.parametrize(
+    ("slurm_state", "state", "reason"),
+    [
+        ("TIMEOUT", RunState.KILLED, "walltime exceeded (90s)"),
+        ("OUT_OF_MEMORY", RunState.KILLED, "out of memory (Slurm OUT_OF_MEMORY)"),
+        ("NODE_FAIL", RunState.LOST, "the Slurm job 4242 ended NODE_FAIL"),
+        ("PREEMPTED", RunState.KILLED, "the Slurm job ended PREEMPTED"),
+        ("DEADLINE", RunState.KILLED, "the Slurm job ended DEADLINE"),
+        ("RUNNING", RunState.RUNNING, None),
+        ("PENDING", RunState.RUNNING, "Slurm: pending (Priority)"),
+    ],
+)
+def test_slurm_runner__slurm_states_map_to_run_states(
+    slurm: None, tmp_path: Path, slurm_state: str, state: RunState, reason: str | None
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    start = "2026-01-01T00:00:00"
+    squeue.write_text(f"#!/bin/sh\necho '4242|{slurm_state}|Priority|{start}|N/A'\n")
+    squeue.chmod(0o755)
+    runner = SlurmRunner(bin_dir=str(bin_dir), command_timeout_s=10)
+    data = {"result_path": str(tmp_path / "result"), "walltime_s": 90}
+    handle = RunHandle("slurm", "4242", time.time(), data)
+
+    status = runner.poll(handle)
+
+    assert (status.state, status.reason) == (state, reason)
