@@ -78,6 +78,10 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNSAFE_DIRECTIVE = re.compile(r"[\s'\"\\#]")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MIN_DELAY_S = 0.2
+#: Pending reasons that mean the request does not fit the partition (it may pend forever).
+_STUCK_REASONS = frozenset(
+    {"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit"}
+)
 _RESULT_GRACE_S = 5.0
 
 
@@ -206,6 +210,7 @@ class SlurmRunner(Runner):
         self._final: dict[str, RunStatus] = {}
         self._killed: dict[str, str] = {}
         self._outage = False
+        self._stuck_logged: set[str] = set()
         self._waiters: dict[str, list[_Waiter]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -504,8 +509,17 @@ class SlurmRunner(Runner):
                 return RunStatus(RunState.RUNNING)
             queued = self._queue.get(job.external_id)
         if queued is not None and not _is_final_state(queued.state):
-            reason = f"Slurm: pending ({queued.reason})" if queued.state == "PENDING" else None
-            return RunStatus(RunState.RUNNING, reason=reason)
+            if queued.state == "PENDING" and queued.reason in _STUCK_REASONS:
+                with self._lock:
+                    first = job.external_id not in self._stuck_logged
+                    self._stuck_logged.add(job.external_id)
+                if first:
+                    logger.warning(
+                        "Slurm job %s pends with reason %s: it may never start",
+                        job.external_id,
+                        queued.reason,
+                    )
+            return RunStatus(RunState.RUNNING)
         return self._conclude(handle, job, queued)
 
     def _conclude(self, handle: RunHandle, job: _Job, queued: _Queued | None) -> RunStatus:
@@ -581,6 +595,7 @@ class SlurmRunner(Runner):
             self._tracked.pop(job.external_id, None)
             self._queue.pop(job.external_id, None)
             self._ended_seen.pop(job.external_id, None)
+            self._stuck_logged.discard(job.external_id)
         logger.info(
             "Slurm job %s ended: %s exit=%s %s", job.external_id, run_state, exit_code, reason or ""
         )

@@ -548,7 +548,7 @@ def test_slurm_runner__cancel_by_someone_else_is_killed_cancelled_by_slurm(
         ("PREEMPTED", RunState.KILLED, "the Slurm job ended PREEMPTED"),
         ("DEADLINE", RunState.KILLED, "the Slurm job ended DEADLINE"),
         ("RUNNING", RunState.RUNNING, None),
-        ("PENDING", RunState.RUNNING, "Slurm: pending (Priority)"),
+        ("PENDING", RunState.RUNNING, None),
     ],
 )
 def test_slurm_runner__slurm_states_map_to_run_states(
