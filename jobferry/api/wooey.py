@@ -248,6 +248,9 @@ class JobDetailsHandler(WooeyHandler):
                 "job_id": job.id,
                 "exit_code": job.exit_code,
                 "reason": job.state_reason,
+                "destination": job.destination,
+                "runner": job.runner,
+                "node": job.node,
             }
         )
 

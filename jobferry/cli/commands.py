@@ -276,11 +276,14 @@ def cmd_job_list(args: argparse.Namespace) -> int:
             "name": j.name,
             "state": j.state,
             "exit_code": j.exit_code,
+            "destination": j.destination,
+            "node": j.node,
             "created_at": j.created_at.isoformat(timespec="seconds"),
         }
         for j, u in jobs
     ]
-    _print(args, rows, ["id", "user", "name", "state", "exit_code", "created_at"])
+    columns = ["id", "user", "name", "state", "exit_code", "destination", "node", "created_at"]
+    _print(args, rows, columns)
     return 0
 
 
@@ -297,6 +300,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "description": job.description,
         "state": job.state,
         "reason": job.state_reason,
+        "state_reason": job.state_reason,
         "exit_code": job.exit_code,
         "command": job.command,
         "argv": job.argv,
@@ -305,6 +309,10 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "node": job.node,
         "attempt": job.attempt,
         "external_id": job.external_id,
+        "cores": job.cores,
+        "memory_mb": job.memory_mb,
+        "gpus": job.gpus,
+        "walltime_s": job.walltime_s,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from jobferry.errors import RunnerError, RunnerUnavailableError, SubmitError
-from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.base import (
+    Capacity,
+    RunHandle,
+    RunMetrics,
+    Runner,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
 from jobferry.runners.wrapper import read_result, wrapper_argv, wrapper_paths
 
 logger = logging.getLogger(__name__)
@@ -198,6 +206,7 @@ class SlurmRunner(Runner):
         self.command_timeout_s = command_timeout_s
         self.node = node
         self.result_grace_s = result_grace_s
+        self._capacity: tuple[float, Capacity | None] | None = None
         self._lock = threading.Lock()  # guards the dicts below
         self._refresh_lock = threading.Lock()  # one squeue at a time
         self._tracked: dict[str, _Job] = {}  # external_id -> job, not yet final
@@ -393,6 +402,36 @@ class SlurmRunner(Runner):
             "node": self.node,
         }
         return RunHandle(self.name, external_id, submitted_at, data)
+
+    def capacity(self) -> Capacity | None:
+        """The largest node of the cluster (``sinfo``), cached for a minute; None
+        while Slurm cannot be asked (submissions then are not refused here)."""
+        now = time.monotonic()
+        if self._capacity is not None and now - self._capacity[0] < 60:
+            return self._capacity[1]
+        try:
+            proc = self._run(["sinfo", "-h", "-N", "-o", "%c|%m|%G"])
+        except RunnerUnavailableError:
+            return None
+        if proc.returncode != 0:
+            return None
+        cores = memory = gpus = 0
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 3:
+                continue
+            try:
+                cores = max(cores, int(parts[0].rstrip("+")))
+                memory = max(memory, int(parts[1].rstrip("+")))
+            except ValueError:
+                continue
+            found = re.search(r"gpu(?::[^:,()]+)?:(\d+)", parts[2])
+            gpus = max(gpus, int(found.group(1)) if found else 0)
+        if not cores:
+            return None
+        result = Capacity(cores, memory or None, gpus, where="any node of the Slurm cluster")
+        self._capacity = (now, result)
+        return result
 
     def find(self, spec: RunSpec) -> RunHandle | None:
         """Find the Slurm job submitted for *spec* by its deterministic name. Blocking.

@@ -15,6 +15,9 @@
 # action back on exec) is only run once the job has ended, and the result still
 # gets written.
 #
+# JOBFERRY_MEMORY_KB, when set, caps the job's address space (ulimit -v) where no
+# cgroup limits it (local processes, Slurm without cgroup plugins).
+#
 # With JOBFERRY_STAGING=remote the execution host does not share the daemon's
 # disk: the four paths lie in a scratch directory (created here), and python3
 # runs jobferry's stager (stage.py, pasted in below by jobferry.runners.wrapper)
@@ -41,7 +44,10 @@ if [ "$1" = -- ]; then shift; fi
 if [ -n "$remote" ] && ! stage in "$remote" 2>>"$e.stage"; then
     c=126 m="reason=staging the inputs in failed: $(tail -n 1 "$e.stage" 2>/dev/null)"
 elif cd -- "$w" 2>/dev/null; then
-    (exec "$@") </dev/null >"$o" 2>"$e"
+    (
+        if [ -n "${JOBFERRY_MEMORY_KB:-}" ]; then ulimit -v "$JOBFERRY_MEMORY_KB"; fi
+        exec "$@"
+    ) </dev/null >"$o" 2>"$e"
     c=$?
 else
     c=127 m="reason=cannot change to working directory $w"

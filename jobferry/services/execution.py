@@ -71,6 +71,10 @@ class ExecutionService:
             "JOBFERRY_ATTEMPT": str(job.attempt),
             **dest.env,
         }
+        if job.memory_mb and dest.runner != "docker":
+            # No cgroup here (a local process; Slurm without cgroup plugins): the
+            # wrapper caps the job's address space instead.
+            env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
         remote_dir: str | None = None
         stage_in: tuple[str, ...] = ()
         if dest.staging == "remote":

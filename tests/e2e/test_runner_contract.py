@@ -1,0 +1,237 @@
+"""One contract, every runner: the same script through local, Docker and Slurm.
+
+A daemon process serves five destinations: ``local``, ``docker`` and ``slurm``
+with shared staging (the runner sees the daemon's job directory), and
+``docker-remote`` and ``slurm-remote`` whose wrapper works in a scratch
+directory of its own and moves every file over HTTP (job_files + the state
+callback). Each test runs on every destination and expects the same outcome.
+Docker and Slurm tests need the real services (``scripts/services``): skipped
+without them on a developer's machine, failed under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+from tests.services import PYTHON_IMAGE, require
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+DESTINATIONS = ["local", "docker", "slurm", "docker-remote", "slurm-remote"]
+INPUT = b"the quick brown fox\njumps over the lazy dog\n"
+
+
+def service_of(destination: str) -> str | None:
+    return None if destination == "local" else destination.split("-")[0]
+
+
+class Contract:
+    def __init__(self, daemon: DaemonProcess, client: Client, scratch: Path) -> None:
+        self.daemon = daemon
+        self.client = client
+        self.scratch = scratch
+
+    def submit(self, destination: str, command: str = "", **fields: Any) -> str:
+        return self.client.submit("behave", command, destination=destination, **fields)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        out = self.daemon.cli("job", "show", job_id, "--json").stdout
+        return dict(json.loads(out))
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.daemon.data_dir.resolve() / "jobs" / job_id[:2] / job_id
+
+    def wait_running(self, job_id: str, timeout_s: float = 60) -> None:
+        """Until the job's command has started (its stdout says so, or a remote job
+        reported running and its scratch directory holds the line)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for path in (self.job_dir(job_id) / "stdout", *self.scratch.glob(f"{job_id}.*/stdout")):
+                try:
+                    if b"sleeping" in path.read_bytes():
+                        return
+                except OSError:
+                    pass
+            if self._container_says_running(job_id):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not start within {timeout_s}s: {self.job(job_id)}")
+
+    def _container_says_running(self, job_id: str) -> bool:
+        """docker-remote keeps its scratch directory inside the container."""
+        found = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=jobferry.job_id={job_id}"],
+            capture_output=True,
+            text=True,
+        )
+        for cid in found.stdout.split():
+            out = subprocess.run(
+                ["docker", "exec", cid, "sh", "-c", "cat /tmp/jf-scratch/*/stdout"],
+                capture_output=True,
+            )
+            if b"sleeping" in out.stdout:
+                return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
+    base = tmp_path_factory.mktemp("contract")
+    scratch = Path("/tmp/jf-scratch")  # the remote wrappers' scratch (host: Slurm)
+    config = {
+        "logging": {"access_log": True, "level": "DEBUG"},
+        "runners": {
+            "docker": {"enabled": True},
+            "slurm": {"enabled": True, "poll_interval_s": 1.0},
+        },
+        "destinations": {
+            "local": {"runner": "local", "memory_mb": 300},
+            "docker": {"runner": "docker", "image": PYTHON_IMAGE, "memory_mb": 300},
+            "slurm": {"runner": "slurm", "partition": "debug", "memory_mb": 300},
+            "docker-remote": {
+                "runner": "docker",
+                "image": PYTHON_IMAGE,
+                "memory_mb": 300,
+                "network": True,
+                "staging": "remote",
+                "scratch_dir": str(scratch),
+            },
+            "slurm-remote": {
+                "runner": "slurm",
+                "memory_mb": 300,
+                "staging": "remote",
+                "scratch_dir": str(scratch),
+            },
+        },
+    }
+    daemon = DaemonProcess(base / "data", config).start()
+    client = daemon.client()
+    client.add_script("behave", JOB_SCRIPTS / "behave.py")
+    try:
+        yield Contract(daemon, client, scratch)
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(params=DESTINATIONS)
+def destination(request: pytest.FixtureRequest) -> str:
+    service = service_of(request.param)
+    if service is not None:
+        require(service)
+    return str(request.param)
+
+
+def test_contract__same_script_gives_same_outputs_on_every_runner(
+    contract: Contract, destination: str
+) -> None:
+    job_id = contract.submit(destination, "--infile doc", files={"doc": ("doc.txt", INPUT)})
+    details = contract.client.wait(job_id, timeout_s=120)
+    assert details["status"] == "completed", (details, contract.job(job_id))
+    job_dir = contract.job_dir(job_id)
+    assert (job_dir / "work" / "copy.txt").read_bytes() == INPUT
+    assert (job_dir / "work" / "sub" / "count.txt").read_text() == "9\n"
+    assert (job_dir / "work" / "runs.txt").read_text() == f"{job_id}\n"
+    assert b"done" in (job_dir / "stdout").read_bytes()
+    assert (job_dir / "stderr").read_bytes() == b"to stderr\n"
+    outputs = {f["name"] for f in contract.job(job_id)["files"] if f["kind"] == "output"}
+    assert {"copy.txt", "sub/count.txt", "runs.txt", "where.txt"} <= outputs
+    shown = contract.job(job_id)
+    assert shown["destination"] == destination
+    assert shown["runner"] == destination.split("-")[0]
+    assert shown["exit_code"] == 0 and shown["attempt"] == 1
+
+
+def test_contract__non_zero_exit_ends_error_with_the_code(
+    contract: Contract, destination: str
+) -> None:
+    job_id = contract.submit(destination, "--exit-code 3")
+    details = contract.client.wait(job_id, timeout_s=120)
+    assert details["status"] == "error"
+    shown = contract.job(job_id)
+    assert shown["exit_code"] == 3 and shown["state_reason"] == "exit code 3"
+
+
+def test_contract__cancel_while_running_revokes_and_stops_it(
+    contract: Contract, destination: str
+) -> None:
+    job_id = contract.submit(destination, "--sleep 120")
+    contract.wait_running(job_id)
+    contract.daemon.cli("job", "cancel", job_id)
+    details = contract.client.wait(job_id, timeout_s=60)
+    assert details["status"] == "REVOKED" and details["reason"] == "cancelled"
+    _assert_nothing_left(job_id, destination)
+
+
+def test_contract__walltime_exceeded_ends_error_with_the_reason(
+    contract: Contract, destination: str
+) -> None:
+    job_id = contract.submit(destination, "--sleep 120", walltime_s="3")
+    details = contract.client.wait(job_id, timeout_s=90)
+    assert details["status"] == "error"
+    assert "walltime" in (contract.job(job_id)["state_reason"] or "")
+    _assert_nothing_left(job_id, destination)
+
+
+def test_contract__out_of_memory_ends_error(contract: Contract, destination: str) -> None:
+    job_id = contract.submit(destination, "--alloc-mb 1200")
+    details = contract.client.wait(job_id, timeout_s=120)
+    assert details["status"] == "error", contract.job(job_id)
+    reason = contract.job(job_id)["state_reason"] or ""
+    if destination.startswith("docker"):  # the engine says why: the cgroup OOM killer
+        assert "out of memory" in reason
+    else:  # no cgroup: the address-space cap makes the allocation fail
+        assert b"MemoryError" in (contract.job_dir(job_id) / "stderr").read_bytes()
+
+
+def test_contract__remote_staging_moves_files_only_over_http(contract: Contract) -> None:
+    for destination in ("docker-remote", "slurm-remote"):
+        require(service_of(destination) or "")
+        job_id = contract.submit(destination, "--infile doc", files={"doc": ("doc.txt", INPUT)})
+        assert contract.client.wait(job_id, timeout_s=120)["status"] == "completed"
+        job_dir = contract.job_dir(job_id)
+        where = (job_dir / "work" / "where.txt").read_text().strip()
+        assert where.startswith(str(contract.scratch) + "/") and str(job_dir) not in where
+        log = contract.daemon.log_path.read_text()
+        fetched = f"GET /api/jobs/{job_id}/files?job_key=***&path=inputs%2F0%2Fdoc.txt"
+        assert fetched in log or f"GET /api/jobs/{job_id}/files?" in log
+        assert f"POST /api/jobs/{job_id}/files?" in log
+        assert f"POST /api/jobs/{job_id}/state?" in log
+        assert not list(contract.scratch.glob(f"{job_id}.*")), "scratch left behind"
+
+
+def _assert_nothing_left(job_id: str, destination: str) -> None:
+    if destination.startswith("docker"):
+        out = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=jobferry.job_id={job_id}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        deadline = time.monotonic() + 30
+        while out.strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            out = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=jobferry.job_id={job_id}"],
+                capture_output=True,
+                text=True,
+            ).stdout
+        assert out.strip() == "", f"containers left for {job_id}: {out}"
+    if destination.startswith("slurm"):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["squeue", "-h", "-n", f"jobferry-{job_id}-1", "-o", "%i %T"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            if not out.strip():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"Slurm job of {job_id} still queued: {out}")
