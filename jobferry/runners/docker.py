@@ -140,8 +140,10 @@ class DockerRunner(Runner):
         base_url: The engine's API address (``unix://`` socket or ``tcp://``).
         pull: Pull images that are not present locally (else submit fails).
         user: ``uid:gid`` jobs run as; default the daemon's own uid:gid when it is
-            not root, else ``65534:65534``. When the daemon is root, the job's
-            directory is handed to that user before the container starts.
+            not root, else ``65534:65534``. Numeric only. When the daemon is root,
+            the job's directory is handed to that user before the container starts;
+            a non-root daemon cannot, so a configured user other than its own needs
+            write access to the job directories some other way.
         timeout_s: Timeout of one engine API call.
         node: This daemon's node name, put on every container (``jobferry.node``).
         kill_grace_s: How long ``cancel`` waits after SIGTERM before SIGKILL.

@@ -8,6 +8,7 @@ containers are touched.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -172,10 +173,30 @@ def test_docker_runner__runs_unprivileged_without_network(
     assert (status.state, status.exit_code) == (RunState.EXITED, 0)
     lines = Path(spec.stdout_path).read_text().split("\n")
     assert lines[0] != "0" and lines[1] != "0"
-    assert lines[:3] == ["65534", "65534", "lo"]
+    uid, gid = ("65534", "65534") if os.geteuid() == 0 else (str(os.geteuid()), str(os.getegid()))
+    assert lines[:3] == [uid, gid, "lo"]
     fields = dict(line.split(":\t") for line in lines[3:] if line)
     assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] == "0000000000000000"
     assert fields["NoNewPrivs"] == "1"
+
+
+def test_docker_runner__configured_user_owns_the_job_directory(
+    engine: Any, node: str, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only a root daemon hands the job directory to another user")
+    runner = DockerRunner(base_url=SOCKET, node=node, user="4321:4322")
+    spec = make_spec(tmp_path, "sh", "-c", "id -u; id -g; echo x > out.txt")
+    try:
+        status = run_job(runner, spec)
+    finally:
+        runner.close()
+        remove_node_containers(engine, node)
+
+    assert (status.state, status.exit_code) == (RunState.EXITED, 0)
+    assert Path(spec.stdout_path).read_text() == "4321\n4322\n"
+    out = Path(spec.workdir) / "out.txt"
+    assert (out.stat().st_uid, out.stat().st_gid) == (4321, 4322)
 
 
 def test_docker_runner__network_destination_uses_host_network(
@@ -448,3 +469,35 @@ def test_docker_runner__containers_lists_by_label_and_cleanup_removes(
     assert not exists(engine, handle.external_id)
     # The finished job's status survives the container through its result file.
     assert runner.poll(handle).state is RunState.EXITED
+
+
+def test_docker_runner__leftovers_give_handles_cleanup_can_remove(
+    runner: DockerRunner, engine: Any, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "true")
+    handle = runner.submit(spec)
+    wait(runner, handle)
+
+    leftovers = runner.leftovers()
+
+    assert [(job_id, h.external_id) for job_id, h in leftovers] == [
+        (spec.job_id, handle.external_id)
+    ]
+    fresh = DockerRunner(base_url=SOCKET, node=runner.node)
+    try:
+        fresh.cleanup(leftovers[0][1])
+    finally:
+        fresh.close()
+    assert not exists(engine, handle.external_id)
+
+
+def test_docker_runner__find_removes_a_never_started_container(
+    runner: DockerRunner, engine: Any, node: str, tmp_path: Path
+) -> None:
+    spec = make_spec(tmp_path, "true")
+    labels = {"jobferry.job_id": spec.job_id, "jobferry.attempt": "1", "jobferry.node": node}
+    created = engine.containers.create(BUSYBOX_IMAGE, ["true"], labels=labels)
+
+    assert runner.find(spec) is None
+
+    assert not exists(engine, created.id)
