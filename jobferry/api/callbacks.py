@@ -40,7 +40,7 @@ class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
         except (ValueError, UnicodeDecodeError):
             raise errors.RequestError("the body is not valid JSON") from None
         answer = await self.call(self.callbacks.report, job_id, key, payload)
-        if answer["accepted"] and answer["state"] != "running":
+        if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
             self.core.on_job_callback(job_id)
             self.core.job_changed(job_id)
         self.send_json(answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -49,10 +50,12 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
 
 
 def _core(args: argparse.Namespace) -> Core:
-    from jobferry.runners.local import LocalRunner
+    from jobferry.daemon.runners import build_runners
 
     config = _config(args)
-    core = Core(config, runners={"local": LocalRunner(config.runners.local.kill_grace_s)})
+    node = config.node.name or socket.gethostname()
+    runners, _ = build_runners(config, node)  # e.g. to stop a Docker or Slurm job on cancel
+    core = Core(config, runners=runners, node_name=node)
     core.ensure_dirs()
     check_schema(core.engine)
     return core

@@ -10,7 +10,10 @@ Authorised by the job's ``job_key`` only. Every report names its attempt and
 is fenced by it: a report of an older attempt, a duplicate, a late or an
 out-of-order one is answered ``accepted: false`` with the job's current state
 and changes nothing, and no report moves a job backwards or out of a terminal
-state (the transitions are conditional UPDATEs).
+state (the transitions are conditional UPDATEs). A ``finished`` report of a
+command killed by a signal (exit code > 128), or of a job the runner stopped
+itself, is ``deferred``: the runner's own status, which knows why (out of
+memory, walltime, cancel), records that end.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState
 
 REPORTS = ("running", "finished")
+#: The marker a runner leaves beside the result when it stopped the job itself.
+KILLED = "result.killed"
 METRICS = ("wall_s", "cpu_user_s", "cpu_sys_s", "peak_rss_kb")
 
 
@@ -125,6 +130,11 @@ class CallbackService:
             except ConflictError:
                 return {"state": self._state(job_id), "accepted": False}
             return {"state": JobState.RUNNING.value, "accepted": True}
+        if (exit_code is not None and exit_code > 128) or (Path(job_dir) / KILLED).exists():
+            # Killed by a signal, or stopped by the runner (cancel, walltime): only the
+            # runner can tell why (out of memory, walltime, node failure), so its own
+            # status records this end; the report changes nothing.
+            return {"state": current, "accepted": True, "deferred": True}
         status = RunStatus(
             RunState.EXITED,
             exit_code=exit_code,

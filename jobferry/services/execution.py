@@ -79,11 +79,7 @@ class ExecutionService:
         stage_in: tuple[str, ...] = ()
         if dest.staging == "remote":
             remote_dir = f"{dest.scratch_dir.rstrip('/')}/{job.id}.{job.attempt}"
-            prefix = str(job_dir)
-            argv = [
-                remote_dir + a[len(prefix) :] if a == prefix or a.startswith(prefix + "/") else a
-                for a in argv
-            ]
+            argv = [_relocate(a, str(job_dir), remote_dir) for a in argv]
             stage_in = _files_under(job_dir, ("inputs", SCRIPT_COPY))
             env["JOBFERRY_STAGING"] = "remote"
             env["JOBFERRY_STAGE_IN"] = json.dumps(stage_in)
@@ -295,6 +291,15 @@ class ExecutionService:
                 session, claimed.job_id, claimed.attempt, "requeued: never started"
             )
         return JobState.QUEUED.value
+
+
+def _relocate(arg: str, prefix: str, target: str) -> str:
+    """*arg* with a leading path under *prefix* moved under *target* (also the value
+    of an ``--option=path`` argument)."""
+    head, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    if value == prefix or value.startswith(prefix + "/"):
+        return head + eq + target + value[len(prefix) :]
+    return arg
 
 
 def _files_under(job_dir: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
