@@ -32,6 +32,8 @@ class DaemonProcess:
 
     def __init__(self, data_dir: Path, config: dict[str, Any] | None = None) -> None:
         self.data_dir = data_dir
+        #: 0: any free port (a new one at each start); the config's server.port if given.
+        self.port = int(((config or {}).get("server") or {}).get("port") or 0)
         self.config_path: Path | None = None
         if config is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,7 @@ class DaemonProcess:
             "jobferry.cli",
             "serve",
             "--port",
-            "0",
+            str(self.port),
             "--data-dir",
             str(self.data_dir),
         ]

@@ -12,6 +12,7 @@ without them on a developer's machine, failed under ``CI=true``.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
 from tests.services import PYTHON_IMAGE, require
@@ -248,3 +250,84 @@ def _assert_nothing_left(job_id: str, destination: str) -> None:
                 return
             time.sleep(0.5)
         raise AssertionError(f"Slurm job of {job_id} still queued: {out}")
+
+
+def test_contract__daemon_killed_and_restarted_jobs_end_with_their_true_outcome_once(
+    tmp_path: Path, destination: str, contract: Contract
+) -> None:
+    """kill -9 of the daemon while one job runs and another is about to end: the next
+    daemon re-attaches, each job ends with its own outcome, and none ran twice."""
+    config = json.loads(contract.daemon.config_path.read_text())  # type: ignore[union-attr]
+    # A fixed port: remote wrappers report to the URL they were started with.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        config["server"] = {"port": probe.getsockname()[1]}
+    daemon = DaemonProcess(tmp_path / "data", config).start()
+    try:
+        client = daemon.client()
+        client.add_script("behave", JOB_SCRIPTS / "behave.py")
+        other = Contract(daemon, client, contract.scratch)
+        ends_while_down = other.submit(destination, "--sleep 1 --exit-code 3")
+        outlives = other.submit(destination, "--sleep 8")
+        other.wait_running(ends_while_down)
+        other.wait_running(outlives)
+        daemon.kill()
+        time.sleep(4)  # the first job ends while no daemon runs
+        daemon.start()
+        client = other.client = daemon.client()
+        assert client.wait(ends_while_down, timeout_s=120)["is_complete"]
+        assert client.wait(outlives, timeout_s=120)["is_complete"]
+        first, second = other.job(ends_while_down), other.job(outlives)
+        assert (first["state"], first["exit_code"]) == ("error", 3), first
+        assert (second["state"], second["exit_code"]) == ("ok", 0), second
+        for job_id, shown in ((ends_while_down, first), (outlives, second)):
+            assert shown["attempt"] == 1
+            runs = other.job_dir(job_id) / "work" / "runs.txt"
+            assert runs.read_text() == f"{job_id}\n", "the job ran more than once"
+        _assert_nothing_left(outlives, destination)
+    finally:
+        daemon.stop()
+
+
+def test_callbacks__duplicated_late_and_reordered_reports_change_nothing(
+    contract: Contract,
+) -> None:
+    job_id = contract.submit("local", "--sleep 3")
+    contract.wait_running(job_id)
+    key = contract.daemon.cli("job", "key", job_id).stdout.strip()
+    url = f"{contract.client.url}/api/jobs/{job_id}/state"
+
+    def report(body: Any, job_key: str = key) -> Any:
+        return requests.post(url, params={"job_key": job_key}, json=body, timeout=30)
+
+    assert report({"state": "running", "attempt": 1}).json() == {
+        "state": "running",
+        "accepted": True,
+    }
+    stale = report({"state": "finished", "attempt": 2, "exit_code": 9})
+    assert stale.json() == {"state": "running", "accepted": False}
+    done = {"state": "finished", "attempt": 1, "exit_code": 0, "metrics": {"wall_s": 1.5}}
+    assert report(done).json() == {"state": "ok", "accepted": True}
+    # The same report again, a different ending, and a late "running": all ignored.
+    assert report(done).json() == {"state": "ok", "accepted": False}
+    assert report({**done, "exit_code": 5}).json() == {"state": "ok", "accepted": False}
+    assert report({"state": "running", "attempt": 1}).json() == {"state": "ok", "accepted": False}
+    shown = contract.job(job_id)
+    assert (shown["state"], shown["exit_code"], shown["wall_s"]) == ("ok", 0, 1.5)
+    # Bad reports: JSON errors, nothing changed.
+    assert report(done, job_key="0" * 64).status_code == 403
+    assert (
+        requests.post(url, data=b"{not json", params={"job_key": key}, timeout=30).status_code
+        == 400
+    )
+    assert report({"state": "exploded", "attempt": 1}).status_code == 400
+    assert report({"state": "finished", "attempt": 1}).status_code == 400  # no exit code
+    assert report({"state": "finished", "attempt": "1", "exit_code": 0}).status_code == 400
+    assert requests.post(url, json=done, timeout=30).status_code == 400  # no key at all
+    bad_id = requests.post(
+        f"{contract.client.url}/api/jobs/..%2Fetc/state", params={"job_key": key}, json=done
+    )
+    assert bad_id.status_code in (400, 404)
+    assert contract.job(job_id)["state"] == "ok"
+    time.sleep(3.5)  # the process itself ends; its late end changes nothing either
+    assert contract.job(job_id)["exit_code"] == 0
