@@ -12,6 +12,7 @@ without them on a developer's machine, failed under ``CI=true``.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -331,3 +332,47 @@ def test_callbacks__duplicated_late_and_reordered_reports_change_nothing(
     assert contract.job(job_id)["state"] == "ok"
     time.sleep(3.5)  # the process itself ends; its late end changes nothing either
     assert contract.job(job_id)["exit_code"] == 0
+
+
+def test_slurm_controller_down__jobs_stay_queued_and_run_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """sbatch failing like a down slurmctld: the job stays queued, the outage is logged
+    once, and claims retry with back-off until Slurm answers again."""
+    require("slurm")
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    for name in ("squeue", "scontrol", "scancel", "sacct", "sinfo"):
+        real = shutil.which(name)
+        assert real is not None
+        (bin_dir / name).symlink_to(real)
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: "
+        "Unable to contact slurm controller (connect failure)' >&2\nexit 1\n"
+    )
+    sbatch.chmod(0o755)
+    config = {
+        "runners": {"slurm": {"enabled": True, "bin_dir": str(bin_dir), "poll_interval_s": 1.0}},
+        "destinations": {"local": {}, "slurm": {"runner": "slurm", "memory_mb": 32}},
+        "routing": {"default": "slurm"},
+    }
+    daemon = DaemonProcess(tmp_path / "data", config).start()
+    try:
+        client = daemon.client()
+        client.add_script("behave", JOB_SCRIPTS / "behave.py")
+        job_id = client.submit("behave", "")
+        time.sleep(6)  # several claim rounds against the "down" controller
+        status = client.get(f"/api/jobs/v1/{job_id}/status/").json()
+        assert status == {"status": "queued", "is_complete": False}
+        log = daemon.log_path.read_text()
+        assert log.count("runner slurm is unavailable") == 1, log
+        sbatch.unlink()
+        real_sbatch = shutil.which("sbatch")
+        assert real_sbatch is not None
+        sbatch.symlink_to(real_sbatch)
+        details = client.wait(job_id, timeout_s=90)
+        assert details["status"] == "completed", details
+        assert "runner slurm is available again" in daemon.log_path.read_text()
+    finally:
+        daemon.stop()
