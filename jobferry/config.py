@@ -190,6 +190,7 @@ class DestinationConfig(_Section):
     network: bool = False
     staging: Literal["shared", "remote"] = "shared"
     scratch_dir: str = "/tmp/jobferry-scratch"
+    interpreter: str = "python3"
     env: dict[str, str] = Field(default_factory=dict)
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
 
@@ -230,6 +231,21 @@ class RoutingConfig(_Section):
     )
 
 
+class NodeConfig(_Section):
+    """This daemon as a node: its name and what it offers to local and Docker jobs."""
+
+    name: str | None = Field(None, description="Node name; default: the host name.")
+    cores: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Cores jobs may use here; default: the number of cores."
+    )
+    memory_mb: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Memory jobs may use here, MB; default: the total memory."
+    )
+    gpus: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="GPUs jobs may use here; default: counted by nvidia-smi, else 0."
+    )
+
+
 class JobsConfig(_Section):
     """Job defaults and limits."""
 
@@ -266,6 +282,7 @@ class Config(_Section):
         description="Named destinations: a runner and its parameters.",
     )
     routing: RoutingConfig = RoutingConfig()
+    node: NodeConfig = NodeConfig()
     jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
 

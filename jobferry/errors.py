@@ -65,6 +65,12 @@ class ScriptNotFoundError(ValidationError):
     code = "script_not_found"
 
 
+class UnsatisfiableError(ValidationError):
+    """The job asks for more than any node or cluster of its destination can give."""
+
+    code = "unsatisfiable"
+
+
 class AttributeMissingError(RequestError):
     """Attempted to create or update object without required attribute."""
 

@@ -42,6 +42,8 @@ class DaemonProcess:
         self.database_url = database_url(data_dir)
         if on_postgres():
             config = with_database(config or {}, data_dir)
+        #: 0: any free port (a new one at each start); the config's server.port if given.
+        self.port = int(((config or {}).get("server") or {}).get("port") or 0)
         self.config_path: Path | None = None
         if config is not None:
             data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ class DaemonProcess:
             "jobferry.cli",
             "serve",
             "--port",
-            "0",
+            str(self.port),
             "--data-dir",
             str(self.data_dir),
         ]

@@ -10,6 +10,7 @@ import logging
 import tornado.web
 
 from jobferry.api.base import NotFoundHandler, Services
+from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
 from jobferry.api.openapi import openapi_routes
 from jobferry.api.wooey import wooey_routes
@@ -28,7 +29,12 @@ def make_services(core: Core) -> Services:
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    routes = [*wooey_routes(services), *openapi_routes(services), *galaxy_routes(services)]
+    routes = [
+        *wooey_routes(services),
+        *openapi_routes(services),
+        *callback_routes(services),
+        *galaxy_routes(services),
+    ]
     log_requests = services.core.config.logging.access_log
 
     def log_function(handler: tornado.web.RequestHandler) -> None:

@@ -16,6 +16,7 @@ import tornado.web
 from jobferry import errors
 from jobferry.api.base import ApiMixin
 from jobferry.services.jobs import SubmitRequest
+from jobferry.services.routing import RESOURCE_FIELDS, parse_request
 from jobferry.services.scripts import ScriptUpload
 from jobferry.staging.forms import FormReceiver
 from jobferry.store.models import TERMINAL_STATES, JobState
@@ -158,6 +159,7 @@ class SubmitHandler(StreamingFormHandler):
             command=form.field("command") or "",
             version=form.field("version"),
             iteration=form.field("iteration"),
+            resources=parse_request({k: form.field(k) for k in RESOURCE_FIELDS}),
         )
         job_id = await self.call(self.services.jobs.submit, self.principal, request, form.files)
         self.send_json({"valid": True, "job_id": job_id})
@@ -246,6 +248,9 @@ class JobDetailsHandler(WooeyHandler):
                 "job_id": job.id,
                 "exit_code": job.exit_code,
                 "reason": job.state_reason,
+                "destination": job.destination,
+                "runner": job.runner,
+                "node": job.node,
             }
         )
 

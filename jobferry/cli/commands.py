@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -49,10 +50,12 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
 
 
 def _core(args: argparse.Namespace) -> Core:
-    from jobferry.runners.local import LocalRunner
+    from jobferry.daemon.runners import build_runners
 
     config = _config(args)
-    core = Core(config, runners={"local": LocalRunner(config.runners.local.kill_grace_s)})
+    node = config.node.name or socket.gethostname()
+    runners, _ = build_runners(config, node)  # e.g. to stop a Docker or Slurm job on cancel
+    core = Core(config, runners=runners, node_name=node)
     core.ensure_dirs()
     check_schema(core.engine)
     return core
@@ -276,11 +279,14 @@ def cmd_job_list(args: argparse.Namespace) -> int:
             "name": j.name,
             "state": j.state,
             "exit_code": j.exit_code,
+            "destination": j.destination,
+            "node": j.node,
             "created_at": j.created_at.isoformat(timespec="seconds"),
         }
         for j, u in jobs
     ]
-    _print(args, rows, ["id", "user", "name", "state", "exit_code", "created_at"])
+    columns = ["id", "user", "name", "state", "exit_code", "destination", "node", "created_at"]
+    _print(args, rows, columns)
     return 0
 
 
@@ -297,6 +303,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "description": job.description,
         "state": job.state,
         "reason": job.state_reason,
+        "state_reason": job.state_reason,
         "exit_code": job.exit_code,
         "command": job.command,
         "argv": job.argv,
@@ -305,6 +312,10 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "node": job.node,
         "attempt": job.attempt,
         "external_id": job.external_id,
+        "cores": job.cores,
+        "memory_mb": job.memory_mb,
+        "gpus": job.gpus,
+        "walltime_s": job.walltime_s,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -7,6 +7,16 @@ safety net (jobs queued by another process, e.g. the CLI). Each running job is
 one asyncio task awaiting ``Runner.wait``; blocking calls go through the
 core's executor.
 
+One scheduler serves every runner this daemon has (local, docker, slurm). It
+claims one job at a time, from the destinations whose runner has a free slot
+(and whose ``max_concurrent`` is not reached): local and Docker jobs must fit
+the node's remaining cores, memory and GPUs, and the head job is reserved (see
+``transitions.claim_next_job``) so large jobs do not starve; Slurm jobs use no
+node resources. A runner that reports itself unavailable (engine or controller
+down) pauses claims for its destinations with back-off; its jobs stay queued and
+the outage is logged once. A job's end is learned from ``Runner.wait`` or, first,
+from its wrapper's callback (``job_callback``), whichever comes first.
+
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
 next daemon can re-attach to every process this one started.
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from dataclasses import dataclass
 
 from jobferry.errors import (
     ConflictError,
@@ -27,6 +38,7 @@ from jobferry.errors import (
 from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.store import transitions
 from jobferry.store.models import JobState
 
 logger = logging.getLogger(__name__)
@@ -41,40 +53,121 @@ FINISH_ATTEMPTS = 4
 STORE_RETRY_MAX_S = 5.0
 
 
+@dataclass(frozen=True)
+class _Use:
+    runner: str
+    destination: str
+    cores: int
+    memory_mb: int
+    gpus: int
+
+
+#: Runners whose jobs use this node's cores, memory and GPUs.
+NODE_RUNNERS = frozenset({"local", "docker"})
+#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
+MAX_PAUSE_S = 30.0
+
+
 class Scheduler:
     def __init__(
-        self, core: Core, execution: ExecutionService, runner: Runner, *, slots: int
+        self,
+        core: Core,
+        execution: ExecutionService,
+        runners: dict[str, Runner],
+        *,
+        slots: dict[str, int],
     ) -> None:
         self.core = core
         self.execution = execution
-        self.runner = runner
+        self.runners = runners
         self.slots = slots
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._use: dict[str, _Use] = {}
         self._wake = asyncio.Event()
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
-        self._paused_until = 0.0  # loop time before which no claims (runner unavailable)
+        # runner -> (loop time before which no claims, current back-off) while unavailable
+        self._paused: dict[str, tuple[float, float]] = {}
+        self._finished_elsewhere: dict[str, asyncio.Event] = {}
 
     def wake(self) -> None:
         """Ask for a claim round soon. Call on the event loop."""
         self._wake.set()
 
+    def job_callback(self, job_id: str) -> None:
+        """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
+        event = self._finished_elsewhere.get(job_id)
+        if event is not None:
+            event.set()
+
     @property
     def free_slots(self) -> int:
-        return max(0, self.slots - len(self.running))
+        return sum(self._free(name) for name in self.runners)
+
+    def _free(self, runner: str) -> int:
+        used = sum(1 for u in self._use.values() if u.runner == runner)
+        return max(0, self.slots.get(runner, 0) - used)
+
+    def _fit(self) -> transitions.Fit:
+        cap = self.core.node_capacity
+        used = [u for u in self._use.values() if u.runner in NODE_RUNNERS]
+        cores, memory, gpus = cap.cores or 1, cap.memory_mb or 0, cap.gpus or 0
+        return transitions.Fit(
+            total_cores=cores,
+            total_memory_mb=memory,
+            total_gpus=gpus,
+            free_cores=cores - sum(u.cores for u in used),
+            free_memory_mb=memory - sum(u.memory_mb for u in used),
+            free_gpus=gpus - sum(u.gpus for u in used),
+        )
+
+    def _claimable(self, now: float) -> tuple[list[str], list[str]]:
+        """Destinations to claim from now: (using node resources, not using them)."""
+        node: list[str] = []
+        cluster: list[str] = []
+        for name, dest in self.core.config.destinations.items():
+            runner = dest.runner
+            if runner not in self.runners or self._free(runner) <= 0:
+                continue
+            if self._paused.get(runner, (0.0, 0.0))[0] > now:
+                continue
+            (node if runner in NODE_RUNNERS else cluster).append(name)
+        return node, cluster
 
     async def recover(self) -> None:
         """Re-attach to this node's jobs left running by an earlier daemon."""
         for claimed in await self.core.call(self.execution.in_flight):
-            if claimed.runner != self.runner.name:
+            if claimed.runner not in self.runners:
+                logger.warning(
+                    "job %s runs on runner %r, which this daemon does not have; left as is",
+                    claimed.job_id,
+                    claimed.runner,
+                )
                 continue
             try:
                 await self._recover(claimed)
             except Exception:
                 logger.exception("recovering job %s failed", claimed.job_id)
+        for runner in self.runners.values():
+            try:
+                await self.core.call(self._sweep, runner)
+            except Exception:
+                logger.exception("cleaning up after runner %s failed", runner.name)
+
+    def _sweep(self, runner: Runner) -> None:
+        """Release what a runner still holds for jobs that already ended (e.g. containers
+        of jobs that finished while the daemon was down). Blocking."""
+        leftovers = runner.leftovers()
+        if not leftovers:
+            return
+        ended = self.execution.ended({job_id for job_id, _ in leftovers})
+        for job_id, handle in leftovers:
+            if job_id in ended:
+                logger.info("removing what is left of ended job %s (%s)", job_id, runner.name)
+                runner.cleanup(handle)
 
     async def _recover(self, claimed: ClaimedJob) -> None:
         if claimed.handle is None:
-            found = await self.core.call(self.runner.find, claimed.spec)
+            found = await self.core.call(self.runners[claimed.runner].find, claimed.spec)
             if found is None:
                 state = await self.core.call(self.execution.recover_unstarted, claimed)
                 logger.info("job %s had no process handle: now %s", claimed.job_id, state)
@@ -86,7 +179,7 @@ class Scheduler:
         handle = claimed.handle
         assert handle is not None
         try:
-            await self.core.call(self.runner.adopt, handle, claimed.spec)
+            await self.core.call(self.runners[claimed.runner].adopt, handle, claimed.spec)
         except JobferryError as exc:
             logger.warning("job %s could not be re-attached: %s", claimed.job_id, exc.message)
             await self.core.call(
@@ -101,34 +194,59 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._wake.clear()
-            timeout = TICK_S
-            paused = self._paused_until - loop.time()
-            if paused > 0:
-                timeout = min(timeout, paused)
-            elif self.free_slots:
+            now = loop.time()
+            node, cluster = self._claimable(now)
+            started = 0
+            for destinations, fit in ((node, self._fit()), (cluster, None)):
+                if not destinations:
+                    continue
                 try:
-                    claimed = await self.core.call(
-                        self.execution.claim, self.runner.name, self.free_slots
-                    )
+                    claimed = await self.core.call(self.execution.claim_next, destinations, fit)
                 except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
-                    claimed = []
-                for job in claimed:
-                    self._start(job)
-                if len(claimed) and self.free_slots:
-                    continue  # there may be more queued
+                    break
+                if isinstance(claimed, ClaimedJob):
+                    self._start(claimed)
+                    started += 1
+            if started:
+                continue  # there may be more queued
+            timeout = TICK_S
+            for until, _ in self._paused.values():
+                if until > now:
+                    timeout = min(timeout, until - now)
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
             waiter.cancel()
             stopper.cancel()
 
+    def _pause(self, runner: str, message: str) -> None:
+        """Back off claims for *runner* (unavailable); log once per outage."""
+        loop = asyncio.get_running_loop()
+        _, backoff = self._paused.get(runner, (0.0, 0.0))
+        if not backoff:
+            logger.error("runner %s is unavailable; its jobs stay queued: %s", runner, message)
+        backoff = min(MAX_PAUSE_S, backoff * 2 if backoff else 1.0)
+        self._paused[runner] = (loop.time() + backoff, backoff)
+
+    def _resume(self, runner: str) -> None:
+        if self._paused.pop(runner, None) is not None:
+            logger.warning("runner %s is available again", runner)
+
     def _start(self, claimed: ClaimedJob) -> None:
+        self._account(claimed)
         self.running[claimed.job_id] = asyncio.ensure_future(self._launch(claimed))
 
     def _watch(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None
+        self._account(claimed)
         self.running[claimed.job_id] = asyncio.ensure_future(self._follow(claimed))
+
+    def _account(self, claimed: ClaimedJob) -> None:
+        spec = claimed.spec
+        self._use[claimed.job_id] = _Use(
+            claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
+        )
 
     async def _launch(self, claimed: ClaimedJob) -> None:
         try:
@@ -144,11 +262,12 @@ class Scheduler:
 
     async def _begin(self, claimed: ClaimedJob) -> RunHandle | None:
         """Start the job's process and store its handle; None if it did not start."""
+        runner = self.runners[claimed.runner]
         try:
-            handle = await self.core.call(self.runner.submit, claimed.spec)
+            handle = await self.core.call(runner.submit, claimed.spec)
         except RunnerUnavailableError as exc:
-            logger.warning("job %s stays queued: %s", claimed.job_id, exc.message)
-            self._paused_until = asyncio.get_running_loop().time() + TICK_S
+            self._pause(runner.name, exc.message)
+            logger.info("job %s stays queued: %s", claimed.job_id, exc.message)
             await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
             return None
         except Exception as exc:
@@ -156,6 +275,7 @@ class Scheduler:
             logger.warning("job %s could not start: %s", claimed.job_id, message)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
+        self._resume(runner.name)
         try:
             state = await self.core.call(self.execution.record_handle, claimed, handle)
         except ConflictError:
@@ -164,28 +284,44 @@ class Scheduler:
             # Follow it anyway: its end is recorded by attempt, not by handle.
             logger.exception("job %s: storing its handle failed", claimed.job_id)
             state = JobState.RUNNING.value
-        if state != JobState.RUNNING.value:  # cancelled while starting
-            await self._guard(self.core.call(self.runner.cancel, handle, "cancelled"))
+        if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
+            if state in (JobState.DELETING.value, "gone", JobState.DELETED.value):
+                await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
         return handle
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None
+        runner = self.runners[claimed.runner]
+        elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Event())
         try:
             if claimed.state == JobState.DELETING.value:
                 # Re-attached while being cancelled: the kill may never have happened.
-                await self._guard(self.core.call(self.runner.cancel, claimed.handle, "cancelled"))
-            status = await self.runner.wait(claimed.handle)
-            state = await self._finish(claimed, status)
-            logger.debug("job %s ended %s", claimed.job_id, state)
+                await self._guard(self.core.call(runner.cancel, claimed.handle, "cancelled"))
+            waiting = asyncio.ensure_future(runner.wait(claimed.handle))
+            told = asyncio.ensure_future(elsewhere.wait())
+            try:
+                await asyncio.wait({waiting, told}, return_when="FIRST_COMPLETED")
+            finally:
+                told.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+            if waiting.done() and not waiting.cancelled():
+                status = waiting.result()
+                try:
+                    state = await self._finish(claimed, status)
+                    logger.debug("job %s ended %s", claimed.job_id, state)
+                except ConflictError as exc:  # e.g. a callback recorded the end first
+                    logger.debug("job %s: %s", claimed.job_id, exc.message)
+            else:
+                logger.debug("job %s ended by its callback", claimed.job_id)
             self.core.job_changed(claimed.job_id)
-            await self.core.call(self.runner.cleanup, claimed.handle)
-        except ConflictError as exc:
-            logger.info("job %s: %s", claimed.job_id, exc.message)
+            await self.core.call(runner.cleanup, claimed.handle)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("following job %s failed", claimed.job_id)
         finally:
+            self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed.job_id)
 
     async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
@@ -220,6 +356,7 @@ class Scheduler:
 
     def _done(self, job_id: str) -> None:
         self.running.pop(job_id, None)
+        self._use.pop(job_id, None)
         self.wake()
 
     async def _guard(self, awaitable: asyncio.Future[None] | object) -> None:

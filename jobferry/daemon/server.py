@@ -25,9 +25,9 @@ import tornado.netutil
 
 from jobferry.api.app import make_app, make_services
 from jobferry.config import Config
+from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import ConfigError
-from jobferry.runners.local import LocalRunner
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
 from jobferry.store.engine import check_schema
@@ -60,9 +60,9 @@ def _lock_data_dir(path: Path) -> IO[str]:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        runner = LocalRunner(kill_grace_s=config.runners.local.kill_grace_s)
-        self.core = Core(config, runners={runner.name: runner})
-        self.runner = runner
+        node = config.node.name or socket.gethostname()
+        self.runners, self.slots = build_runners(config, node)
+        self.core = Core(config, runners=self.runners, node_name=node)
         self.stop_event = asyncio.Event()
         self.url = ""
         self.port = 0
@@ -97,7 +97,8 @@ class Daemon:
         host = self.config.server.host
         self.url = self.config.server.base_url or f"http://{host}:{self.port}"
         execution = ExecutionService(core, base_url=self.url)
-        self.scheduler = Scheduler(core, execution, self.runner, slots=self.config.local_slots)
+        self.scheduler = Scheduler(core, execution, self.runners, slots=self.slots)
+        core.on_job_callback = self.scheduler.job_callback
         loop = asyncio.get_running_loop()
 
         def wake_from_any_thread() -> None:
@@ -108,10 +109,11 @@ class Daemon:
         server.add_sockets(sockets)
         self._write_state()
         logger.info(
-            "jobferry serving on %s (data %s, %d local slots)",
+            "jobferry serving on %s (node %s, data %s, slots %s)",
             self.url,
+            core.node_name,
             core.data_path,
-            self.config.local_slots,
+            ", ".join(f"{name} {n}" for name, n in self.slots.items()),
         )
         return server
 

@@ -32,6 +32,16 @@ class RunState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """The most one job can get from a runner somewhere (None: not known)."""
+
+    cores: int | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+    where: str = "this node"
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything a runner needs to start one job.
 
@@ -148,6 +158,11 @@ class Runner(abc.ABC):
         A later ``poll``/``wait`` reports ``KILLED`` with *reason*.
         """
 
+    def capacity(self) -> Capacity | None:
+        """The largest job this runner could ever run, if it knows (Slurm: its
+        partitions); None for runners limited by this node's own resources."""
+        return None
+
     def find(self, spec: RunSpec) -> RunHandle | None:
         """Find a job started from *spec* whose handle was never stored. Blocking.
 
@@ -163,6 +178,11 @@ class Runner(abc.ABC):
         After this, ``wait`` works for the handle as if this process had started
         it. The default does nothing (``poll`` already works from the handle).
         """
+
+    def leftovers(self) -> list[tuple[str, RunHandle]]:
+        """(job id, handle) of what this runner still holds on this node (containers),
+        so the daemon can clean up after jobs that ended while it was down. Blocking."""
+        return []
 
     def cleanup(self, handle: RunHandle) -> None:  # noqa: B027
         """Release what the runner holds for a finished job. Idempotent."""

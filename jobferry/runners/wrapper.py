@@ -24,9 +24,15 @@ logger = logging.getLogger(__name__)
 WRAPPER = Path(__file__).with_name("wrapper.sh")
 
 
+STAGER = Path(__file__).with_name("stage.py")
+
+
 @cache
 def wrapper_text() -> str:
-    return WRAPPER.read_text(encoding="utf-8")
+    """The wrapper with the remote stager pasted into its here-document."""
+    stager = STAGER.read_text(encoding="utf-8")
+    assert "JOBFERRY_STAGE_PY" not in stager
+    return WRAPPER.read_text(encoding="utf-8").replace("@STAGE_PY@", stager.rstrip("\n"))
 
 
 def wrapper_paths(spec: RunSpec) -> tuple[str, str, str, str]:

@@ -14,16 +14,40 @@
 # stop the wrapper before the job: the trap (a handler, so the job gets the default
 # action back on exec) is only run once the job has ended, and the result still
 # gets written.
+#
+# JOBFERRY_MEMORY_KB, when set, caps the job's address space (ulimit -v) where no
+# cgroup limits it (local processes, Slurm without cgroup plugins).
+#
+# With JOBFERRY_STAGING=remote the execution host does not share the daemon's
+# disk: the four paths lie in a scratch directory (created here), and python3
+# runs jobferry's stager (stage.py, pasted in below by jobferry.runners.wrapper)
+# to fetch the inputs first and to post work/*, stdout, stderr and the result
+# back and report the end afterwards. A failed stage-out exits 75 (EX_TEMPFAIL).
+stage() {
+    python3 - "$@" <<'JOBFERRY_STAGE_PY'
+@STAGE_PY@
+JOBFERRY_STAGE_PY
+}
 trap : TERM
 w=$1 o=$2 e=$3 r=$4
 shift 4
+m= remote=
+if [ "${JOBFERRY_STAGING:-}" = remote ]; then
+    remote=${r%/*}
+    mkdir -p -- "$w" || exit 73
+    t0=$(date +%s)
+fi
 # First of all, say who we are: a daemon that dies before recording our handle
 # finds us through this file instead of starting the job a second time.
 echo $$ >"$r.pid"
 if [ "$1" = -- ]; then shift; fi
-m=
-if cd -- "$w" 2>/dev/null; then
-    (exec "$@") </dev/null >"$o" 2>"$e"
+if [ -n "$remote" ] && ! stage in "$remote" 2>>"$e.stage"; then
+    c=126 m="reason=staging the inputs in failed: $(tail -n 1 "$e.stage" 2>/dev/null)"
+elif cd -- "$w" 2>/dev/null; then
+    (
+        if [ -n "${JOBFERRY_MEMORY_KB:-}" ]; then ulimit -v "$JOBFERRY_MEMORY_KB"; fi
+        exec "$@"
+    ) </dev/null >"$o" 2>"$e"
     c=$?
 else
     c=127 m="reason=cannot change to working directory $w"
@@ -31,4 +55,13 @@ fi
 times >"$r"
 { read -r s; read -r k; } <"$r"
 printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s\n' "$c" "$s" "$k" "$m" >"$r"
+if [ -n "$remote" ]; then
+    cd / || :
+    if stage out "$remote" "$c" "$t0" 2>>"$e.out"; then
+        rm -rf -- "$remote"
+    else
+        cat -- "$e.out" >&2
+        exit 75
+    fi
+fi
 exit "$c"

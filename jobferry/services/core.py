@@ -12,25 +12,42 @@ import functools
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from jobferry.config import Config
-from jobferry.runners.base import Runner
+from jobferry.runners.base import Capacity, Runner
+from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
 from jobferry.store.models import Setting
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def count_gpus() -> int:
+    """GPUs nvidia-smi lists; 0 without nvidia-smi or when it fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,8 @@ class Core:
         self.engine = engine or make_engine(config.database_url, config.database.pool_size)
         self.sessions: SessionFactory = make_session_factory(self.engine)
         self.runners: dict[str, Runner] = runners if runners is not None else {}
-        self.node_name = node_name or socket.gethostname()
+        self.node_name = node_name or config.node.name or socket.gethostname()
+        self.router = Router(config)
         self.data_path = config.data_path
         self.jobs_path = self.data_path / "jobs"
         self.scripts_path = self.data_path / "scripts"
@@ -67,6 +85,8 @@ class Core:
         )
         #: Called (from any thread) when a job was queued; the daemon wakes its scheduler.
         self.on_job_queued: Callable[[], None] = lambda: None
+        #: Called on the event loop when a wrapper's callback ended a job in the store.
+        self.on_job_callback: Callable[[str], None] = lambda job_id: None
         self._secret: bytes | None = None
         self._job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Bumped whenever this process changes scripts, to drop cached versions.
@@ -108,6 +128,23 @@ class Core:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._job_waiters[job_id]
+
+    @functools.cached_property
+    def node_capacity(self) -> Capacity:
+        """What this node offers local and Docker jobs (config ``node``, else measured)."""
+        node = self.config.node
+        memory = node.memory_mb or psutil.virtual_memory().total // (1024 * 1024)
+        gpus = node.gpus if node.gpus is not None else count_gpus()
+        return Capacity(
+            node.cores or os.cpu_count() or 1, memory, gpus, where=f"node {self.node_name}"
+        )
+
+    def capacity_for(self, runner: str) -> Capacity | None:
+        """The largest job *runner* could ever take (None: unknown, let the runner judge)."""
+        if runner in ("local", "docker"):
+            return self.node_capacity
+        found = self.runners.get(runner)
+        return found.capacity() if found is not None else None
 
     def runner(self, name: str) -> Runner:
         from jobferry.errors import RunnerUnavailableError

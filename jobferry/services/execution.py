@@ -7,23 +7,29 @@ mapping from runner outcomes to job states and the collection of outputs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
 
+from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
 from jobferry.staging.paths import file_digest
 from jobferry.store import transitions
-from jobferry.store.models import Job, JobFile, JobState, utcnow
+from jobferry.store.models import TERMINAL_STATES, Job, JobFile, JobState, utcnow
 
 logger = logging.getLogger(__name__)
 
+#: Where a job's own copy of its script lives (relative to the job directory), for
+#: runners whose execution host cannot see the daemon's scripts directory.
+SCRIPT_COPY = "script"
 #: Most output files collected per job (more are ignored, with a note in the reason).
 MAX_OUTPUT_FILES = 10_000
 
@@ -43,24 +49,89 @@ class ExecutionService:
         self.core = core
         self.base_url = base_url
 
+    def destination(self, job: Job) -> DestinationConfig:
+        """The job's destination as configured now (a removed one: its runner's defaults)."""
+        found = self.core.config.destinations.get(job.destination)
+        if found is not None and found.runner == job.runner:
+            return found
+        return DestinationConfig.model_construct(runner=job.runner)  # type: ignore[arg-type]
+
     def _spec(self, job: Job) -> RunSpec:
         job_dir = Path(job.job_dir)
+        dest = self.destination(job)
+        argv = [str(a) for a in job.argv]
+        if dest.runner != "local" and len(argv) >= 2 and argv[0] == self.core.config.interpreter:
+            # The daemon's interpreter does not exist in a container or on a cluster
+            # node: run the job's private copy of the script with the node's python3.
+            argv[0:2] = [dest.interpreter, str(job_dir / SCRIPT_COPY / Path(argv[1]).name)]
+        env = {
+            "JOBFERRY_URL": self.base_url,
+            "JOBFERRY_JOB_ID": job.id,
+            "JOBFERRY_JOB_KEY": self.core.job_key(job.id),
+            "JOBFERRY_ATTEMPT": str(job.attempt),
+            **dest.env,
+        }
+        if job.memory_mb and dest.runner != "docker":
+            # No cgroup here (a local process; Slurm without cgroup plugins): the
+            # wrapper caps the job's address space instead.
+            env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
+        remote_dir: str | None = None
+        stage_in: tuple[str, ...] = ()
+        if dest.staging == "remote":
+            remote_dir = f"{dest.scratch_dir.rstrip('/')}/{job.id}.{job.attempt}"
+            argv = [_relocate(a, str(job_dir), remote_dir) for a in argv]
+            stage_in = _files_under(job_dir, ("inputs", SCRIPT_COPY))
+            env["JOBFERRY_STAGING"] = "remote"
+            env["JOBFERRY_STAGE_IN"] = json.dumps(stage_in)
         return RunSpec(
             job_id=job.id,
-            argv=tuple(str(a) for a in job.argv),
+            argv=tuple(argv),
             workdir=str(job_dir / "work"),
             stdout_path=str(job_dir / "stdout"),
             stderr_path=str(job_dir / "stderr"),
             result_path=str(job_dir / "result"),
-            env={
-                "JOBFERRY_URL": self.base_url,
-                "JOBFERRY_JOB_ID": job.id,
-                "JOBFERRY_JOB_KEY": self.core.job_key(job.id),
-            },
+            env=env,
             walltime_s=job.walltime_s,
             cores=job.cores,
             memory_mb=job.memory_mb,
+            attempt=job.attempt,
+            destination=job.destination,
+            gpus=job.gpus,
+            image=dest.image,
+            network=dest.network,
+            partition=dest.partition,
+            sbatch_args=tuple(dest.sbatch_args),
+            staging=dest.staging,
+            job_dir=str(job_dir),
+            remote_dir=remote_dir,
+            stage_in=stage_in,
         )
+
+    def claim_next(
+        self, destinations: list[str], fit: transitions.Fit | None
+    ) -> ClaimedJob | None | bool:
+        """Claim one job (see ``transitions.claim_next_job``); False: the head job is
+        reserved and does not fit yet. Destinations at their ``max_concurrent`` are
+        left out here, counted in the claim's own transaction."""
+        self.core.secret  # noqa: B018 - load outside the claim's write transaction
+        limits = {
+            name: dest.max_concurrent
+            for name in destinations
+            if (dest := self.core.config.destinations.get(name)) and dest.max_concurrent
+        }
+        with self.core.sessions.begin() as session:
+            if limits:
+                running = transitions.running_per_destination(session, limits)
+                full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
+                destinations = [d for d in destinations if d not in full]
+            job = transitions.claim_next_job(
+                session, destinations=destinations, node=self.core.node_name, fit=fit
+            )
+            if not isinstance(job, Job):
+                return job
+            if job.runner != "local":
+                _copy_script(Path(job.job_dir), job.argv)
+            return ClaimedJob(job.id, job.attempt, job.runner, self._spec(job))
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
@@ -189,6 +260,14 @@ class ExecutionService:
             self.abandon(claimed, "its run handle is unreadable; the job was lost")
         return found
 
+    def ended(self, job_ids: set[str]) -> set[str]:
+        """Those of *job_ids* that are terminal or unknown to the store."""
+        with self.core.sessions.begin() as session:
+            rows = session.execute(select(Job.id, Job.state).where(Job.id.in_(job_ids))).all()
+        terminal = {s.value for s in TERMINAL_STATES}
+        active = {job_id for job_id, state in rows if state not in terminal}
+        return job_ids - active
+
     def recover_unstarted(self, claimed: ClaimedJob) -> str:
         """A claimed job with no handle: requeue it if its process never began, else error."""
         if claimed.state == JobState.DELETING.value:
@@ -212,6 +291,43 @@ class ExecutionService:
                 session, claimed.job_id, claimed.attempt, "requeued: never started"
             )
         return JobState.QUEUED.value
+
+
+def _relocate(arg: str, prefix: str, target: str) -> str:
+    """*arg* with a leading path under *prefix* moved under *target* (also the value
+    of an ``--option=path`` argument)."""
+    head, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    if value == prefix or value.startswith(prefix + "/"):
+        return head + eq + target + value[len(prefix) :]
+    return arg
+
+
+def _files_under(job_dir: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
+    """Regular files under *tops* of the job directory, relative to it, sorted."""
+    found: list[str] = []
+    for top in tops:
+        for root, dirs, files in os.walk(job_dir / top, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(root) / name
+                if path.is_file() and not path.is_symlink():
+                    found.append(str(path.relative_to(job_dir)))
+    return tuple(found)
+
+
+def _copy_script(job_dir: Path, argv: list[object]) -> None:
+    """Give a job that runs off this host's interpreter its own copy of the script."""
+    if len(argv) < 2:
+        return
+    source = Path(str(argv[1]))
+    target = job_dir / SCRIPT_COPY / source.name
+    if target.exists() or not source.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    shutil.copyfile(source, partial)
+    partial.chmod(0o644)
+    os.replace(partial, target)
 
 
 def _outcome(status: RunStatus, *, cancelled: bool) -> tuple[JobState, str | None]:

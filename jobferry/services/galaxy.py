@@ -510,7 +510,16 @@ class GalaxyService:
         if not principal.is_admin:
             raise AdminRequiredError()
         job = self.view(principal, job_id).job
-        return {"Runner": job.runner, "Runner Job ID": job.external_id, "Handler": job.node}
+        return {
+            "Runner": job.runner,
+            "Runner Job ID": job.external_id,
+            "Handler": job.node,
+            "Destination": job.destination,
+            "Cores": job.cores,
+            "Memory (MB)": job.memory_mb,
+            "GPUs": job.gpus,
+            "Walltime (s)": job.walltime_s,
+        }
 
     def cancel(self, principal: Principal, job_id: str) -> bool:
         """``DELETE /api/jobs/{id}``: True if this call stopped the job, False if it had

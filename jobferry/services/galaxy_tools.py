@@ -37,6 +37,7 @@ from jobferry.services.galaxy import (
     tool_version,
 )
 from jobferry.services.jobs import JobService, SubmitRequest
+from jobferry.services.routing import parse_request
 from jobferry.services.scripts import slugify
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import safe_filename
@@ -328,6 +329,16 @@ def _payload_inputs(payload: Mapping[str, Any]) -> dict[str, Any]:
     return inputs
 
 
+def _resources(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """jobferry's extension: ``"resources": {"destination", "cores", ...}`` in the payload."""
+    raw = payload.get("resources")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _bad("resources", "Expected an object of destination/cores/memory_mb/gpus/...")
+    return raw
+
+
 def _text(payload: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
     value = payload.get(key)
     if value is None or value == "":
@@ -499,6 +510,8 @@ class GalaxyToolService:
             version=row.version,
             iteration=str(row.iteration),
             history_id=history_id,
+            resources=parse_request(_resources(payload)),
+            tool_id=slug,
         )
         try:
             job_id = self.jobs.submit(principal, request, uploads)

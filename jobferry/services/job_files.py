@@ -51,6 +51,9 @@ from jobferry.store.records import replace_output_file
 JOB_ID = re.compile(r"[0-9a-f]{16,32}")
 #: The one directory of a job's directory that job_files may write to.
 WRITE_AREA = "work"
+#: Files at the top of a job's directory that its wrapper posts back when it ran
+#: without the daemon's disk (``staging: remote``).
+WRAPPER_FILES = frozenset({"stdout", "stderr", "result"})
 #: States in which a job's files are open regardless of time.
 OPEN_STATES = frozenset(
     {JobState.NEW.value, JobState.QUEUED.value, JobState.RUNNING.value, JobState.DELETING.value}
@@ -74,6 +77,9 @@ class JobAccess:
 
     job_id: str
     root: Path
+    #: The files at the top of the job's directory its wrapper may post (only for
+    #: ``staging: remote`` destinations, whose wrapper runs without this disk).
+    also: frozenset[str] = frozenset()
 
 
 def check_job_id(job_id: str) -> None:
@@ -113,13 +119,13 @@ class JobFilesService:
         """The job, if its files are still open (the state gate); or just its state."""
         with self.core.sessions.begin() as session:
             row = session.execute(
-                select(Job.state, Job.finished_at, Job.updated_at, Job.job_dir).where(
-                    Job.id == job_id
-                )
+                select(
+                    Job.state, Job.finished_at, Job.updated_at, Job.job_dir, Job.destination
+                ).where(Job.id == job_id)
             ).first()
         if row is None:
             raise NotFoundError("Job not found.")
-        state, finished_at, updated_at, job_dir = row
+        state, finished_at, updated_at, job_dir, destination = row
         if state not in OPEN_STATES:
             ended = finished_at or updated_at
             grace = timedelta(seconds=self.core.config.jobs.files_grace_s)
@@ -127,7 +133,9 @@ class JobFilesService:
                 raise PermissionDeniedError(COMPLETED)
         if with_state:
             return str(state)
-        return JobAccess(job_id, Path(job_dir))
+        dest = self.core.config.destinations.get(destination)
+        also = WRAPPER_FILES if dest is not None and dest.staging == "remote" else frozenset()
+        return JobAccess(job_id, Path(job_dir), also)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -147,14 +155,16 @@ class JobFilesService:
 
     def open_writer(self, access: JobAccess, path: str) -> ConfinedWriter:
         """A writer straight beside the target (checked now: 403 before any byte is read)."""
-        return ConfinedWriter(access.root, path, area=WRITE_AREA)
+        return ConfinedWriter(access.root, path, area=WRITE_AREA, also=access.also)
 
     def open_staged_writer(self, access: JobAccess | None) -> ConfinedWriter:
         """A writer whose target is named later: staged in the job's directory (same
         filesystem, one rename at commit) or, before the key is known, in the daemon's
         own temp directory (nothing unauthorised lands in a job's directory)."""
         if access is not None:
-            return ConfinedWriter(access.root, None, area=WRITE_AREA, staging_dir=access.root)
+            return ConfinedWriter(
+                access.root, None, area=WRITE_AREA, staging_dir=access.root, also=access.also
+            )
         self.core.tmp_path.mkdir(parents=True, exist_ok=True)
         tmp = self.core.tmp_path  # the root is given at commit, once the key was checked
         return ConfinedWriter(tmp, None, area=WRITE_AREA, staging_dir=tmp)
@@ -167,6 +177,8 @@ class JobFilesService:
         except BaseException:
             writer.abort()
             raise
+        if writer.staged:
+            writer.also = access.also
         size = writer.commit(path, root=access.root) if writer.staged else writer.commit()
         if state not in OPEN_STATES:
             # The job already ended (its outputs were collected): a late upload within

@@ -32,6 +32,7 @@ from jobferry.errors import (
 )
 from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
+from jobferry.services.routing import ResourceRequest, check_fits
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import confine, safe_filename
 from jobferry.store import transitions
@@ -62,6 +63,7 @@ class ResolvedVersion:
     id: str
     path: str
     spec: ScriptSpec
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class SubmitRequest:
     version: str | None = None
     iteration: str | None = None
     history_id: str | None = None
+    #: Optional destination and resources the client asked for.
+    resources: ResourceRequest = ResourceRequest()
+    #: The Galaxy tool id when submitted through ``POST /api/tools`` (routing rules).
+    tool_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,14 @@ class JobService:
             if not 0 <= iteration < 2**31:
                 raise FormError(errors={"iteration": ["Enter a number below 2147483648."]})
         version = self._resolve_version(request.slug, request.version or None, iteration)
+        placement = self.core.router.place(
+            request.resources,
+            slug=request.slug,
+            group=version.group,
+            username=principal.username,
+            tool_id=request.tool_id,
+        )
+        check_fits(placement, self.core.capacity_for(placement.runner))
         job_id = new_id()
         job_dir = self.core.job_dir(job_id)
         inputs_dir = job_dir / "inputs"
@@ -149,7 +163,12 @@ class JobService:
                         "command": request.command or "",
                         "argv": argv,
                         "params": built.values,
-                        "walltime_s": float(self.core.config.jobs.default_walltime_s) or None,
+                        "runner": placement.runner,
+                        "destination": placement.destination,
+                        "cores": placement.resources.cores,
+                        "memory_mb": placement.resources.memory_mb,
+                        "gpus": placement.resources.gpus,
+                        "walltime_s": placement.resources.walltime_s,
                         "job_dir": str(job_dir),
                         "history_id": request.history_id,
                     },
@@ -183,8 +202,8 @@ class JobService:
         cached = self._versions.get(key)
         if cached is not None and now - cached[0] < VERSION_CACHE_S:
             return cached[1]
-        row = self._choose_version(slug, version, iteration)
-        resolved = ResolvedVersion(row.id, row.path, ScriptSpec.from_dict(row.spec))
+        row, group = self._choose_version(slug, version, iteration)
+        resolved = ResolvedVersion(row.id, row.path, ScriptSpec.from_dict(row.spec), group)
         if len(self._versions) > 1000:
             self._versions.clear()
         self._versions[key] = (now, resolved)
@@ -192,10 +211,10 @@ class JobService:
 
     def _choose_version(
         self, slug: str, version: str | None, iteration: int | None
-    ) -> ScriptVersion:
+    ) -> tuple[ScriptVersion, str | None]:
         with self.core.sessions.begin() as session:
             stmt = (
-                select(ScriptVersion)
+                select(ScriptVersion, Script.group_name)
                 .join(Script, Script.id == ScriptVersion.script_id)
                 .where(Script.slug == slug, Script.is_active, ScriptVersion.is_active)
             )
@@ -205,7 +224,7 @@ class JobService:
                 stmt = stmt.where(ScriptVersion.version == version)
             if iteration is not None:
                 stmt = stmt.where(ScriptVersion.iteration == iteration)
-            rows = session.execute(stmt.limit(2)).scalars().all()
+            rows = session.execute(stmt.limit(2)).all()
         if not rows:
             raise ScriptNotFoundError(errors={"script": "Unable to find script."})
         if len(rows) > 1:
@@ -213,7 +232,7 @@ class JobService:
                 "more than one version matches; give both version and iteration",
                 errors={"version": ["More than one version matches; give iteration as well."]},
             )
-        return rows[0]
+        return rows[0][0], rows[0][1]
 
     # --- reading ---------------------------------------------------------------------
 

@@ -83,14 +83,18 @@ def relative_parts(root: Path, path: str) -> list[str]:
     return parts
 
 
-def write_parts(root: Path, path: str, area: str | None = None) -> list[str]:
-    """``relative_parts`` for a write: with *area*, only below ``root/area/``."""
+def write_parts(
+    root: Path, path: str, area: str | None = None, also: frozenset[str] = frozenset()
+) -> list[str]:
+    """``relative_parts`` for a write: with *area*, only below ``root/area/`` or to
+    one of the top-level files named in *also*."""
     try:
         parts = relative_parts(root, path)
     except PathRejectedError:
         raise PathRejectedError(OUTSIDE_WRITE) from None
     if area is not None and (len(parts) < 2 or parts[0] != area):
-        raise PathRejectedError(OUTSIDE_WRITE)
+        if not (len(parts) == 1 and parts[0] in also):
+            raise PathRejectedError(OUTSIDE_WRITE)
     return parts
 
 
@@ -242,16 +246,18 @@ class ConfinedWriter:
         path: str | None = None,
         *,
         area: str | None = None,
+        also: frozenset[str] = frozenset(),
         staging_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.area = area
+        self.also = also
         self.parts: list[str] = []
         self.created: list[int] = []
         self.size = 0
         self.staged = path is None
         if path is not None:
-            self.parts = write_parts(root, path, area)
+            self.parts = write_parts(root, path, area, also)
             self.dir_fd, self.created = checked_parent(root, self.parts)
             hint = self.parts[-1][:100]
         else:
@@ -313,7 +319,7 @@ class ConfinedWriter:
     # --- internals ------------------------------------------------------------------------
 
     def _commit_staged(self, path: str) -> None:
-        self.parts = write_parts(self.root, path, self.area)
+        self.parts = write_parts(self.root, path, self.area, self.also)
         dest_fd, self.created = checked_parent(self.root, self.parts)
         try:
             try:

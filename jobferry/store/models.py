@@ -168,7 +168,7 @@ class Job(Base):
         Index(
             "ix_jobs_claim",
             "state",
-            "runner",
+            "destination",
             text("priority DESC"),
             "created_at",
             "id",
@@ -205,6 +205,7 @@ class Job(Base):
     #: The runner's RunHandle as JSON, to re-attach after a restart.
     handle: Mapped[str | None] = mapped_column(Text)
     cores: Mapped[int] = mapped_column(Integer, default=1)
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     memory_mb: Mapped[int | None] = mapped_column(Integer)
     walltime_s: Mapped[float | None] = mapped_column(Float)
     job_dir: Mapped[str] = mapped_column(Text)

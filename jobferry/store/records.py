@@ -29,6 +29,7 @@ def insert_job(session: Session, job: dict[str, Any], files: list[dict[str, Any]
         "destination": "local",
         "attempt": 0,
         "cores": 1,
+        "gpus": 0,
         "created_at": now,
         "updated_at": now,
         **job,

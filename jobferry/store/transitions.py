@@ -9,10 +9,11 @@ cannot overwrite a newer attempt (writes after a claim are fenced by attempt).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
@@ -181,3 +182,97 @@ def jobs_in_flight(session: Session, *, node: str) -> Sequence[Job]:
 
 def is_active(state: str) -> bool:
     return state in {s.value for s in ACTIVE_STATES}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Resources a claim must fit in: ``total`` (could it ever run here?) and ``free``
+    (does it fit now?). None for destinations that use no node resources (Slurm)."""
+
+    total_cores: int
+    total_memory_mb: int
+    total_gpus: int
+    free_cores: int
+    free_memory_mb: int
+    free_gpus: int
+
+
+def claim_next_job(
+    session: Session,
+    *,
+    destinations: Sequence[str],
+    node: str,
+    fit: Fit | None = None,
+    now: datetime | None = None,
+) -> Job | None | bool:
+    """Claim the next queued job of *destinations* for *node*: best priority, then oldest.
+
+    With *fit*, only jobs that could ever run on this node are considered, and
+    the head job among them is *reserved*: if it does not fit what is free now,
+    nothing is claimed and False is returned, so a stream of small jobs cannot
+    starve a large one (the node drains until the large one fits). Returns the
+    claimed job (its attempt incremented), or None when nothing is queued.
+    On PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
+    concurrent claimers skip it; on SQLite writers are serialised. Either way the
+    claim is a conditional UPDATE whose row count is checked.
+    """
+    if not destinations:
+        return None
+    now = now or utcnow()
+    memory = func.coalesce(Job.memory_mb, 0)
+    candidate = (
+        select(Job.id, Job.cores, memory, Job.gpus)
+        .where(Job.state == JobState.QUEUED.value, Job.destination.in_(list(destinations)))
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+    )
+    if fit is not None:
+        candidate = candidate.where(
+            Job.cores <= fit.total_cores,
+            memory <= fit.total_memory_mb,
+            Job.gpus <= fit.total_gpus,
+        )
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    for _ in range(5):  # a candidate taken between our read and our update: try the next
+        row = session.execute(candidate).first()
+        if row is None:
+            return None
+        job_id, cores, memory_mb, gpus = row
+        if fit is not None and (
+            cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
+        ):
+            return False
+        claimed = (
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
+                .values(
+                    state=JobState.RUNNING.value,
+                    node=node,
+                    attempt=Job.attempt + 1,
+                    started_at=now,
+                    updated_at=now,
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            )
+            .scalars()
+            .first()
+        )
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def running_per_destination(session: Session, destinations: Iterable[str]) -> dict[str, int]:
+    """Jobs running (or being cancelled) now, by destination, on every node."""
+    rows = session.execute(
+        select(Job.destination, func.count())
+        .where(
+            Job.destination.in_(list(destinations)),
+            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        )
+        .group_by(Job.destination)
+    ).all()
+    return {name: int(count) for name, count in rows}

@@ -1,0 +1,51 @@
+"""``POST /api/jobs/{id}/state``: a job's wrapper reporting its state (job_key only).
+
+Thin: the body is JSON, the key comes from the ``job_key`` query parameter or
+the ``X-Job-Key`` header; rules live in ``jobferry.services.callbacks``. A report
+that ended the job tells the scheduler at once (it stops waiting on the runner)
+and wakes status long-polls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from jobferry import errors
+from jobferry.api.base import ApiMixin, Services
+from jobferry.services.callbacks import CallbackService
+
+#: Largest report body accepted, bytes.
+MAX_BODY = 64 * 1024
+
+
+class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
+    SUPPORTED_METHODS = ("POST",)
+
+    def initialize(  # type: ignore[override]
+        self, services: Services, callbacks: CallbackService
+    ) -> None:
+        super().initialize(services)
+        self.callbacks = callbacks
+
+    async def post(self, job_id: str) -> None:
+        key = self.get_query_argument("job_key", None) or self.request.headers.get("X-Job-Key")
+        body = self.request.body
+        if len(body) > MAX_BODY:
+            raise errors.PayloadTooLargeError(f"a state report is at most {MAX_BODY} bytes")
+        try:
+            payload: Any = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise errors.RequestError("the body is not valid JSON") from None
+        answer = await self.call(self.callbacks.report, job_id, key, payload)
+        if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
+            self.core.on_job_callback(job_id)
+            self.core.job_changed(job_id)
+        self.send_json(answer)
+
+
+def callback_routes(services: Services) -> list[Any]:
+    init = {"services": services, "callbacks": CallbackService(services.core)}
+    return [(r"/api/jobs/([^/]+)/state/?", JobStateHandler, init)]
