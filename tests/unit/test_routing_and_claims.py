@@ -25,6 +25,7 @@ from jobferry.services.routing import (
 from jobferry.store.engine import make_engine, make_session_factory, upgrade_schema
 from jobferry.store.models import Job, JobState, User
 from jobferry.store.transitions import Fit, claim_next_job, running_per_destination
+from tests.db import database_url
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -157,7 +158,7 @@ def test_parse_request__form_strings_and_json_numbers() -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    eng = make_engine(database_url(tmp_path / "store"))
     upgrade_schema(eng)
     try:
         yield eng
