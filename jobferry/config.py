@@ -244,6 +244,22 @@ class NodeConfig(_Section):
     gpus: Annotated[int, Field(ge=0)] | None = Field(
         None, description="GPUs jobs may use here; default: counted by nvidia-smi, else 0."
     )
+    url: str | None = Field(
+        None, description="URL other nodes and clients reach this node at; default: base_url."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form node labels.")
+    heartbeat_s: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="Seconds between heartbeats written to the store."
+    )
+    dead_after_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="A node silent this long is declared dead by another node."
+    )
+    shared_filesystem: bool = Field(
+        True,
+        description="Every node sees every job directory at the same path (one host, or "
+        "NFS); false: a job runs on the node that accepted it (unless staged remotely) and "
+        "requests for its files are redirected there.",
+    )
 
 
 class JobsConfig(_Section):
@@ -251,6 +267,11 @@ class JobsConfig(_Section):
 
     default_walltime_s: Annotated[int, Field(ge=0)] = Field(
         0, description="Walltime of a job that names none (0: unlimited)."
+    )
+    max_attempts: Annotated[int, Field(ge=1)] = Field(
+        3,
+        description="Attempts of a job whose node died before it ends error (a job never "
+        "runs on two nodes at once).",
     )
     files_grace_s: Annotated[int, Field(ge=0)] = Field(
         600,

@@ -163,6 +163,7 @@ class JobService:
                         "command": request.command or "",
                         "argv": argv,
                         "params": built.values,
+                        "home_node": self.core.node_name,
                         "runner": placement.runner,
                         "destination": placement.destination,
                         "cores": placement.resources.cores,

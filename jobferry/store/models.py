@@ -199,6 +199,8 @@ class Job(Base):
     runner: Mapped[str] = mapped_column(String(32), default="local")
     destination: Mapped[str] = mapped_column(String(64), default="local")
     node: Mapped[str | None] = mapped_column(String(255))
+    #: The node whose disk holds the job's directory (the one that accepted it).
+    home_node: Mapped[str | None] = mapped_column(String(255))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     #: The runner's id for the run (pid@start, container id, Slurm id).
     external_id: Mapped[str | None] = mapped_column(String(255))
@@ -243,3 +245,40 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class NodeState(enum.StrEnum):
+    UP = "up"
+    #: Finishes its jobs, claims no new ones.
+    DRAINING = "draining"
+    #: Its heartbeat lapsed; its jobs were requeued or adopted by another node.
+    DEAD = "dead"
+    #: Stopped cleanly (SIGTERM); its jobs keep running and it re-attaches at start.
+    STOPPED = "stopped"
+
+
+class Node(Base):
+    """A daemon sharing the store: what it offers, what it has left, when it last spoke."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: The URL other nodes and clients reach it at (redirects, remote wrappers).
+    url: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=NodeState.UP.value)
+    #: Set by an admin (drain): claims nothing new while true, whatever the state.
+    drained: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    cores_total: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mb_total: Mapped[int] = mapped_column(Integer, default=0)
+    gpus_total: Mapped[int] = mapped_column(Integer, default=0)
+    cores_free: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mb_free: Mapped[int] = mapped_column(Integer, default=0)
+    gpus_free: Mapped[int] = mapped_column(Integer, default=0)
+    running_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    #: Bumped at every start: a daemon that finds a newer incarnation of itself stops.
+    incarnation: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None]
+    #: Written with the database's clock (never the node's own), like the checks on it.
+    heartbeat_at: Mapped[datetime | None]
+    pid: Mapped[int | None] = mapped_column(Integer)
