@@ -31,6 +31,7 @@ from jobferry.errors import ConfigError
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
 from jobferry.store.engine import check_schema
+from jobferry.store.notify import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class Daemon:
             loop.call_soon_threadsafe(self.scheduler.wake)
 
         core.on_job_queued = wake_from_any_thread
+        # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
+        self.listener = Listener(core.engine, wake_from_any_thread)
+        self.listener.start()
         await self.scheduler.recover()
         server.add_sockets(sockets)
         self._write_state()
@@ -134,6 +138,7 @@ class Daemon:
         server.stop()
         await scheduling
         await self.scheduler.detach()
+        await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=5)
         except TimeoutError:

@@ -13,6 +13,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.store.models import Base, JobState, new_id, utcnow
+from jobferry.store.notify import notify_queued
 
 JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
@@ -41,6 +42,7 @@ def insert_job(session: Session, job: dict[str, Any], files: list[dict[str, Any]
             for f in files
         ]
         session.execute(insert(JOB_FILES), rows)
+    notify_queued(session)
 
 
 class JobStatus(NamedTuple):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
 from jobferry.store.models import ACTIVE_STATES, TERMINAL_STATES, Job, JobState, utcnow
+from jobferry.store.notify import notify_queued
 
 
 def transition_job(
@@ -124,6 +125,7 @@ def requeue_job(session: Session, job_id: str, attempt: int, reason: str) -> Non
         external_id=None,
         state_reason=reason,
     )
+    notify_queued(session)
 
 
 def finish_job(
@@ -205,7 +207,8 @@ def claim_next_job(
     fit: Fit | None = None,
     now: datetime | None = None,
 ) -> Job | None | bool:
-    """Claim the next queued job of *destinations* for *node*: best priority, then oldest.
+    """Claim the next queued job of *destinations* for *node*: best priority, then the
+    user with the fewest running jobs (fair share), then oldest.
 
     With *fit*, only jobs that could ever run on this node are considered, and
     the head job among them is *reserved*: if it does not fit what is free now,
@@ -220,10 +223,19 @@ def claim_next_job(
         return None
     now = now or utcnow()
     memory = func.coalesce(Job.memory_mb, 0)
+    # Fair share between users: within a priority, the user with the fewest jobs
+    # running now goes first (round-robin as jobs start), then the oldest job.
+    running = (
+        select(Job.user_id.label("user_id"), func.count().label("n"))
+        .where(Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]))
+        .group_by(Job.user_id)
+        .subquery("running_per_user")
+    )
     candidate = (
         select(Job.id, Job.cores, memory, Job.gpus)
+        .outerjoin(running, running.c.user_id == Job.user_id)
         .where(Job.state == JobState.QUEUED.value, Job.destination.in_(list(destinations)))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(Job.priority.desc(), func.coalesce(running.c.n, 0), Job.created_at, Job.id)
         .limit(1)
     )
     if fit is not None:
@@ -233,7 +245,7 @@ def claim_next_job(
             Job.gpus <= fit.total_gpus,
         )
     if session.get_bind().dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
+        candidate = candidate.with_for_update(of=Job, skip_locked=True)
     for _ in range(5):  # a candidate taken between our read and our update: try the next
         row = session.execute(candidate).first()
         if row is None:

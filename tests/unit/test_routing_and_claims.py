@@ -272,3 +272,28 @@ def test_claim_next__increments_the_attempt_and_records_the_node(
         assert job is not None
         assert (job.state, job.attempt, job.node) == ("running", 1, "n1")
         assert running_per_destination(session, ["local", "x"]) == {"local": 1}
+
+
+def test_claim_next__fair_share_one_users_backlog_does_not_block_anothers_first_job(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    with sessions.begin() as session:
+        bob = User(username="bob")
+        session.add(bob)
+        session.flush()
+        bob_id = bob.id
+    backlog = [add(sessions, user_id, age=i) for i in range(50)]
+    bobs = add(sessions, bob_id, age=100)  # queued long after alice's backlog
+    first = claim_one(sessions, ["local"], None)
+    second = claim_one(sessions, ["local"], None)
+    assert first == backlog[0]
+    assert second == bobs  # bob runs nothing yet: he goes before alice's 2nd job
+    assert claim_one(sessions, ["local"], None) == backlog[1]
+
+
+def test_claim_next__priority_still_beats_fair_share(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    add(sessions, user_id, age=0)
+    urgent = add(sessions, user_id, age=1, priority=9)
+    assert claim_one(sessions, ["local"], None) == urgent
