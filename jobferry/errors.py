@@ -149,6 +149,22 @@ class ConflictError(JobferryError):
     code = "conflict"
 
 
+class ElsewhereError(JobferryError):
+    """The job's files live on another node: ask it (``node_url``; answered 307)."""
+
+    code = "elsewhere"
+
+    def __init__(self, message: str | None = None, *, node_url: str, **details: Any) -> None:
+        super().__init__(message, node_url=node_url, **details)
+        self.node_url = node_url
+
+
+class NodeDownError(JobferryError):
+    """The node holding what was asked for is not alive."""
+
+    code = "node_down"
+
+
 class IntrospectionError(JobferryError):
     """The script's argument parser could not be read."""
 

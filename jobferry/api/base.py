@@ -38,6 +38,8 @@ STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
     errors.PathRejectedError: 403,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
+    errors.ElsewhereError: 307,
+    errors.NodeDownError: 503,
     errors.IntrospectionError: 400,
     errors.StoreUnavailableError: 503,
     errors.RunnerUnavailableError: 503,
@@ -207,6 +209,10 @@ class ApiMixin(_HandlerBase):
             # Answered before the body was read (e.g. a refused upload): Tornado will
             # close the connection, so say so, or a client reusing it sees a reset.
             self.set_header("Connection", "close")
+        if isinstance(exc, errors.ElsewhereError):
+            # The same request, on the node that holds the job's files (307 keeps the
+            # method and body, so uploads are redirected too).
+            self.set_header("Location", exc.node_url.rstrip("/") + (self.request.uri or "/"))
         if isinstance(exc, errors.RangeNotSatisfiableError) and "size" in exc.details:
             self.set_header("Content-Range", f"bytes */{exc.details['size']}")
         self.set_status(status_code)

@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from jobferry.config import Config
 from jobferry.runners.base import Capacity, Runner
 from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
-from jobferry.store.models import Setting
+from jobferry.store.models import Setting, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,33 @@ class Core:
             return self.node_capacity
         found = self.runners.get(runner)
         return found.capacity() if found is not None else None
+
+    def files_here(self, home_node: str | None) -> None:
+        """Check that a job's files can be served by this node; else raise
+        ElsewhereError (the live node holding them) or NodeDownError. Blocking.
+
+        With ``node.shared_filesystem`` every node sees every job directory."""
+        if self.config.node.shared_filesystem or home_node in (None, self.node_name):
+            return
+        from jobferry.errors import ElsewhereError, NodeDownError
+        from jobferry.store.models import Node, NodeState
+
+        with self.sessions.begin() as session:
+            node = session.get(Node, home_node)
+            if node is None or not node.url:
+                raise NodeDownError(f"node {home_node!r}, which holds this job's files, is unknown")
+            alive_since = utcnow() - timedelta(seconds=self.config.node.dead_after_s)
+            heartbeat = node.heartbeat_at
+            if node.state in (NodeState.DEAD.value, NodeState.STOPPED.value) or (
+                heartbeat is None or heartbeat < alive_since
+            ):
+                raise NodeDownError(
+                    f"node {home_node!r}, which holds this job's files, is down "
+                    f"(state {node.state}, last heartbeat {heartbeat or 'never'})"
+                )
+            raise ElsewhereError(
+                f"this job's files are on node {home_node!r}", node_url=node.url, node=home_node
+            )
 
     def runner(self, name: str) -> Runner:
         from jobferry.errors import RunnerUnavailableError

@@ -23,7 +23,7 @@ from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
 from jobferry.staging.paths import file_digest
 from jobferry.store import transitions
-from jobferry.store.models import TERMINAL_STATES, Job, JobFile, JobState, utcnow
+from jobferry.store.models import TERMINAL_STATES, Job, JobFile, JobState, Node, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ class ExecutionService:
             return found
         return DestinationConfig.model_construct(runner=job.runner)  # type: ignore[arg-type]
 
+    def _home_url(self, job: Job) -> str:
+        """The URL a job's wrapper reports to: the node holding its directory."""
+        if self.core.config.node.shared_filesystem or job.home_node in (
+            None,
+            self.core.node_name,
+        ):
+            return self.base_url
+        with self.core.sessions.begin() as session:
+            url = session.execute(select(Node.url).where(Node.name == job.home_node)).scalar()
+        return str(url or self.base_url)
+
     def _spec(self, job: Job) -> RunSpec:
         job_dir = Path(job.job_dir)
         dest = self.destination(job)
@@ -65,7 +76,7 @@ class ExecutionService:
             # node: run the job's private copy of the script with the node's python3.
             argv[0:2] = [dest.interpreter, str(job_dir / SCRIPT_COPY / Path(argv[1]).name)]
         env = {
-            "JOBFERRY_URL": self.base_url,
+            "JOBFERRY_URL": self._home_url(job),
             "JOBFERRY_JOB_ID": job.id,
             "JOBFERRY_JOB_KEY": self.core.job_key(job.id),
             "JOBFERRY_ATTEMPT": str(job.attempt),
@@ -124,8 +135,18 @@ class ExecutionService:
                 running = transitions.running_per_destination(session, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
                 destinations = [d for d in destinations if d not in full]
+            shared = self.core.config.node.shared_filesystem
             job = transitions.claim_next_job(
-                session, destinations=destinations, node=self.core.node_name, fit=fit
+                session,
+                destinations=destinations,
+                node=self.core.node_name,
+                fit=fit,
+                home=None if shared else self.core.node_name,
+                anywhere=[
+                    name
+                    for name, dest in self.core.config.destinations.items()
+                    if dest.staging == "remote"
+                ],
             )
             if not isinstance(job, Job):
                 return job

@@ -120,12 +120,17 @@ class JobFilesService:
         with self.core.sessions.begin() as session:
             row = session.execute(
                 select(
-                    Job.state, Job.finished_at, Job.updated_at, Job.job_dir, Job.destination
+                    Job.state,
+                    Job.finished_at,
+                    Job.updated_at,
+                    Job.job_dir,
+                    Job.destination,
+                    Job.home_node,
                 ).where(Job.id == job_id)
             ).first()
         if row is None:
             raise NotFoundError("Job not found.")
-        state, finished_at, updated_at, job_dir, destination = row
+        state, finished_at, updated_at, job_dir, destination, home_node = row
         if state not in OPEN_STATES:
             ended = finished_at or updated_at
             grace = timedelta(seconds=self.core.config.jobs.files_grace_s)

@@ -301,6 +301,7 @@ class JobService:
 
     def read_log(self, view: JobView, stream: str, limit: int = LOG_INLINE_BYTES) -> str | None:
         """The job's stdout or stderr (the last *limit* bytes), or None if it never ran."""
+        self.core.files_here(view.job.home_node)
         path = Path(view.job.job_dir) / stream
         try:
             with open(path, "rb") as handle:
@@ -315,6 +316,7 @@ class JobService:
     def output_path(self, principal: Principal, job_id: str, file_id: str) -> tuple[Path, JobFile]:
         """Where a job file lies on disk, for a download. Confined to the job's directory."""
         view = self.get(principal, job_id)
+        self.core.files_here(view.job.home_node)
         for job_file in view.files:
             if job_file.id == file_id:
                 base = Path(view.job.job_dir) / ("work" if job_file.kind == "output" else "inputs")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
@@ -205,6 +205,8 @@ def claim_next_job(
     destinations: Sequence[str],
     node: str,
     fit: Fit | None = None,
+    home: str | None = None,
+    anywhere: Sequence[str] = (),
     now: datetime | None = None,
 ) -> Job | None | bool:
     """Claim the next queued job of *destinations* for *node*: best priority, then the
@@ -217,7 +219,9 @@ def claim_next_job(
     claimed job (its attempt incremented), or None when nothing is queued.
     On PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
     concurrent claimers skip it; on SQLite writers are serialised. Either way the
-    claim is a conditional UPDATE whose row count is checked.
+    claim is a conditional UPDATE whose row count is checked. With *home* (nodes
+    share no filesystem), only jobs whose directory is on *home* are taken, or jobs
+    of the *anywhere* destinations (remote staging).
     """
     if not destinations:
         return None
@@ -238,6 +242,12 @@ def claim_next_job(
         .order_by(Job.priority.desc(), func.coalesce(running.c.n, 0), Job.created_at, Job.id)
         .limit(1)
     )
+    if home is not None:
+        # No shared filesystem: a job runs where its directory is, unless its
+        # destination moves its files over HTTP (staging: remote).
+        candidate = candidate.where(
+            or_(Job.home_node == home, Job.home_node.is_(None), Job.destination.in_(anywhere))
+        )
     if fit is not None:
         candidate = candidate.where(
             Job.cores <= fit.total_cores,
