@@ -265,10 +265,13 @@ class Scheduler:
             self._done(claimed.job_id)
 
     async def _begin(self, claimed: ClaimedJob) -> RunHandle | None:
-        """Start the job's process and store its handle; None if it did not start."""
+        """Start the job's process and store its handle; None if it did not start.
+
+        Spawning and storing the handle are one executor call (one hop off the loop
+        instead of two: this is on every job's path from submission to running)."""
         runner = self.runners[claimed.runner]
         try:
-            handle = await self.core.call(runner.submit, claimed.spec)
+            handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
             logger.info("job %s stays queued: %s", claimed.job_id, exc.message)
@@ -280,18 +283,23 @@ class Scheduler:
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
         self._resume(runner.name)
+        if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
+            if state in (JobState.DELETING.value, "gone", JobState.DELETED.value):
+                await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
+        return handle
+
+    def _spawn_and_record(self, runner: Runner, claimed: ClaimedJob) -> tuple[RunHandle, str]:
+        """Blocking: start the job, then store its handle; (handle, the job's state)."""
+        handle = runner.submit(claimed.spec)
         try:
-            state = await self.core.call(self.execution.record_handle, claimed, handle)
+            state = self.execution.record_handle(claimed, handle)
         except ConflictError:
             state = "gone"
         except Exception:
             # Follow it anyway: its end is recorded by attempt, not by handle.
             logger.exception("job %s: storing its handle failed", claimed.job_id)
             state = JobState.RUNNING.value
-        if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
-            if state in (JobState.DELETING.value, "gone", JobState.DELETED.value):
-                await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
-        return handle
+        return handle, state
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
@@ -23,7 +24,8 @@ from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
 from jobferry.staging.paths import file_digest
 from jobferry.store import transitions
-from jobferry.store.models import TERMINAL_STATES, Job, JobFile, JobState, Node, utcnow
+from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
+from jobferry.store.records import JOB_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -205,10 +207,10 @@ class ExecutionService:
         return state.value
 
     def finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
-        """Record how a run ended, with its outputs. Returns the terminal state."""
-        with self.core.sessions.begin() as session:
-            current = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
-        state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
+        """Record how a run ended, with its outputs. Returns the terminal state.
+
+        The outputs are scanned first; the state is then read and written in one
+        transaction (a cancel in between cannot be missed)."""
         metrics = {
             "wall_s": status.metrics.wall_s,
             "cpu_user_s": status.metrics.cpu_user_s,
@@ -217,16 +219,20 @@ class ExecutionService:
         }
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
         outputs = _scan_outputs(Path(claimed.spec.workdir))
-        self._finish(
-            claimed.job_id,
-            claimed.attempt,
-            state,
-            reason,
-            status.exit_code,
-            finished,
-            metrics,
-            outputs,
-        )
+        with self.core.sessions.begin() as session:
+            current = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
+            state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
+            self._write_finish(
+                session,
+                claimed.job_id,
+                claimed.attempt,
+                state,
+                reason,
+                status.exit_code,
+                finished,
+                metrics,
+                outputs,
+            )
         return state.value
 
     def _finish(
@@ -241,20 +247,50 @@ class ExecutionService:
         outputs: list[tuple[str, int, str]] | None = None,
     ) -> None:
         with self.core.sessions.begin() as session:
-            transitions.finish_job(
-                session,
-                job_id,
-                attempt,
-                state,
-                reason=reason,
-                exit_code=exit_code,
-                finished_at=finished_at or utcnow(),
-                metrics=metrics,
+            self._write_finish(
+                session, job_id, attempt, state, reason, exit_code, finished_at, metrics, outputs
             )
-            for name, size, digest in outputs or []:
-                session.add(
-                    JobFile(job_id=job_id, kind="output", name=name, size=size, sha256=digest)
-                )
+
+    @staticmethod
+    def _write_finish(
+        session: Session,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        reason: str | None,
+        exit_code: int | None,
+        finished_at: datetime | None,
+        metrics: dict[str, float | int | None],
+        outputs: list[tuple[str, int, str]] | None,
+    ) -> None:
+        transitions.finish_job(
+            session,
+            job_id,
+            attempt,
+            state,
+            reason=reason,
+            exit_code=exit_code,
+            finished_at=finished_at or utcnow(),
+            metrics=metrics,
+        )
+        if outputs:
+            now = utcnow()
+            session.execute(
+                insert(JOB_FILES),
+                [
+                    {
+                        "id": new_id(),
+                        "job_id": job_id,
+                        "kind": "output",
+                        "name": name,
+                        "param": None,
+                        "size": size,
+                        "sha256": digest,
+                        "created_at": now,
+                    }
+                    for name, size, digest in outputs
+                ],
+            )
 
     def in_flight(self) -> list[ClaimedJob]:
         """This node's running or being-cancelled jobs (for re-attaching at start-up).
