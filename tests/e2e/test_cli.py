@@ -455,7 +455,16 @@ def test_job_commands__list_show_logs_key_of_a_finished_job(live: Live) -> None:
     ]
     assert as_json(live.cli("job", "list", "--user", "root", "--json")) == []
     table = live.cli("job", "list", "--user", "alice").stdout.splitlines()
-    assert table[0].split() == ["ID", "USER", "NAME", "STATE", "EXIT_CODE", "CREATED_AT"]
+    assert table[0].split() == [
+        "ID",
+        "USER",
+        "NAME",
+        "STATE",
+        "EXIT_CODE",
+        "DESTINATION",
+        "NODE",
+        "CREATED_AT",
+    ]
     assert any(line.startswith(job_id) and " ok " in line for line in table[1:])
 
     refused = live.cli("job", "cancel", job_id, check=False)
