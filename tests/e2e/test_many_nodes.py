@@ -167,3 +167,43 @@ def test_nodes__postgres_restarted_under_load_loses_nothing(tmp_path: Path) -> N
         for daemon in daemons:
             daemon.stop()
         cluster.close()
+
+
+def test_nodes__without_shared_filesystem_files_are_redirected_to_their_node(
+    tmp_path: Path,
+) -> None:
+    """A job runs on the node that accepted it; asking another node for its files
+    gives a 307 to that node (followed: the right bytes), and a clear 503 once
+    that node is dead."""
+    require("postgres")
+    url = fresh_pg_database()
+    daemons = start_nodes(tmp_path, url, 2, shared_filesystem=False, dead_after_s=2.0)
+    try:
+        first, second = clients(daemons)
+        first.add_script("wordcount", JOB_SCRIPTS / "wordcount.py")
+        job_id = first.submit("wordcount", "--infile doc", files={"doc": ("d.txt", b"a b c")})
+        assert first.wait(job_id, timeout_s=60)["status"] == "completed"
+        row = store_sql(url, "SELECT node, home_node FROM jobs WHERE id = :id", {"id": job_id})
+        assert row == [{"node": "n1", "home_node": "n1"}]
+        # Details (with the logs) through the other node: redirected, then answered.
+        moved = second.get(f"/api/jobs/v1/{job_id}/details/", allow_redirects=False)
+        assert moved.status_code == 307, moved.text
+        assert moved.headers["Location"] == f"{daemons[0].url}/api/jobs/v1/{job_id}/details/"
+        details = second.get(f"/api/jobs/v1/{job_id}/details/").json()
+        assert details["stdout"] == "counted 3 words\n"
+        asset = details["assets"][0]["url"]
+        path = asset.split(daemons[0].url, 1)[1]
+        assert second.get(path).content in (b"3\n",)
+        # The node holding the files dies: a clear error, no guessing.
+        daemons[0].kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            down = second.get(f"/api/jobs/v1/{job_id}/details/", allow_redirects=False)
+            if down.status_code == 503:
+                break
+            time.sleep(0.5)
+        assert down.status_code == 503, down.text
+        assert down.json()["error"] == "node_down" and "n1" in down.json()["message"]
+    finally:
+        for daemon in daemons:
+            daemon.stop()
