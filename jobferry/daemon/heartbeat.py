@@ -70,6 +70,9 @@ class Heartbeat:
         """One round: heartbeat, drain flag, lost jobs, reaper."""
         scheduler = self.scheduler
         beat = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
+        if beat.reregistered is not None:
+            logger.warning("node %s: its row had gone; registered again", self.nodes.name)
+            self.incarnation = beat.reregistered
         if beat.superseded:
             logger.error(
                 "node %s: another daemon (pid %s) started with this node name; stopping",

@@ -83,6 +83,8 @@ class Beat:
     #: A newer start of a daemon with this node name owns the row: this one must stop.
     superseded_by_pid: int | None = None
     superseded: bool = False
+    #: The row had gone (deleted by hand): registered again, with this incarnation.
+    reregistered: int | None = None
 
 
 @dataclass
@@ -208,8 +210,7 @@ class NodeService:
                     )
                 )
                 return Beat(drained=drained, was_dead=row.state == NodeState.DEAD.value)
-        self.register(url="", free=free)
-        return Beat()
+        return Beat(reregistered=self.register(url="", free=free))
 
     def stopped(self, incarnation: int) -> None:
         """A clean stop: state ``stopped`` (its jobs keep running; the next start re-attaches)."""
