@@ -261,6 +261,14 @@ class NodeConfig(_Section):
         "requests for its files are redirected there.",
     )
 
+    @model_validator(mode="after")
+    def _dead_after_heartbeats(self) -> NodeConfig:
+        if self.dead_after_s <= self.heartbeat_s:
+            raise ValueError(
+                "node.dead_after_s must be longer than node.heartbeat_s (a few heartbeats)"
+            )
+        return self
+
 
 class JobsConfig(_Section):
     """Job defaults and limits."""

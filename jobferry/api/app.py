@@ -12,11 +12,13 @@ import tornado.web
 from jobferry.api.base import NotFoundHandler, Services
 from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
+from jobferry.api.nodes import node_routes
 from jobferry.api.openapi import openapi_routes
 from jobferry.api.wooey import wooey_routes
 from jobferry.services.auth import AuthService
 from jobferry.services.core import Core
 from jobferry.services.jobs import JobService
+from jobferry.services.nodes import NodeService
 from jobferry.services.scripts import ScriptService
 
 access_log = logging.getLogger("jobferry.access")
@@ -24,7 +26,11 @@ access_log = logging.getLogger("jobferry.access")
 
 def make_services(core: Core) -> Services:
     return Services(
-        core=core, auth=AuthService(core), scripts=ScriptService(core), jobs=JobService(core)
+        core=core,
+        auth=AuthService(core),
+        scripts=ScriptService(core),
+        jobs=JobService(core),
+        nodes=NodeService(core),
     )
 
 
@@ -33,6 +39,7 @@ def make_app(services: Services) -> tornado.web.Application:
         *wooey_routes(services),
         *openapi_routes(services),
         *callback_routes(services),
+        *node_routes(services),
         *galaxy_routes(services),
     ]
     log_requests = services.core.config.logging.access_log

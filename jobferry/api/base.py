@@ -21,6 +21,7 @@ from jobferry import errors
 from jobferry.services.auth import AuthService
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService
+from jobferry.services.nodes import NodeService
 from jobferry.services.scripts import ScriptService
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Services:
     auth: AuthService
     scripts: ScriptService
     jobs: JobService
+    nodes: NodeService
 
 
 if TYPE_CHECKING:

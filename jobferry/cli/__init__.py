@@ -1,4 +1,4 @@
-"""The admin command line: ``jobferry serve|db|config|user|key|script|job``.
+"""The admin command line: ``jobferry serve|db|config|user|key|script|job|node``.
 
 Every command works on the store named by the configuration (``--config``,
 ``--data-dir``), prints a readable table by default and JSON with ``--json``,

@@ -369,6 +369,68 @@ def cmd_job_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- nodes --------------------------------------------------------------------------------
+
+
+def _node_row(node: dict[str, Any]) -> dict[str, Any]:
+    total, free = node["total"], node["free"]
+    return {
+        "name": node["name"],
+        "state": node["state"],
+        "drained": node["drained"],
+        "alive": node["alive"],
+        "cores": f"{free['cores']}/{total['cores']}",
+        "memory_mb": f"{free['memory_mb']}/{total['memory_mb']}",
+        "gpus": f"{free['gpus']}/{total['gpus']}",
+        "jobs": node["running_jobs"],
+        "heartbeat_age_s": node["heartbeat_age_s"],
+        "url": node["url"],
+    }
+
+
+NODE_COLUMNS = [
+    "name", "state", "drained", "alive", "cores", "memory_mb", "gpus", "jobs",
+    "heartbeat_age_s", "url",
+]  # fmt: skip
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    from jobferry.services.nodes import NodeService
+
+    core = _core(args)
+    nodes = NodeService(core).list_nodes(_admin(core))
+    if args.json:
+        _print(args, nodes)
+    else:
+        _print(args, [_node_row(n) for n in nodes], NODE_COLUMNS)
+    return 0
+
+
+def cmd_node_show(args: argparse.Namespace) -> int:
+    from jobferry.services.nodes import NodeService
+
+    core = _core(args)
+    _print(args, NodeService(core).get(_admin(core), args.name))
+    return 0
+
+
+def _set_drained(args: argparse.Namespace, drained: bool) -> int:
+    from jobferry.services.nodes import NodeService
+
+    core = _core(args)
+    node = NodeService(core).set_drained(_admin(core), args.name, drained)
+    _print(args, node if args.json else {k: node[k] for k in ("name", "state", "drained")})
+    return 0
+
+
+def cmd_node_drain(args: argparse.Namespace) -> int:
+    return _set_drained(args, True)
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> int:
+    return _set_drained(args, False)
+
+
 # --- wiring -------------------------------------------------------------------------------
 
 
@@ -436,3 +498,14 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stderr", action="store_true")
     p = _cmd(job, "key", "job.key", cmd_job_key, "print a job's job_key (admins)")
     p.add_argument("id")
+
+    node = _group(top, "node", "nodes (the daemons sharing the store)")
+    _cmd(node, "list", "node.list", cmd_node_list, "list nodes: state, resources free/total")
+    p = _cmd(node, "show", "node.show", cmd_node_show, "show a node")
+    p.add_argument("name")
+    p = _cmd(
+        node, "drain", "node.drain", cmd_node_drain, "drain a node: it claims no new jobs"
+    )
+    p.add_argument("name")
+    p = _cmd(node, "undrain", "node.undrain", cmd_node_undrain, "let a drained node claim again")
+    p.add_argument("name")

@@ -20,6 +20,12 @@ from its wrapper's callback (``job_callback``), whichever comes first.
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
 next daemon can re-attach to every process this one started.
+
+With other nodes on the store (``daemon.heartbeat``): a drained node claims
+nothing; jobs another node took over while this one was declared dead are
+dropped (``drop_lost``: the local process of a requeued attempt is killed, an
+adopted Slurm job is just no longer followed); Slurm jobs this node adopted from
+a dead node are followed (``follow_adopted``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from jobferry.errors import (
 from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.services.nodes import Free
 from jobferry.store import transitions
 from jobferry.store.models import JobState
 
@@ -85,12 +92,17 @@ class Scheduler:
         self.runners = runners
         self.slots = slots
         self.running: dict[str, asyncio.Task[None]] = {}
+        #: The attempt followed for each job in ``running`` (with its handle once known).
+        self._claims: dict[str, ClaimedJob] = {}
         self._use: dict[str, _Use] = {}
+        #: Set from the node's row (an admin drained it): claim nothing new.
+        self.drained = False
         self._wake = asyncio.Event()
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
         self._finished_elsewhere: dict[str, asyncio.Event] = {}
+        self._stopping: set[asyncio.Future[None]] = set()
 
     def wake(self) -> None:
         """Ask for a claim round soon. Call on the event loop."""
@@ -122,6 +134,11 @@ class Scheduler:
             free_memory_mb=memory - sum(u.memory_mb for u in used),
             free_gpus=gpus - sum(u.gpus for u in used),
         )
+
+    def usage(self) -> Free:
+        """What this node has left for local and Docker jobs, and the jobs it follows."""
+        fit = self._fit()
+        return Free(fit.free_cores, fit.free_memory_mb, fit.free_gpus, len(self._use))
 
     def _claimable(self, now: float) -> tuple[list[str], list[str]]:
         """Destinations to claim from now: (using node resources, not using them)."""
@@ -176,9 +193,7 @@ class Scheduler:
                 logger.info("job %s had no process handle: now %s", claimed.job_id, state)
                 return
             await self.core.call(self.execution.record_handle, claimed, found)
-            claimed = ClaimedJob(
-                claimed.job_id, claimed.attempt, claimed.runner, claimed.spec, found, claimed.state
-            )
+            claimed = dataclasses.replace(claimed, handle=found)
         handle = claimed.handle
         assert handle is not None
         try:
@@ -198,7 +213,7 @@ class Scheduler:
         while not stop.is_set():
             self._wake.clear()
             now = loop.time()
-            node, cluster = self._claimable(now)
+            node, cluster = ([], []) if self.drained else self._claimable(now)
             started = 0
             for destinations, fit in ((node, self._fit()), (cluster, None)):
                 if not destinations:
@@ -247,6 +262,12 @@ class Scheduler:
         self.running[claimed.job_id] = asyncio.ensure_future(self._follow(claimed))
 
     def _account(self, claimed: ClaimedJob) -> None:
+        old = self._claims.get(claimed.job_id)
+        if old is not None and old.attempt != claimed.attempt:
+            # A newer attempt of a job this node still followed (it was requeued while
+            # this node was declared dead, and came back here): drop the old one.
+            self._drop(old, kill=True)
+        self._claims[claimed.job_id] = claimed
         spec = claimed.spec
         self._use[claimed.job_id] = _Use(
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
@@ -260,9 +281,13 @@ class Scheduler:
             begin.add_done_callback(self._starting.discard)
             handle = await asyncio.shield(begin)
             if handle is not None:
-                await self._follow(dataclasses.replace(claimed, handle=handle))
+                current = self._claims.get(claimed.job_id)
+                claimed = dataclasses.replace(claimed, handle=handle)
+                if current is not None and current.attempt == claimed.attempt:
+                    self._claims[claimed.job_id] = claimed
+                await self._follow(claimed)
         finally:
-            self._done(claimed.job_id)
+            self._done(claimed)
 
     async def _begin(self, claimed: ClaimedJob) -> RunHandle | None:
         """Start the job's process and store its handle; None if it did not start.
@@ -284,7 +309,9 @@ class Scheduler:
             return None
         self._resume(runner.name)
         if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
-            if state in (JobState.DELETING.value, "gone", JobState.DELETED.value):
+            if state == "gone":  # not this attempt's (on this node) any more
+                await self._guard(self.core.call(runner.stop_stale, handle))
+            elif state in (JobState.DELETING.value, JobState.DELETED.value):
                 await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
         return handle
 
@@ -334,7 +361,7 @@ class Scheduler:
             logger.exception("following job %s failed", claimed.job_id)
         finally:
             self._finished_elsewhere.pop(claimed.job_id, None)
-            self._done(claimed.job_id)
+            self._done(claimed)
 
     async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
         """Record the job's end, retrying errors other than conflicts a few times.
@@ -366,10 +393,83 @@ class Scheduler:
             await asyncio.sleep(delay)
             delay = min(delay * 2, STORE_RETRY_MAX_S)
 
-    def _done(self, job_id: str) -> None:
+    def _done(self, claimed: ClaimedJob) -> None:
+        job_id = claimed.job_id
+        current = self._claims.get(job_id)
+        if current is not None and current.attempt != claimed.attempt:
+            return  # a newer attempt of the job is followed now: its entries stay
+        self._claims.pop(job_id, None)
         self.running.pop(job_id, None)
         self._use.pop(job_id, None)
         self.wake()
+
+    # --- other nodes ----------------------------------------------------------------------
+
+    def _drop(self, claimed: ClaimedJob, *, kill: bool) -> None:
+        """Stop following *claimed* (another node has it now); *kill*: stop its process."""
+        job_id = claimed.job_id
+        task = self.running.get(job_id)
+        self._done(claimed)
+        self._finished_elsewhere.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        handle = claimed.handle
+        if handle is None or claimed.runner not in self.runners:
+            return  # a start in progress: storing its handle fails and stops the process
+        runner = self.runners[claimed.runner]
+
+        def stop() -> None:
+            if kill:
+                runner.stop_stale(handle)
+                runner.poll(handle)  # reap it if it is our child
+            runner.cleanup(handle)
+
+        future = asyncio.ensure_future(self._guard(self.core.call(stop)))
+        self._stopping.add(future)
+        future.add_done_callback(self._stopping.discard)
+
+    async def drop_lost(self) -> list[str]:
+        """Stop following the jobs that are no longer this node's: requeued as a newer
+        attempt (their processes are killed: another node runs them now) or adopted by
+        another node (followed there; left running). Returns their ids."""
+        followed = dict(self._claims)
+        if not followed:
+            return []
+        owners = await self.core.call(self.execution.owners, set(followed))
+        me = self.core.node_name
+        lost: list[str] = []
+        for job_id, claimed in followed.items():
+            if self._claims.get(job_id) is not claimed or job_id not in owners:
+                continue
+            node, attempt, state = owners[job_id]
+            if attempt != claimed.attempt or state == JobState.QUEUED.value:
+                how = "requeued" if state == JobState.QUEUED.value else f"attempt {attempt}"
+                logger.warning(
+                    "job %s attempt %d is no longer this node's (%s); stopping it",
+                    job_id,
+                    claimed.attempt,
+                    how,
+                )
+                self._drop(claimed, kill=True)
+                lost.append(job_id)
+            elif node != me:
+                logger.warning(
+                    "job %s was adopted by node %s; no longer following it", job_id, node
+                )
+                self._drop(claimed, kill=False)
+                lost.append(job_id)
+        return lost
+
+    async def follow_adopted(self) -> None:
+        """Follow this node's in-flight jobs it does not follow yet (adopted from a dead
+        node by the reaper): like ``recover`` does for each job at start."""
+        for claimed in await self.core.call(self.execution.in_flight):
+            if claimed.job_id in self._claims or claimed.runner not in self.runners:
+                continue
+            try:
+                await self._recover(claimed)
+            except Exception:
+                logger.exception("following adopted job %s failed", claimed.job_id)
 
     async def _guard(self, awaitable: asyncio.Future[None] | object) -> None:
         try:
@@ -396,3 +496,6 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.running.clear()
+        self._claims.clear()
+        if self._stopping:  # stale attempts being killed: let that finish
+            await asyncio.wait(set(self._stopping), timeout=START_GRACE_S)

@@ -2,9 +2,10 @@
 
 One process runs the Tornado server and the scheduler on one asyncio loop.
 Start-up: check (or, for a fresh store, create) the schema, create the first
-admin, take the data directory's lock, re-attach to jobs left running, then
-serve. SIGTERM/SIGINT stop accepting work and exit; running jobs keep running
-and are re-attached by the next start.
+admin, take the data directory's lock, register as a node (``nodes`` row),
+re-attach to jobs left running, then serve and beat (``daemon.heartbeat``).
+SIGTERM/SIGINT stop accepting work and exit (the node row says ``stopped``);
+running jobs keep running and are re-attached by the next start.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import tornado.netutil
 
 from jobferry.api.app import make_app, make_services
 from jobferry.config import Config
+from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import ConfigError
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
+from jobferry.services.nodes import NodeService
 from jobferry.store.engine import check_schema
 from jobferry.store.notify import Listener
 
@@ -109,6 +112,8 @@ class Daemon:
         # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
         self.listener = Listener(core.engine, wake_from_any_thread)
         self.listener.start()
+        self.heartbeat = Heartbeat(core, NodeService(core), self.scheduler)
+        await self.heartbeat.register(self.url)
         await self.scheduler.recover()
         server.add_sockets(sockets)
         self._write_state()
@@ -133,11 +138,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         scheduling = asyncio.ensure_future(self.scheduler.run(self.stop_event))
+        beating = asyncio.ensure_future(self.heartbeat.run(self.stop_event))
         await self.stop_event.wait()
         logger.info("stopping: no new work accepted; running jobs keep running")
         server.stop()
         await scheduling
+        await beating
         await self.scheduler.detach()
+        await self.heartbeat.stopped()
         await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=5)

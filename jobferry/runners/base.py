@@ -158,6 +158,13 @@ class Runner(abc.ABC):
         A later ``poll``/``wait`` reports ``KILLED`` with *reason*.
         """
 
+    def stop_stale(self, handle: RunHandle) -> None:
+        """Stop an attempt that another node has taken over (this node had been
+        declared dead). Blocking; idempotent. Unlike ``cancel`` it must leave nothing
+        in the job's directory that the newer attempt could mistake for its own. The
+        default cancels."""
+        self.cancel(handle, "taken over by another node")
+
     def capacity(self) -> Capacity | None:
         """The largest job this runner could ever run, if it knows (Slurm: its
         partitions); None for runners limited by this node's own resources."""

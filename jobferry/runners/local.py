@@ -406,6 +406,27 @@ class LocalRunner(Runner):
                 os.replace(tmp, job.killed_path)
             except OSError as exc:
                 logger.warning("cannot record kill of %s: %s", job.external_id, exc)
+        self._kill(job, wrapper, procs, reason)
+
+    def stop_stale(self, handle: RunHandle) -> None:
+        """Kill an attempt another node took over, writing no ``.killed`` marker: the
+        job directory (and so the result path) is the newer attempt's now."""
+        job = _Job.of(handle)
+        wrapper = self._process(job)
+        try:
+            if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
+                return
+            self._wait_started(wrapper, job)
+            procs = wrapper.children(recursive=True)
+        except psutil.Error:
+            return
+        with self._lock:
+            self._killed.setdefault(job.external_id, "taken over by another node")
+        self._kill(job, wrapper, procs, "taken over by another node")
+
+    def _kill(
+        self, job: _Job, wrapper: psutil.Process, procs: list[psutil.Process], reason: str
+    ) -> None:
         logger.info("killing job %s (%d processes): %s", job.external_id, len(procs) + 1, reason)
         procs.append(wrapper)
         self._signal(job.pid, procs, signal.SIGTERM)

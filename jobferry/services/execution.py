@@ -44,6 +44,9 @@ class ClaimedJob:
     spec: RunSpec
     handle: RunHandle | None = None
     state: str = JobState.RUNNING.value
+    #: The node that claimed (or adopted) it: later writes are fenced by it too. None
+    #: for writers that are not a node (a wrapper's callback): fenced by attempt only.
+    node: str | None = None
 
 
 class ExecutionService:
@@ -125,14 +128,18 @@ class ExecutionService:
     ) -> ClaimedJob | None | bool:
         """Claim one job (see ``transitions.claim_next_job``); False: the head job is
         reserved and does not fit yet. Destinations at their ``max_concurrent`` are
-        left out here, counted in the claim's own transaction."""
+        left out here, counted in the claim's own transaction. A drained node (its
+        ``nodes.drained`` flag, set by an admin from anywhere) claims nothing."""
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
+        node = self.core.node_name
         limits = {
             name: dest.max_concurrent
             for name in destinations
             if (dest := self.core.config.destinations.get(name)) and dest.max_concurrent
         }
         with self.core.sessions.begin() as session:
+            if session.execute(select(Node.drained).where(Node.name == node)).scalar():
+                return None
             if limits:
                 running = transitions.running_per_destination(session, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
@@ -141,9 +148,9 @@ class ExecutionService:
             job = transitions.claim_next_job(
                 session,
                 destinations=destinations,
-                node=self.core.node_name,
+                node=node,
                 fit=fit,
-                home=None if shared else self.core.node_name,
+                home=None if shared else node,
                 anywhere=[
                     name
                     for name, dest in self.core.config.destinations.items()
@@ -154,7 +161,7 @@ class ExecutionService:
                 return job
             if job.runner != "local":
                 _copy_script(Path(job.job_dir), job.argv)
-            return ClaimedJob(job.id, job.attempt, job.runner, self._spec(job))
+            return ClaimedJob(job.id, job.attempt, job.runner, self._spec(job), node=node)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
@@ -162,7 +169,8 @@ class ExecutionService:
             jobs = transitions.claim_queued_jobs(
                 session, runner=runner, node=self.core.node_name, limit=limit
             )
-        return [ClaimedJob(j.id, j.attempt, j.runner, self._spec(j)) for j in jobs]
+        node = self.core.node_name
+        return [ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), node=node) for j in jobs]
 
     def record_handle(self, claimed: ClaimedJob, handle: RunHandle) -> str:
         """Store the handle of a started job; return the job's state (it may be deleting).
@@ -172,38 +180,44 @@ class ExecutionService:
         seen here (and the caller kills it): it can never fall between the two.
 
         Raises:
-            ConflictError: the attempt is no longer running or being cancelled.
+            ConflictError: the attempt is no longer running or being cancelled (on
+                this node).
         """
-        with self.core.sessions.begin() as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == claimed.job_id,
-                    Job.attempt == claimed.attempt,
-                    Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-                )
-                .values(handle=handle.dumps(), external_id=handle.external_id, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+        stmt = (
+            update(Job)
+            .where(
+                Job.id == claimed.job_id,
+                Job.attempt == claimed.attempt,
+                Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
             )
+            .values(handle=handle.dumps(), external_id=handle.external_id, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.node is not None:
+            stmt = stmt.where(Job.node == claimed.node)
+        with self.core.sessions.begin() as session:
+            result = session.execute(stmt)
             state = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise ConflictError(f"job {claimed.job_id} attempt {claimed.attempt} is {state}")
             return str(state)
 
     def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
-        self._finish(claimed.job_id, claimed.attempt, JobState.ERROR, reason, None, None, {})
+        self._finish(claimed, JobState.ERROR, reason, None, None, {})
 
     def requeue(self, claimed: ClaimedJob, reason: str) -> None:
         """Put a claimed job whose runner could not take it back in the queue."""
         with self.core.sessions.begin() as session:
-            transitions.requeue_job(session, claimed.job_id, claimed.attempt, reason)
+            transitions.requeue_job(
+                session, claimed.job_id, claimed.attempt, reason, on_node=claimed.node
+            )
 
     def abandon(self, claimed: ClaimedJob, reason: str) -> str:
         """End a job this daemon cannot follow: error, or deleted if it was being cancelled."""
         state = JobState.DELETED if claimed.state == JobState.DELETING.value else JobState.ERROR
         if state is JobState.DELETED:
             reason = f"cancelled ({reason})"
-        self._finish(claimed.job_id, claimed.attempt, state, reason, None, None, {})
+        self._finish(claimed, state, reason, None, None, {})
         return state.value
 
     def finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
@@ -223,22 +237,13 @@ class ExecutionService:
             current = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
             state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
             self._write_finish(
-                session,
-                claimed.job_id,
-                claimed.attempt,
-                state,
-                reason,
-                status.exit_code,
-                finished,
-                metrics,
-                outputs,
+                session, claimed, state, reason, status.exit_code, finished, metrics, outputs
             )
         return state.value
 
     def _finish(
         self,
-        job_id: str,
-        attempt: int,
+        claimed: ClaimedJob,
         state: JobState,
         reason: str | None,
         exit_code: int | None,
@@ -248,14 +253,13 @@ class ExecutionService:
     ) -> None:
         with self.core.sessions.begin() as session:
             self._write_finish(
-                session, job_id, attempt, state, reason, exit_code, finished_at, metrics, outputs
+                session, claimed, state, reason, exit_code, finished_at, metrics, outputs
             )
 
     @staticmethod
     def _write_finish(
         session: Session,
-        job_id: str,
-        attempt: int,
+        claimed: ClaimedJob,
         state: JobState,
         reason: str | None,
         exit_code: int | None,
@@ -265,9 +269,10 @@ class ExecutionService:
     ) -> None:
         transitions.finish_job(
             session,
-            job_id,
-            attempt,
+            claimed.job_id,
+            claimed.attempt,
             state,
+            on_node=claimed.node,
             reason=reason,
             exit_code=exit_code,
             finished_at=finished_at or utcnow(),
@@ -280,7 +285,7 @@ class ExecutionService:
                 [
                     {
                         "id": new_id(),
-                        "job_id": job_id,
+                        "job_id": claimed.job_id,
                         "kind": "output",
                         "name": name,
                         "param": None,
@@ -300,9 +305,10 @@ class ExecutionService:
         """
         found: list[ClaimedJob] = []
         unreadable: list[ClaimedJob] = []
+        node = self.core.node_name
         with self.core.sessions.begin() as session:
-            for j in transitions.jobs_in_flight(session, node=self.core.node_name):
-                claimed = ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), None, j.state)
+            for j in transitions.jobs_in_flight(session, node=node):
+                claimed = ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), None, j.state, node)
                 if not j.handle:
                     found.append(claimed)
                     continue
@@ -328,14 +334,11 @@ class ExecutionService:
     def recover_unstarted(self, claimed: ClaimedJob) -> str:
         """A claimed job with no handle: requeue it if its process never began, else error."""
         if claimed.state == JobState.DELETING.value:
-            self._finish(
-                claimed.job_id, claimed.attempt, JobState.DELETED, "cancelled", None, None, {}
-            )
+            self._finish(claimed, JobState.DELETED, "cancelled", None, None, {})
             return JobState.DELETED.value
         if os.path.exists(claimed.spec.stdout_path):
             self._finish(
-                claimed.job_id,
-                claimed.attempt,
+                claimed,
                 JobState.ERROR,
                 "the daemon stopped while starting the job; its outcome is unknown",
                 None,
@@ -345,9 +348,23 @@ class ExecutionService:
             return JobState.ERROR.value
         with self.core.sessions.begin() as session:
             transitions.requeue_job(
-                session, claimed.job_id, claimed.attempt, "requeued: never started"
+                session,
+                claimed.job_id,
+                claimed.attempt,
+                "requeued: never started",
+                on_node=claimed.node,
             )
         return JobState.QUEUED.value
+
+    def owners(self, job_ids: set[str]) -> dict[str, tuple[str | None, int, str]]:
+        """(node, attempt, state) of each of *job_ids* the store still has."""
+        if not job_ids:
+            return {}
+        with self.core.sessions.begin() as session:
+            rows = session.execute(
+                select(Job.id, Job.node, Job.attempt, Job.state).where(Job.id.in_(job_ids))
+            ).all()
+        return {job_id: (node, attempt, state) for job_id, node, attempt, state in rows}
 
 
 def _relocate(arg: str, prefix: str, target: str) -> str:

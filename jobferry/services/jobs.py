@@ -28,10 +28,12 @@ from jobferry.errors import (
     NotFoundError,
     PermissionDeniedError,
     ScriptNotFoundError,
+    UnsatisfiableError,
     ValidationError,
 )
 from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
+from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.routing import ResourceRequest, check_fits
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import confine, safe_filename
@@ -130,7 +132,15 @@ class JobService:
             username=principal.username,
             tool_id=request.tool_id,
         )
-        check_fits(placement, self.core.capacity_for(placement.runner))
+        try:
+            check_fits(placement, self.core.capacity_for(placement.runner))
+        except UnsatisfiableError:
+            # Too large for this node: another node sharing the store may hold it.
+            r = placement.resources
+            if placement.runner not in ("local", "docker") or not fits_a_live_node(
+                self.core, r.cores, r.memory_mb, r.gpus
+            ):
+                raise
         job_id = new_id()
         job_dir = self.core.job_dir(job_id)
         inputs_dir = job_dir / "inputs"

@@ -28,11 +28,13 @@ def transition_job(
     to_state: JobState,
     *,
     attempt: int | None = None,
+    on_node: str | None = None,
     **values: Any,
 ) -> None:
     """Move one job from one of *from_states* to *to_state*, setting *values*.
 
-    With *attempt*, the update only applies to that attempt (fencing).
+    With *attempt* (and *on_node*), the update only applies to that attempt (on that
+    node): fencing, so a node declared dead cannot overwrite a newer attempt.
     Raises ConflictError when the job is not in an allowed state.
     """
     allowed = [s.value for s in from_states if s not in TERMINAL_STATES]
@@ -44,6 +46,8 @@ def transition_job(
     )
     if attempt is not None:
         stmt = stmt.where(Job.attempt == attempt)
+    if on_node is not None:
+        stmt = stmt.where(Job.node == on_node)
     result = session.execute(stmt)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         current = session.execute(select(Job.state).where(Job.id == job_id)).scalar()
@@ -54,14 +58,19 @@ def transition_job(
         )
 
 
-def update_running_job(session: Session, job_id: str, attempt: int, **values: Any) -> None:
+def update_running_job(
+    session: Session, job_id: str, attempt: int, *, on_node: str | None = None, **values: Any
+) -> None:
     """Record facts about a running attempt (handle, external id) without changing state."""
-    result = session.execute(
+    stmt = (
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.state == JobState.RUNNING.value)
         .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
+    if on_node is not None:
+        stmt = stmt.where(Job.node == on_node)
+    result = session.execute(stmt)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConflictError(f"job {job_id} attempt {attempt} is no longer running")
 
@@ -111,14 +120,18 @@ def claim_queued_jobs(
     return jobs
 
 
-def requeue_job(session: Session, job_id: str, attempt: int, reason: str) -> None:
-    """Put a claimed job that never started back in the queue (fenced by attempt)."""
+def requeue_job(
+    session: Session, job_id: str, attempt: int, reason: str, *, on_node: str | None = None
+) -> None:
+    """Put a claimed job back in the queue (fenced by attempt, and node if given); the
+    next claim counts a new attempt."""
     transition_job(
         session,
         job_id,
         [JobState.RUNNING],
         JobState.QUEUED,
         attempt=attempt,
+        on_node=on_node,
         node=None,
         started_at=None,
         handle=None,
@@ -138,6 +151,7 @@ def finish_job(
     exit_code: int | None,
     finished_at: datetime,
     metrics: dict[str, Any],
+    on_node: str | None = None,
 ) -> None:
     """End a running (or being-cancelled) attempt in a terminal *state*."""
     assert state in TERMINAL_STATES
@@ -147,6 +161,7 @@ def finish_job(
         [JobState.RUNNING, JobState.DELETING],
         state,
         attempt=attempt,
+        on_node=on_node,
         state_reason=reason,
         exit_code=exit_code,
         finished_at=finished_at,
@@ -180,6 +195,23 @@ def jobs_in_flight(session: Session, *, node: str) -> Sequence[Job]:
         Job.node == node, Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value])
     )
     return session.execute(stmt).scalars().all()
+
+
+def adopt_job(session: Session, job_id: str, *, attempt: int, from_node: str, to_node: str) -> bool:
+    """Move a running attempt (state, attempt and handle kept) from a dead node to
+    *to_node* (a Slurm job outlives the node that submitted it). False if it moved on."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.node == from_node,
+            Job.attempt == attempt,
+            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        )
+        .values(node=to_node, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def is_active(state: str) -> bool:

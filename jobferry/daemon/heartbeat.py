@@ -1,0 +1,116 @@
+"""The node's heartbeat loop: publish liveness and free resources, read the drain flag,
+drop jobs another node took over, and reap dead nodes.
+
+Every ``node.heartbeat_s``: write the heartbeat (``NodeService.heartbeat``, the
+database's clock); apply the ``drained`` flag to the scheduler; if the row said
+this node had been declared dead (it was stopped, cut off, or too slow), log it
+and let the scheduler drop the jobs that are no longer its own; then run the
+reaper round (``NodeService.reap``) and follow any Slurm job it adopted.
+
+A store outage never stops the loop: the failure is logged once, and again
+when the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from jobferry.daemon.scheduler import Scheduler
+from jobferry.errors import JobferryError
+from jobferry.services.core import Core
+from jobferry.services.nodes import NodeService
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, core: Core, nodes: NodeService, scheduler: Scheduler) -> None:
+        self.core = core
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.incarnation = 0
+        self._failing = False
+
+    async def register(self, url: str) -> None:
+        """Register this node (a new incarnation) before recovery and claims."""
+        self.incarnation = await self.core.call(
+            self.nodes.register, url=url, free=self.scheduler.usage()
+        )
+        logger.info("registered node %s (incarnation %d)", self.nodes.name, self.incarnation)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat until *stop* is set; set *stop* if a newer daemon took this node's name."""
+        interval = self.core.config.node.heartbeat_s
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.beat(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._failing:
+                    self._failing = True
+                    reason = (
+                        exc.details.get("reason", exc.message)
+                        if isinstance(exc, JobferryError)
+                        else repr(exc)
+                    )
+                    logger.error("node %s: heartbeat failed: %s", self.nodes.name, reason)
+                continue
+            if self._failing:
+                self._failing = False
+                logger.warning("node %s: heartbeat works again", self.nodes.name)
+
+    async def beat(self, stop: asyncio.Event) -> None:
+        """One round: heartbeat, drain flag, lost jobs, reaper."""
+        scheduler = self.scheduler
+        beat = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
+        if beat.reregistered is not None:
+            logger.warning("node %s: its row had gone; registered again", self.nodes.name)
+            self.incarnation = beat.reregistered
+        if beat.superseded:
+            logger.error(
+                "node %s: another daemon (pid %s) started with this node name; stopping",
+                self.nodes.name,
+                beat.superseded_by_pid,
+            )
+            stop.set()
+            return
+        if beat.drained != scheduler.drained:
+            logger.info("node %s %s", self.nodes.name, "drained" if beat.drained else "undrained")
+            scheduler.drained = beat.drained
+            if not beat.drained:
+                scheduler.wake()
+        if beat.was_dead:
+            logger.warning(
+                "node %s had been declared dead by another node; up again, dropping the "
+                "jobs taken over meanwhile",
+                self.nodes.name,
+            )
+        await scheduler.drop_lost()
+        reaped = await self.core.call(self.nodes.reap, adopt_runners=set(scheduler.runners))
+        if reaped:
+            logger.warning(
+                "reaper: dead nodes %s; jobs requeued %s, failed %s, deleted %s, adopted %s",
+                reaped.dead or "-",
+                reaped.requeued or "-",
+                reaped.failed or "-",
+                reaped.deleted or "-",
+                reaped.adopted or "-",
+            )
+        if reaped.adopted:
+            await scheduler.follow_adopted()
+        if reaped.requeued:
+            scheduler.wake()
+
+    async def stopped(self) -> None:
+        """A clean stop: the node's row says ``stopped``."""
+        try:
+            await self.core.call(self.nodes.stopped, self.incarnation)
+        except Exception as exc:
+            logger.warning("node %s: could not record the stop: %s", self.nodes.name, exc)
