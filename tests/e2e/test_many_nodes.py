@@ -189,11 +189,13 @@ def test_nodes__without_shared_filesystem_files_are_redirected_to_their_node(
         moved = second.get(f"/api/jobs/v1/{job_id}/details/", allow_redirects=False)
         assert moved.status_code == 307, moved.text
         assert moved.headers["Location"] == f"{daemons[0].url}/api/jobs/v1/{job_id}/details/"
-        details = second.get(f"/api/jobs/v1/{job_id}/details/").json()
+        # (HTTP clients drop credentials on a redirect to another port: re-send them.)
+        details = second.session.get(moved.headers["Location"], timeout=30).json()
         assert details["stdout"] == "counted 3 words\n"
-        asset = details["assets"][0]["url"]
-        path = asset.split(daemons[0].url, 1)[1]
-        assert second.get(path).content in (b"3\n",)
+        path = details["assets"][0]["url"].split(daemons[0].url, 1)[1]
+        asset = second.get(path, allow_redirects=False)
+        assert asset.status_code == 307
+        assert second.session.get(asset.headers["Location"], timeout=30).content == b"3\n"
         # The node holding the files dies: a clear error, no guessing.
         daemons[0].kill()
         deadline = time.monotonic() + 30
