@@ -231,6 +231,31 @@ def table(rows: Sequence[Row]) -> str:
 # --- the daemon side ------------------------------------------------------------------------------
 
 
+class Conn(tp.HttpConn):
+    """A keep-alive connection that survives the daemon's idle timeout (300 s).
+
+    Slurm's throughput test leaves some connections idle for minutes; the server
+    then closes them, and the next request on one would fail. A GET that fails
+    because the connection was closed is sent again once on a new connection (a
+    POST is not: it may have been processed).
+    """
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+    ) -> tuple[int, bytes]:
+        reused = self._writer is not None
+        try:
+            return await super().request(method, path, body, content_type)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not reused or method != "GET":
+                raise
+            return await super().request(method, path, body, content_type)
+
+
+def connect(daemon: tp.Daemon) -> Conn:
+    return Conn(daemon.host, daemon.port, {"Authorization": f"Bearer {daemon.key}"})
+
+
 def daemon_config(runners: Sequence[str], node: str, slurm_poll_s: float) -> dict[str, Any]:
     destinations: dict[str, Any] = {"local": {"runner": "local"}}
     config: dict[str, Any] = {
@@ -463,7 +488,7 @@ class Bench:
     async def latency(self, runner: str) -> dict[str, Any]:
         daemon = self.daemon
         assert daemon is not None
-        conn = daemon.conn()
+        conn = connect(daemon)
         latencies: list[float] = []
         completes: list[float] = []
         marks: list[tuple[str, float]] = []
@@ -524,7 +549,7 @@ class Bench:
         daemon = self.daemon
         assert daemon is not None
         n = self.s.jobs
-        conns = [daemon.conn() for _ in range(8)]
+        conns = [connect(daemon) for _ in range(8)]
         try:
             t0 = time.perf_counter()
             ids = await self.deadline.bounded(
