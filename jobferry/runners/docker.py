@@ -575,10 +575,22 @@ class DockerRunner(Runner):
             with self._lock:
                 self._peak[job.container_id] = max(value, self._peak.get(job.container_id, 0))
 
+    def _sample_loop(self, job: _Job, stop: threading.Event) -> None:
+        """Sample memory until *stop* (at once, then every 0.25 s doubling to 5 s). In
+        its own thread: a stats call can take a second, and must never delay
+        noticing the end of the container."""
+        delay = _SAMPLE_FIRST_S
+        while not stop.is_set():
+            try:
+                self._sample(job)
+            except RunnerUnavailableError:
+                pass
+            stop.wait(delay)
+            delay = min(delay * 2, _SAMPLE_MAX_S)
+
     def _wait_step(self, job: _Job, timeout: float) -> bool:
-        """Sample memory, then block on the engine up to *timeout*; True once it has ended."""
+        """Block on the engine up to *timeout*; True once it has ended."""
         try:
-            self._sample(job)
             with self._engine("wait for a container") as api:
                 api.wait(job.container_id, timeout=max(0.01, timeout))
             return True
@@ -610,6 +622,18 @@ class DockerRunner(Runner):
         loop = asyncio.get_running_loop()
         deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
         step = _SAMPLE_FIRST_S
+        stop = threading.Event()
+        sampler = loop.run_in_executor(self._waiters(), self._sample_loop, job, stop)
+        try:
+            return await self._wait_end(handle, job, deadline, step)
+        finally:
+            stop.set()
+            sampler.cancel()
+
+    async def _wait_end(
+        self, handle: RunHandle, job: _Job, deadline: float | None, step: float
+    ) -> RunStatus:
+        loop = asyncio.get_running_loop()
         while True:
             timeout = step
             if deadline is not None:
