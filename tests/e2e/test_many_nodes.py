@@ -11,6 +11,7 @@ about it), so they run once, whatever engine the rest of the run uses.
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -206,6 +207,65 @@ def test_nodes__without_shared_filesystem_files_are_redirected_to_their_node(
             time.sleep(0.5)
         assert down.status_code == 503, down.text
         assert down.json()["error"] == "node_down" and "n1" in down.json()["message"]
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def test_nodes__slurm_job_of_a_dead_node_is_adopted_and_ends_with_its_true_outcome(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the node that submitted a Slurm job: Slurm keeps running it, a live
+    node adopts it (same attempt, never resubmitted) and records its real end."""
+    require("postgres")
+    require("slurm")
+    url = fresh_pg_database()
+    daemons: list[DaemonProcess] = []
+
+    def start(name: str) -> DaemonProcess:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = {
+            "database": {"url": url, "pool_size": 3},
+            "server": {"port": port},
+            "node": {"name": name, "heartbeat_s": 0.5, "dead_after_s": 3.0},
+            "runners": {"slurm": {"enabled": True, "poll_interval_s": 0.5}},
+            "destinations": {"local": {}, "slurm": {"runner": "slurm", "memory_mb": 32}},
+            "routing": {"default": "slurm"},
+        }
+        daemon = DaemonProcess(tmp_path / name, config).start()
+        daemons.append(daemon)
+        return daemon
+
+    def job(job_id: str) -> dict[str, Any]:
+        return dict(store_sql(url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})[0])
+
+    try:
+        first = start("n1")
+        client = first.client()
+        client.add_script("behave", JOB_SCRIPTS / "behave.py")
+        job_id = client.submit("behave", "--sleep 8 --exit-code 3")
+        deadline = time.monotonic() + 60
+        while not (job(job_id)["external_id"] and job(job_id)["node"] == "n1"):
+            assert time.monotonic() < deadline, job(job_id)
+            time.sleep(0.2)
+        slurm_id = job(job_id)["external_id"]
+        start("n2")
+        first.kill()  # the daemon only: its Slurm job runs on
+        deadline = time.monotonic() + 30
+        while job(job_id)["node"] != "n2":
+            assert time.monotonic() < deadline, f"not adopted: {job(job_id)}"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 90
+        while job(job_id)["state"] not in ("ok", "error", "deleted"):
+            assert time.monotonic() < deadline, job(job_id)
+            time.sleep(0.3)
+        ended = job(job_id)
+        assert (ended["state"], ended["exit_code"], ended["attempt"]) == ("error", 3, 1), ended
+        assert ended["external_id"] == slurm_id  # the same Slurm job, never resubmitted
+        runs = Path(ended["job_dir"]) / "work" / "runs.txt"
+        assert runs.read_text() == f"{job_id}\n"
     finally:
         for daemon in daemons:
             daemon.stop()
