@@ -139,8 +139,9 @@ class DockerRunnerConfig(_Section):
         False, description="Pull an image missing locally (false: such a job ends error)."
     )
     user: str | None = Field(
-        None, description="uid:gid jobs run as in containers; default: the daemon's own if "
-        "not root, else 65534:65534 (nobody)."
+        None,
+        description="uid:gid jobs run as in containers; default: the daemon's own if "
+        "not root, else 65534:65534 (nobody).",
     )
     slots: Annotated[int, Field(ge=0)] | None = Field(
         None, description="Containers run at once on this node; default: the number of cores."
@@ -226,8 +227,7 @@ class RoutingConfig(_Section):
     default: str = Field("local", description="Destination of a job no rule matches.")
     rules: list[RoutingRule] = Field(
         default_factory=list,
-        description="First match wins; each names one of script/tool/user/group and a "
-        "destination.",
+        description="First match wins; each names one of script/tool/user/group and a destination.",
     )
 
 

@@ -503,9 +503,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     _cmd(node, "list", "node.list", cmd_node_list, "list nodes: state, resources free/total")
     p = _cmd(node, "show", "node.show", cmd_node_show, "show a node")
     p.add_argument("name")
-    p = _cmd(
-        node, "drain", "node.drain", cmd_node_drain, "drain a node: it claims no new jobs"
-    )
+    p = _cmd(node, "drain", "node.drain", cmd_node_drain, "drain a node: it claims no new jobs")
     p.add_argument("name")
     p = _cmd(node, "undrain", "node.undrain", cmd_node_undrain, "let a drained node claim again")
     p.add_argument("name")

@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
@@ -46,7 +45,13 @@ from docker.types import DeviceRequest, Mount  # type: ignore[import-untyped]
 
 from jobferry.errors import ConfigError, RunnerError, RunnerUnavailableError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
-from jobferry.runners.wrapper import read_result, wrapper_argv, wrapper_paths
+from jobferry.runners.wrapper import (
+    read_kill,
+    read_result,
+    record_kill,
+    wrapper_argv,
+    wrapper_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +98,6 @@ class _Job:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunnerError(f"malformed docker run handle {handle.external_id!r}") from exc
-
-    @property
-    def killed_path(self) -> str:
-        return self.result_path + ".killed"
 
 
 def container_name(job_id: str, attempt: int) -> str:
@@ -508,10 +509,7 @@ class DockerRunner(Runner):
         with self._lock:
             killed = self._killed.get(job.container_id)
         if killed is None:
-            try:
-                killed = Path(job.killed_path).read_text(encoding="utf-8") or "killed"
-            except OSError:
-                pass
+            killed = read_kill(job.result_path)
         container_code = state.get("ExitCode") if attrs is not None else None
         exit_code = None if result is None else result.exit_code
         if exit_code is None and isinstance(container_code, int):
@@ -681,13 +679,7 @@ class DockerRunner(Runner):
             return
         with self._lock:
             self._killed.setdefault(job.container_id, reason)
-        if not os.path.exists(job.killed_path):
-            try:
-                tmp = job.killed_path + ".tmp"
-                Path(tmp).write_text(reason, encoding="utf-8")
-                os.replace(tmp, job.killed_path)
-            except OSError as exc:
-                logger.warning("cannot record kill of %s: %s", job.name, exc)
+        record_kill(job.result_path, reason)
         logger.info("stopping container %s: %s", job.name, reason)
         with self._engine("stop a container") as api:
             # The wrapper is PID 1 and ignores SIGTERM until the job ends, so signal

@@ -24,7 +24,7 @@ import psutil
 
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
-from jobferry.runners.wrapper import WRAPPER, read_result
+from jobferry.runners.wrapper import WRAPPER, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ class _Job:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunnerError(f"malformed local run handle {handle.external_id!r}") from exc
-
-    @property
-    def killed_path(self) -> str:
-        return self.result_path + ".killed"
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -257,10 +253,7 @@ class LocalRunner(Runner):
         result = read_result(job.result_path)
         killed = self._killed.get(job.external_id)
         if killed is None:
-            try:
-                killed = Path(job.killed_path).read_text(encoding="utf-8") or "killed"
-            except OSError:
-                pass
+            killed = read_kill(job.result_path)
         exit_code = None if result is None else result.exit_code
         if exit_code is None and wait_status is not None:
             code = os.waitstatus_to_exitcode(wait_status)
@@ -399,13 +392,7 @@ class LocalRunner(Runner):
             return
         with self._lock:
             self._killed.setdefault(job.external_id, reason)
-        if not os.path.exists(job.killed_path):
-            try:
-                tmp = job.killed_path + ".tmp"
-                Path(tmp).write_text(reason, encoding="utf-8")
-                os.replace(tmp, job.killed_path)
-            except OSError as exc:
-                logger.warning("cannot record kill of %s: %s", job.external_id, exc)
+        record_kill(job.result_path, reason)
         self._kill(job, wrapper, procs, reason)
 
     def stop_stale(self, handle: RunHandle) -> None:

@@ -37,7 +37,13 @@ from jobferry.runners.base import (
     RunState,
     RunStatus,
 )
-from jobferry.runners.wrapper import read_result, wrapper_argv, wrapper_paths
+from jobferry.runners.wrapper import (
+    read_kill,
+    read_result,
+    record_kill,
+    wrapper_argv,
+    wrapper_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +158,6 @@ class _Job:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunnerError(f"malformed slurm run handle {handle.external_id!r}") from exc
-
-    @property
-    def killed_path(self) -> str:
-        return self.result_path + ".killed"
 
 
 @dataclass(frozen=True)
@@ -585,10 +587,7 @@ class SlurmRunner(Runner):
                 end = end or _slurm_time(info.get("EndTime", ""))
         killed = self._killed.get(job.external_id)
         if killed is None:
-            try:
-                killed = Path(job.killed_path).read_text(encoding="utf-8") or "killed"
-            except OSError:
-                pass
+            killed = read_kill(job.result_path)
         if result is not None and result.exit_code is not None:
             exit_code = result.exit_code
         reason: str | None
@@ -789,13 +788,7 @@ class SlurmRunner(Runner):
             return
         with self._lock:
             self._killed.setdefault(job.external_id, reason)
-        if not os.path.exists(job.killed_path):
-            try:
-                tmp = job.killed_path + ".tmp"
-                Path(tmp).write_text(reason, encoding="utf-8")
-                os.replace(tmp, job.killed_path)
-            except OSError as exc:
-                logger.warning("cannot record kill of %s: %s", job.external_id, exc)
+        record_kill(job.result_path, reason)
         logger.info("cancelling Slurm job %s: %s", job.external_id, reason)
         proc = self._run(["scancel", job.external_id])
         self._check(proc, "scancel")

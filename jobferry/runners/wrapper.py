@@ -102,3 +102,34 @@ def read_result(path: str) -> WrapperResult | None:
     return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime)
 
 
+# --- the kill marker ------------------------------------------------------------------
+# A runner that stops a job itself (cancel, walltime) records why in
+# ``<result_path>.killed`` before it kills, so that whoever reads the job's end later
+# (the same runner, a restarted daemon, a wrapper's callback) knows it was killed.
+
+KILLED_SUFFIX = ".killed"
+
+
+def killed_path(result_path: str) -> str:
+    return result_path + KILLED_SUFFIX
+
+
+def record_kill(result_path: str, reason: str) -> None:
+    """Write the kill marker once (atomically); a failure is logged, not raised."""
+    path = killed_path(result_path)
+    if os.path.exists(path):
+        return
+    try:
+        tmp = path + ".tmp"
+        Path(tmp).write_text(reason, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("cannot record the kill in %s: %s", path, exc)
+
+
+def read_kill(result_path: str) -> str | None:
+    """Why the job was killed by its runner, or None if it was not."""
+    try:
+        return Path(killed_path(result_path)).read_text(encoding="utf-8") or "killed"
+    except OSError:
+        return None

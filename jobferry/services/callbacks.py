@@ -33,6 +33,7 @@ from jobferry.errors import (
     ValidationError,
 )
 from jobferry.runners.base import RunMetrics, RunSpec, RunState, RunStatus
+from jobferry.runners.wrapper import read_kill
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.job_files import INVALID_KEY, MISSING_KEY, check_job_id
@@ -40,8 +41,6 @@ from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState
 
 REPORTS = ("running", "finished")
-#: The marker a runner leaves beside the result when it stopped the job itself.
-KILLED = "result.killed"
 METRICS = ("wall_s", "cpu_user_s", "cpu_sys_s", "peak_rss_kb")
 
 
@@ -130,7 +129,9 @@ class CallbackService:
             except ConflictError:
                 return {"state": self._state(job_id), "accepted": False}
             return {"state": JobState.RUNNING.value, "accepted": True}
-        if (exit_code is not None and exit_code > 128) or (Path(job_dir) / KILLED).exists():
+        if (exit_code is not None and exit_code > 128) or read_kill(
+            str(Path(job_dir) / "result")
+        ) is not None:
             # Killed by a signal, or stopped by the runner (cancel, walltime): only the
             # runner can tell why (out of memory, walltime, node failure), so its own
             # status records this end; the report changes nothing.
