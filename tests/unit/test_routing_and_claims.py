@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobferry.config import parse_config
@@ -22,10 +19,8 @@ from jobferry.services.routing import (
     check_fits,
     parse_request,
 )
-from jobferry.store.engine import make_engine, make_session_factory, upgrade_schema
 from jobferry.store.models import Job, JobState, User
 from jobferry.store.transitions import Fit, claim_next_job, running_per_destination
-from tests.db import database_url
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -154,30 +149,6 @@ def test_parse_request__form_strings_and_json_numbers() -> None:
 
 
 # --- claims ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(database_url(tmp_path / "store"))
-    upgrade_schema(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
-
-
-@pytest.fixture
-def user_id(sessions: sessionmaker[Session]) -> str:
-    with sessions.begin() as session:
-        user = User(username="alice")
-        session.add(user)
-        session.flush()
-        return user.id
 
 
 def add(

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,31 +53,6 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 def store_url(tmp_path: Path, name: str) -> str:
     """A new, empty store named *name* for this test (a SQLite file or a PG database)."""
     return database_url(tmp_path / name)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database."""
-    eng = make_engine(store_url(tmp_path, "store"))
-    upgrade_schema(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
-
-
-@pytest.fixture
-def user_id(sessions: sessionmaker[Session]) -> str:
-    with sessions.begin() as session:
-        user = User(username="alice")
-        session.add(user)
-        session.flush()
-        return user.id
 
 
 def add_job(
