@@ -191,8 +191,11 @@ class JobStatusHandler(WooeyHandler):
         # ?wait=S (our extension): answer as soon as the job is complete, or after S s.
         deadline = time.monotonic() + wait_s
         while status.state not in TERMINAL_VALUES and time.monotonic() < deadline:
-            await self.core.wait_job_change(job_id, min(1.0, deadline - time.monotonic()))
-            status = await self.call(self.services.jobs.status, principal, job_id)
+            ended = await self.core.wait_job_change(job_id, min(1.0, deadline - time.monotonic()))
+            if ended is not None:  # its end as this daemon just recorded it: final
+                status = status._replace(**ended._asdict())
+            else:
+                status = await self.call(self.services.jobs.status, principal, job_id)
         self.send_json(
             {
                 "status": wooey_status(status.state, status.exit_code, status.state_reason),

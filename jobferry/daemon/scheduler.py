@@ -17,6 +17,17 @@ down) pauses claims for its destinations with back-off; its jobs stay queued and
 the outage is logged once. A job's end is learned from ``Runner.wait`` or, first,
 from its wrapper's callback (``job_callback``), whichever comes first.
 
+Claim rounds happen only when they can find something: after a submission
+(``wake``), on the tick, or when a slot frees while jobs may be waiting (a claim
+says whether more were left; a runner without free slots, a paused runner, a
+reserved head job or a full ``max_concurrent`` keep the backlog open). A lone
+job on an idle node therefore costs one claim, not three, and no needless claim
+competes with it for the CPU while it starts and ends.
+
+For runners that start jobs quickly (``Runner.quick_submit``: the local runner),
+the claim and the spawn are one executor call, so a job is spawned the moment
+its claim commits, without a round trip through the event loop.
+
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
 next daemon can re-attach to every process this one started.
@@ -48,6 +59,7 @@ from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.nodes import Free
 from jobferry.store import transitions
 from jobferry.store.models import JobState
+from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +73,20 @@ START_GRACE_S = 10.0
 FINISH_ATTEMPTS = 4
 #: Longest wait between retries of recording a job's end while the store is unreachable.
 STORE_RETRY_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A claimed job; spawned already (``handle`` or ``error`` set) when its runner
+    has ``quick_submit``."""
+
+    claimed: ClaimedJob
+    handle: RunHandle | None = None
+    error: Exception | None = None
+
+    @property
+    def spawned(self) -> bool:
+        return self.handle is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,8 @@ class Scheduler:
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
         self._wake = asyncio.Event()
+        #: Whether queued jobs may wait that a freed slot could take (see ``run``).
+        self._backlog = True
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
@@ -105,8 +133,14 @@ class Scheduler:
         self._stopping: set[asyncio.Future[None]] = set()
 
     def wake(self) -> None:
-        """Ask for a claim round soon. Call on the event loop."""
+        """Ask for a claim round soon (jobs were queued). Call on the event loop."""
+        self._backlog = True
         self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """A job ended: claim again only if jobs may be waiting."""
+        if self._backlog:
+            self._wake.set()
 
     def job_callback(self, job_id: str) -> None:
         """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
@@ -214,20 +248,28 @@ class Scheduler:
             self._wake.clear()
             now = loop.time()
             node, cluster = ([], []) if self.drained else self._claimable(now)
+            # Jobs may wait where this round cannot look (no free slot, a paused
+            # runner, a drained node): then a freed slot must bring another round.
+            backlog = self.drained or self._unclaimable(node + cluster)
             started = 0
             for destinations, fit in ((node, self._fit()), (cluster, None)):
                 if not destinations:
                     continue
                 try:
-                    claimed = await self.core.call(self.execution.claim_next, destinations, fit)
+                    got = await self.core.call(self._claim, destinations, fit)
                 except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
+                    backlog = True
                     break
-                if isinstance(claimed, ClaimedJob):
-                    self._start(claimed)
+                if isinstance(got, _Start):
+                    self._start(got)
                     started += 1
-            if started:
-                continue  # there may be more queued
+                    backlog = backlog or got.claimed.more
+                elif got is False:  # the head job is reserved, or a destination is full
+                    backlog = True
+            self._backlog = backlog
+            if started and backlog:
+                continue  # there are more queued
             # Jittered, so that nodes polling one store do not fall into step.
             timeout = TICK_S * random.uniform(0.8, 1.2)
             for until, _ in self._paused.values():
@@ -238,6 +280,26 @@ class Scheduler:
             await asyncio.wait({waiter, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
             waiter.cancel()
             stopper.cancel()
+
+    def _unclaimable(self, claimable: list[str]) -> bool:
+        """Whether some destination of this daemon's runners is left out of a round."""
+        return any(
+            name not in claimable and dest.runner in self.runners
+            for name, dest in self.core.config.destinations.items()
+        )
+
+    def _claim(self, destinations: list[str], fit: transitions.Fit | None) -> _Start | None | bool:
+        """Blocking: claim a job; spawn it at once if its runner starts jobs quickly."""
+        claimed = self.execution.claim_next(destinations, fit)
+        if not isinstance(claimed, ClaimedJob):
+            return claimed
+        runner = self.runners[claimed.runner]
+        if not runner.quick_submit:
+            return _Start(claimed)
+        try:
+            return _Start(claimed, handle=runner.submit(claimed.spec))
+        except Exception as exc:  # handled on the loop, like a failed start in _begin
+            return _Start(claimed, error=exc)
 
     def _pause(self, runner: str, message: str) -> None:
         """Back off claims for *runner* (unavailable); log once per outage."""
@@ -252,9 +314,9 @@ class Scheduler:
         if self._paused.pop(runner, None) is not None:
             logger.warning("runner %s is available again", runner)
 
-    def _start(self, claimed: ClaimedJob) -> None:
-        self._account(claimed)
-        self.running[claimed.job_id] = asyncio.ensure_future(self._launch(claimed))
+    def _start(self, start: _Start) -> None:
+        self._account(start.claimed)
+        self.running[start.claimed.job_id] = asyncio.ensure_future(self._launch(start))
 
     def _watch(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None
@@ -273,10 +335,11 @@ class Scheduler:
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
         )
 
-    async def _launch(self, claimed: ClaimedJob) -> None:
+    async def _launch(self, start: _Start) -> None:
+        claimed = start.claimed
         try:
             # Shielded: cancelling this task (daemon stop) must not lose a started process.
-            begin = asyncio.ensure_future(self._begin(claimed))
+            begin = asyncio.ensure_future(self._begin(start))
             self._starting.add(begin)
             begin.add_done_callback(self._starting.discard)
             handle = await asyncio.shield(begin)
@@ -289,14 +352,23 @@ class Scheduler:
         finally:
             self._done(claimed)
 
-    async def _begin(self, claimed: ClaimedJob) -> RunHandle | None:
-        """Start the job's process and store its handle; None if it did not start.
+    async def _begin(self, start: _Start) -> RunHandle | None:
+        """Start the job's process (unless ``_claim`` did) and store its handle; None
+        if it did not start.
 
         Spawning and storing the handle are one executor call (one hop off the loop
         instead of two: this is on every job's path from submission to running)."""
+        claimed = start.claimed
         runner = self.runners[claimed.runner]
         try:
-            handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
+            if not start.spawned:
+                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
+            elif start.error is not None:
+                raise start.error
+            else:
+                assert start.handle is not None
+                handle = start.handle
+                state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
             logger.info("job %s stays queued: %s", claimed.job_id, exc.message)
@@ -318,15 +390,19 @@ class Scheduler:
     def _spawn_and_record(self, runner: Runner, claimed: ClaimedJob) -> tuple[RunHandle, str]:
         """Blocking: start the job, then store its handle; (handle, the job's state)."""
         handle = runner.submit(claimed.spec)
+        return handle, self._record(claimed, handle)
+
+    def _record(self, claimed: ClaimedJob, handle: RunHandle) -> str:
+        """Blocking: store a started job's handle; the job's state ("gone": not this
+        attempt's any more)."""
         try:
-            state = self.execution.record_handle(claimed, handle)
+            return self.execution.record_handle(claimed, handle)
         except ConflictError:
-            state = "gone"
+            return "gone"
         except Exception:
             # Follow it anyway: its end is recorded by attempt, not by handle.
             logger.exception("job %s: storing its handle failed", claimed.job_id)
-            state = JobState.RUNNING.value
-        return handle, state
+            return JobState.RUNNING.value
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         assert claimed.handle is not None
@@ -344,16 +420,17 @@ class Scheduler:
                 told.cancel()
                 if not waiting.done():
                     waiting.cancel()
+            ended: JobEnd | None = None
             if waiting.done() and not waiting.cancelled():
                 status = waiting.result()
                 try:
-                    state = await self._finish(claimed, status)
-                    logger.debug("job %s ended %s", claimed.job_id, state)
+                    ended = await self._finish(claimed, status)
+                    logger.debug("job %s ended %s", claimed.job_id, ended.state)
                 except ConflictError as exc:  # e.g. a callback recorded the end first
                     logger.debug("job %s: %s", claimed.job_id, exc.message)
             else:
                 logger.debug("job %s ended by its callback", claimed.job_id)
-            self.core.job_changed(claimed.job_id)
+            self.core.job_changed(claimed.job_id, ended)
             await self.core.call(runner.cleanup, claimed.handle)
         except asyncio.CancelledError:
             raise
@@ -363,7 +440,7 @@ class Scheduler:
             self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed)
 
-    async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
+    async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> JobEnd:
         """Record the job's end, retrying errors other than conflicts a few times.
 
         While the store is unreachable (StoreUnavailableError: PostgreSQL down or
@@ -401,7 +478,7 @@ class Scheduler:
         self._claims.pop(job_id, None)
         self.running.pop(job_id, None)
         self._use.pop(job_id, None)
-        self.wake()
+        self._slot_freed()
 
     # --- other nodes ----------------------------------------------------------------------
 

@@ -138,6 +138,9 @@ class Runner(abc.ABC):
 
     #: The name jobs record as their runner (``local``, ``docker``, ``slurm``).
     name: str = "base"
+    #: ``submit`` takes a millisecond or so (no engine or controller round trip): the
+    #: scheduler then spawns in the claim's own executor call.
+    quick_submit: bool = False
 
     @abc.abstractmethod
     def submit(self, spec: RunSpec) -> RunHandle:

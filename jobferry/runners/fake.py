@@ -30,6 +30,7 @@ class FakeRunner(Runner):
         default: Final status for jobs not in *outcomes*; ``None`` keeps them
             ``RUNNING`` until ``finish`` or ``cancel``.
         submit_errors: Errors ``submit`` raises per job id (e.g. ``SubmitError``).
+        quick_submit: Claim it like the local runner (spawned in the claim's call).
 
     ``calls`` lists ``(method, job_id)`` for every call, in order. All methods are
     thread-safe; ``wait`` must run on an asyncio loop.
@@ -42,7 +43,9 @@ class FakeRunner(Runner):
         outcomes: dict[str, RunStatus] | None = None,
         default: RunStatus | None = EXITED_OK,
         submit_errors: dict[str, JobferryError] | None = None,
+        quick_submit: bool = False,
     ) -> None:
+        self.quick_submit = quick_submit
         self.outcomes = dict(outcomes or {})
         self.default = default
         self.submit_errors = dict(submit_errors or {})

@@ -80,6 +80,7 @@ class LocalRunner(Runner):
     """
 
     name = "local"
+    quick_submit = True
 
     def __init__(self, kill_grace_s: float = 5.0, shell: str = "/bin/sh") -> None:
         self.kill_grace_s = kill_grace_s

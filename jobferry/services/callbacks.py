@@ -149,7 +149,7 @@ class CallbackService:
             final = self.execution.finish(claimed, status)
         except ConflictError:
             return {"state": self._state(job_id), "accepted": False}
-        return {"state": final, "accepted": True}
+        return {"state": final.state, "accepted": True}
 
     def _state(self, job_id: str) -> str:
         with self.core.sessions.begin() as session:

@@ -33,6 +33,7 @@ from jobferry.runners.base import Capacity, Runner
 from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
 from jobferry.store.models import Setting, utcnow
+from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Core:
         #: Called on the event loop when a wrapper's callback ended a job in the store.
         self.on_job_callback: Callable[[str], None] = lambda job_id: None
         self._secret: bytes | None = None
-        self._job_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._job_waiters: dict[str, list[asyncio.Future[JobEnd | None]]] = {}
         #: Bumped whenever this process changes scripts, to drop cached versions.
         self.scripts_generation = 0
 
@@ -105,24 +106,26 @@ class Core:
 
     # --- waiting for a job to change -------------------------------------------------
 
-    def job_changed(self, job_id: str) -> None:
-        """Wake whoever waits on *job_id* (call on the event loop)."""
+    def job_changed(self, job_id: str, ended: JobEnd | None = None) -> None:
+        """Wake whoever waits on *job_id* (call on the event loop), telling them how it
+        *ended* when the caller just recorded that (else they re-read the store)."""
         for waiter in self._job_waiters.pop(job_id, []):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(ended)
 
-    async def wait_job_change(self, job_id: str, timeout_s: float) -> None:
-        """Return when this daemon sees *job_id* change, or after *timeout_s*.
+    async def wait_job_change(self, job_id: str, timeout_s: float) -> JobEnd | None:
+        """Return when this daemon sees *job_id* change, or after *timeout_s*: the
+        job's end if the change was its end as recorded here, else None.
 
-        Only this daemon's own scheduler signals; callers re-read the store, so a
-        change made elsewhere is seen at the latest when the timeout ends.
+        Only this daemon's own scheduler signals; callers re-read the store on None,
+        so a change made elsewhere is seen at the latest when the timeout ends.
         """
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[JobEnd | None] = asyncio.get_running_loop().create_future()
         self._job_waiters.setdefault(job_id, []).append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
         except TimeoutError:
-            pass
+            return None
         finally:
             waiters = self._job_waiters.get(job_id)
             if waiters and waiter in waiters:

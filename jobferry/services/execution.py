@@ -7,6 +7,7 @@ mapping from runner outcomes to job states and the collection of outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Update, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
@@ -25,7 +26,7 @@ from jobferry.services.core import Core
 from jobferry.staging.paths import file_digest
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
-from jobferry.store.records import JOB_FILES
+from jobferry.store.records import JOB_FILES, JOBS, JobEnd
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,30 @@ logger = logging.getLogger(__name__)
 SCRIPT_COPY = "script"
 #: Most output files collected per job (more are ignored, with a note in the reason).
 MAX_OUTPUT_FILES = 10_000
+#: A job's state (built once: read at the end of every job).
+_STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
+
+
+@functools.lru_cache(maxsize=2)
+def _record_handle_sql(fenced_by_node: bool) -> Update:
+    """``record_handle``'s statement, built once (it runs for every job started)."""
+    c = JOBS.c
+    stmt = (
+        update(JOBS)
+        .where(
+            c.id == bindparam("job_id"),
+            c.attempt == bindparam("fence_attempt"),
+            c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        )
+        .values(
+            handle=bindparam("new_handle"),
+            external_id=bindparam("new_external_id"),
+            updated_at=bindparam("now"),
+        )
+    )
+    if fenced_by_node:
+        stmt = stmt.where(c.node == bindparam("fence_node"))
+    return stmt
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,8 @@ class ClaimedJob:
     #: The node that claimed (or adopted) it: later writes are fenced by it too. None
     #: for writers that are not a node (a wrapper's callback): fenced by attempt only.
     node: str | None = None
+    #: Set by a claim: whether other queued jobs this node could run were left.
+    more: bool = True
 
 
 class ExecutionService:
@@ -126,10 +153,13 @@ class ExecutionService:
     def claim_next(
         self, destinations: list[str], fit: transitions.Fit | None
     ) -> ClaimedJob | None | bool:
-        """Claim one job (see ``transitions.claim_next_job``); False: the head job is
-        reserved and does not fit yet. Destinations at their ``max_concurrent`` are
-        left out here, counted in the claim's own transaction. A drained node (its
-        ``nodes.drained`` flag, set by an admin from anywhere) claims nothing."""
+        """Claim one job (see ``transitions.claim_next_job``). None: nothing is queued
+        for *destinations* on this node. False: nothing can be claimed now but jobs
+        may be waiting (the head job is reserved and does not fit yet, or a
+        destination is at its ``max_concurrent``, counted in the claim's own
+        transaction). A claimed job says whether more were left (``more``). A
+        drained node (its ``nodes.drained`` flag, set by an admin from anywhere)
+        claims nothing."""
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
         node = self.core.node_name
         limits = {
@@ -137,31 +167,34 @@ class ExecutionService:
             for name in destinations
             if (dest := self.core.config.destinations.get(name)) and dest.max_concurrent
         }
+        home = None if self.core.config.node.shared_filesystem else node
+        anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
         with self.core.sessions.begin() as session:
             if session.execute(select(Node.drained).where(Node.name == node)).scalar():
                 return None
+            held_back = False
             if limits:
                 running = transitions.running_per_destination(session, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
+                held_back = bool(full)
                 destinations = [d for d in destinations if d not in full]
-            shared = self.core.config.node.shared_filesystem
             job = transitions.claim_next_job(
                 session,
                 destinations=destinations,
                 node=node,
                 fit=fit,
-                home=None if shared else node,
-                anywhere=[
-                    name
-                    for name, dest in self.core.config.destinations.items()
-                    if dest.staging == "remote"
-                ],
+                home=home,
+                anywhere=anywhere,
             )
             if not isinstance(job, Job):
-                return job
+                return False if held_back else job
+            more = held_back or transitions.more_queued(
+                session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
+            )
             if job.runner != "local":
                 _copy_script(Path(job.job_dir), job.argv)
-            return ClaimedJob(job.id, job.attempt, job.runner, self._spec(job), node=node)
+            spec = self._spec(job)
+            return ClaimedJob(job.id, job.attempt, job.runner, spec, node=node, more=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
@@ -183,22 +216,19 @@ class ExecutionService:
             ConflictError: the attempt is no longer running or being cancelled (on
                 this node).
         """
-        stmt = (
-            update(Job)
-            .where(
-                Job.id == claimed.job_id,
-                Job.attempt == claimed.attempt,
-                Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-            )
-            .values(handle=handle.dumps(), external_id=handle.external_id, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.node is not None:
-            stmt = stmt.where(Job.node == claimed.node)
+        params = {
+            "job_id": claimed.job_id,
+            "fence_attempt": claimed.attempt,
+            "fence_node": claimed.node,
+            "new_handle": handle.dumps(),
+            "new_external_id": handle.external_id,
+            "now": utcnow(),
+        }
         with self.core.sessions.begin() as session:
-            result = session.execute(stmt)
-            state = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            conn = session.connection()
+            result = conn.execute(_record_handle_sql(claimed.node is not None), params)
+            state = conn.execute(_STATE, params).scalar()
+            if result.rowcount != 1:
                 raise ConflictError(f"job {claimed.job_id} attempt {claimed.attempt} is {state}")
             return str(state)
 
@@ -220,8 +250,8 @@ class ExecutionService:
         self._finish(claimed, state, reason, None, None, {})
         return state.value
 
-    def finish(self, claimed: ClaimedJob, status: RunStatus) -> str:
-        """Record how a run ended, with its outputs. Returns the terminal state.
+    def finish(self, claimed: ClaimedJob, status: RunStatus) -> JobEnd:
+        """Record how a run ended, with its outputs. Returns the end as recorded.
 
         The outputs are scanned first; the state is then read and written in one
         transaction (a cancel in between cannot be missed)."""
@@ -234,12 +264,12 @@ class ExecutionService:
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
         outputs = _scan_outputs(Path(claimed.spec.workdir))
         with self.core.sessions.begin() as session:
-            current = session.execute(select(Job.state).where(Job.id == claimed.job_id)).scalar()
+            current = session.connection().execute(_STATE, {"job_id": claimed.job_id}).scalar()
             state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
             self._write_finish(
                 session, claimed, state, reason, status.exit_code, finished, metrics, outputs
             )
-        return state.value
+        return JobEnd(state.value, status.exit_code, reason)
 
     def _finish(
         self,

@@ -52,6 +52,14 @@ class JobStatus(NamedTuple):
     user_id: str
 
 
+class JobEnd(NamedTuple):
+    """How a job ended, as its recorder wrote it (terminal: it never changes again)."""
+
+    state: str
+    exit_code: int | None
+    state_reason: str | None
+
+
 def job_status_row(session: Session, job_id: str) -> JobStatus | None:
     """The few columns a status poll needs, or None for an unknown id."""
     row = session.execute(

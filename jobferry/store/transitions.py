@@ -8,17 +8,19 @@ cannot overwrite a newer attempt (writes after a claim are fenced by attempt).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
 from jobferry.store.models import ACTIVE_STATES, TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
+from jobferry.store.records import JOBS
 
 
 def transition_job(
@@ -141,6 +143,35 @@ def requeue_job(
     notify_queued(session)
 
 
+#: The columns a job's end sets besides its state (``finish_job``).
+FINISH_METRICS = ("wall_s", "cpu_user_s", "cpu_sys_s", "peak_rss_kb")
+
+
+@functools.lru_cache(maxsize=4)
+def _finish_sql(fenced_by_node: bool) -> Update:
+    """``finish_job``'s statement, built once (it runs at the end of every job)."""
+    c = JOBS.c
+    stmt = (
+        update(JOBS)
+        .where(
+            c.id == bindparam("job_id"),
+            c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+            c.attempt == bindparam("fence_attempt"),
+        )
+        .values(
+            state=bindparam("to_state"),
+            updated_at=bindparam("now"),
+            state_reason=bindparam("reason"),
+            exit_code=bindparam("code"),
+            finished_at=bindparam("finished"),
+            **{name: bindparam(f"metric_{name}") for name in FINISH_METRICS},
+        )
+    )
+    if fenced_by_node:
+        stmt = stmt.where(c.node == bindparam("fence_node"))
+    return stmt
+
+
 def finish_job(
     session: Session,
     job_id: str,
@@ -153,20 +184,34 @@ def finish_job(
     metrics: dict[str, Any],
     on_node: str | None = None,
 ) -> None:
-    """End a running (or being-cancelled) attempt in a terminal *state*."""
+    """End a running (or being-cancelled) attempt in a terminal *state*.
+
+    *metrics* may set the ``FINISH_METRICS`` columns (missing ones become NULL).
+    Raises ConflictError when the attempt is no longer running (on *on_node*).
+    """
     assert state in TERMINAL_STATES
-    transition_job(
-        session,
-        job_id,
-        [JobState.RUNNING, JobState.DELETING],
-        state,
-        attempt=attempt,
-        on_node=on_node,
-        state_reason=reason,
-        exit_code=exit_code,
-        finished_at=finished_at,
-        **metrics,
-    )
+    unknown = set(metrics) - set(FINISH_METRICS)
+    if unknown:
+        raise ValueError(f"not a job metric: {sorted(unknown)}")
+    params: dict[str, Any] = {
+        "job_id": job_id,
+        "fence_attempt": attempt,
+        "fence_node": on_node,
+        "to_state": state.value,
+        "now": utcnow(),
+        "reason": reason,
+        "code": exit_code,
+        "finished": finished_at,
+        **{f"metric_{name}": metrics.get(name) for name in FINISH_METRICS},
+    }
+    result = session.connection().execute(_finish_sql(on_node is not None), params)
+    if result.rowcount != 1:
+        current = session.execute(select(Job.state).where(Job.id == job_id)).scalar()
+        raise ConflictError(
+            f"job {job_id} is {current or 'unknown'}; it cannot become {state.value}",
+            job_id=job_id,
+            state=current,
+        )
 
 
 def mark_cancelled(session: Session, job_id: str) -> JobState:
@@ -231,6 +276,88 @@ class Fit:
     free_gpus: int
 
 
+class _ClaimSql(NamedTuple):
+    candidate: Select[str, int, int, int]
+    claim: Update
+    more: Select[str]
+
+
+@functools.lru_cache(maxsize=256)
+def _claim_sql(
+    dialect: str,
+    destinations: tuple[str, ...],
+    fitted: bool,
+    homed: bool,
+    anywhere: tuple[str, ...],
+) -> _ClaimSql:
+    """The claim's statements for one shape of claim, built once.
+
+    A claim runs for every job on its way from submission to running, so its
+    statements are built once per shape (the values differ only in bound
+    parameters) instead of for every claim: building them cost more than running
+    them. Core statements on the table, not the ORM entity, for the same reason.
+    """
+    c = JOBS.c
+    memory = func.coalesce(c.memory_mb, 0)
+    conditions: list[Any] = [c.state == JobState.QUEUED.value, c.destination.in_(destinations)]
+    if homed:
+        # No shared filesystem: a job runs where its directory is, unless its
+        # destination moves its files over HTTP (staging: remote).
+        conditions.append(
+            or_(
+                c.home_node == bindparam("home"), c.home_node.is_(None), c.destination.in_(anywhere)
+            )
+        )
+    if fitted:
+        conditions += [
+            c.cores <= bindparam("total_cores"),
+            memory <= bindparam("total_memory_mb"),
+            c.gpus <= bindparam("total_gpus"),
+        ]
+    # Fair share between users: within a priority, the user with the fewest jobs
+    # running now goes first (round-robin as jobs start), then the oldest job.
+    running = (
+        select(c.user_id.label("user_id"), func.count().label("n"))
+        .where(c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]))
+        .group_by(c.user_id)
+        .subquery("running_per_user")
+    )
+    candidate = (
+        select(c.id, c.cores, memory, c.gpus)
+        .outerjoin(running, running.c.user_id == c.user_id)
+        .where(*conditions)
+        .order_by(c.priority.desc(), func.coalesce(running.c.n, 0), c.created_at, c.id)
+        .limit(1)
+    )
+    if dialect == "postgresql":
+        candidate = candidate.with_for_update(of=JOBS, skip_locked=True)
+    claim = (
+        update(JOBS)
+        .where(c.id == bindparam("job_id"), c.state == JobState.QUEUED.value)
+        .values(
+            state=JobState.RUNNING.value,
+            node=bindparam("claim_node"),
+            attempt=c.attempt + 1,
+            started_at=bindparam("claim_now"),
+            updated_at=bindparam("claim_now"),
+        )
+        .returning(*c)
+    )
+    more = select(c.id).where(*conditions).limit(1)
+    return _ClaimSql(candidate, claim, more)
+
+
+def _claim_params(fit: Fit | None, home: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"home": home}
+    if fit is not None:
+        params.update(
+            total_cores=fit.total_cores,
+            total_memory_mb=fit.total_memory_mb,
+            total_gpus=fit.total_gpus,
+        )
+    return params
+
+
 def claim_next_job(
     session: Session,
     *,
@@ -248,48 +375,28 @@ def claim_next_job(
     the head job among them is *reserved*: if it does not fit what is free now,
     nothing is claimed and False is returned, so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (its attempt incremented), or None when nothing is queued.
-    On PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
-    concurrent claimers skip it; on SQLite writers are serialised. Either way the
-    claim is a conditional UPDATE whose row count is checked. With *home* (nodes
-    share no filesystem), only jobs whose directory is on *home* are taken, or jobs
-    of the *anywhere* destinations (remote staging).
+    claimed job (its attempt incremented; not attached to the session), or None
+    when nothing is queued. On PostgreSQL the candidate row is locked with
+    ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
+    are serialised. Either way the claim is a conditional UPDATE whose row count
+    is checked. With *home* (nodes share no filesystem), only jobs whose
+    directory is on *home* are taken, or jobs of the *anywhere* destinations
+    (remote staging).
     """
     if not destinations:
         return None
-    now = now or utcnow()
-    memory = func.coalesce(Job.memory_mb, 0)
-    # Fair share between users: within a priority, the user with the fewest jobs
-    # running now goes first (round-robin as jobs start), then the oldest job.
-    running = (
-        select(Job.user_id.label("user_id"), func.count().label("n"))
-        .where(Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]))
-        .group_by(Job.user_id)
-        .subquery("running_per_user")
+    sql = _claim_sql(
+        session.get_bind().dialect.name,
+        tuple(destinations),
+        fit is not None,
+        home is not None,
+        tuple(anywhere),
     )
-    candidate = (
-        select(Job.id, Job.cores, memory, Job.gpus)
-        .outerjoin(running, running.c.user_id == Job.user_id)
-        .where(Job.state == JobState.QUEUED.value, Job.destination.in_(list(destinations)))
-        .order_by(Job.priority.desc(), func.coalesce(running.c.n, 0), Job.created_at, Job.id)
-        .limit(1)
-    )
-    if home is not None:
-        # No shared filesystem: a job runs where its directory is, unless its
-        # destination moves its files over HTTP (staging: remote).
-        candidate = candidate.where(
-            or_(Job.home_node == home, Job.home_node.is_(None), Job.destination.in_(anywhere))
-        )
-    if fit is not None:
-        candidate = candidate.where(
-            Job.cores <= fit.total_cores,
-            memory <= fit.total_memory_mb,
-            Job.gpus <= fit.total_gpus,
-        )
-    if session.get_bind().dialect.name == "postgresql":
-        candidate = candidate.with_for_update(of=Job, skip_locked=True)
+    conn = session.connection()
+    params = _claim_params(fit, home)
+    claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
-        row = session.execute(candidate).first()
+        row = conn.execute(sql.candidate, params).first()
         if row is None:
             return None
         job_id, cores, memory_mb, gpus = row
@@ -297,26 +404,32 @@ def claim_next_job(
             cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
         ):
             return False
-        claimed = (
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-                .values(
-                    state=JobState.RUNNING.value,
-                    node=node,
-                    attempt=Job.attempt + 1,
-                    started_at=now,
-                    updated_at=now,
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
-            )
-            .scalars()
-            .first()
-        )
+        claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return claimed
+            return Job(**claimed._mapping)
     return None
+
+
+def more_queued(
+    session: Session,
+    *,
+    destinations: Sequence[str],
+    fit: Fit | None = None,
+    home: str | None = None,
+    anywhere: Sequence[str] = (),
+) -> bool:
+    """Whether a queued job of *destinations* that this node could run is left (after a
+    claim in the same transaction). Reads the claim index only and locks nothing."""
+    if not destinations:
+        return False
+    sql = _claim_sql(
+        session.get_bind().dialect.name,
+        tuple(destinations),
+        fit is not None,
+        home is not None,
+        tuple(anywhere),
+    )
+    return session.connection().execute(sql.more, _claim_params(fit, home)).first() is not None
 
 
 def running_per_destination(session: Session, destinations: Iterable[str]) -> dict[str, int]:

@@ -241,7 +241,7 @@ def test_stale_node__cannot_finish_or_requeue_an_attempt_that_moved_on(
     done = ExecutionService(n2, base_url="").finish(
         fresh, RunStatus(RunState.EXITED, exit_code=0, finished_at=0.0)
     )
-    assert done == "ok"
+    assert done.state == "ok"
     with n1.sessions.begin() as session:
         assert session.execute(select(Job.state).where(Job.id == job_id)).scalar() == "ok"
 
@@ -252,7 +252,7 @@ def test_callback_report_is_fenced_by_attempt_not_node(cores: tuple[Core, Core])
     spec = RunSpec(job_id, (), str(n1.jobs_path / job_id / "work"), "", "", "")
     claimed = ClaimedJob(job_id, 1, "", spec)  # a wrapper's report: no node
     status = RunStatus(RunState.EXITED, exit_code=0, finished_at=0.0)
-    assert ExecutionService(n1, base_url="").finish(claimed, status) == "ok"
+    assert ExecutionService(n1, base_url="").finish(claimed, status).state == "ok"
 
 
 def test_config__dead_after_must_exceed_the_heartbeat() -> None:

@@ -1,0 +1,206 @@
+"""The scheduler on a fake runner: claim rounds only when something can be claimed,
+freed slots taking waiting jobs, and spawning in the claim's own call (quick runners)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobferry.config import parse_config
+from jobferry.daemon.scheduler import TICK_S, Scheduler
+from jobferry.errors import JobferryError, SubmitError
+from jobferry.runners.base import RunState, RunStatus
+from jobferry.runners.fake import FakeRunner
+from jobferry.services.core import Core
+from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.services.nodes import NodeService
+from jobferry.store.engine import check_schema
+from jobferry.store.models import Job, JobState, User
+from jobferry.store.records import insert_job
+from tests.db import with_database
+
+
+class CountingExecution(ExecutionService):
+    """Counts claims."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core, base_url="http://127.0.0.1:1")
+        self.claims = 0
+
+    def claim_next(self, destinations: list[str], fit: Any) -> ClaimedJob | None | bool:
+        self.claims += 1
+        return super().claim_next(destinations, fit)
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Core]:
+    data = tmp_path / "data"
+    config = {"data_dir": str(data), "node": {"name": "n1", "cores": 4, "memory_mb": 1000}}
+    core = Core(parse_config(with_database(config, data)), node_name="n1")
+    core.ensure_dirs()
+    check_schema(core.engine)
+    NodeService(core).register(url="http://127.0.0.1:1")
+    with core.sessions.begin() as session:
+        session.add(User(id="u1", username="admin", is_admin=True))
+    yield core
+    core.close()
+
+
+def queue(core: Core) -> str:
+    job_id = uuid.uuid4().hex[:16]
+    job_dir = core.jobs_path / job_id
+    (job_dir / "work").mkdir(parents=True)
+    row = {
+        "id": job_id,
+        "uuid": str(uuid.uuid4()),
+        "user_id": "u1",
+        "name": "j",
+        "argv": ["true"],
+        "job_dir": str(job_dir),
+        "home_node": "n1",
+    }
+    with core.sessions.begin() as session:
+        insert_job(session, row, [])
+    return job_id
+
+
+def state(core: Core, job_id: str) -> Job:
+    with core.sessions.begin() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+class Running:
+    def __init__(self, core: Core, runner: FakeRunner, slots: int) -> None:
+        self.core = core
+        self.runner = runner
+        self.execution = CountingExecution(core)
+        self.scheduler = Scheduler(core, self.execution, {"local": runner}, slots={"local": slots})
+
+
+def scheduling(
+    core: Core, runner: FakeRunner, body: Callable[[Running], Awaitable[None]], slots: int = 2
+) -> None:
+    """Run *body* while a scheduler runs on a fresh loop; stop it afterwards."""
+
+    async def main() -> None:
+        run = Running(core, runner, slots)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(run.scheduler.run(stop))
+        try:
+            await body(run)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            await run.scheduler.detach()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_lone_job__costs_one_claim_and_no_round_follows_its_end(core: Core, quick: bool) -> None:
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)  # the first round finds nothing
+        first = run.execution.claims
+        job_id = queue(core)
+        run.scheduler.wake()
+        await until(lambda: state(core, job_id).state == JobState.OK.value)
+        await until(lambda: job_id not in run.scheduler.running)
+        await asyncio.sleep(0.3)  # well inside the tick (TICK_S)
+        assert TICK_S * 0.8 > 0.3
+        assert run.execution.claims == first + 1
+
+    scheduling(core, FakeRunner(quick_submit=quick), body)
+
+
+def test_freed_slot__claims_the_job_that_waited_for_it(core: Core) -> None:
+    runner = FakeRunner(default=None)  # jobs run until finished by hand
+
+    async def body(run: Running) -> None:
+        first, second = queue(core), queue(core)
+        run.scheduler.wake()
+        await until(lambda: runner.running == [first])
+        runner.finish(first)
+        # Claimed long before the tick: the freed slot woke the scheduler (a backlog).
+        await until(lambda: runner.running == [second], timeout_s=TICK_S * 0.5)
+        runner.finish(second)
+        await until(lambda: state(core, second).state == JobState.OK.value)
+
+    scheduling(core, runner, body, slots=1)
+
+
+def test_quick_runner__spawns_in_the_claims_own_call_and_stores_the_handle(core: Core) -> None:
+    runner = FakeRunner(default=None, quick_submit=True)
+
+    async def body(run: Running) -> None:
+        job_id = queue(core)
+        run.scheduler.wake()
+        await until(lambda: runner.running == [job_id])
+        await until(lambda: state(core, job_id).handle is not None)
+        assert state(core, job_id).state == JobState.RUNNING.value
+        runner.finish(job_id, RunStatus(RunState.EXITED, exit_code=3))
+        await until(lambda: state(core, job_id).state == JobState.ERROR.value)
+        assert state(core, job_id).exit_code == 3
+
+    scheduling(core, runner, body)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_runner_refusing_a_job__ends_it_in_error_with_the_reason(core: Core, quick: bool) -> None:
+    job_id = queue(core)
+    refused: dict[str, JobferryError] = {job_id: SubmitError("no such interpreter")}
+    runner = FakeRunner(submit_errors=refused, quick_submit=quick)
+
+    async def body(run: Running) -> None:
+        run.scheduler.wake()
+        await until(lambda: state(core, job_id).state == JobState.ERROR.value)
+        assert "no such interpreter" in (state(core, job_id).state_reason or "")
+        await until(lambda: not run.scheduler.running)
+
+    scheduling(core, runner, body)
+
+
+def test_claim__says_whether_more_jobs_were_left(core: Core) -> None:
+    execution = ExecutionService(core, base_url="")
+    queue(core), queue(core)
+    first = execution.claim_next(["local"], None)
+    second = execution.claim_next(["local"], None)
+    assert isinstance(first, ClaimedJob) and first.more
+    assert isinstance(second, ClaimedJob) and not second.more
+    assert execution.claim_next(["local"], None) is None
+
+
+def test_claim__a_destination_at_its_limit_holds_jobs_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = {
+        "data_dir": str(data),
+        "node": {"name": "n1", "cores": 4, "memory_mb": 1000},
+        "destinations": {"local": {"runner": "local", "max_concurrent": 1}},
+    }
+    core = Core(parse_config(with_database(config, data)), node_name="n1")
+    try:
+        core.ensure_dirs()
+        check_schema(core.engine)
+        with core.sessions.begin() as session:
+            session.add(User(id="u1", username="admin", is_admin=True))
+        execution = ExecutionService(core, base_url="")
+        queue(core), queue(core)
+        first = execution.claim_next(["local"], None)
+        assert isinstance(first, ClaimedJob)
+        # Nothing claimable now, but a job waits: False (not None) keeps the backlog.
+        assert execution.claim_next(["local"], None) is False
+    finally:
+        core.close()
