@@ -47,6 +47,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from jobferry.daemon.dispatch import DirectStart, Opening, Start
 from jobferry.errors import (
     ConflictError,
     JobferryError,
@@ -73,20 +74,6 @@ START_GRACE_S = 10.0
 FINISH_ATTEMPTS = 4
 #: Longest wait between retries of recording a job's end while the store is unreachable.
 STORE_RETRY_MAX_S = 5.0
-
-
-@dataclass(frozen=True)
-class _Start:
-    """A claimed job; spawned already (``handle`` or ``error`` set) when its runner
-    has ``quick_submit``."""
-
-    claimed: ClaimedJob
-    handle: RunHandle | None = None
-    error: Exception | None = None
-
-    @property
-    def spawned(self) -> bool:
-        return self.handle is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -126,6 +113,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         #: Whether queued jobs may wait that a freed slot could take (see ``run``).
         self._backlog = True
+        #: Submissions start their jobs themselves while nothing waits (daemon.dispatch).
+        self.direct = DirectStart(self)
+        self._in_round = False
+        self._closed = False
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
@@ -135,12 +126,41 @@ class Scheduler:
     def wake(self) -> None:
         """Ask for a claim round soon (jobs were queued). Call on the event loop."""
         self._backlog = True
+        self.direct.publish(None)
         self._wake.set()
 
     def _slot_freed(self) -> None:
         """A job ended: claim again only if jobs may be waiting."""
         if self._backlog:
             self._wake.set()
+        self._publish()
+
+    def take_over(self, start: Start | None) -> None:
+        """Follow a job a submission started itself (None: its reservation was given
+        back). On the event loop, in the same step that drops its reservation."""
+        if start is not None:
+            self._start(start)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Offer submissions what a claim round would hand out (``daemon.dispatch``)."""
+        if self._backlog or self.drained or self._closed or self._in_round:
+            self.direct.publish(None)
+            return
+        destinations: dict[str, str] = {}
+        for name, dest in self.core.config.destinations.items():
+            runner = self.runners.get(dest.runner)
+            if runner is None or not runner.quick_submit or dest.runner in self._paused:
+                continue
+            if dest.staging == "shared" and not dest.max_concurrent:
+                destinations[name] = dest.runner
+        if not destinations:
+            self.direct.publish(None)
+            return
+        fit = self._fit()
+        slots = {runner: self._free(runner) for runner in set(destinations.values())}
+        opening = Opening(destinations, slots, fit.free_cores, fit.free_memory_mb, fit.free_gpus)
+        self.direct.publish(opening)
 
     def job_callback(self, job_id: str) -> None:
         """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
@@ -153,12 +173,20 @@ class Scheduler:
         return sum(self._free(name) for name in self.runners)
 
     def _free(self, runner: str) -> int:
-        used = sum(1 for u in self._use.values() if u.runner == runner)
+        used = sum(1 for u in self._uses() if u.runner == runner)
         return max(0, self.slots.get(runner, 0) - used)
+
+    def _uses(self) -> list[_Use]:
+        """What the jobs this node follows use, and what submissions reserved."""
+        reserved = [
+            _Use(r.runner, r.destination, r.cores, r.memory_mb, r.gpus)
+            for r in self.direct.reserved()
+        ]
+        return [*self._use.values(), *reserved]
 
     def _fit(self) -> transitions.Fit:
         cap = self.core.node_capacity
-        used = [u for u in self._use.values() if u.runner in NODE_RUNNERS]
+        used = [u for u in self._uses() if u.runner in NODE_RUNNERS]
         cores, memory, gpus = cap.cores or 1, cap.memory_mb or 0, cap.gpus or 0
         return transitions.Fit(
             total_cores=cores,
@@ -244,8 +272,17 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start jobs until *stop* is set."""
         loop = asyncio.get_running_loop()
+        try:
+            await self._rounds(loop, stop)
+        finally:
+            self._closed = True
+            self.direct.publish(None)
+
+    async def _rounds(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
+            self._in_round = True
+            self.direct.publish(None)  # what this round hands out is not on offer meanwhile
             now = loop.time()
             node, cluster = ([], []) if self.drained else self._claimable(now)
             # Jobs may wait where this round cannot look (no free slot, a paused
@@ -261,13 +298,15 @@ class Scheduler:
                     logger.error("claiming jobs failed: %s", exc)
                     backlog = True
                     break
-                if isinstance(got, _Start):
+                if isinstance(got, Start):
                     self._start(got)
                     started += 1
                     backlog = backlog or got.claimed.more
                 elif got is False:  # the head job is reserved, or a destination is full
                     backlog = True
             self._backlog = backlog
+            self._in_round = False
+            self._publish()
             if started and backlog:
                 continue  # there are more queued
             # Jittered, so that nodes polling one store do not fall into step.
@@ -288,18 +327,18 @@ class Scheduler:
             for name, dest in self.core.config.destinations.items()
         )
 
-    def _claim(self, destinations: list[str], fit: transitions.Fit | None) -> _Start | None | bool:
+    def _claim(self, destinations: list[str], fit: transitions.Fit | None) -> Start | None | bool:
         """Blocking: claim a job; spawn it at once if its runner starts jobs quickly."""
         claimed = self.execution.claim_next(destinations, fit)
         if not isinstance(claimed, ClaimedJob):
             return claimed
         runner = self.runners[claimed.runner]
         if not runner.quick_submit:
-            return _Start(claimed)
+            return Start(claimed)
         try:
-            return _Start(claimed, handle=runner.submit(claimed.spec))
+            return Start(claimed, handle=runner.submit(claimed.spec))
         except Exception as exc:  # handled on the loop, like a failed start in _begin
-            return _Start(claimed, error=exc)
+            return Start(claimed, error=exc)
 
     def _pause(self, runner: str, message: str) -> None:
         """Back off claims for *runner* (unavailable); log once per outage."""
@@ -314,7 +353,7 @@ class Scheduler:
         if self._paused.pop(runner, None) is not None:
             logger.warning("runner %s is available again", runner)
 
-    def _start(self, start: _Start) -> None:
+    def _start(self, start: Start) -> None:
         self._account(start.claimed)
         self.running[start.claimed.job_id] = asyncio.ensure_future(self._launch(start))
 
@@ -335,7 +374,7 @@ class Scheduler:
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
         )
 
-    async def _launch(self, start: _Start) -> None:
+    async def _launch(self, start: Start) -> None:
         claimed = start.claimed
         try:
             # Shielded: cancelling this task (daemon stop) must not lose a started process.
@@ -352,7 +391,7 @@ class Scheduler:
         finally:
             self._done(claimed)
 
-    async def _begin(self, start: _Start) -> RunHandle | None:
+    async def _begin(self, start: Start) -> RunHandle | None:
         """Start the job's process (unless ``_claim`` did) and store its handle; None
         if it did not start.
 

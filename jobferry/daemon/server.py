@@ -109,6 +109,7 @@ class Daemon:
             loop.call_soon_threadsafe(self.scheduler.wake)
 
         core.on_job_queued = wake_from_any_thread
+        core.dispatcher = self.scheduler.direct
         # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
         self.listener = Listener(core.engine, wake_from_any_thread)
         self.listener.start()

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psutil
 from sqlalchemy import Engine, select
@@ -32,7 +32,7 @@ from jobferry.config import Config
 from jobferry.runners.base import Capacity, Runner
 from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
-from jobferry.store.models import Setting, utcnow
+from jobferry.store.models import Job, Setting, utcnow
 from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,18 @@ class Principal:
     user_id: str
     username: str
     is_admin: bool
+
+
+class Dispatcher(Protocol):
+    """Lets a submission start its job itself (``jobferry.daemon.dispatch``)."""
+
+    def reserve(
+        self, destination: str, cores: int, memory_mb: int | None, gpus: int
+    ) -> object | None: ...
+
+    def release(self, reservation: Any) -> None: ...
+
+    def start(self, reservation: Any, job: Job) -> None: ...
 
 
 class Core:
@@ -89,6 +101,8 @@ class Core:
         self.on_job_queued: Callable[[], None] = lambda: None
         #: Called on the event loop when a wrapper's callback ended a job in the store.
         self.on_job_callback: Callable[[str], None] = lambda job_id: None
+        #: Starts a submission's job at once when nothing waits (the daemon's scheduler).
+        self.dispatcher: Dispatcher | None = None
         self._secret: bytes | None = None
         self._job_waiters: dict[str, list[asyncio.Future[JobEnd | None]]] = {}
         #: Bumped whenever this process changes scripts, to drop cached versions.

@@ -99,7 +99,8 @@ class ExecutionService:
             url = session.execute(select(Node.url).where(Node.name == job.home_node)).scalar()
         return str(url or self.base_url)
 
-    def _spec(self, job: Job) -> RunSpec:
+    def spec(self, job: Job) -> RunSpec:
+        """How to run *job*'s current attempt here (argv, paths, environment, resources)."""
         job_dir = Path(job.job_dir)
         dest = self.destination(job)
         argv = [str(a) for a in job.argv]
@@ -193,7 +194,7 @@ class ExecutionService:
             )
             if job.runner != "local":
                 _copy_script(Path(job.job_dir), job.argv)
-            spec = self._spec(job)
+            spec = self.spec(job)
             return ClaimedJob(job.id, job.attempt, job.runner, spec, node=node, more=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
@@ -203,7 +204,7 @@ class ExecutionService:
                 session, runner=runner, node=self.core.node_name, limit=limit
             )
         node = self.core.node_name
-        return [ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), node=node) for j in jobs]
+        return [ClaimedJob(j.id, j.attempt, j.runner, self.spec(j), node=node) for j in jobs]
 
     def record_handle(self, claimed: ClaimedJob, handle: RunHandle) -> str:
         """Store the handle of a started job; return the job's state (it may be deleting).
@@ -338,7 +339,7 @@ class ExecutionService:
         node = self.core.node_name
         with self.core.sessions.begin() as session:
             for j in transitions.jobs_in_flight(session, node=node):
-                claimed = ClaimedJob(j.id, j.attempt, j.runner, self._spec(j), None, j.state, node)
+                claimed = ClaimedJob(j.id, j.attempt, j.runner, self.spec(j), None, j.state, node)
                 if not j.handle:
                     found.append(claimed)
                     continue

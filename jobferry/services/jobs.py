@@ -47,6 +47,7 @@ from jobferry.store.models import (
     ScriptVersion,
     User,
     new_id,
+    utcnow,
 )
 from jobferry.store.records import JobStatus, insert_job, job_status_row
 
@@ -154,6 +155,43 @@ class JobService:
         built = build_command(version.spec, request.command or "", by_field)
         argv = [self.core.config.interpreter, version.path, *built.args]
         param_of = {path: dest for dest, paths in built.input_files.items() for path in paths}
+        r = placement.resources
+        job: dict[str, Any] = {
+            "id": job_id,
+            "uuid": str(uuid.uuid4()),
+            "user_id": principal.user_id,
+            "script_version_id": version.id,
+            "name": name,
+            "description": request.job_description,
+            "command": request.command or "",
+            "argv": argv,
+            "params": built.values,
+            "home_node": self.core.node_name,
+            "runner": placement.runner,
+            "destination": placement.destination,
+            "cores": r.cores,
+            "memory_mb": r.memory_mb,
+            "gpus": r.gpus,
+            "walltime_s": r.walltime_s,
+            "job_dir": str(job_dir),
+            "history_id": request.history_id,
+        }
+        # A free slot and nothing waiting: the job is stored already claimed by this
+        # node and started by this thread (daemon.dispatch), saving a claim round.
+        dispatcher = self.core.dispatcher
+        reservation = None
+        if dispatcher is not None:
+            reservation = dispatcher.reserve(placement.destination, r.cores, r.memory_mb, r.gpus)
+        if reservation is not None:
+            now = utcnow()
+            job.update(
+                state=JobState.RUNNING.value,
+                node=self.core.node_name,
+                attempt=1,
+                started_at=now,
+                created_at=now,
+                updated_at=now,
+            )
         try:
             (job_dir / "work").mkdir(parents=True)
             for upload, rel in placed:
@@ -161,28 +199,9 @@ class JobService:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(upload.path, target)
             with self.core.sessions.begin() as session:
-                insert_job(
+                row = insert_job(
                     session,
-                    {
-                        "id": job_id,
-                        "uuid": str(uuid.uuid4()),
-                        "user_id": principal.user_id,
-                        "script_version_id": version.id,
-                        "name": name,
-                        "description": request.job_description,
-                        "command": request.command or "",
-                        "argv": argv,
-                        "params": built.values,
-                        "home_node": self.core.node_name,
-                        "runner": placement.runner,
-                        "destination": placement.destination,
-                        "cores": placement.resources.cores,
-                        "memory_mb": placement.resources.memory_mb,
-                        "gpus": placement.resources.gpus,
-                        "walltime_s": placement.resources.walltime_s,
-                        "job_dir": str(job_dir),
-                        "history_id": request.history_id,
-                    },
+                    job,
                     [
                         {
                             "kind": "input",
@@ -196,8 +215,13 @@ class JobService:
                 )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
+            if dispatcher is not None and reservation is not None:
+                dispatcher.release(reservation)
             raise
-        self.core.on_job_queued()
+        if dispatcher is not None and reservation is not None:
+            dispatcher.start(reservation, Job(**row))
+        else:
+            self.core.on_job_queued()
         return job_id
 
     def _resolve_version(

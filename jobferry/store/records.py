@@ -19,8 +19,11 @@ JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
 
 
-def insert_job(session: Session, job: dict[str, Any], files: list[dict[str, Any]]) -> None:
-    """Insert a queued job and its files. Missing columns get their model defaults."""
+def insert_job(
+    session: Session, job: dict[str, Any], files: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Insert a job (queued unless *job* says otherwise) and its files; return the
+    job's row as inserted. Missing columns get their model defaults."""
     now = utcnow()
     values = {
         "state": JobState.QUEUED.value,
@@ -42,7 +45,9 @@ def insert_job(session: Session, job: dict[str, Any], files: list[dict[str, Any]
             for f in files
         ]
         session.execute(insert(JOB_FILES), rows)
-    notify_queued(session)
+    if values["state"] == JobState.QUEUED.value:
+        notify_queued(session)
+    return values
 
 
 class JobStatus(NamedTuple):

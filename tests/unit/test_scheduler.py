@@ -204,3 +204,95 @@ def test_claim__a_destination_at_its_limit_holds_jobs_back(tmp_path: Path) -> No
         assert execution.claim_next(["local"], None) is False
     finally:
         core.close()
+
+
+def stored_running(core: Core) -> Job:
+    """A job stored already claimed by this node, as a submission with a reservation does."""
+    job_id = uuid.uuid4().hex[:16]
+    job_dir = core.jobs_path / job_id
+    (job_dir / "work").mkdir(parents=True)
+    row = {
+        "id": job_id,
+        "uuid": str(uuid.uuid4()),
+        "user_id": "u1",
+        "name": "j",
+        "argv": ["true"],
+        "job_dir": str(job_dir),
+        "home_node": "n1",
+        "state": JobState.RUNNING.value,
+        "node": "n1",
+        "attempt": 1,
+    }
+    with core.sessions.begin() as session:
+        return Job(**insert_job(session, row, []))
+
+
+def test_idle_node__a_submission_starts_its_job_without_a_claim_round(core: Core) -> None:
+    runner = FakeRunner(quick_submit=True)
+
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)
+        claims = run.execution.claims
+        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
+        assert reservation is not None
+        job = stored_running(core)
+        await asyncio.to_thread(run.scheduler.direct.start, reservation, job)
+        await until(lambda: state(core, job.id).state == JobState.OK.value)
+        assert state(core, job.id).handle is not None
+        assert run.execution.claims == claims
+        assert ("submit", job.id) in runner.calls
+
+    scheduling(core, runner, body)
+
+
+def test_reservation__holds_its_slot_until_the_scheduler_takes_the_job_over(core: Core) -> None:
+    runner = FakeRunner(default=None, quick_submit=True)
+
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)
+        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
+        assert reservation is not None
+        assert run.scheduler.direct.reserve("local", 1, None, 0) is None  # one slot
+        waiting = queue(core)
+        run.scheduler.wake()  # a claim round: the reserved slot is not free
+        await asyncio.sleep(0.2)
+        assert runner.running == []
+        job = stored_running(core)
+        await asyncio.to_thread(run.scheduler.direct.start, reservation, job)
+        await until(lambda: runner.running == [job.id])
+        runner.finish(job.id)
+        await until(lambda: runner.running == [waiting])  # the backlog took the freed slot
+        runner.finish(waiting)
+        await until(lambda: state(core, waiting).state == JobState.OK.value)
+
+    scheduling(core, runner, body, slots=1)
+
+
+def test_direct_start__is_refused_while_jobs_wait_and_when_it_does_not_fit(core: Core) -> None:
+    runner = FakeRunner(default=None, quick_submit=True)
+
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)
+        assert run.scheduler.direct.reserve("local", 5, None, 0) is None  # 4 cores here
+        assert run.scheduler.direct.reserve("nowhere", 1, None, 0) is None
+        first = queue(core)
+        run.scheduler.wake()
+        await until(lambda: runner.running == [first])
+        queue(core)
+        run.scheduler.wake()
+        await asyncio.sleep(0.2)
+        # The slot is taken and a job waits: submissions queue behind it.
+        assert run.scheduler.direct.reserve("local", 1, None, 0) is None
+
+    scheduling(core, runner, body, slots=1)
+
+
+def test_released_reservation__opens_the_slot_again(core: Core) -> None:
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)
+        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
+        assert reservation is not None
+        run.scheduler.direct.release(reservation)  # the submission failed
+        await until(lambda: run.scheduler.direct.reserve("local", 1, None, 0) is not None)
+
+    scheduling(core, FakeRunner(quick_submit=True), body, slots=1)
