@@ -110,7 +110,9 @@ class Scheduler:
         self._use: dict[str, _Use] = {}
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
-        self._wake = asyncio.Event()
+        #: Set by ``wake`` (and a freed slot with a backlog) until the next round begins.
+        self._woken = False
+        self._sleeper: asyncio.Future[None] | None = None
         #: Whether queued jobs may wait that a freed slot could take (see ``run``).
         self._backlog = True
         #: Submissions start their jobs themselves while nothing waits (daemon.dispatch).
@@ -127,13 +129,33 @@ class Scheduler:
         """Ask for a claim round soon (jobs were queued). Call on the event loop."""
         self._backlog = True
         self.direct.publish(None)
-        self._wake.set()
+        self._rouse()
 
     def _slot_freed(self) -> None:
         """A job ended: claim again only if jobs may be waiting."""
         if self._backlog:
-            self._wake.set()
+            self._rouse()
         self._publish()
+
+    def _rouse(self) -> None:
+        self._woken = True
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
+
+    async def _sleep(self, timeout: float) -> None:
+        """Until roused, or for *timeout* seconds (a future and a timer: this runs
+        after every submission, so no tasks are made for it)."""
+        if self._woken:
+            return
+        loop = asyncio.get_running_loop()
+        sleeper: asyncio.Future[None] = loop.create_future()
+        self._sleeper = sleeper
+        timer = loop.call_later(timeout, _settle, sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleeper = None
 
     def take_over(self, start: Start | None) -> None:
         """Follow a job a submission started itself (None: its reservation was given
@@ -272,15 +294,18 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start jobs until *stop* is set."""
         loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: self._rouse())
         try:
             await self._rounds(loop, stop)
         finally:
+            stopping.cancel()
             self._closed = True
             self.direct.publish(None)
 
     async def _rounds(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self._wake.clear()
+            self._woken = False
             self._in_round = True
             self.direct.publish(None)  # what this round hands out is not on offer meanwhile
             now = loop.time()
@@ -314,11 +339,7 @@ class Scheduler:
             for until, _ in self._paused.values():
                 if until > now:
                     timeout = min(timeout, until - now)
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when="FIRST_COMPLETED")
-            waiter.cancel()
-            stopper.cancel()
+            await self._sleep(timeout)
 
     def _unclaimable(self, claimable: list[str]) -> bool:
         """Whether some destination of this daemon's runners is left out of a round."""
@@ -615,3 +636,8 @@ class Scheduler:
         self._claims.clear()
         if self._stopping:  # stale attempts being killed: let that finish
             await asyncio.wait(set(self._stopping), timeout=START_GRACE_S)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

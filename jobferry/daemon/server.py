@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -105,8 +106,16 @@ class Daemon:
         core.on_job_callback = self.scheduler.job_callback
         loop = asyncio.get_running_loop()
 
+        pending = threading.Event()  # a wake is on its way to the loop: no second one
+
+        def wake() -> None:
+            pending.clear()
+            self.scheduler.wake()
+
         def wake_from_any_thread() -> None:
-            loop.call_soon_threadsafe(self.scheduler.wake)
+            if not pending.is_set():
+                pending.set()
+                loop.call_soon_threadsafe(wake)
 
         core.on_job_queued = wake_from_any_thread
         core.dispatcher = self.scheduler.direct

@@ -82,6 +82,10 @@ class AuthService:
         #: sha256 of a key -> (when verified, who); see api.key_cache_s.
         self._verified: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        #: One store lookup per key at a time: when a key's cache entry expires under
+        #: load, the requests waiting on it find the refreshed entry instead of each
+        #: asking the store (striped by key, so different keys do not wait on each other).
+        self._lookups = [threading.Lock() for _ in range(16)]
 
     # --- authentication ---------------------------------------------------------------
 
@@ -104,10 +108,19 @@ class AuthService:
             raise AuthenticationError()
         digest = hash_key(key)
         ttl = self.core.config.api.key_cache_s
-        now = time.monotonic()
-        cached = self._verified.get(digest)
-        if cached is not None and now - cached[0] < ttl:
-            return cached[1]
+        with self._lookups[hash(digest) % len(self._lookups)]:
+            now = time.monotonic()
+            cached = self._verified.get(digest)
+            if cached is not None and now - cached[0] < ttl:
+                return cached[1]
+            principal = self._lookup(digest)
+            if ttl > 0:
+                if len(self._verified) > 10_000:
+                    self._verified.clear()
+                self._verified[digest] = (now, principal)
+            return principal
+
+    def _lookup(self, digest: str) -> Principal:
         with self.core.sessions.begin() as session:
             row = session.execute(
                 select(ApiKey.id, User.id, User.username, User.is_admin)
@@ -121,12 +134,7 @@ class AuthService:
                 session.execute(
                     update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow())
                 )
-        principal = Principal(user_id=user_id, username=username, is_admin=bool(is_admin))
-        if ttl > 0:
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified[digest] = (now, principal)
-        return principal
+        return Principal(user_id=user_id, username=username, is_admin=bool(is_admin))
 
     def _due_for_write(self, key_id: str) -> bool:
         resolution = self.core.config.api.key_last_used_resolution_s

@@ -49,7 +49,7 @@ from jobferry.store.models import (
     new_id,
     utcnow,
 )
-from jobferry.store.records import JobStatus, insert_job, job_status_row
+from jobferry.store.records import GroupInserter, JobStatus, job_status_row
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class JobService:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._versions: dict[tuple[Any, ...], tuple[float, ResolvedVersion]] = {}
+        self._inserter = GroupInserter(core.sessions)
 
     # --- submission ------------------------------------------------------------------
 
@@ -193,26 +194,24 @@ class JobService:
                 updated_at=now,
             )
         try:
-            (job_dir / "work").mkdir(parents=True)
+            _make_job_dir(job_dir)
             for upload, rel in placed:
                 target = inputs_dir / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(upload.path, target)
-            with self.core.sessions.begin() as session:
-                row = insert_job(
-                    session,
-                    job,
-                    [
-                        {
-                            "kind": "input",
-                            "name": rel,
-                            "param": param_of.get(str(inputs_dir / rel)),
-                            "size": upload.size,
-                            "sha256": upload.sha256,
-                        }
-                        for upload, rel in placed
-                    ],
-                )
+            row = self._inserter.insert(
+                job,
+                [
+                    {
+                        "kind": "input",
+                        "name": rel,
+                        "param": param_of.get(str(inputs_dir / rel)),
+                        "size": upload.size,
+                        "sha256": upload.sha256,
+                    }
+                    for upload, rel in placed
+                ],
+            )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             if dispatcher is not None and reservation is not None:
@@ -396,3 +395,14 @@ class JobService:
 
     def input_args(self, job: Job) -> dict[str, Any]:
         return {"argv": list(job.argv), "params": dict(job.params)}
+
+
+def _make_job_dir(job_dir: Path) -> None:
+    """Create a new job's directory and its ``work`` directory (two mkdirs; the shard
+    directory above them only the first time)."""
+    try:
+        job_dir.mkdir()
+    except FileNotFoundError:
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        job_dir.mkdir()
+    (job_dir / "work").mkdir()

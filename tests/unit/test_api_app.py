@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,22 @@ async def test_submit__malformed_json_body_is_400(
         headers={"Content-Type": "application/json"},
     )
     assert code == 400 and "JSON" in answer["message"]
+
+
+def test_expired_key_cache__concurrent_requests_ask_the_store_once(services: Services) -> None:
+    key = (services.core.data_path / "admin-api-key").read_text().strip()
+    auth = services.auth
+    auth._verified.clear()  # as if the cached entry had just expired
+    lookups: list[str] = []
+    real_lookup = auth._lookup
+
+    def counted(digest: str) -> Any:
+        lookups.append(digest)
+        time.sleep(0.05)  # a slow store: every request arrives while it answers
+        return real_lookup(digest)
+
+    auth._lookup = counted  # type: ignore[method-assign]
+    with ThreadPoolExecutor(8) as pool:
+        principals = list(pool.map(auth.authenticate, [key] * 8))
+    assert len(lookups) == 1
+    assert {p.username for p in principals} == {"admin"}

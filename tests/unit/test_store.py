@@ -36,6 +36,7 @@ from jobferry.store.engine import (
     upgrade_schema,
 )
 from jobferry.store.models import TERMINAL_STATES, Base, Job, JobState, User
+from jobferry.store.records import GroupInserter
 from jobferry.store.transitions import (
     claim_queued_jobs,
     finish_job,
@@ -624,3 +625,57 @@ def test_claim_queued_jobs__on_postgres_skips_jobs_another_claim_holds(tmp_path:
         )
     finally:
         engine.dispose()
+
+
+# --- group commit of submissions ----------------------------------------------------------
+
+
+def _submission(user_id: str, job_id: str) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "uuid": str(uuid.uuid4()),
+        "user_id": user_id,
+        "name": "j",
+        "argv": ["python", "script.py"],
+        "job_dir": f"/nonexistent/{job_id}",
+    }
+
+
+def test_group_inserter__concurrent_submissions_all_land_with_their_files(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    inserter = GroupInserter(sessions)
+    ids = [uuid.uuid4().hex for _ in range(40)]
+    files = [{"kind": "input", "name": "a.txt", "size": 1, "sha256": "0" * 64}]
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(lambda i: inserter.insert(_submission(user_id, i), files), ids))
+    assert [row["id"] for row in rows] == ids
+    assert all(row["state"] == JobState.QUEUED.value for row in rows)
+    with sessions.begin() as session:
+        stored = set(session.scalars(select(Job.id)))
+        n_files = session.scalar(text("SELECT count(*) FROM job_files"))
+    assert stored == set(ids) and n_files == 40
+
+
+def test_group_inserter__a_bad_row_fails_only_its_own_submission(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    inserter = GroupInserter(sessions)
+    taken = uuid.uuid4().hex
+    inserter.insert(_submission(user_id, taken), [])
+    barrier = threading.Barrier(6)
+
+    def submit(job_id: str) -> str:
+        barrier.wait()
+        try:
+            inserter.insert(_submission(user_id, job_id), [])
+        except DBAPIError:
+            return "refused"
+        return "stored"
+
+    ids = [taken, *(uuid.uuid4().hex for _ in range(5))]  # the first one is a duplicate
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(submit, ids))
+    assert outcomes == ["refused"] + ["stored"] * 5
+    with sessions.begin() as session:
+        assert set(session.scalars(select(Job.id))) == set(ids)
