@@ -121,7 +121,7 @@ class DirectStart:
         memory = memory_mb or 0
         with self._lock:
             opening = self._opening
-            if opening is None or self._loop is None:
+            if opening is None or self._loop is None or self._scheduler.drained:
                 return None
             runner = opening.destinations.get(destination)
             if runner is None or opening.slots.get(runner, 0) < 1:

@@ -624,6 +624,11 @@ class Scheduler:
         Job starts in progress first get up to ``START_GRACE_S`` to store their
         handles, so that the next daemon re-attaches to them.
         """
+        # Jobs that submissions started themselves are handed over within moments.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + START_GRACE_S
+        while self.direct.reserved() and loop.time() < until:
+            await asyncio.sleep(0.01)
         if self._starting:
             _, pending = await asyncio.wait(set(self._starting), timeout=START_GRACE_S)
             if pending:

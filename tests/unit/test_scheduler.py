@@ -296,3 +296,12 @@ def test_released_reservation__opens_the_slot_again(core: Core) -> None:
         await until(lambda: run.scheduler.direct.reserve("local", 1, None, 0) is not None)
 
     scheduling(core, FakeRunner(quick_submit=True), body, slots=1)
+
+
+def test_drained_node__submissions_do_not_start_jobs_themselves(core: Core) -> None:
+    async def body(run: Running) -> None:
+        await until(lambda: run.execution.claims >= 1)
+        run.scheduler.drained = True  # as the heartbeat sets it when an admin drains
+        assert run.scheduler.direct.reserve("local", 1, None, 0) is None
+
+    scheduling(core, FakeRunner(quick_submit=True), body)
