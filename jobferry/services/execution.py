@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Update, bindparam, insert, select, update
+from sqlalchemy import Update, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
@@ -42,23 +42,11 @@ _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
 @functools.lru_cache(maxsize=2)
 def _record_handle_sql(fenced_by_node: bool) -> Update:
     """``record_handle``'s statement, built once (it runs for every job started)."""
-    c = JOBS.c
-    stmt = (
-        update(JOBS)
-        .where(
-            c.id == bindparam("job_id"),
-            c.attempt == bindparam("fence_attempt"),
-            c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-        )
-        .values(
-            handle=bindparam("new_handle"),
-            external_id=bindparam("new_external_id"),
-            updated_at=bindparam("now"),
-        )
+    return transitions.attempt_update(fenced_by_node).values(
+        handle=bindparam("new_handle"),
+        external_id=bindparam("new_external_id"),
+        updated_at=bindparam("now"),
     )
-    if fenced_by_node:
-        stmt = stmt.where(c.node == bindparam("fence_node"))
-    return stmt
 
 
 @dataclass(frozen=True)

@@ -147,29 +147,32 @@ def requeue_job(
 FINISH_METRICS = ("wall_s", "cpu_user_s", "cpu_sys_s", "peak_rss_kb")
 
 
-@functools.lru_cache(maxsize=4)
-def _finish_sql(fenced_by_node: bool) -> Update:
-    """``finish_job``'s statement, built once (it runs at the end of every job)."""
+def attempt_update(fenced_by_node: bool) -> Update:
+    """An UPDATE of one job's running (or being-cancelled) attempt, fenced by attempt,
+    and by node if *fenced_by_node*: parameters ``job_id``, ``fence_attempt`` and
+    ``fence_node``. For statements built once (``functools.lru_cache``)."""
     c = JOBS.c
-    stmt = (
-        update(JOBS)
-        .where(
-            c.id == bindparam("job_id"),
-            c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-            c.attempt == bindparam("fence_attempt"),
-        )
-        .values(
-            state=bindparam("to_state"),
-            updated_at=bindparam("now"),
-            state_reason=bindparam("reason"),
-            exit_code=bindparam("code"),
-            finished_at=bindparam("finished"),
-            **{name: bindparam(f"metric_{name}") for name in FINISH_METRICS},
-        )
+    stmt = update(JOBS).where(
+        c.id == bindparam("job_id"),
+        c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        c.attempt == bindparam("fence_attempt"),
     )
     if fenced_by_node:
         stmt = stmt.where(c.node == bindparam("fence_node"))
     return stmt
+
+
+@functools.lru_cache(maxsize=2)
+def _finish_sql(fenced_by_node: bool) -> Update:
+    """``finish_job``'s statement, built once (it runs at the end of every job)."""
+    return attempt_update(fenced_by_node).values(
+        state=bindparam("to_state"),
+        updated_at=bindparam("now"),
+        state_reason=bindparam("reason"),
+        exit_code=bindparam("code"),
+        finished_at=bindparam("finished"),
+        **{name: bindparam(f"metric_{name}") for name in FINISH_METRICS},
+    )
 
 
 def finish_job(
@@ -347,6 +350,18 @@ def _claim_sql(
     return _ClaimSql(candidate, claim, more)
 
 
+def _claim_statements(
+    session: Session,
+    destinations: Sequence[str],
+    fit: Fit | None,
+    home: str | None,
+    anywhere: Sequence[str],
+) -> _ClaimSql:
+    dialect = session.get_bind().dialect.name
+    shape = (tuple(destinations), fit is not None, home is not None, tuple(anywhere))
+    return _claim_sql(dialect, *shape)
+
+
 def _claim_params(fit: Fit | None, home: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"home": home}
     if fit is not None:
@@ -385,13 +400,7 @@ def claim_next_job(
     """
     if not destinations:
         return None
-    sql = _claim_sql(
-        session.get_bind().dialect.name,
-        tuple(destinations),
-        fit is not None,
-        home is not None,
-        tuple(anywhere),
-    )
+    sql = _claim_statements(session, destinations, fit, home, anywhere)
     conn = session.connection()
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
@@ -422,13 +431,7 @@ def more_queued(
     claim in the same transaction). Reads the claim index only and locks nothing."""
     if not destinations:
         return False
-    sql = _claim_sql(
-        session.get_bind().dialect.name,
-        tuple(destinations),
-        fit is not None,
-        home is not None,
-        tuple(anywhere),
-    )
+    sql = _claim_statements(session, destinations, fit, home, anywhere)
     return session.connection().execute(sql.more, _claim_params(fit, home)).first() is not None
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobferry.config import parse_config
+from jobferry.daemon.dispatch import Reservation
 from jobferry.daemon.scheduler import TICK_S, Scheduler
 from jobferry.errors import JobferryError, SubmitError
 from jobferry.runners.base import RunState, RunStatus
@@ -74,6 +75,20 @@ def state(core: Core, job_id: str) -> Job:
         job = session.get(Job, job_id)
         assert job is not None
         return job
+
+
+async def opened(run: Running, cores: int = 1) -> Reservation:
+    """A reservation from the opening, once the scheduler's first round has ended."""
+    got: list[Reservation] = []
+
+    def take() -> bool:
+        reservation = run.scheduler.direct.reserve("local", cores, None, 0)
+        if reservation is not None:
+            got.append(reservation)
+        return bool(got)
+
+    await until(take)
+    return got[0]
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -231,10 +246,8 @@ def test_idle_node__a_submission_starts_its_job_without_a_claim_round(core: Core
     runner = FakeRunner(quick_submit=True)
 
     async def body(run: Running) -> None:
-        await until(lambda: run.execution.claims >= 1)
+        reservation = await opened(run)
         claims = run.execution.claims
-        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
-        assert reservation is not None
         job = stored_running(core)
         await asyncio.to_thread(run.scheduler.direct.start, reservation, job)
         await until(lambda: state(core, job.id).state == JobState.OK.value)
@@ -249,9 +262,7 @@ def test_reservation__holds_its_slot_until_the_scheduler_takes_the_job_over(core
     runner = FakeRunner(default=None, quick_submit=True)
 
     async def body(run: Running) -> None:
-        await until(lambda: run.execution.claims >= 1)
-        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
-        assert reservation is not None
+        reservation = await opened(run)
         assert run.scheduler.direct.reserve("local", 1, None, 0) is None  # one slot
         waiting = queue(core)
         run.scheduler.wake()  # a claim round: the reserved slot is not free
@@ -272,7 +283,7 @@ def test_direct_start__is_refused_while_jobs_wait_and_when_it_does_not_fit(core:
     runner = FakeRunner(default=None, quick_submit=True)
 
     async def body(run: Running) -> None:
-        await until(lambda: run.execution.claims >= 1)
+        run.scheduler.direct.release(await opened(run))
         assert run.scheduler.direct.reserve("local", 5, None, 0) is None  # 4 cores here
         assert run.scheduler.direct.reserve("nowhere", 1, None, 0) is None
         first = queue(core)
@@ -289,18 +300,16 @@ def test_direct_start__is_refused_while_jobs_wait_and_when_it_does_not_fit(core:
 
 def test_released_reservation__opens_the_slot_again(core: Core) -> None:
     async def body(run: Running) -> None:
-        await until(lambda: run.execution.claims >= 1)
-        reservation = run.scheduler.direct.reserve("local", 1, None, 0)
-        assert reservation is not None
+        reservation = await opened(run)
         run.scheduler.direct.release(reservation)  # the submission failed
-        await until(lambda: run.scheduler.direct.reserve("local", 1, None, 0) is not None)
+        run.scheduler.direct.release(await opened(run))
 
     scheduling(core, FakeRunner(quick_submit=True), body, slots=1)
 
 
 def test_drained_node__submissions_do_not_start_jobs_themselves(core: Core) -> None:
     async def body(run: Running) -> None:
-        await until(lambda: run.execution.claims >= 1)
+        run.scheduler.direct.release(await opened(run))
         run.scheduler.drained = True  # as the heartbeat sets it when an admin drains
         assert run.scheduler.direct.reserve("local", 1, None, 0) is None
 
