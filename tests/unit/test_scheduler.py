@@ -24,6 +24,7 @@ from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, User
 from jobferry.store.records import insert_job
 from tests.db import with_database
+from tests.unit.test_nodes import job as state
 
 
 class CountingExecution(ExecutionService):
@@ -52,7 +53,8 @@ def core(tmp_path: Path) -> Iterator[Core]:
     core.close()
 
 
-def queue(core: Core) -> str:
+def queue(core: Core, **values: Any) -> str:
+    """Store a job (queued unless *values* say otherwise); return its id."""
     job_id = uuid.uuid4().hex[:16]
     job_dir = core.jobs_path / job_id
     (job_dir / "work").mkdir(parents=True)
@@ -64,17 +66,11 @@ def queue(core: Core) -> str:
         "argv": ["true"],
         "job_dir": str(job_dir),
         "home_node": "n1",
+        **values,
     }
     with core.sessions.begin() as session:
         insert_job(session, row, [])
     return job_id
-
-
-def state(core: Core, job_id: str) -> Job:
-    with core.sessions.begin() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 async def opened(run: Running, cores: int = 1) -> Reservation:
@@ -223,23 +219,7 @@ def test_claim__a_destination_at_its_limit_holds_jobs_back(tmp_path: Path) -> No
 
 def stored_running(core: Core) -> Job:
     """A job stored already claimed by this node, as a submission with a reservation does."""
-    job_id = uuid.uuid4().hex[:16]
-    job_dir = core.jobs_path / job_id
-    (job_dir / "work").mkdir(parents=True)
-    row = {
-        "id": job_id,
-        "uuid": str(uuid.uuid4()),
-        "user_id": "u1",
-        "name": "j",
-        "argv": ["true"],
-        "job_dir": str(job_dir),
-        "home_node": "n1",
-        "state": JobState.RUNNING.value,
-        "node": "n1",
-        "attempt": 1,
-    }
-    with core.sessions.begin() as session:
-        return Job(**insert_job(session, row, []))
+    return state(core, queue(core, state=JobState.RUNNING.value, node="n1", attempt=1))
 
 
 def test_idle_node__a_submission_starts_its_job_without_a_claim_round(core: Core) -> None:
