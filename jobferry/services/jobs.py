@@ -218,9 +218,11 @@ class JobService:
                 dispatcher.release(reservation)
             raise
         if dispatcher is not None and reservation is not None:
-            dispatcher.start(reservation, Job(**row))
-        else:
-            self.core.on_job_queued()
+            if row["state"] == JobState.RUNNING.value:
+                dispatcher.start(reservation, Job(**row))
+                return job_id
+            dispatcher.release(reservation)  # queued after all: this node was drained
+        self.core.on_job_queued()
         return job_id
 
     def _resolve_version(

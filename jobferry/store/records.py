@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.store.models import Base, JobState, new_id, utcnow
@@ -18,13 +18,20 @@ from jobferry.store.notify import notify_queued
 
 JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
+NODES = Base.metadata.tables["nodes"]
+_DRAINED = select(NODES.c.drained).where(NODES.c.name == bindparam("node"))
 
 
 def insert_job(
     session: Session, job: dict[str, Any], files: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Insert a job (queued unless *job* says otherwise) and its files; return the
-    job's row as inserted. Missing columns get their model defaults."""
+    job's row as inserted. Missing columns get their model defaults.
+
+    A job stored already claimed by a node (a direct start, ``daemon.dispatch``) is
+    queued instead if an admin drained that node: the node may not have heard yet,
+    and a drained node takes no new work. The returned row says which it was.
+    """
     now = utcnow()
     values = {
         "state": JobState.QUEUED.value,
@@ -39,6 +46,10 @@ def insert_job(
         "updated_at": now,
         **job,
     }
+    node = values.get("node")
+    if values["state"] == JobState.RUNNING.value and node is not None:
+        if session.connection().execute(_DRAINED, {"node": node}).scalar():
+            values.update(state=JobState.QUEUED.value, node=None, attempt=0, started_at=None)
     session.execute(insert(JOBS), [values])
     if files:
         rows = [

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from jobferry.config import parse_config
 from jobferry.daemon.dispatch import Reservation
@@ -21,7 +22,7 @@ from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.nodes import NodeService
 from jobferry.store.engine import check_schema
-from jobferry.store.models import Job, JobState, User
+from jobferry.store.models import Job, JobState, Node, User
 from jobferry.store.records import insert_job
 from tests.db import with_database
 from tests.unit.test_nodes import job as state
@@ -294,3 +295,12 @@ def test_drained_node__submissions_do_not_start_jobs_themselves(core: Core) -> N
         assert run.scheduler.direct.reserve("local", 1, None, 0) is None
 
     scheduling(core, FakeRunner(quick_submit=True), body)
+
+
+def test_direct_start_on_a_node_drained_in_the_store__stores_the_job_queued(core: Core) -> None:
+    with core.sessions.begin() as session:
+        session.execute(update(Node).where(Node.name == "n1").values(drained=True))
+    # The node has not heard of the drain yet: the submission stored it as claimed.
+    job_id = queue(core, state=JobState.RUNNING.value, node="n1", attempt=1)
+    row = state(core, job_id)
+    assert (row.state, row.node, row.attempt) == (JobState.QUEUED.value, None, 0)
