@@ -23,7 +23,7 @@ from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.services.core import Core
-from jobferry.staging.paths import file_digest
+from jobferry.staging.paths import file_digest, make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
 from jobferry.store.records import JOB_FILES, JOBS, JobEnd
@@ -180,6 +180,7 @@ class ExecutionService:
             more = held_back or transitions.more_queued(
                 session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
             )
+            make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
             if job.runner != "local":
                 _copy_script(Path(job.job_dir), job.argv)
             spec = self.spec(job)
@@ -191,6 +192,8 @@ class ExecutionService:
             jobs = transitions.claim_queued_jobs(
                 session, runner=runner, node=self.core.node_name, limit=limit
             )
+        for job in jobs:
+            make_job_dir(Path(job.job_dir))
         node = self.core.node_name
         return [ClaimedJob(j.id, j.attempt, j.runner, self.spec(j), node=node) for j in jobs]
 

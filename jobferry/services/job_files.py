@@ -43,7 +43,7 @@ from jobferry.services.core import Core
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
 from jobferry.staging.forms import MultipartStream
-from jobferry.staging.paths import file_digest
+from jobferry.staging.paths import file_digest, make_job_dir
 from jobferry.store.models import Job, JobState
 from jobferry.store.records import replace_output_file
 
@@ -140,6 +140,9 @@ class JobFilesService:
             return str(state)
         dest = self.core.config.destinations.get(destination)
         also = WRAPPER_FILES if dest is not None and dest.staging == "remote" else frozenset()
+        here = self.core.config.node.shared_filesystem or home_node in (None, self.core.node_name)
+        if state in (JobState.NEW.value, JobState.QUEUED.value) and here:
+            make_job_dir(Path(job_dir))  # a submission without uploads did not make it
         return JobAccess(job_id, Path(job_dir), also)
 
     # --- reading ---------------------------------------------------------------------------

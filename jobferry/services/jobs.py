@@ -36,7 +36,7 @@ from jobferry.services.core import Core, Principal
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.routing import ResourceRequest, check_fits
 from jobferry.staging.forms import UploadedFile
-from jobferry.staging.paths import confine, safe_filename
+from jobferry.staging.paths import confine, make_job_dir, safe_filename
 from jobferry.store import transitions
 from jobferry.store.models import (
     TERMINAL_STATES,
@@ -194,7 +194,8 @@ class JobService:
                 updated_at=now,
             )
         try:
-            _make_job_dir(job_dir)
+            if placed or reservation is not None:
+                make_job_dir(job_dir)  # else when the job is claimed (or its files written)
             for upload, rel in placed:
                 target = inputs_dir / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -397,14 +398,3 @@ class JobService:
 
     def input_args(self, job: Job) -> dict[str, Any]:
         return {"argv": list(job.argv), "params": dict(job.params)}
-
-
-def _make_job_dir(job_dir: Path) -> None:
-    """Create a new job's directory and its ``work`` directory (two mkdirs; the shard
-    directory above them only the first time)."""
-    try:
-        job_dir.mkdir()
-    except FileNotFoundError:
-        job_dir.parent.mkdir(parents=True, exist_ok=True)
-        job_dir.mkdir()
-    (job_dir / "work").mkdir()

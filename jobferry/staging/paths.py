@@ -57,3 +57,28 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def make_job_dir(job_dir: Path) -> None:
+    """Create a job's directory and its ``work`` directory if they are missing.
+
+    Submissions without uploads leave this to the claim (or to the first write
+    through the job_files API): two mkdirs are a quarter of what accepting a
+    submission costs, and a job that is cancelled while queued never needs them.
+    """
+    work = job_dir / "work"
+    try:
+        work.mkdir()
+        return
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        pass
+    try:
+        job_dir.mkdir()
+    except FileNotFoundError:
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        job_dir.mkdir(exist_ok=True)
+    except FileExistsError:
+        pass
+    work.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ freed slots taking waiting jobs, and spawning in the claim's own call (quick run
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,15 +13,19 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from jobferry.api.app import make_services
 from jobferry.config import parse_config
 from jobferry.daemon.dispatch import Reservation
 from jobferry.daemon.scheduler import TICK_S, Scheduler
 from jobferry.errors import JobferryError, SubmitError
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
-from jobferry.services.core import Core
+from jobferry.services.core import Core, Principal
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.services.job_files import JobFilesService
+from jobferry.services.jobs import SubmitRequest
 from jobferry.services.nodes import NodeService
+from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, Node, User
 from jobferry.store.records import insert_job
@@ -304,3 +309,33 @@ def test_direct_start_on_a_node_drained_in_the_store__stores_the_job_queued(core
     job_id = queue(core, state=JobState.RUNNING.value, node="n1", attempt=1)
     row = state(core, job_id)
     assert (row.state, row.node, row.attempt) == (JobState.QUEUED.value, None, 0)
+
+
+def test_submission_without_uploads__makes_its_directory_only_when_claimed(
+    core: Core, tmp_path: Path
+) -> None:
+    services = make_services(core)
+    admin = Principal("u1", "admin", True)
+    copy = tmp_path / "noop.py"
+    copy.write_bytes((Path(__file__).parent.parent / "data" / "jobs" / "noop.py").read_bytes())
+    slug = services.scripts.add_or_update(admin, [ScriptUpload("noop", copy, "noop.py")])[0]["slug"]
+    job_id = services.jobs.submit(admin, SubmitRequest(slug=slug, job_name="j"), [])
+    job_dir = core.job_dir(job_id)
+    assert not job_dir.exists()
+    claimed = ExecutionService(core, base_url="").claim_next(["local"], None)
+    assert isinstance(claimed, ClaimedJob) and claimed.job_id == job_id
+    assert (job_dir / "work").is_dir() and claimed.spec.workdir == str(job_dir / "work")
+
+
+def test_job_files_write_to_a_queued_job_without_a_directory__makes_it(core: Core) -> None:
+    job_id = queue(core)
+    shutil.rmtree(core.jobs_path / job_id)  # as a submission without uploads leaves it
+    job_dir = core.job_dir(job_id)  # where a submission puts it (not there yet)
+    with core.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(job_dir=str(job_dir)))
+    files = JobFilesService(core)
+    access = files.authorize(job_id, core.job_key(job_id))
+    writer = files.open_writer(access, "work/early.txt")
+    writer.write(b"staged before the job ran")
+    files.commit(access, writer, None)
+    assert (job_dir / "work" / "early.txt").read_bytes() == b"staged before the job ran"
