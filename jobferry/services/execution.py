@@ -180,11 +180,13 @@ class ExecutionService:
             more = held_back or transitions.more_queued(
                 session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
             )
-            make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
-            if job.runner != "local":
-                _copy_script(Path(job.job_dir), job.argv)
-            spec = self.spec(job)
-            return ClaimedJob(job.id, job.attempt, job.runner, spec, node=node, more=more)
+        # Files after the commit: the claim's transaction (the single writer on SQLite,
+        # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
+        # job at the next start (claimed, no handle, never started).
+        make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
+        if job.runner != "local":
+            _copy_script(Path(job.job_dir), job.argv)
+        return ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node, more=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
         self.core.secret  # noqa: B018 - load outside the claim's write transaction

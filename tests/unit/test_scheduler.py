@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from jobferry.services.nodes import NodeService
 from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, Node, User
-from jobferry.store.records import insert_job
 from tests.db import with_database
+from tests.unit.test_nodes import add_job
 from tests.unit.test_nodes import job as state
 
 
@@ -60,22 +59,10 @@ def core(tmp_path: Path) -> Iterator[Core]:
 
 
 def queue(core: Core, **values: Any) -> str:
-    """Store a job (queued unless *values* say otherwise); return its id."""
-    job_id = uuid.uuid4().hex[:16]
-    job_dir = core.jobs_path / job_id
-    (job_dir / "work").mkdir(parents=True)
-    row = {
-        "id": job_id,
-        "uuid": str(uuid.uuid4()),
-        "user_id": "u1",
-        "name": "j",
-        "argv": ["true"],
-        "job_dir": str(job_dir),
-        "home_node": "n1",
-        **values,
-    }
-    with core.sessions.begin() as session:
-        insert_job(session, row, [])
+    """Store a job with its directory (queued unless *values* say otherwise); its id."""
+    values = {"state": JobState.QUEUED.value, "node": None, "attempt": 0, **values}
+    job_id = add_job(core, home_node="n1", **values)
+    (core.jobs_path / job_id / "work").mkdir(parents=True)
     return job_id
 
 
