@@ -143,6 +143,21 @@ class NotFoundError(JobferryError):
     code = "not_found"
 
 
+class TooManyRequestsError(JobferryError):
+    """Too many requests: try again later.
+
+    ``retry_after`` (seconds) is sent as the ``Retry-After`` header.
+    """
+
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: int = 60, **details: Any
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
 class ConflictError(JobferryError):
     """The object is not in a state that allows this change."""
 
@@ -172,6 +187,22 @@ class IntrospectionError(JobferryError):
 
 
 # --- server-side errors ---------------------------------------------------------
+
+
+class InsufficientStorageError(JobferryError):
+    """The daemon is out of disk space: try again once space has been freed.
+
+    Details say where (``path``) and, when known, what is free and what is required.
+    Nothing of the refused request is kept.
+    """
+
+    code = "insufficient_storage"
+
+
+class BusyError(JobferryError):
+    """The daemon is too busy to take this request now: try again later."""
+
+    code = "busy"
 
 
 class StoreError(JobferryError):

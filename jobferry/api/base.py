@@ -39,6 +39,9 @@ STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
     errors.PathRejectedError: 403,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
+    errors.TooManyRequestsError: 429,
+    errors.InsufficientStorageError: 507,
+    errors.BusyError: 503,
     errors.ElsewhereError: 307,
     errors.NodeDownError: 503,
     errors.IntrospectionError: 400,
@@ -76,6 +79,8 @@ GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
     errors.ConflictError: 409001,
     errors.PayloadTooLargeError: 413001,
     errors.RangeNotSatisfiableError: 416001,
+    errors.TooManyRequestsError: 429001,
+    errors.InsufficientStorageError: 507001,
 }
 
 
@@ -215,6 +220,8 @@ class ApiMixin(_HandlerBase):
             # The same request, on the node that holds the job's files (307 keeps the
             # method and body, so uploads are redirected too).
             self.set_header("Location", exc.node_url.rstrip("/") + (self.request.uri or "/"))
+        if isinstance(exc, errors.TooManyRequestsError):
+            self.set_header("Retry-After", str(exc.retry_after))
         if isinstance(exc, errors.RangeNotSatisfiableError) and "size" in exc.details:
             self.set_header("Content-Range", f"bytes */{exc.details['size']}")
         self.set_status(status_code)
@@ -255,6 +262,8 @@ def _http_code(status: int) -> str:
         405: "method_not_allowed",
         413: "payload_too_large",
         416: "range_not_satisfiable",
+        429: "too_many_requests",
+        507: "insufficient_storage",
         501: "not_implemented",
     }.get(status, "internal_error" if status >= 500 else "error")
 
