@@ -270,5 +270,7 @@ def wooey_routes(services: Any) -> list[tuple[str, type[tornado.web.RequestHandl
         (rf"/api/scripts/v1/{slug}/?", ScriptDetailHandler, init),
         (r"/api/jobs/v1/([^/]+)/status/?", JobStatusHandler, init),
         (r"/api/jobs/v1/([^/]+)/details/?", JobDetailsHandler, init),
-        (r"/api/jobs/v1/([^/]+)/assets/([^/]+)/?", AssetHandler, init),
+        # An asset is named by its id or by its path among the outputs (slashes as they
+        # are or as %2F).
+        (r"/api/jobs/v1/([^/]+)/assets/(.+?)/?", AssetHandler, init),
     ]

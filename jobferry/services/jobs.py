@@ -350,17 +350,24 @@ class JobService:
         return data.decode("utf-8", "replace")
 
     def output_path(self, principal: Principal, job_id: str, file_id: str) -> tuple[Path, JobFile]:
-        """Where a job file lies on disk, for a download. Confined to the job's directory."""
+        """Where a job file lies on disk, for a download. Confined to the job's directory.
+
+        *file_id* is the file's id, or an output's name (its path relative to the job's
+        outputs): Wooey's asset links name the file, and so do people reading the details.
+        A name only resolves among the job's recorded outputs, never to another path.
+        """
         view = self.get(principal, job_id)
         self.core.files_here(view.job.home_node)
-        for job_file in view.files:
-            if job_file.id == file_id:
-                base = Path(view.job.job_dir) / ("work" if job_file.kind == "output" else "inputs")
-                path = confine(base, job_file.name)
-                if not path.is_file():
-                    raise NotFoundError("the file is no longer available")
-                return path, job_file
-        raise NotFoundError(f"job {job_id} has no file {file_id!r}")
+        found = next((f for f in view.files if f.id == file_id), None)
+        if found is None:
+            found = next((f for f in view.files if f.kind == "output" and f.name == file_id), None)
+        if found is None:
+            raise NotFoundError(f"job {job_id} has no file {file_id[:200]!r}")
+        base = Path(view.job.job_dir) / ("work" if found.kind == "output" else "inputs")
+        path = confine(base, found.name)
+        if not path.is_file():
+            raise NotFoundError("the file is no longer available")
+        return path, found
 
     # --- cancel ----------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""What a new user tripped on trying the README (issue #10, item 12), on a real daemon.
+
+One daemon for the module: a behave.py job with outputs at the top and in a
+subdirectory, then the README's asset URLs by name, the Galaxy key forms on
+/api/nodes, the CLI's state names, re-registering under another group, and
+what the log says about all of it. Plus ``serve`` on a port already taken.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+
+pytestmark = pytest.mark.e2e
+
+DOC = b"the quick brown fox jumps\n"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(tmp_path_factory.mktemp("newuser") / "data").start(timeout_s=60)
+    yield proc
+    proc.stop(timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def admin(daemon: DaemonProcess) -> Client:
+    return daemon.client()
+
+
+@pytest.fixture(scope="module")
+def done_job(admin: Client) -> dict[str, Any]:
+    """A completed behave.py job: outputs runs.txt, where.txt, copy.txt, sub/count.txt."""
+    admin.add_script("behave", JOB_SCRIPTS / "behave.py")
+    job_id = admin.submit("behave", "--infile doc", files={"doc": ("doc.txt", DOC)})
+    details = admin.wait(job_id, timeout_s=120)
+    assert details["status"] == "completed", details
+    return {"id": job_id, **details}
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --- asset URLs name the file -----------------------------------------------------------------
+
+
+def test_asset_url__answers_by_output_name_not_404(
+    daemon: DaemonProcess, admin: Client, done_job: dict[str, Any]
+) -> None:
+    """Guards: /assets/<name>/ answering 404 "job ... has no file 'count.txt'" although
+    the job has that output (only the opaque file id was accepted), and a name reaching
+    anything but the job's own outputs."""
+    job_id = done_job["id"]
+    by_name = {a["name"]: a for a in done_job["assets"]}
+    assert {"copy.txt", "sub/count.txt"} <= set(by_name)
+
+    response = admin.get(f"/api/jobs/v1/{job_id}/assets/copy.txt/")
+    assert response.status_code == 200, response.text
+    assert response.content == DOC
+    assert response.headers["ETag"] == f'"{by_name["copy.txt"]["sha256"]}"'
+    # Without the trailing slash, with HEAD, and a name in a subdirectory, as it is
+    # and with its slash encoded.
+    assert admin.head(f"/api/jobs/v1/{job_id}/assets/copy.txt").status_code == 200
+    for path in ("sub/count.txt", "sub%2Fcount.txt"):
+        response = admin.get(f"/api/jobs/v1/{job_id}/assets/{path}/")
+        assert response.status_code == 200, (path, response.text)
+        assert response.content == b"5\n"
+    # The id in the details' url still works.
+    url = by_name["copy.txt"]["url"]
+    assert admin.get("/" + url.split("//", 1)[1].split("/", 1)[1]).content == DOC
+
+    # A name resolves only among the job's recorded outputs: never to its inputs, its
+    # logs or anything outside, and never for someone else's job.
+    for name in (
+        "0/doc.txt",  # an input's name
+        "stdout",
+        "..%2Fstdout",
+        "../stdout",
+        "%2E%2E%2Fresult",
+        "sub",
+        "nope.txt",
+        "%2Fetc%2Fpasswd",
+    ):
+        response = admin.get(f"/api/jobs/v1/{job_id}/assets/{name}/")
+        assert response.status_code == 404, (name, response.status_code, response.text)
+        assert "err_code" in response.json()  # a JSON error (``..`` may never reach us)
+    bob_key = daemon.cli("user", "create", "bob-assets").stdout.strip()
+    bob = Client(daemon.url, bob_key)
+    response = bob.get(f"/api/jobs/v1/{job_id}/assets/copy.txt/")
+    assert response.status_code in (403, 404), response.text
+    assert DOC not in response.content
