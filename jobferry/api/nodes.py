@@ -1,4 +1,8 @@
-"""``/api/nodes``: the daemons sharing the store (admins): list, show, drain, undrain."""
+"""``/api/nodes``: the daemons sharing the store (admins): list, show, drain, undrain.
+
+Part of the Galaxy face's URL space, so its handlers take Galaxy's key forms
+(``?key=``, ``x-api-key``, Bearer) and answer with its statuses.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ from typing import Any
 
 import tornado.web
 
-from jobferry.api.base import ApiHandler, Services
+from jobferry.api.base import Services
+from jobferry.api.galaxy.base import GalaxyHandler
 
 
-class NodeListHandler(ApiHandler):
+class NodeListHandler(GalaxyHandler):
     """``GET /api/nodes``: every node, by name."""
 
     async def get(self) -> None:
@@ -17,7 +22,7 @@ class NodeListHandler(ApiHandler):
         self.send_json(await self.call(self.services.nodes.list_nodes, principal))
 
 
-class NodeHandler(ApiHandler):
+class NodeHandler(GalaxyHandler):
     """``GET /api/nodes/{name}``: one node."""
 
     async def get(self, name: str) -> None:
@@ -25,7 +30,7 @@ class NodeHandler(ApiHandler):
         self.send_json(await self.call(self.services.nodes.get, principal, name))
 
 
-class NodeDrainHandler(ApiHandler):
+class NodeDrainHandler(GalaxyHandler):
     """``PUT /api/nodes/{name}/drain`` and ``.../undrain``: the node's drained flag."""
 
     async def put(self, name: str, action: str) -> None:

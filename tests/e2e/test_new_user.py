@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
 
@@ -97,3 +98,26 @@ def test_asset_url__answers_by_output_name_not_404(
     response = bob.get(f"/api/jobs/v1/{job_id}/assets/copy.txt/")
     assert response.status_code in (403, 404), response.text
     assert DOC not in response.content
+
+
+# --- the Galaxy face's key forms on /api/nodes ----------------------------------------------
+
+
+def test_nodes__accept_galaxy_key_forms(daemon: DaemonProcess) -> None:
+    """Guards: /api/nodes answering 403 to the admin key sent as x-api-key or ?key=,
+    although the Galaxy face accepts those forms everywhere else."""
+    key = daemon.admin_key
+    base = daemon.url
+    node = requests.get(f"{base}/api/nodes", headers={"x-api-key": key}, timeout=30)
+    assert node.status_code == 200, node.text
+    name = node.json()[0]["name"]
+    for path in ("/api/nodes", f"/api/nodes/{name}"):
+        assert requests.get(f"{base}{path}?key={key}", timeout=30).status_code == 200
+        assert requests.get(f"{base}{path}", headers={"x-api-key": key}, timeout=30).ok
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert requests.get(f"{base}{path}", headers=bearer, timeout=30).status_code == 200
+    undrain = requests.put(f"{base}/api/nodes/{name}/undrain?key={key}", timeout=30)
+    assert undrain.status_code == 200, undrain.text
+    wrong = requests.get(f"{base}/api/nodes", headers={"x-api-key": "x" * 40}, timeout=30)
+    assert wrong.status_code in (401, 403)
+    assert "err_code" in wrong.json()
