@@ -17,13 +17,13 @@ import yaml
 from sqlalchemy import select
 
 from jobferry.config import Config, config_as_dict, load_config
-from jobferry.errors import JobferryError, NotFoundError, ValidationError
+from jobferry.errors import NotFoundError, ValidationError
 from jobferry.services.auth import AuthService
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService
 from jobferry.services.scripts import ScriptService, ScriptUpload
 from jobferry.store.engine import check_schema, current_revision, display_url, upgrade_schema
-from jobferry.store.models import JobState, User
+from jobferry.store.models import User
 
 Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS: dict[str, Handler] = {}
@@ -261,14 +261,13 @@ def cmd_script_show(args: argparse.Namespace) -> int:
 
 
 def cmd_job_list(args: argparse.Namespace) -> int:
-    if args.state and args.state not in {s.value for s in JobState}:
-        raise JobferryError(
-            f"unknown state {args.state!r}; one of: {', '.join(s.value for s in JobState)}"
-        )
+    from jobferry.services.states import parse_state  # every face's names (README's table)
+
+    states = [parse_state(s) for s in args.state.split(",")] if args.state else []
     core = _core(args)
     jobs = JobService(core).list_jobs(
         _admin(core),
-        states=[args.state] if args.state else [],
+        states=states,
         username=args.user,
         limit=args.limit,
     )

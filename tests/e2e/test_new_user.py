@@ -121,3 +121,28 @@ def test_nodes__accept_galaxy_key_forms(daemon: DaemonProcess) -> None:
     wrong = requests.get(f"{base}/api/nodes", headers={"x-api-key": "x" * 40}, timeout=30)
     assert wrong.status_code in (401, 403)
     assert "err_code" in wrong.json()
+
+
+# --- every face's state names in the CLI -------------------------------------------------------
+
+
+def test_cli_job_list__accepts_every_faces_state_names(
+    daemon: DaemonProcess, done_job: dict[str, Any]
+) -> None:
+    """Guards: ``job list --state completed`` (the README's Wooey name) refused with an
+    error, the CLI knowing only the store's names (ok, deleted)."""
+    job_id = done_job["id"]
+    for name in ("completed", "COMPLETED", "ok", "OK"):
+        listed = _json(daemon.cli("job", "list", "--state", name, "--json"))
+        assert job_id in {j["id"] for j in listed}, name
+    for name in ("FAILURE", "failure", "error", "REVOKED", "deleted", "submitted", "queued"):
+        listed = _json(daemon.cli("job", "list", "--state", name, "--json"))
+        assert job_id not in {j["id"] for j in listed}, name
+    # Galaxy states this daemon never enters are accepted (and match nothing).
+    assert _json(daemon.cli("job", "list", "--state", "paused", "--json")) == []
+    several = _json(daemon.cli("job", "list", "--state", "running,completed", "--json"))
+    assert job_id in {j["id"] for j in several}
+    bad = daemon.cli("job", "list", "--state", "finished", check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "unknown state 'finished'" in bad.stderr and "completed" in bad.stderr

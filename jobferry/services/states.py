@@ -1,0 +1,47 @@
+"""Job-state names as each face speaks them, read back into the one internal state.
+
+The store keeps Galaxy's vocabulary (``new queued running ok error deleting
+deleted``); the Wooey face reports ``submitted queued running completed FAILURE
+error REVOKED`` (``jobferry.api.wooey.wooey_status``). People copy whichever name
+they saw, so input (``jobferry job list --state``) accepts every face's names,
+case-insensitively: all of them lower-case to distinct meanings. The README's
+"Job states" table is this mapping.
+"""
+
+from __future__ import annotations
+
+from jobferry.errors import ValidationError
+from jobferry.services.galaxy import GALAXY_JOB_STATES
+from jobferry.store.models import JobState
+
+#: Wooey's status strings → the internal state they report. ``FAILURE`` (the script
+#: ran and exited non-zero) and ``error`` (it could not run) are both ``error``;
+#: ``running`` also covers a job being cancelled (``deleting``) on the Wooey face.
+WOOEY_NAMES: dict[str, JobState] = {
+    "submitted": JobState.NEW,
+    "queued": JobState.QUEUED,
+    "running": JobState.RUNNING,
+    "completed": JobState.OK,
+    "failure": JobState.ERROR,
+    "error": JobState.ERROR,
+    "revoked": JobState.DELETED,
+}
+
+
+def parse_state(name: str) -> str:
+    """The internal state (as stored) that *name*, in any face's vocabulary, selects.
+
+    A Galaxy state this daemon never enters (``waiting``, ``paused``, ...) is
+    accepted as itself and matches no job, as on the Galaxy face; anything else is
+    a ValidationError listing the accepted names.
+    """
+    key = name.strip().lower()
+    internal = {s.value for s in JobState}
+    if key in internal:
+        return key
+    if key in WOOEY_NAMES:
+        return WOOEY_NAMES[key].value
+    if key in GALAXY_JOB_STATES:
+        return key
+    accepted = sorted(internal | {"submitted", "completed", "FAILURE", "REVOKED"})
+    raise ValidationError(f"unknown state {name[:40]!r}; one of: {', '.join(accepted)}")
