@@ -1,6 +1,7 @@
 """Registering scripts (Wooey's add-or-update) and reading them back.
 
-A script is identified by (name, group); its slug is globally unique and never
+A script is identified by its name; its group only files it (registering it
+under another group moves it there). Its slug is globally unique and never
 changes. Each distinct content is one version; identical content creates
 nothing new. The parser is read in a separate, time-limited process
 (``jobferry.argspec.introspect``): the script is never imported here.
@@ -127,10 +128,32 @@ class ScriptService:
         return {"script": name, "success": False, "errors": "concurrent update; try again"}
 
     def _script_for(self, session: Session, name: str, group: str | None) -> Script | None:
-        stmt = select(Script).where(Script.name == name)
-        if group is not None:
-            stmt = stmt.where(Script.group_name == group)
-        return session.execute(stmt.order_by(Script.created_at, Script.id).limit(1)).scalar()
+        """The script *name*: the one in *group* if given and there, else the only one of
+        that name (to be moved to *group* by ``_regroup``), else None. Registering a
+        script under another group regroups it, never makes a ``NAME-2`` twin; two
+        scripts of that name elsewhere (older data) are refused as ambiguous."""
+        stmt = select(Script).where(Script.name == name).order_by(Script.created_at, Script.id)
+        if group is None:
+            return session.execute(stmt.limit(1)).scalar()
+        scripts = list(session.execute(stmt).scalars())
+        for script in scripts:
+            if script.group_name == group:
+                return script
+        if len(scripts) > 1:
+            groups = ", ".join(sorted(s.group_name for s in scripts))
+            raise ValidationError(
+                f"scripts named {name!r} exist in several groups ({groups}); "
+                f"cannot tell which one to move to group {group!r}"
+            )
+        return scripts[0] if scripts else None
+
+    def _regroup(self, script: Script, group: str | None) -> None:
+        if group is not None and script.group_name != group:
+            logger.info(
+                "script %s moved from group %r to %r", script.slug, script.group_name, group
+            )
+            script.group_name = group
+            script.updated_at = utcnow()
 
     def _find_version(
         self, name: str, group: str | None, checksum: str, default: bool
@@ -147,6 +170,7 @@ class ScriptService:
             ).scalar()
             if version is None:
                 return None
+            self._regroup(script, group)
             if default and not version.is_default:
                 self._make_default(session, script.id, version.id)
                 version.is_default = True
@@ -183,8 +207,10 @@ class ScriptService:
                 session.add(script)
                 session.flush()
                 default = True  # a new script's first version is always the default
-            elif description is not None:
-                script.description = description
+            else:
+                self._regroup(script, group)
+                if description is not None:
+                    script.description = description
             version_str = str(spec.get("version") or "1")
             last = session.execute(
                 select(func.max(ScriptVersion.iteration)).where(

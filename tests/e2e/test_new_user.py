@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +147,34 @@ def test_cli_job_list__accepts_every_faces_state_names(
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "unknown state 'finished'" in bad.stderr and "completed" in bad.stderr
+
+
+# --- re-registering under another group --------------------------------------------------------
+
+
+def test_script_add__another_group_moves_the_script_never_a_twin(
+    daemon: DaemonProcess, admin: Client, tmp_path: Path
+) -> None:
+    """Guards: ``script add napper.py --group Sleepers`` registering a second script
+    ``napper-2`` instead of moving the existing ``napper`` (CLI and HTTP alike)."""
+    napper = tmp_path / "napper.py"
+    napper.write_bytes((JOB_SCRIPTS / "sleeper.py").read_bytes())
+    first = admin.add_script("napper", napper)
+    assert first["slug"] == "napper" and first["group"] == "Scripts"
+
+    moved = _json(daemon.cli("script", "add", str(napper), "--group", "Sleepers", "--json"))
+    assert (moved["slug"], moved["group"], moved["created"]) == ("napper", "Sleepers", False)
+
+    # Over HTTP, with new content: a new version of the same script, in the new group.
+    napper.write_text(napper.read_text() + "\n# v2\n")
+    again = admin.add_script("napper", napper, group="Nappers")
+    assert (again["slug"], again["group"], again["created"]) == ("napper", "Nappers", True)
+    assert again["iteration"] == first["iteration"] + 1
+
+    scripts = admin.get("/api/scripts/v1/list/").json()["scripts"]
+    nappers = [s for s in scripts if s["script_name"] == "napper"]
+    assert [(s["slug"], s["group"], s["versions_count"]) for s in nappers] == [
+        ("napper", "Nappers", 2)
+    ]
+    listed = _json(daemon.cli("script", "list", "--json"))
+    assert [s["slug"] for s in listed if s["script_name"] == "napper"] == ["napper"]
