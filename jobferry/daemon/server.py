@@ -49,6 +49,9 @@ def configure_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
+    # noise at each start. A migration that runs is logged by jobferry.store.engine.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _lock_data_dir(path: Path) -> IO[str]:

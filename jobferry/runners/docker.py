@@ -45,6 +45,7 @@ from docker.types import DeviceRequest, Mount  # type: ignore[import-untyped]
 
 from jobferry.errors import ConfigError, RunnerError, RunnerUnavailableError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.joblog import job_of
 from jobferry.runners.wrapper import (
     read_kill,
     read_result,
@@ -547,7 +548,14 @@ class DockerRunner(Runner):
         final = RunStatus(status, exit_code, reason, finished, metrics)
         with self._lock:
             self._final[job.container_id] = final
-        logger.info("job container %s ended: %s exit=%s %s", job.name, status, exit_code, reason)
+        logger.info(
+            "job %s ended: %s exit=%s%s (container %s)",
+            job_of(job.result_path),
+            status,
+            exit_code,
+            f" {reason}" if reason else "",
+            job.name,
+        )
         return final
 
     # --- waiting ------------------------------------------------------------------
@@ -597,11 +605,15 @@ class DockerRunner(Runner):
         except RunnerUnavailableError as exc:
             # A read timeout looks just like an engine that went away: either way, again later.
             if "timed out" not in str(exc):
-                logger.warning("waiting for %s: %s", job.name, exc.message)
+                logger.warning(
+                    "job %s: waiting for %s: %s", job_of(job.result_path), job.name, exc.message
+                )
                 time.sleep(timeout)
             return False
         except docker.errors.APIError as exc:
-            logger.warning("waiting for %s: %s", job.name, _explain(exc))
+            logger.warning(
+                "job %s: waiting for %s: %s", job_of(job.result_path), job.name, _explain(exc)
+            )
             time.sleep(timeout)
             return False
 
@@ -642,7 +654,12 @@ class DockerRunner(Runner):
                         await loop.run_in_executor(None, self.cancel, handle, reason)
                         deadline = None
                     except RunnerUnavailableError as exc:
-                        logger.warning("cannot stop %s at its walltime: %s", job.name, exc.message)
+                        logger.warning(
+                            "job %s: cannot stop %s at its walltime: %s",
+                            job_of(job.result_path),
+                            job.name,
+                            exc.message,
+                        )
                         await asyncio.sleep(step)
                     continue
                 timeout = min(timeout, remaining)
@@ -653,7 +670,12 @@ class DockerRunner(Runner):
             try:
                 status = await loop.run_in_executor(None, self.poll, handle)
             except RunnerUnavailableError as exc:
-                logger.warning("cannot read the end of %s: %s", job.name, exc.message)
+                logger.warning(
+                    "job %s: cannot read the end of %s: %s",
+                    job_of(job.result_path),
+                    job.name,
+                    exc.message,
+                )
                 await asyncio.sleep(step)
                 continue
             if status.is_final:
@@ -680,7 +702,7 @@ class DockerRunner(Runner):
         with self._lock:
             self._killed.setdefault(job.container_id, reason)
         record_kill(job.result_path, reason)
-        logger.info("stopping container %s: %s", job.name, reason)
+        logger.info("job %s: stopping container %s: %s", job_of(job.result_path), job.name, reason)
         with self._engine("stop a container") as api:
             # The wrapper is PID 1 and ignores SIGTERM until the job ends, so signal
             # every other process of the container from inside, as the job's user.
@@ -690,7 +712,12 @@ class DockerRunner(Runner):
                 )
                 api.exec_start(exec_id)
             except docker.errors.APIError as exc:  # not running any more, or no /bin/sh
-                logger.debug("SIGTERM to %s failed: %s", job.name, _explain(exc))
+                logger.debug(
+                    "job %s: SIGTERM to %s failed: %s",
+                    job_of(job.result_path),
+                    job.name,
+                    _explain(exc),
+                )
             try:
                 api.wait(job.container_id, timeout=max(0.01, self.kill_grace_s))
             except docker.errors.APIError:  # gone already

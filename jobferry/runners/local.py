@@ -24,6 +24,7 @@ import psutil
 
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.joblog import job_of
 from jobferry.runners.wrapper import WRAPPER, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,14 @@ class LocalRunner(Runner):
             )
         status = RunStatus(state, exit_code, reason, finished_at, metrics)
         self._final[job.external_id] = status
-        logger.info("job %s ended: %s exit=%s %s", job.external_id, state, exit_code, reason or "")
+        logger.info(
+            "job %s ended: %s exit=%s%s (process %s)",
+            job_of(job.result_path),
+            state,
+            exit_code,
+            f" {reason}" if reason else "",
+            job.external_id,
+        )
         return status
 
     # --- waiting ----------------------------------------------------------------
@@ -306,7 +314,12 @@ class LocalRunner(Runner):
         except OSError as exc:
             if exc.errno not in (errno.ENOSYS, errno.EPERM):
                 # E.g. EMFILE with many jobs: polling still follows the job.
-                logger.warning("pidfd_open(%d) failed (%s); polling instead", job.pid, exc)
+                logger.warning(
+                    "job %s: pidfd_open(%d) failed (%s); polling instead",
+                    job_of(job.result_path),
+                    job.pid,
+                    exc,
+                )
             return None
         # Check identity after opening, so the fd cannot refer to a reused pid.
         if job.pid not in self._children and self._process(job) is None:
@@ -415,12 +428,20 @@ class LocalRunner(Runner):
     def _kill(
         self, job: _Job, wrapper: psutil.Process, procs: list[psutil.Process], reason: str
     ) -> None:
-        logger.info("killing job %s (%d processes): %s", job.external_id, len(procs) + 1, reason)
+        logger.info(
+            "job %s: killing process %s (%d processes): %s",
+            job_of(job.result_path),
+            job.external_id,
+            len(procs) + 1,
+            reason,
+        )
         procs.append(wrapper)
         self._signal(job.pid, procs, signal.SIGTERM)
         survivors = self._wait_gone(procs, self.kill_grace_s)
         if survivors:
-            logger.warning("job %s: %d processes ignored SIGTERM", job.external_id, len(survivors))
+            logger.warning(
+                "job %s: %d processes ignored SIGTERM", job_of(job.result_path), len(survivors)
+            )
             self._signal(job.pid, survivors, signal.SIGKILL)
             self._wait_gone(survivors, 2.0)
 

@@ -37,6 +37,7 @@ from jobferry.runners.base import (
     RunState,
     RunStatus,
 )
+from jobferry.runners.joblog import job_of
 from jobferry.runners.wrapper import (
     read_kill,
     read_result,
@@ -556,7 +557,8 @@ class SlurmRunner(Runner):
                     self._stuck_logged.add(job.external_id)
                 if first:
                     logger.warning(
-                        "Slurm job %s pends with reason %s: it may never start",
+                        "job %s: Slurm job %s pends with reason %s: it may never start",
+                        job_of(job.result_path),
                         job.external_id,
                         queued.reason,
                     )
@@ -635,7 +637,12 @@ class SlurmRunner(Runner):
             self._ended_seen.pop(job.external_id, None)
             self._stuck_logged.discard(job.external_id)
         logger.info(
-            "Slurm job %s ended: %s exit=%s %s", job.external_id, run_state, exit_code, reason or ""
+            "job %s ended: %s exit=%s%s (Slurm job %s)",
+            job_of(job.result_path),
+            run_state,
+            exit_code,
+            f" {reason}" if reason else "",
+            job.external_id,
         )
         return status
 
@@ -750,7 +757,12 @@ class SlurmRunner(Runner):
                         await loop.run_in_executor(None, self.cancel, w.handle, reason)
                     except RunnerError as exc:
                         cancelled.discard(w.job.external_id)
-                        logger.warning("cannot cancel %s at its walltime: %s", w.handle, exc)
+                        logger.warning(
+                            "job %s: cannot cancel Slurm job %s at its walltime: %s",
+                            job_of(w.job.result_path),
+                            w.job.external_id,
+                            exc,
+                        )
                 elif w.job.external_id not in cancelled:
                     next_deadline = min(next_deadline or deadline, deadline)
             with self._lock:
@@ -789,7 +801,9 @@ class SlurmRunner(Runner):
         with self._lock:
             self._killed.setdefault(job.external_id, reason)
         record_kill(job.result_path, reason)
-        logger.info("cancelling Slurm job %s: %s", job.external_id, reason)
+        logger.info(
+            "job %s: cancelling Slurm job %s: %s", job_of(job.result_path), job.external_id, reason
+        )
         proc = self._run(["scancel", job.external_id])
         self._check(proc, "scancel")
         if proc.returncode != 0:

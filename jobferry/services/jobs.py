@@ -218,6 +218,14 @@ class JobService:
             if dispatcher is not None and reservation is not None:
                 dispatcher.release(reservation)
             raise
+        logger.info(
+            "job %s submitted by user %s: script %s, %s, %d file(s)",
+            job_id,
+            principal.user_id,
+            request.slug,
+            placement.destination,
+            len(placed),
+        )
         if dispatcher is not None and reservation is not None:
             if row["state"] == JobState.RUNNING.value:
                 dispatcher.start(reservation, Job(**row))

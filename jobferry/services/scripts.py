@@ -77,10 +77,14 @@ class ScriptService:
             raise ValidationError(errors={"script_file": ["A script file is required."]})
         self.core.scripts_generation += 1
         try:
-            return [
-                self._add_one(principal, up, group=group, default=default, description=description)
-                for up in uploads
-            ]
+            results = []
+            for up in uploads:
+                result = self._add_one(
+                    principal, up, group=group, default=default, description=description
+                )
+                _log_registration(principal, result)
+                results.append(result)
+            return results
         finally:
             # Again after the change: a submission that cached meanwhile saw the old one.
             self.core.scripts_generation += 1
@@ -296,6 +300,25 @@ class ScriptService:
         if versions:
             data["versions"] = [_version(v) for v in rows]
         return data
+
+
+def _log_registration(principal: Principal, result: dict[str, Any]) -> None:
+    """One INFO line per registration (who, which script, what came of it)."""
+    if not result["success"]:
+        logger.info(
+            "user %s: script %r refused: %s", principal.user_id, result["script"], result["errors"]
+        )
+        return
+    logger.info(
+        "user %s registered script %s (group %r): version %s iteration %s%s%s",
+        principal.user_id,
+        result["slug"],
+        result["group"],
+        result["version"],
+        result["iteration"],
+        "" if result["created"] else ", unchanged",
+        ", default" if result["is_default"] else "",
+    )
 
 
 def _version(v: ScriptVersion) -> dict[str, Any]:

@@ -178,3 +178,25 @@ def test_script_add__another_group_moves_the_script_never_a_twin(
     ]
     listed = _json(daemon.cli("script", "list", "--json"))
     assert [s["slug"] for s in listed if s["script_name"] == "napper"] == ["napper"]
+
+
+# --- the log names the job ---------------------------------------------------------------------
+
+
+def test_log__every_job_line_names_the_job_and_startup_is_quiet(
+    daemon: DaemonProcess, done_job: dict[str, Any]
+) -> None:
+    """Guards: the end of a job logged as ``job 12376@1796181637.72 ended`` (the pid, not
+    the job), submissions and registrations logging nothing at INFO, and alembic's two
+    lines on every start."""
+    job_id = done_job["id"]
+    log = daemon.log_path.read_text()
+    lines = log.splitlines()
+    assert any(f"job {job_id} submitted by user" in line and "behave" in line for line in lines)
+    assert any(f"job {job_id} ended: exited exit=0 (process" in line for line in lines), log
+    assert any("registered script behave" in line for line in lines), log
+    assert not [line for line in lines if "alembic" in line], log
+    assert daemon.admin_key not in log
+    # A start's lines (before the first request): few, and none from alembic.
+    start = [line for line in lines[: lines.index(next(x for x in lines if "serving on" in x)) + 1]]
+    assert len(start) <= 5, start
