@@ -11,6 +11,7 @@ running jobs keep running and are re-attached by the next start.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -65,9 +66,25 @@ def _lock_data_dir(path: Path) -> IO[str]:
     return handle
 
 
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on host:port, or a one-line ConfigError saying why not."""
+    try:
+        return tornado.netutil.bind_sockets(
+            port, host, family=socket.AF_INET if ":" not in host else socket.AF_INET6
+        )
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{where} is already in use") from None
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # The port first: a daemon that cannot listen must not leave a new data dir,
+        # database and admin key behind (connections queue until we serve).
+        self._sockets = _listen(config.server.host, config.server.port)
         node = config.node.name or socket.gethostname()
         self.runners, self.slots = build_runners(config, node)
         self.core = Core(config, runners=self.runners, node_name=node)
@@ -77,6 +94,7 @@ class Daemon:
 
     async def start(self) -> tornado.httpserver.HTTPServer:
         core = self.core
+        sockets = self._sockets
         core.ensure_dirs()
         self._lock = _lock_data_dir(core.data_path)
         await core.call(check_schema, core.engine)
@@ -95,11 +113,6 @@ class Daemon:
             xheaders=self.config.server.xheaders,
             idle_connection_timeout=300,
             body_timeout=3600,
-        )
-        sockets = tornado.netutil.bind_sockets(
-            self.config.server.port,
-            self.config.server.host,
-            family=socket.AF_INET if ":" not in self.config.server.host else socket.AF_INET6,
         )
         self.port = sockets[0].getsockname()[1]
         host = self.config.server.host

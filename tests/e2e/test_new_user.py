@@ -9,7 +9,9 @@ what the log says about all of it. Plus ``serve`` on a port already taken.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env
 
 pytestmark = pytest.mark.e2e
 
@@ -200,3 +202,27 @@ def test_log__every_job_line_names_the_job_and_startup_is_quiet(
     # A start's lines (before the first request): few, and none from alembic.
     start = [line for line in lines[: lines.index(next(x for x in lines if "serving on" in x)) + 1]]
     assert len(start) <= 5, start
+
+
+# --- serve on a port in use --------------------------------------------------------------------
+
+
+def test_serve__port_in_use_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """Guards: ``serve`` on a taken port printing a 25-line traceback after creating the
+    data dir, the database and the admin key."""
+    data = tmp_path / "fresh"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "jobferry.cli", "serve", "--port", str(port)]
+            + ["--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(),
+        )
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"jobferry: error: 127.0.0.1:{port} is already in use"
+    assert not data.exists()
