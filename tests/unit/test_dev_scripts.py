@@ -116,3 +116,38 @@ def test_scripts_test__summary_and_exit_status_of_both_passes(tree: Path) -> Non
     result, _ = run_test_script(tree, FAKE_PG_DOWN="1", CI="true")
     assert summary(result)[-1] == "PostgreSQL: FAILED (PostgreSQL does not answer)"
     assert result.returncode == 1
+
+
+def test_scripts_services__stop_and_clean_dry_run_touch_nothing() -> None:
+    """Guards: no way to stop or remove what ``scripts/services`` started (six services,
+    test images, /var/lib/jobferry-test, logs); the dry run names every one of them
+    and acts on none (the services stay up for the other tests)."""
+    script = ROOT / "scripts" / "services"
+    assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+    if os.geteuid() != 0:
+        pytest.skip("scripts/services runs as root only")
+    before = _service_pids()
+    stop = subprocess.run(
+        [str(script), "stop", "--dry-run"], capture_output=True, text=True, timeout=60
+    )
+    assert stop.returncode == 0, stop.stderr
+    for what in ("dockerd", "munged", "slurmctld", "slurmd", "PostgreSQL"):
+        assert what in stop.stdout, (what, stop.stdout)
+    assert "would" in stop.stdout
+    clean = subprocess.run(
+        [str(script), "clean", "--dry-run"], capture_output=True, text=True, timeout=60
+    )
+    assert clean.returncode == 0, clean.stderr
+    for what in ("/var/lib/jobferry-test", "/var/log/jobferry-test", "jobferry-test/python:1"):
+        assert what in clean.stdout, (what, clean.stdout)
+    assert _service_pids() == before  # nothing was stopped
+    assert Path("/var/lib/jobferry-test").exists() or not before
+
+
+def _service_pids() -> dict[str, str]:
+    """The pid files scripts/services' daemons write, and what they hold."""
+    found = {}
+    for path in ("/var/run/docker.pid", "/run/munge/munged.pid", "/run/slurmctld.pid"):
+        if os.path.exists(path):
+            found[path] = Path(path).read_text().strip()
+    return found
