@@ -77,14 +77,19 @@ class DiskDaemon:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             assert busy == 0
 
-    def fill_with_job(self, exit_code: int, ballast_mb: int = 4) -> tuple[str, Path]:
+    def fill_with_job(
+        self, exit_code: int, ballast_mb: int = 4, reserve_kb: int = 0
+    ) -> tuple[str, Path]:
         """Start a job that fills the disk and exits with *exit_code*; wait until it has
         ended (its end not recorded yet: the store cannot grow). Returns the job's id
-        and a ballast file whose deletion gives *ballast_mb* MiB back."""
+        and a ballast file whose deletion gives *ballast_mb* MiB back. *reserve_kb*:
+        the job frees that much just before it exits (room for its wrapper's result
+        file, not for the store's write)."""
         ballast = self.ballast(ballast_mb)
         go = self.fs / "go"
         job_id = self.client.submit(
-            "disk_filler", f"--mb 40 --exit-code {exit_code} --go {go}"
+            "disk_filler",
+            f"--mb 40 --exit-code {exit_code} --go {go} --reserve-kb {reserve_kb}",
         )
         pid = self.job_pid(job_id)
         self.shrink_wal()

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,34 @@ def test_a_job_that_fills_the_disk_ends_with_its_true_exit_code_once_space_retur
     # The daemon serves new work as before.
     again = env.client.submit("disk_filler", "--mb 0 --exit-code 3")
     assert env.client.wait(again, timeout_s=DEADLINE_S)["exit_code"] == 3
+
+
+def test_a_job_end_the_full_store_cannot_take_is_kept_and_recorded_once_space_returns(
+    disk_daemon: Callable[..., DiskDaemon],  # noqa: F811
+) -> None:
+    """Guards: the daemon tried to record a job's end four times ("database or disk is
+    full"), then gave up following the job, which answered `running` for good."""
+    env = disk_daemon(20)
+    # The job frees one page as it exits: its wrapper's result fits, the store's write not.
+    job_id, ballast = env.fill_with_job(EXIT_CODE, reserve_kb=4)
+    result = env.job_dir(job_id) / "result"
+    wait_for("the wrapper's result", lambda: "exit_code=" in _text(result))
+    time.sleep(FULL_FOR_S)  # the outage's length (the scenario), not a synchronisation
+    assert not env.status(job_id)["is_complete"]
+
+    ballast.unlink()
+
+    wait_for("the job's end", lambda: env.status(job_id)["is_complete"])
+    details = env.details(job_id)
+    assert (details["status"], details["exit_code"]) == ("FAILURE", EXIT_CODE), details
+    assert "disk was full" in details["reason"], details
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_a_job_end_pending_on_a_full_disk_survives_kill_9_of_the_daemon(
