@@ -246,14 +246,14 @@ class ApiMixin(_HandlerBase):
             value.status_code < 500 or value.status_code == 501
         ):
             return
+        if value is not None and errors.means_no_space(value):
+            # A full disk, not a bug: one line per request (answered 507).
+            logger.warning("%s %s: out of disk space: %s", self.request.method, uri, value)
+            return
         if isinstance(value, errors.StoreUnavailableError):
             # An outage, not a bug: one line per request, no traceback.
             reason = value.details.get("reason", value.message)
             logger.warning("%s %s: store unavailable: %s", self.request.method, uri, reason)
-            return
-        if value is not None and errors.means_no_space(value):
-            # A full disk, not a bug: one line per request (answered 507).
-            logger.warning("%s %s: out of disk space: %s", self.request.method, uri, value)
             return
         logger.error("error handling %s %s", self.request.method, uri, exc_info=value)
 
