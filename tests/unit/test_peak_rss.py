@@ -14,6 +14,7 @@ import pytest
 
 from jobferry.runners.base import RunSpec, RunState, RunStatus
 from jobferry.runners.local import LocalRunner
+from jobferry.runners.slurm_acct import parse_max_rss_kb
 from tests.helpers import DaemonProcess
 
 pytestmark = pytest.mark.engine_independent
@@ -97,3 +98,13 @@ def test_the_metrics_endpoint_lists_a_local_jobs_peak_memory(tmp_path: Path) -> 
         assert int(float(memory[0]["raw_value"])) >= ALLOC_MB << 20, memory
     finally:
         daemon.stop()
+
+
+def test_slurm_peak_memory_is_the_largest_step_maxrss_from_sacct() -> None:
+    """Guards: Slurm jobs had no peak memory even where accounting records MaxRSS.
+    (sacct's own output format; this machine's Slurm runs without accounting.)"""
+    output = "40400241|\n40400241.batch|10452K\n40400241.extern|0\n40400241.0|5266672K\n"
+    assert parse_max_rss_kb(output) == 5266672
+    assert parse_max_rss_kb("7|\n7.batch|1.5G\n7.0|2048M\n") == 2 << 20
+    assert parse_max_rss_kb("7|\n7.batch|\n") is None
+    assert parse_max_rss_kb("") is None
