@@ -54,13 +54,15 @@ else
     c=127 m="reason=cannot change to working directory $w"
 fi
 # The result is the job's only lasting record of its exit code: on a full disk the
-# wrapper keeps trying (each second, for as long as its directory exists) rather than
-# exit without it, and says so in the file (disk_full=1: the job's outputs may be cut
-# short). Until then the job counts as running, also for a restarted daemon.
+# wrapper keeps trying (each second, while its directory exists and is writable:
+# not on a permission error or a read-only filesystem) rather than exit without it,
+# and says so in the file (disk_full=1: the job's outputs may be cut short). Until
+# then the job counts as running, also for a restarted daemon.
 f=
-until times >"$r" 2>/dev/null && { read -r s && read -r k; } <"$r" &&
+# `times` in braces: a failed redirection of a special builtin would end the shell.
+until { times; } 2>/dev/null >"$r" && { read -r s && read -r k; } <"$r" &&
     printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s%s\n' "$c" "$s" "$k" "$f" "$m" >"$r" 2>/dev/null; do
-    [ -d "${r%/*}" ] || break
+    [ -d "${r%/*}" ] && [ -w "${r%/*}" ] || break
     f='disk_full=1
 '
     sleep 1
