@@ -189,10 +189,17 @@ class ExecutionService:
             )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
-        # job at the next start (claimed, no handle, never started).
-        make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
-        if job.runner != "local":
-            _copy_script(Path(job.job_dir), job.argv)
+        # job at the next start (claimed, no handle, never started); a failure (a full
+        # disk) requeues it now, or it would wait, claimed, for the next start.
+        try:
+            make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
+            if job.runner != "local":
+                _copy_script(Path(job.job_dir), job.argv)
+        except OSError as exc:
+            with self.core.sessions.begin() as session:
+                reason = f"requeued: its directory could not be made ({exc.strerror})"
+                transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
+            raise
         return ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node, more=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
