@@ -46,6 +46,9 @@ def test_a_full_sqlite_store_is_store_full_answered_507(sqlite_engine: Engine) -
     assert status_for(caught.value) == 507 and status_for(caught.value, galaxy=True) == 507
     assert galaxy_err_code(caught.value, 507) == 507001
     assert "full" in caught.value.details["reason"]
+    assert caught.value.message == (
+        "The daemon is out of disk space: try again once space has been freed."
+    )
 
 
 def test_a_locked_sqlite_store_is_store_unavailable_answered_503(
