@@ -270,9 +270,9 @@ class TransferError(StagingError):
 class StoreFullError(InsufficientStorageError, StoreUnavailableError):
     """The daemon is out of disk space: try again once space has been freed.
 
-    Its store cannot grow. Both: clients get 507 (InsufficientStorageError comes first), and whatever retries
-    an unavailable store (the job-end recorder) retries this too: the store is back
-    as soon as space is.
+    Its store cannot grow. Both: clients get 507 (InsufficientStorageError comes
+    first), and whatever retries an unavailable store (the job-end recorder) retries
+    this too: the store is back as soon as space is.
     """
 
     code = "insufficient_storage"
