@@ -8,7 +8,15 @@ A class's docstring is its default message; structured facts are attributes.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
+
+#: errno values that mean "no space left" (a full disk, an exhausted quota).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: SQLite's primary result code for "database or disk is full".
+SQLITE_FULL = 13
+#: PostgreSQL's SQLSTATE for a full disk (class 53: insufficient resources).
+PG_DISK_FULL = "53100"
 
 
 class JobferryError(Exception):
@@ -257,3 +265,57 @@ class TransferError(StagingError):
     """The transfer was interrupted or incomplete."""
 
     code = "transfer_error"
+
+
+class StoreFullError(InsufficientStorageError, StoreUnavailableError):
+    """The daemon is out of disk space: try again once space has been freed.
+
+    Its store cannot grow. Both: clients get 507 (InsufficientStorageError comes
+    first), and whatever retries an unavailable store (the job-end recorder) retries
+    this too: the store is back as soon as space is.
+    """
+
+    code = "insufficient_storage"
+
+
+# --- third-party exceptions that mean "no space left" ------------------------------
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and the exceptions it was raised from or while handling (no cycles)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen) and len(seen) < 16:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def means_no_space(exc: BaseException) -> bool:
+    """True when *exc* (or what it was raised from) says the disk is full: an OSError
+    with ENOSPC/EDQUOT, SQLite's "database or disk is full", PostgreSQL's disk_full."""
+    for found in _chain(exc):
+        if isinstance(found, OSError) and found.errno in NO_SPACE_ERRNOS:
+            return True
+        code = getattr(found, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == SQLITE_FULL:
+            return True
+        if getattr(found, "sqlstate", None) == PG_DISK_FULL:
+            return True
+    return False
+
+
+def no_space(exc: BaseException) -> InsufficientStorageError | None:
+    """The project error for *exc* if it means the disk is full, else None.
+
+    The API's one mapping place (``api.base``) calls this for exceptions that are not
+    ours, so that a full disk answers 507 wherever it strikes (an upload, a store
+    write, a job directory being made), without a try/except in each handler.
+    """
+    if isinstance(exc, InsufficientStorageError):
+        return exc
+    if not means_no_space(exc):
+        return None
+    path = next((f.filename for f in _chain(exc) if isinstance(f, OSError) and f.filename), None)
+    details = {"path": str(path)} if path is not None else {}
+    return InsufficientStorageError(**details)

@@ -2,8 +2,11 @@
 
 Handlers never set error statuses themselves: they raise (a JobferryError or
 tornado's HTTPError) and ``write_error`` answers with JSON, the status coming
-from ``STATUS_BY_ERROR``. Client errors are logged without a traceback, server
-errors with one; internal details never reach the client.
+from ``STATUS_BY_ERROR``. A third-party exception that means the disk is full
+(ENOSPC/EDQUOT, SQLite "database or disk is full") is turned into
+InsufficientStorageError here (507), wherever in a request it was raised.
+Client errors are logged without a traceback, server errors with one; internal
+details never reach the client.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
     errors.ConflictError: 409,
     errors.TooManyRequestsError: 429,
     errors.InsufficientStorageError: 507,
+    errors.StoreFullError: 507,  # before StoreUnavailableError (its other base)
     errors.BusyError: 503,
     errors.ElsewhereError: 307,
     errors.NodeDownError: 503,
@@ -200,6 +204,8 @@ class ApiMixin(_HandlerBase):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None and not isinstance(exc, errors.JobferryError | tornado.web.HTTPError):
+            exc = errors.no_space(exc) or exc
         if isinstance(exc, errors.JobferryError):
             status_code = status_for(exc, galaxy=self.galaxy_face)
             message = exc.message
@@ -239,6 +245,10 @@ class ApiMixin(_HandlerBase):
         if isinstance(value, tornado.web.HTTPError) and (
             value.status_code < 500 or value.status_code == 501
         ):
+            return
+        if value is not None and errors.means_no_space(value):
+            # A full disk, not a bug: one line per request (answered 507).
+            logger.warning("%s %s: out of disk space: %s", self.request.method, uri, value)
             return
         if isinstance(value, errors.StoreUnavailableError):
             # An outage, not a bug: one line per request, no traceback.

@@ -48,11 +48,11 @@ import random
 from dataclasses import dataclass
 
 from jobferry.daemon.dispatch import DirectStart, Opening, Start
+from jobferry.daemon.endings import record_end
 from jobferry.errors import (
     ConflictError,
     JobferryError,
     RunnerUnavailableError,
-    StoreUnavailableError,
 )
 from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
@@ -70,10 +70,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
-#: Attempts at recording a job's end before giving up (until the next restart).
-FINISH_ATTEMPTS = 4
-#: Longest wait between retries of recording a job's end while the store is unreachable.
-STORE_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -501,34 +497,8 @@ class Scheduler:
             self._done(claimed)
 
     async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> JobEnd:
-        """Record the job's end, retrying errors other than conflicts a few times.
-
-        While the store is unreachable (StoreUnavailableError: PostgreSQL down or
-        restarting) it keeps retrying, without using up the attempts, so an end
-        that happened during the outage is recorded once the store is back.
-        """
-        delay = 0.5
-        attempt = 0
-        while True:
-            try:
-                return await self.core.call(self.execution.finish, claimed, status)
-            except (ConflictError, asyncio.CancelledError):
-                raise
-            except StoreUnavailableError as exc:
-                logger.warning(
-                    "job %s ended but the store is unreachable (%s); retrying",
-                    claimed.job_id,
-                    exc.details.get("reason", exc.message),
-                )
-            except Exception as exc:
-                attempt += 1
-                if attempt >= FINISH_ATTEMPTS:
-                    raise
-                logger.warning(
-                    "recording the end of job %s failed (%s); retrying", claimed.job_id, exc
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_RETRY_MAX_S)
+        """Record the job's end, retrying until the store takes it (``daemon.endings``)."""
+        return await record_end(self.core, self.execution, claimed, status)
 
     def _done(self, claimed: ClaimedJob) -> None:
         job_id = claimed.job_id

@@ -3,7 +3,9 @@
 Owns spawning jobs under ``wrapper.sh`` (each in its own session), learning of
 their end through a pidfd, reaping its own children, enforcing walltime,
 killing whole process trees, and reading the wrapper's result file so that a
-restarted daemon can re-attach to jobs an earlier daemon started.
+restarted daemon can re-attach to jobs an earlier daemon started. A job's peak
+memory is the larger of what ``wait4`` reports above the daemon's own peak and
+the samples ``wait`` takes of the job's processes (``runners.memory``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import psutil
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
 from jobferry.runners.joblog import job_of
+from jobferry.runners.proctree import signal_tree, start_ticks, tree_peak_rss_kb, wait_gone
 from jobferry.runners.wrapper import WRAPPER, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
 
 _CREATE_TIME_TOLERANCE_S = 0.01
 _LOST_REASON = "process ended without recording a result"
+#: First and longest interval between samples of a running job's peak memory, seconds.
+SAMPLE_FIRST_S = 0.25
+SAMPLE_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,6 @@ class _Job:
             raise RunnerError(f"malformed local run handle {handle.external_id!r}") from exc
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Return the process start time in clock ticks since boot (immune to clock steps)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class LocalRunner(Runner):
     """Runs jobs as local processes, each under ``wrapper.sh`` in its own session.
 
@@ -92,6 +88,7 @@ class LocalRunner(Runner):
         # pid -> our own peak RSS when we spawned it: exec from our address space sets the
         # wrapper's ru_maxrss to that, so only a larger figure can be the job's.
         self._spawn_rss_kb: dict[int, int] = {}
+        self._peak_kb: dict[str, int] = {}  # external_id -> highest sample of the job's tree
         self._lock = threading.Lock()
 
     # --- submit / adopt -----------------------------------------------------------
@@ -149,7 +146,7 @@ class LocalRunner(Runner):
         data: dict[str, Any] = {
             "pid": pid,
             "create_time": create_time,
-            "start_ticks": _start_ticks(pid),
+            "start_ticks": start_ticks(pid),
             "result_path": spec.result_path,
             "stdout_path": spec.stdout_path,
             "stderr_path": spec.stderr_path,
@@ -174,7 +171,7 @@ class LocalRunner(Runner):
         try:
             proc = psutil.Process(pid)
             if spec.result_path in proc.cmdline():
-                create_time, ticks = proc.create_time(), _start_ticks(pid) or -1
+                create_time, ticks = proc.create_time(), start_ticks(pid) or -1
         except psutil.Error:
             pass
         data: dict[str, Any] = {
@@ -206,7 +203,7 @@ class LocalRunner(Runner):
         try:
             proc = psutil.Process(job.pid)
             if job.start_ticks is not None:
-                same = _start_ticks(job.pid) == job.start_ticks
+                same = start_ticks(job.pid) == job.start_ticks
             else:
                 same = abs(proc.create_time() - job.create_time) <= _CREATE_TIME_TOLERANCE_S
             return proc if same else None
@@ -275,19 +272,22 @@ class LocalRunner(Runner):
             if wait_status is not None and os.WIFSIGNALED(wait_status):
                 lost += f" (wrapper killed by signal {os.WTERMSIG(wait_status)})"
             reason = lost
+        sampled = self._peak_kb.get(job.external_id)
         if rusage is not None:
             floor = self._spawn_rss_kb.pop(job.pid, 0)
+            measured = rusage.ru_maxrss if rusage.ru_maxrss > floor else None
             metrics = RunMetrics(
                 wall_s=max(0.0, finished_at - handle.started_at),
                 cpu_user_s=rusage.ru_utime,
                 cpu_sys_s=rusage.ru_stime,
-                peak_rss_kb=rusage.ru_maxrss if rusage.ru_maxrss > floor else None,
+                peak_rss_kb=max(measured or 0, sampled or 0) or None,
             )
         else:
             metrics = RunMetrics(
                 wall_s=None if result is None else max(0.0, finished_at - handle.started_at),
                 cpu_user_s=None if result is None else result.cpu_user_s,
                 cpu_sys_s=None if result is None else result.cpu_sys_s,
+                peak_rss_kb=sampled,
             )
         status = RunStatus(state, exit_code, reason, finished_at, metrics)
         self._final[job.external_id] = status
@@ -350,6 +350,8 @@ class LocalRunner(Runner):
         if fd is not None and fd >= 0:
             loop.add_reader(fd, on_exit)
         delay = 0.05
+        sample_every = SAMPLE_FIRST_S
+        next_sample = time.monotonic() + sample_every
         try:
             while fd is None or fd >= 0:
                 timeout: float | None = None
@@ -358,6 +360,12 @@ class LocalRunner(Runner):
                     if status.is_final:
                         return status
                     timeout, delay = delay, min(delay * 2, 2.0)
+                if time.monotonic() >= next_sample:
+                    await loop.run_in_executor(None, self._sample, job)
+                    sample_every = min(sample_every * 2, SAMPLE_MAX_S)
+                    next_sample = time.monotonic() + sample_every
+                until_sample = max(0.0, next_sample - time.monotonic())
+                timeout = until_sample if timeout is None else min(timeout, until_sample)
                 if deadline is not None:
                     remaining = deadline - time.time()
                     if remaining <= 0:
@@ -382,6 +390,16 @@ class LocalRunner(Runner):
             delay = min(delay * 2, 2.0)
             status = await loop.run_in_executor(None, self.poll, handle)
         return status
+
+    def _sample(self, job: _Job) -> None:
+        """Note the peak memory of the job's processes so far (blocking; cheap)."""
+        if self._process(job) is None:
+            return  # ended (or the pid is someone else's now)
+        peak = tree_peak_rss_kb(job.pid)
+        if peak is not None:
+            with self._lock:
+                if peak > self._peak_kb.get(job.external_id, 0):
+                    self._peak_kb[job.external_id] = peak
 
     # --- cancel -----------------------------------------------------------------
 
@@ -436,14 +454,14 @@ class LocalRunner(Runner):
             reason,
         )
         procs.append(wrapper)
-        self._signal(job.pid, procs, signal.SIGTERM)
-        survivors = self._wait_gone(procs, self.kill_grace_s)
+        signal_tree(job.pid, procs, signal.SIGTERM)
+        survivors = wait_gone(procs, self.kill_grace_s)
         if survivors:
             logger.warning(
                 "job %s: %d processes ignored SIGTERM", job_of(job.result_path), len(survivors)
             )
-            self._signal(job.pid, survivors, signal.SIGKILL)
-            self._wait_gone(survivors, 2.0)
+            signal_tree(job.pid, survivors, signal.SIGKILL)
+            wait_gone(survivors, 2.0)
 
     @staticmethod
     def _wait_started(wrapper: psutil.Process, job: _Job, timeout: float = 1.0) -> None:
@@ -466,39 +484,6 @@ class LocalRunner(Runner):
                 pass
             time.sleep(0.005)
 
-    @staticmethod
-    def _signal(pgid: int, procs: list[psutil.Process], sig: int) -> None:
-        """Signal the job's process group (while a member lives) and each listed process."""
-        for proc in procs:
-            try:
-                if proc.is_running() and os.getpgid(proc.pid) == pgid:
-                    os.killpg(pgid, sig)  # the group id cannot be reused while it has members
-                    break
-            except (OSError, psutil.Error):
-                pass
-        for proc in procs:
-            try:
-                proc.send_signal(sig)  # psutil checks the process is still the same one
-            except psutil.Error:
-                pass
-
-    @staticmethod
-    def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-        """Wait until the processes are gone or zombies (never reaping them); return survivors."""
-        deadline = time.monotonic() + timeout
-        while True:
-            alive = []
-            for proc in procs:
-                try:
-                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                        alive.append(proc)
-                except psutil.Error:
-                    pass
-            if not alive or time.monotonic() >= deadline:
-                return alive
-            procs = alive
-            time.sleep(0.02)
-
     # --- cleanup ----------------------------------------------------------------
 
     def cleanup(self, handle: RunHandle) -> None:
@@ -507,3 +492,4 @@ class LocalRunner(Runner):
         with self._lock:
             self._final.pop(job.external_id, None)
             self._killed.pop(job.external_id, None)
+            self._peak_kb.pop(job.external_id, None)

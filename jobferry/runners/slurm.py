@@ -38,6 +38,7 @@ from jobferry.runners.base import (
     RunStatus,
 )
 from jobferry.runners.joblog import job_of
+from jobferry.runners.slurm_acct import ACCOUNTING_DISABLED, MAX_RSS_ARGS, parse_max_rss_kb
 from jobferry.runners.wrapper import (
     read_kill,
     read_result,
@@ -223,6 +224,7 @@ class SlurmRunner(Runner):
         self._killed: dict[str, str] = {}
         self._outage = False
         self._stuck_logged: set[str] = set()
+        self._no_accounting = False  # sacct said accounting is off: ask it no more
         self._waiters: dict[str, list[_Waiter]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -628,6 +630,7 @@ class SlurmRunner(Runner):
             wall_s=max(0.0, finished_at - begin) if result is not None or end else None,
             cpu_user_s=None if result is None else result.cpu_user_s,
             cpu_sys_s=None if result is None else result.cpu_sys_s,
+            peak_rss_kb=self._max_rss_kb(job.external_id),
         )
         status = RunStatus(run_state, exit_code, reason, finished_at, metrics)
         with self._lock:
@@ -645,6 +648,22 @@ class SlurmRunner(Runner):
             job.external_id,
         )
         return status
+
+    def _max_rss_kb(self, external_id: str) -> int | None:
+        """The job's peak memory from ``sacct`` (``runners.slurm_acct``); None without
+        accounting (asked once, then never again) or if it has no figure."""
+        if self._no_accounting:
+            return None
+        try:
+            proc = self._run(["sacct", *MAX_RSS_ARGS, external_id])
+        except RunnerUnavailableError:
+            return None
+        if proc.returncode != 0:
+            if ACCOUNTING_DISABLED in (proc.stderr + proc.stdout).lower():
+                logger.info("Slurm accounting is off: jobs' peak memory stays unknown")
+                self._no_accounting = True
+            return None
+        return parse_max_rss_kb(proc.stdout)
 
     def _job_info(self, external_id: str) -> dict[str, str] | None:
         """What ``scontrol show job`` (or else ``sacct``) still knows of a job; None if nothing."""

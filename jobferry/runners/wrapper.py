@@ -58,6 +58,9 @@ class WrapperResult:
     cpu_user_s: float | None
     cpu_sys_s: float | None
     mtime: float
+    #: The wrapper's first attempt at writing this file failed (a full disk): what the
+    #: job wrote may be cut short.
+    disk_full: bool = False
 
 
 def parse_times(text: str) -> tuple[float, float]:
@@ -83,11 +86,13 @@ def read_result(path: str) -> WrapperResult | None:
     exit_code: int | None = None
     reason: str | None = None
     user = sys_ = 0.0
-    have_cpu = False
+    have_cpu = disk_full = False
     for line in lines:
         key, _, value = line.partition("=")
         try:
-            if key == "exit_code":
+            if key == "disk_full":
+                disk_full = value == "1"
+            elif key == "exit_code":
                 exit_code = int(value)
             elif key == "reason":
                 reason = value
@@ -99,7 +104,7 @@ def read_result(path: str) -> WrapperResult | None:
     if exit_code is None:
         reason = reason or "result file has no exit code"
     cpu_user, cpu_sys = (user, sys_) if have_cpu else (None, None)
-    return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime)
+    return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime, disk_full)
 
 
 # --- the kill marker ------------------------------------------------------------------

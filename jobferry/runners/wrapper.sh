@@ -6,8 +6,9 @@
 # files. ARGV goes to `exec` as separate words, never through eval or sh -c, and
 # `exec` only runs programs (never builtins), so hostile strings stay literal.
 # When it ends, RESULT is written as key=value lines: exit_code=N, an optional
-# reason=..., and two cpu=<user> <sys> lines from `times` (this shell, then its
-# children). RESULT's mtime is the finish time. It is written in place, without a
+# reason=..., two cpu=<user> <sys> lines from `times` (this shell, then its
+# children), and disk_full=1 if the disk was full at first (see below). RESULT's
+# mtime is the finish time. It is written in place, without a
 # rename (an external `mv` would cost a fork+exec per job): readers only look at it
 # once this wrapper has exited, and a result without exit_code counts as none.
 # The wrapper exits with the job's exit code. SIGTERM to the process group does not
@@ -52,9 +53,20 @@ elif cd -- "$w" 2>/dev/null; then
 else
     c=127 m="reason=cannot change to working directory $w"
 fi
-times >"$r"
-{ read -r s; read -r k; } <"$r"
-printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s\n' "$c" "$s" "$k" "$m" >"$r"
+# The result is the job's only lasting record of its exit code: on a full disk the
+# wrapper keeps trying (each second, while its directory exists and is writable:
+# not on a permission error or a read-only filesystem) rather than exit without it,
+# and says so in the file (disk_full=1: the job's outputs may be cut short). Until
+# then the job counts as running, also for a restarted daemon.
+f=
+# `times` in braces: a failed redirection of a special builtin would end the shell.
+until { times; } 2>/dev/null >"$r" && { read -r s && read -r k; } <"$r" &&
+    printf 'exit_code=%s\ncpu=%s\ncpu=%s\n%s%s\n' "$c" "$s" "$k" "$f" "$m" >"$r" 2>/dev/null; do
+    [ -d "${r%/*}" ] && [ -w "${r%/*}" ] || break
+    f='disk_full=1
+'
+    sleep 1
+done
 if [ -n "$remote" ]; then
     cd / || :
     if stage out "$remote" "$c" "$t0" 2>>"$e.out"; then

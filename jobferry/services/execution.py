@@ -2,6 +2,12 @@
 
 The daemon's scheduler calls these (through the executor); they own the
 mapping from runner outcomes to job states and the collection of outputs.
+
+A job's end is collected once (``collect_end``: outputs scanned, whether the disk
+was full) and then recorded (``record_end``), which the daemon retries until the
+store takes it: a store that is down, busy or out of disk space never loses an end.
+A job that ended while its disk was full ends ``error`` with its true exit code
+and that reason: what it wrote may be cut short.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
-from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
+from jobferry.runners.base import RunHandle, RunSpec, RunStatus
+from jobferry.runners.wrapper import read_result
 from jobferry.services.core import Core
-from jobferry.staging.paths import file_digest, make_job_dir
+from jobferry.services.endings import Ending, no_space_left, scan_outputs
+from jobferry.services.endings import outcome as _outcome
+from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
 from jobferry.store.records import JOB_FILES, JOBS, JobEnd
@@ -33,8 +42,6 @@ logger = logging.getLogger(__name__)
 #: Where a job's own copy of its script lives (relative to the job directory), for
 #: runners whose execution host cannot see the daemon's scripts directory.
 SCRIPT_COPY = "script"
-#: Most output files collected per job (more are ignored, with a note in the reason).
-MAX_OUTPUT_FILES = 10_000
 #: A job's state (built once: read at the end of every job).
 _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
 
@@ -182,10 +189,17 @@ class ExecutionService:
             )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
-        # job at the next start (claimed, no handle, never started).
-        make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
-        if job.runner != "local":
-            _copy_script(Path(job.job_dir), job.argv)
+        # job at the next start (claimed, no handle, never started); a failure (a full
+        # disk) requeues it now, or it would wait, claimed, for the next start.
+        try:
+            make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
+            if job.runner != "local":
+                _copy_script(Path(job.job_dir), job.argv)
+        except OSError as exc:
+            with self.core.sessions.begin() as session:
+                reason = f"requeued: its directory could not be made ({exc.strerror})"
+                transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
+            raise
         return ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node, more=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
@@ -245,23 +259,46 @@ class ExecutionService:
         return state.value
 
     def finish(self, claimed: ClaimedJob, status: RunStatus) -> JobEnd:
-        """Record how a run ended, with its outputs. Returns the end as recorded.
+        """Record how a run ended, with its outputs. Returns the end as recorded."""
+        return self.record_end(claimed, self.collect_end(claimed, status))
 
-        The outputs are scanned first; the state is then read and written in one
-        transaction (a cancel in between cannot be missed)."""
+    def collect_end(self, claimed: ClaimedJob, status: RunStatus) -> Ending:
+        """What recording the end needs from disk: the outputs (scanned once, however
+        often recording is retried) and whether the job's disk was full (the wrapper
+        could not write its result at first, or hardly any space is left now)."""
+        spec = claimed.spec
+        result = read_result(spec.result_path)
+        disk_full = (result is not None and result.disk_full) or no_space_left(
+            Path(spec.job_dir or spec.workdir)
+        )
         metrics = {
             "wall_s": status.metrics.wall_s,
             "cpu_user_s": status.metrics.cpu_user_s,
             "cpu_sys_s": status.metrics.cpu_sys_s,
             "peak_rss_kb": status.metrics.peak_rss_kb,
         }
+        return Ending(status, scan_outputs(Path(spec.workdir)), disk_full, metrics)
+
+    def record_end(self, claimed: ClaimedJob, ending: Ending) -> JobEnd:
+        """Record a collected end. The state is read and written in one transaction (a
+        cancel in between cannot be missed). Raises StoreUnavailableError (or
+        StoreFullError) while the store cannot take it: nothing was written, retry."""
+        status = ending.status
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
-        outputs = _scan_outputs(Path(claimed.spec.workdir))
         with self.core.sessions.begin() as session:
             current = session.connection().execute(_STATE, {"job_id": claimed.job_id}).scalar()
-            state, reason = _outcome(status, cancelled=current == JobState.DELETING.value)
+            state, reason = _outcome(
+                status, cancelled=current == JobState.DELETING.value, disk_full=ending.disk_full
+            )
             self._write_finish(
-                session, claimed, state, reason, status.exit_code, finished, metrics, outputs
+                session,
+                claimed,
+                state,
+                reason,
+                status.exit_code,
+                finished,
+                ending.metrics,
+                ending.outputs,
             )
         return JobEnd(state.value, status.exit_code, reason)
 
@@ -426,38 +463,3 @@ def _copy_script(job_dir: Path, argv: list[object]) -> None:
     shutil.copyfile(source, partial)
     partial.chmod(0o644)
     os.replace(partial, target)
-
-
-def _outcome(status: RunStatus, *, cancelled: bool) -> tuple[JobState, str | None]:
-    if cancelled:
-        return JobState.DELETED, "cancelled"
-    if status.state is RunState.EXITED:
-        if status.exit_code == 0:
-            return JobState.OK, None
-        # A reason from the wrapper means the command never ran (e.g. no working dir).
-        return JobState.ERROR, status.reason or f"exit code {status.exit_code}"
-    if status.state is RunState.KILLED:
-        if status.reason == "cancelled":
-            return JobState.DELETED, "cancelled"
-        return JobState.ERROR, status.reason or "killed"
-    return JobState.ERROR, status.reason or "the job was lost"
-
-
-def _scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
-    """Regular files under the working directory (symlinks are not followed)."""
-    found: list[tuple[str, int, str]] = []
-    if not workdir.is_dir():
-        return found
-    for root, dirs, files in os.walk(workdir, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            if name.startswith(".") and name.endswith(".upload"):
-                continue  # a job_files upload still in flight (staging/confined.py)
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            size, sha256 = file_digest(path)
-            found.append((str(path.relative_to(workdir)), size, sha256))
-            if len(found) >= MAX_OUTPUT_FILES:
-                return found
-    return found

@@ -199,8 +199,15 @@ def job_metrics(job: Job) -> list[dict[str, str]]:
         )
     if job.peak_rss_kb is not None:
         peak = job.peak_rss_kb * 1024
+        # Galaxy's own memory metric (its cgroup plugin), so Galaxy clients find it.
         metrics.append(
-            _metric("jobferry", "peak_rss_bytes", "Peak Memory (RSS)", _human_bytes(peak), peak)
+            _metric(
+                "cgroup",
+                "memory.max_usage_in_bytes",
+                "Max memory usage recorded",
+                _human_bytes(peak),
+                peak,
+            )
         )
     return metrics
 

@@ -5,7 +5,11 @@ through psycopg 3. SQLite gets WAL journaling, a busy timeout and foreign keys
 on every connection. PostgreSQL gets a pool with pre-ping, so connections that
 died with a server restart are replaced instead of failing a request. A lost
 or unreachable database surfaces as ``StoreUnavailableError`` from the unit of
-work (``SessionFactory.begin``), which the API answers with 503.
+work (``SessionFactory.begin``), which the API answers with 503; so does any
+other error that means "try later" (SQLite busy or locked, an I/O error), and a
+full disk (SQLite "database or disk is full", PostgreSQL disk_full) surfaces as
+``StoreFullError``, answered 507. Both are a store being unavailable, never a
+fault of what was asked: the job-end recorder retries them until they pass.
 
 The schema is owned by Alembic: ``upgrade_schema`` brings a database to head,
 ``check_schema`` refuses an out-of-date one.
@@ -31,7 +35,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobferry.errors import SchemaOutOfDateError, StoreError, StoreUnavailableError
+from jobferry.errors import (
+    SchemaOutOfDateError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+    means_no_space,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +124,42 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc.orig, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+#: SQLite primary result codes that mean "try later": busy, locked, an I/O error
+#: (often a full or failing disk underneath), full, cannot open (no space for the
+#: shared-memory file), a WAL locking protocol error.
+SQLITE_TRY_LATER = frozenset({5, 6, 10, 13, 14, 15})
+
+
+def is_try_later_error(exc: BaseException) -> bool:
+    """True when the same unit of work may succeed later: the database cannot be
+    reached (``is_connection_error``), or it cannot take the write now (SQLite busy,
+    locked, out of disk, an I/O error; PostgreSQL out of disk, memory or connections).
+    Never a constraint violation or a bad statement: retrying those fails again."""
+    if is_connection_error(exc) or means_no_space(exc):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in SQLITE_TRY_LATER
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("53")
+
+
 def store_unavailable(exc: BaseException) -> StoreUnavailableError:
-    """The project error for a connection-level failure *exc*.
+    """The project error for a "try later" failure *exc* (see ``is_try_later_error``).
 
     Its message is what a client may see; the driver's words (hosts, ports) go to
-    ``details["reason"]``, for logs only.
+    ``details["reason"]``, for logs only. A full disk gives ``StoreFullError`` (507).
     """
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-    return StoreUnavailableError(
-        "The database cannot be reached right now; try again shortly.", reason=reason
-    )
+    if means_no_space(exc):
+        return StoreFullError(reason=reason)
+    if is_connection_error(exc):
+        message = "The database cannot be reached right now; try again shortly."
+    else:
+        message = "The database cannot take this now; try again shortly."
+    return StoreUnavailableError(message, reason=reason)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -145,7 +181,8 @@ class SessionFactory:
     On PostgreSQL units of work run concurrently.
 
     A unit of work that fails because the database cannot be reached (PostgreSQL
-    down or restarting) raises ``StoreUnavailableError``; its transaction was
+    down or restarting), is busy, or has no disk space left raises
+    ``StoreUnavailableError`` (``StoreFullError`` for the disk); its transaction was
     rolled back, so nothing of it was stored and the caller may retry it whole.
     """
 
@@ -165,7 +202,7 @@ class SessionFactory:
             with self._lock, self._maker.begin() as session:
                 yield session
         except (DBAPIError, PoolTimeoutError) as exc:
-            if is_connection_error(exc):
+            if is_try_later_error(exc):
                 raise store_unavailable(exc) from exc
             raise
 

@@ -275,7 +275,9 @@ def test_wait__does_not_report_the_daemons_memory_as_the_jobs(
 ) -> None:
     status = run_job(runner, make_spec(tmp_path, "true"))
 
-    assert status.metrics.peak_rss_kb is None
+    # None, or (sampled, on a slow machine) the few MB of `true` itself: never ours.
+    own_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert status.metrics.peak_rss_kb is None or status.metrics.peak_rss_kb < min(own_kb, 64 << 10)
 
 
 def test_wait__kills_the_job_when_walltime_is_exceeded(runner: LocalRunner, tmp_path: Path) -> None:
@@ -406,7 +408,9 @@ def test_adopt__waits_for_a_job_whose_daemon_died(tmp_path: Path) -> None:
     assert (status.state, status.exit_code) == (RunState.EXITED, 3)
     assert status.finished_at == os.stat(spec.result_path).st_mtime
     assert status.metrics.wall_s is not None and status.metrics.wall_s >= 0.45
-    assert status.metrics.cpu_user_s is not None and status.metrics.peak_rss_kb is None
+    assert status.metrics.cpu_user_s is not None
+    # No rusage for a job another process started: sampled from its processes (shells).
+    assert status.metrics.peak_rss_kb is None or status.metrics.peak_rss_kb < 64 << 10
 
 
 def test_adopt__enforces_walltime_from_the_original_start(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""Process trees on this machine (Linux): start times, signals, waiting them out, and
+their peak memory, read from ``/proc``.
+
+Peak memory, and why it is sampled: a local job's wrapper is spawned from the
+daemon's address space, so the kernel starts the wrapper's ``ru_maxrss`` at the
+daemon's own peak, and what ``wait4`` reports is the larger of the two: a job
+smaller than the daemon has no figure of its own there. A process's ``VmHWM`` (its
+resident high-water mark since its last exec) is its own, though, and only grows:
+sampling it while the job runs misses only what a process gains in its last
+moments, or a process that starts and ends between two samples. Each sample reads
+a few small files per process of the job (children through
+``/proc/<pid>/task/<tid>/children``, no scan of all of /proc).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+
+def tree_peak_rss_kb(root: int) -> int | None:
+    """The largest ``VmHWM`` (KiB) among *root*'s descendants (not *root* itself: the
+    job wrapper, a shell); None when none could be read (e.g. they all ended)."""
+    best: int | None = None
+    pending = _children(root)
+    seen: set[int] = set()
+    while pending and len(seen) < 10_000:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        value = _vm_hwm_kb(pid)
+        if value is not None and (best is None or value > best):
+            best = value
+        pending.extend(_children(pid))
+    return best
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(word) for word in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """Return the process start time in clock ticks since boot (immune to clock steps)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def signal_tree(pgid: int, procs: list[psutil.Process], sig: int) -> None:
+    """Signal the job's process group (while a member lives) and each listed process."""
+    for proc in procs:
+        try:
+            if proc.is_running() and os.getpgid(proc.pid) == pgid:
+                os.killpg(pgid, sig)  # the group id cannot be reused while it has members
+                break
+        except (OSError, psutil.Error):
+            pass
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the process is still the same one
+        except psutil.Error:
+            pass
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until the processes are gone or zombies (never reaping them); return survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        procs = alive
+        time.sleep(0.02)
