@@ -182,4 +182,4 @@ def rss(pid: int) -> int:
 
 def written_chars(pid: int) -> int:
     """Bytes the process passed to write(2) and friends (``/proc/PID/io`` wchar)."""
-    return int(psutil.Process(pid).io_counters().write_chars)  # type: ignore[attr-defined]
+    return int(psutil.Process(pid).io_counters().write_chars)
