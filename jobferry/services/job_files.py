@@ -13,6 +13,11 @@ job's working directory, where outputs are collected from when it ends).
 Paths are absolute (Pulsar's form, inside the job directory) or relative to
 the job directory; confinement is ``jobferry.staging.confined``'s.
 
+Uploads are written to the daemon's staging area (``<data_dir>/tmp/uploads``,
+``jobferry.staging.uploads``) and renamed into the job's directory when
+complete: a partial upload never sits where outputs are collected, and start-up
+removes what a crash left.
+
 Every method here blocks (SQL, file system): handlers run them through
 ``Core.call``. ``UploadReceiver`` is the exception: it is fed request body
 chunks on the event loop and writes file data straight to a ``ConfinedWriter``.

@@ -35,7 +35,7 @@ from tests.faults._upload_clients import (
     send_all,
     written_chars,
 )
-from tests.helpers import JOB_SCRIPTS, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, DaemonProcess, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
@@ -193,3 +193,39 @@ def test_form_key_within_the_limit_is_still_accepted(daemon: DaemonProcess) -> N
         assert not (job_dir / "work" / "too-big.bin").exists()
     finally:
         daemon.cli("job", "cancel", job_id, check=False)
+
+
+def test_form_keyed_bodies_waiting_at_once_are_bounded__429_then_released(
+    daemon: DaemonProcess,
+) -> None:
+    """Fails on the old code (no bound): 32 bodies of server.form_key_max_kb that wait
+    for their form's key take the whole in-memory budget; the next one gets 429 with
+    Retry-After before its body is read, and the budget comes back when they leave."""
+    address = address_of(daemon)
+    host = f"{address[0]}:{address[1]}"
+    target = f"/api/jobs/{UNKNOWN_JOB}/files"
+    holders = []
+    probe = multipart_body(b"p", {"job_key": "0" * 64, "path": "work/p"})
+
+    def probe_status() -> int | None:
+        return send_all(
+            address, [Upload(target, probe, len(probe), read_answer=True)], 1
+        ).most_common(1)[0][0]
+
+    try:
+        for _ in range(32):
+            sock = socket.create_connection(address, timeout=60)
+            holders.append(sock)
+            upload = Upload(target, b"", 1024 * 1024)
+            sock.sendall(request_head(host, upload) + file_part_head() + b"x" * 1024)
+        assert eventually(lambda: probe_status() == 429, 60), "the budget should be exhausted"
+        with socket.create_connection(address, timeout=60) as sock:
+            sock.sendall(request_head(host, Upload(target, b"", len(probe))) + probe)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+                answer += piece
+        assert b" 429 " in answer.split(b"\r\n", 1)[0] and b"\r\nRetry-After: " in answer
+    finally:
+        for sock in holders:
+            sock.close()
+    assert eventually(lambda: probe_status() == 403, 60), "the budget should come back"

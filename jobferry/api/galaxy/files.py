@@ -6,11 +6,18 @@ descriptor the confinement check opened, one chunk at a time.
 ``POST /api/jobs/{id}/files`` takes ``multipart/form-data`` (part ``file`` or
 ``__file``; ``path`` and ``job_key`` from the query or the form, the query
 winning) or ``application/x-www-form-urlencoded`` (``session_id``/``__file_path``
-sources, which this daemon refuses). The body is written to disk as it
-arrives: beside the target when the query names it (Pulsar's form, checked
-before any byte is read), else to a temp file moved into place once the form
-named the target. Only the job's key authorises (§4, §6): user API keys are
-ignored here. Rules and errors live in ``jobferry.services.job_files``.
+sources, which this daemon refuses). Only the job's key authorises (§4, §6):
+user API keys are ignored here.
+
+A key in the query (Pulsar's form, and the wrapper's) is checked before any
+byte of the body is read, and so is a path in the query; the body is then
+written to a temp file in the daemon's staging area as it arrives and moved
+into place once complete. A key that only comes in the form is checked after
+the body: such a body is capped at ``server.form_key_max_kb`` and held in
+memory until then, so a client without a valid key never gets a byte stored.
+A connection that closes mid-body ends the request at once (Tornado's own
+``on_connection_close`` fails the body future) and drops what it had written.
+Rules and errors live in ``jobferry.services.job_files``.
 """
 
 from __future__ import annotations
