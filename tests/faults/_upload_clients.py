@@ -113,11 +113,36 @@ def read_status(sock: socket.socket) -> int | None:
 
 
 def send_all(
-    address: tuple[str, int], uploads: Sequence[Upload], concurrency: int = 20
+    address: tuple[str, int],
+    uploads: Sequence[Upload],
+    concurrency: int = 20,
+    in_flight: Callable[[], int] | None = None,
+    max_in_flight: int = 64,
 ) -> Counter[int | None]:
-    """Send every upload, *concurrency* at a time; count the statuses (None: not read)."""
+    """Send every upload, *concurrency* at a time; count the statuses (None: not read).
+
+    A client that hangs up at once does not wait for the daemon, so on a busy
+    machine hundreds of its connections can be queued at the daemon at a time,
+    and RSS then measures that queue's high-water mark, not what stays. With
+    *in_flight* (e.g. the daemon's open descriptors above idle), each client
+    waits (60 s at most) until it is at most *max_in_flight* before it connects.
+    """
+
+    def one(upload: Upload) -> int | None:
+        if in_flight is not None:
+            deadline = time.monotonic() + 60
+            while in_flight() > max_in_flight and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return send(address, upload)
+
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return Counter(pool.map(lambda u: send(address, u), uploads))
+        return Counter(pool.map(one, uploads))
+
+
+def open_descriptors(pid: int) -> Callable[[], int]:
+    """A reader of *pid*'s open descriptor count (sockets and files)."""
+    process = psutil.Process(pid)
+    return lambda: int(process.num_fds())
 
 
 def endless_chunks(chunk: int = 256 * 1024, total: int = 19 * MIB) -> Iterator[bytes]:

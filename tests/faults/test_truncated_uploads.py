@@ -28,6 +28,7 @@ from tests.faults._upload_clients import (
     field_part,
     file_part_head,
     multipart_body,
+    open_descriptors,
     rss,
     send_all,
 )
@@ -101,12 +102,15 @@ def test_two_thousand_cut_off_uploads__handlers_end_and_memory_is_released(
     job_dir = daemon.data_dir / "jobs" / job_id[:2] / job_id
     try:
         # Warm up: imports, pools, allocator arenas, the key cache.
-        send_all(address, truncated_mix(daemon.admin_key, job_id, job_key, 2000))
+        fds = open_descriptors(pid)
+        idle_fds = fds()
+        queued = lambda: fds() - idle_fds  # noqa: E731 - connections the daemon holds
+        send_all(address, truncated_mix(daemon.admin_key, job_id, job_key, 2000), 20, queued)
         assert eventually(lambda: not files_below(tmp), 60), files_below(tmp)
         before_rss = rss(pid)
         before_fds = psutil.Process(pid).num_fds()
 
-        send_all(address, truncated_mix(daemon.admin_key, job_id, job_key, 2000))
+        send_all(address, truncated_mix(daemon.admin_key, job_id, job_key, 2000), 20, queued)
 
         # What a cut-off request wrote is gone, and nothing landed in the job's directory.
         assert eventually(lambda: not files_below(tmp), 60), files_below(tmp)
