@@ -70,6 +70,11 @@ class ServerConfig(_Section):
     max_form_kb: Annotated[int, Field(ge=1)] = Field(
         1024, description="Largest non-file form body (urlencoded/JSON, or one form field), KiB."
     )
+    form_key_max_kb: Annotated[int, Field(ge=1)] = Field(
+        1024,
+        description="Largest job_files upload whose job_key is in the form, not the query, "
+        "KiB: held in memory (never on disk) until the key is checked.",
+    )
 
 
 class DatabaseConfig(_Section):

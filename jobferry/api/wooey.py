@@ -107,8 +107,13 @@ class StreamingFormHandler(WooeyHandler):
             self._handle_request_exception(exc)
 
     def on_connection_close(self) -> None:
+        # Tornado's own handler ends the request (its body future fails): without
+        # it the handler would wait for a body that never comes, holding its parser
+        # and buffers, until the daemon stops.
+        super().on_connection_close()
         if self.receiver is not None:
             self.receiver.discard()
+            self.receiver = None
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
         # Leftover uploads go before the response does, so a client that sees the

@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -35,6 +34,7 @@ from jobferry.errors import ConfigError
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
 from jobferry.services.nodes import NodeService
+from jobferry.staging.uploads import sweep_partial_uploads
 from jobferry.store.engine import check_schema
 from jobferry.store.notify import Listener
 
@@ -99,8 +99,7 @@ class Daemon:
         self._lock = _lock_data_dir(core.data_path)
         await core.call(check_schema, core.engine)
         await core.call(lambda: core.secret)
-        shutil.rmtree(core.tmp_path, ignore_errors=True)  # uploads cut off by a crash
-        core.tmp_path.mkdir(parents=True, exist_ok=True)
+        sweep_partial_uploads(core.tmp_path)  # uploads cut off by a crash
         services = make_services(core)
         admin_key_path = await core.call(services.auth.ensure_admin)
         if admin_key_path is not None:

@@ -13,6 +13,11 @@ job's working directory, where outputs are collected from when it ends).
 Paths are absolute (Pulsar's form, inside the job directory) or relative to
 the job directory; confinement is ``jobferry.staging.confined``'s.
 
+Uploads are written to the daemon's staging area (``<data_dir>/tmp/uploads``,
+``jobferry.staging.uploads``) and renamed into the job's directory when
+complete: a partial upload never sits where outputs are collected, and start-up
+removes what a crash left.
+
 Every method here blocks (SQL, file system): handlers run them through
 ``Core.call``. ``UploadReceiver`` is the exception: it is fed request body
 chunks on the event loop and writes file data straight to a ``ConfinedWriter``.
@@ -38,12 +43,14 @@ from jobferry.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
+    TooManyRequestsError,
 )
 from jobferry.services.core import Core
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
 from jobferry.staging.forms import MultipartStream
 from jobferry.staging.paths import file_digest, make_job_dir
+from jobferry.staging.uploads import upload_area
 from jobferry.store.models import Job, JobState
 from jobferry.store.records import replace_output_file
 
@@ -60,6 +67,8 @@ OPEN_STATES = frozenset(
 )
 #: Names of the multipart parts that carry the content (Galaxy's precedence order).
 FILE_FIELDS = ("file", "__file")
+#: How many bodies of ``server.form_key_max_kb`` may be held in memory at once.
+BUDGET_BODIES = 32
 #: TUS session ids (galaxy-contract.md §5.5, §6.11).
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -88,9 +97,38 @@ def check_job_id(job_id: str) -> None:
         raise MalformedIdError("Malformed job id.")
 
 
+class BodyBudget:
+    """Bytes of request bodies held in memory before their key could be checked.
+
+    Each such body is small (``server.form_key_max_kb``), but a thousand at once
+    are not: past the budget (``BUDGET_BODIES`` bodies of the largest size) a new
+    one is refused with 429 and Retry-After, before a byte of it is read. Used on
+    the event loop only, so without a lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> int:
+        """Take *size* bytes of the budget (returned, to release) or raise TooManyRequestsError."""
+        if self.used + size > self.limit:
+            raise TooManyRequestsError(
+                "too many uploads are waiting for their job_key to be checked: try again, "
+                "or give job_key in the query string",
+                retry_after=1,
+            )
+        self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
 class JobFilesService:
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.buffers = BodyBudget(BUDGET_BODIES * core.config.server.form_key_max_kb * 1024)
 
     # --- authorisation ---------------------------------------------------------------------
 
@@ -161,21 +199,28 @@ class JobFilesService:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def open_writer(self, access: JobAccess, path: str) -> ConfinedWriter:
-        """A writer straight beside the target (checked now: 403 before any byte is read)."""
-        return ConfinedWriter(access.root, path, area=WRITE_AREA, also=access.also)
+    def open_writer(self, access: JobAccess, path: str | None) -> ConfinedWriter:
+        """A writer for an authorised upload, its temp file in the daemon's staging area
+        (swept at start-up: a crash mid-upload leaves nothing in the job's directory).
+        With *path* the target is checked now (403 before any byte is read); without,
+        at commit."""
+        return ConfinedWriter(
+            access.root,
+            path or None,
+            area=WRITE_AREA,
+            also=access.also,
+            staging_dir=upload_area(self.core.tmp_path),
+        )
 
-    def open_staged_writer(self, access: JobAccess | None) -> ConfinedWriter:
-        """A writer whose target is named later: staged in the job's directory (same
-        filesystem, one rename at commit) or, before the key is known, in the daemon's
-        own temp directory (nothing unauthorised lands in a job's directory)."""
-        if access is not None:
-            return ConfinedWriter(
-                access.root, None, area=WRITE_AREA, staging_dir=access.root, also=access.also
-            )
-        self.core.tmp_path.mkdir(parents=True, exist_ok=True)
-        tmp = self.core.tmp_path  # the root is given at commit, once the key was checked
-        return ConfinedWriter(tmp, None, area=WRITE_AREA, staging_dir=tmp)
+    def write_buffered(self, access: JobAccess, path: str, data: bytes) -> int:
+        """Store an upload that was held in memory until its form's key was checked."""
+        writer = self.open_writer(access, path)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        return self.commit(access, writer, None)
 
     def commit(self, access: JobAccess, writer: ConfinedWriter, path: str | None) -> int:
         """Re-check the state gate (the upload may have taken long), then put the
@@ -187,7 +232,7 @@ class JobFilesService:
             raise
         if writer.staged:
             writer.also = access.also
-        size = writer.commit(path, root=access.root) if writer.staged else writer.commit()
+        size = writer.commit(path) if writer.staged else writer.commit()
         if state not in OPEN_STATES:
             # The job already ended (its outputs were collected): a late upload within
             # the grace period becomes an output of its own.
@@ -227,7 +272,9 @@ class UploadReceiver(MultipartStream):
     """One POST body, fed chunk by chunk on the event loop.
 
     ``multipart/form-data``: the part named ``file`` (or ``__file``) is written
-    to *writer* as it arrives (never held in memory); other fields are kept, each
+    to *writer* as it arrives (never held in memory), or, without a writer (the
+    key is not known yet), kept in ``content`` (the caller caps such a body at
+    ``server.form_key_max_kb``); other fields are kept, each
     and all together capped at *max_field_bytes*; other file parts are dropped.
     ``application/x-www-form-urlencoded``: buffered (capped) and parsed at the end.
     The whole body is capped at *max_body_bytes* (PayloadTooLargeError).
@@ -242,6 +289,9 @@ class UploadReceiver(MultipartStream):
         max_field_bytes: int,
     ) -> None:
         self.writer = writer
+        #: The file part's bytes when there is no writer (a body whose key comes in the
+        #: form: held in memory, capped by *max_body_bytes*, until the key is checked).
+        self.content = bytearray()
         self.max_body_bytes = max_body_bytes
         self.max_field_bytes = max_field_bytes
         self.received = 0
@@ -299,6 +349,8 @@ class UploadReceiver(MultipartStream):
         if part.is_content:
             if self.writer is not None:
                 self.writer.write(data[start:end])
+            else:
+                self.content += data[start:end]
             return
         if not part.name:
             return

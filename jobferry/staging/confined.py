@@ -230,14 +230,24 @@ class ConfinedWriter:
     """Write one upload to a temp file; ``commit`` moves it onto its target.
 
     With *path*, the target is checked (and its missing parent directories
-    made) at once and the temp file lies beside it, so ``commit()`` is one
-    rename. Without it (the target only becomes known after the body), the
-    temp file is made in *staging_dir* (a directory the caller trusts, on the
-    same filesystem if possible) and ``commit(path)`` checks the target then.
+    made) at once, so a refused path is refused before any byte is read.
+    Without it (the target only becomes known after the body), ``commit(path)``
+    checks the target then.
 
-    ``abort`` removes the temp file and any directory this writer created.
-    Appends (for ``tool_stdout``/``tool_stderr``) are applied at commit from
-    the temp file. Not thread-safe: one thread at a time.
+    The temp file lies in *staging_dir* when given: the daemon passes its own
+    staging area (``<data_dir>/tmp/uploads``), which start-up empties, so an
+    upload cut off by a crash (kill -9, power loss) is never left half-written
+    in a job's directory, where nothing would ever remove it and where output
+    collection looks. Without *staging_dir* the temp file lies beside the target
+    (a writer given no *path* then needs *staging_dir*). On the same filesystem
+    ``commit()`` is one rename; across filesystems the temp file is first copied
+    beside the target under a ``.NAME.<random>.upload`` name (which output
+    collection skips), then renamed.
+
+    ``abort`` removes the temp file and any directory this writer created;
+    whatever fails (a write, a flush on a full disk, a refused target), nothing
+    half-written stays. Appends (for ``tool_stdout``/``tool_stderr``) are
+    applied at commit from the temp file. Not thread-safe: one thread at a time.
     """
 
     def __init__(
@@ -256,18 +266,25 @@ class ConfinedWriter:
         self.created: list[int] = []
         self.size = 0
         self.staged = path is None
+        #: The directory holding the target (opened when *path* was given), else -1.
+        self.dest_fd = -1
+        #: The directory holding the temp file.
+        self.dir_fd = -1
         if path is not None:
             self.parts = write_parts(root, path, area, also)
-            self.dir_fd, self.created = checked_parent(root, self.parts)
+            self.dest_fd, self.created = checked_parent(root, self.parts)
             hint = self.parts[-1][:100]
         else:
-            try:
-                self.dir_fd = os.open(staging_dir or root, _DIR_FLAGS)
-            except FileNotFoundError:
-                raise NotFoundError("The job's directory no longer exists.") from None
             hint = "staged"
-        self.tmp_name = f".{hint}.{secrets.token_hex(6)}.upload"
         try:
+            if staging_dir is None and self.dest_fd >= 0:
+                self.dir_fd = os.dup(self.dest_fd)
+            else:
+                try:
+                    self.dir_fd = os.open(staging_dir or root, _DIR_FLAGS)
+                except FileNotFoundError:
+                    raise NotFoundError("The job's directory no longer exists.") from None
+            self.tmp_name = f".{hint}.{secrets.token_hex(6)}.upload"
             fd = os.open(
                 self.tmp_name,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -275,7 +292,7 @@ class ConfinedWriter:
                 dir_fd=self.dir_fd,
             )
         except BaseException:
-            self._close_dir(remove_created=True)
+            self._close_dirs(remove_created=True)
             raise
         self.file: IO[bytes] | None = os.fdopen(fd, "wb")
 
@@ -294,15 +311,15 @@ class ConfinedWriter:
         if root is not None:
             assert self.staged, "only a staged writer can change its root"
             self.root = root
-        self.file.close()
-        self.file = None
         try:
+            file, self.file = self.file, None
+            file.close()  # flushes: may fail (ENOSPC) like any write
             if self.staged:
                 if path is None:
                     raise RequestError(MISSING_PATH)
-                self._commit_staged(path)
-            else:
-                self._place(self.dir_fd, self.dir_fd, self.tmp_name)
+                self.parts = write_parts(self.root, path, self.area, self.also)
+                self.dest_fd, self.created = checked_parent(self.root, self.parts)
+            self._move()
         except BaseException:
             self._cleanup(remove_created=True)
             raise
@@ -310,34 +327,32 @@ class ConfinedWriter:
         return self.size
 
     def abort(self) -> None:
-        """Drop the upload (idempotent)."""
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self._cleanup(remove_created=True)
+        """Drop the upload (idempotent), even if closing the file fails."""
+        try:
+            if self.file is not None:
+                file, self.file = self.file, None
+                file.close()
+        except OSError:
+            pass  # a flush on a full disk: the file is removed below all the same
+        finally:
+            self._cleanup(remove_created=True)
 
     # --- internals ------------------------------------------------------------------------
 
-    def _commit_staged(self, path: str) -> None:
-        self.parts = write_parts(self.root, path, self.area, self.also)
-        dest_fd, self.created = checked_parent(self.root, self.parts)
+    def _move(self) -> None:
+        """Rename the temp file onto the target (copying first across filesystems)."""
         try:
+            self._place(self.dir_fd, self.dest_fd, self.tmp_name)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # Another filesystem: copy beside the target first, then rename there.
+            local = f".{self.parts[-1][:100]}.{secrets.token_hex(6)}.upload"
             try:
-                self._place(self.dir_fd, dest_fd, self.tmp_name)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                # Another filesystem: copy beside the target first, then rename there.
-                local = f".{self.parts[-1][:100]}.{secrets.token_hex(6)}.upload"
-                _copy_at(self.dir_fd, self.tmp_name, dest_fd, local)
-                try:
-                    self._place(dest_fd, dest_fd, local)
-                finally:
-                    _unlink_at(local, dest_fd)
-        except BaseException:
-            os.close(dest_fd)
-            raise
-        os.close(dest_fd)
+                _copy_at(self.dir_fd, self.tmp_name, self.dest_fd, local)
+                self._place(self.dest_fd, self.dest_fd, local)
+            finally:
+                _unlink_at(local, self.dest_fd)
 
     def _place(self, src_fd: int, dest_fd: int, src_name: str) -> None:
         name = self.parts[-1]
@@ -350,14 +365,15 @@ class ConfinedWriter:
             raise PathRejectedError(OUTSIDE_WRITE) from exc
 
     def _cleanup(self, *, remove_created: bool) -> None:
-        if self.dir_fd < 0:
-            return
-        _unlink_at(self.tmp_name, self.dir_fd)
-        self._close_dir(remove_created=remove_created)
+        if self.dir_fd >= 0:
+            _unlink_at(self.tmp_name, self.dir_fd)
+        self._close_dirs(remove_created=remove_created)
 
-    def _close_dir(self, *, remove_created: bool) -> None:
-        os.close(self.dir_fd)
-        self.dir_fd = -1
+    def _close_dirs(self, *, remove_created: bool) -> None:
+        for fd in (self.dir_fd, self.dest_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.dir_fd = self.dest_fd = -1
         if remove_created and self.created:
             _remove_empty_dirs(self.root, self.parts, self.created)
             self.created = []

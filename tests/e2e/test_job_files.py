@@ -399,12 +399,11 @@ def test_post__upload_cut_off_half_way_leaves_no_file(
     query = f"job_key={job.key}"
     if path_in == "query":
         query += f"&path={quote(target)}"
-        watched = job.dir / "work"
     else:
         head += (
             f'--{boundary}\r\nContent-Disposition: form-data; name="path"\r\n\r\n{target}\r\n'
         ).encode()
-        watched = job.dir
+    watched = daemon.data_dir / "tmp" / "uploads"  # the staging area, never the job's dir
     head += (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
@@ -420,12 +419,13 @@ def test_post__upload_cut_off_half_way_leaves_no_file(
             ).encode()
             + payload
         )
-        streaming = eventually(lambda: any(size > 0 for size in temp_sizes(watched)), 10)
+        streaming = eventually(lambda: any(size > 0 for size in temp_sizes(watched)), 30)
         assert streaming, "the upload should be streaming to a temporary file"
+        assert temp_files(job.dir) == []
     # The temp file goes first, then the directories the upload created.
     cut = job.dir / "work" / "cut"
-    gone = eventually(lambda: not temp_files(job.dir) and not cut.exists(), 10)
-    assert gone, (temp_files(job.dir), cut.exists())
+    gone = eventually(lambda: not temp_files(watched) and not cut.exists(), 30)
+    assert gone, (temp_files(watched), cut.exists())
 
 
 def test_post__over_the_size_cap_is_413_and_leaves_nothing(grace_daemon: DaemonProcess) -> None:
@@ -513,7 +513,9 @@ def test_wrong_key__is_403_whether_or_not_the_job_exists(
             )
             assert in_form.status_code == 403 and in_form.json()["err_msg"] == INVALID_KEY
     assert not (job.dir / "work" / "x").exists()
-    assert temp_files(job.dir) == [] and not any((job.dir.parents[2] / "tmp").iterdir())
+    assert temp_files(job.dir) == [] and not [
+        p for p in (job.dir.parents[2] / "tmp").rglob("*") if p.is_file()
+    ]
 
 
 def test_own_key_with_a_path_into_another_job_is_403(job: JobRef, other_job: JobRef) -> None:

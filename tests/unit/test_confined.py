@@ -302,3 +302,23 @@ def test_writer__a_vanished_job_directory_is_not_found(tmp_path: Path) -> None:
         ConfinedWriter(gone, None, area="work", staging_dir=gone)
     with pytest.raises(NotFoundError):
         open_for_read(gone, "stdout")
+
+
+def test_writer_with_a_staging_dir__the_partial_never_sits_in_the_root(
+    root: Path, tmp_path: Path
+) -> None:
+    """Guards issue #10 item 4: a kill -9 mid-upload left ``work/.NAME.<random>.upload``
+    in the job's directory forever; the partial now lives in the staging area."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    writer = ConfinedWriter(root, "work/a/out.bin", area="work", staging_dir=staging)
+    writer.write(b"partial")
+    assert leftovers(root) == [] and len(list(staging.iterdir())) == 1
+    assert (root / "work" / "a").is_dir()  # the target was checked (and made) up front
+    assert writer.commit() == 7
+    assert (root / "work" / "a" / "out.bin").read_bytes() == b"partial"
+    assert list(staging.iterdir()) == [] and leftovers(root) == []
+    aborted = ConfinedWriter(root, "work/b/out.bin", area="work", staging_dir=staging)
+    aborted.write(b"partial")
+    aborted.abort()
+    assert list(staging.iterdir()) == [] and not (root / "work" / "b").exists()

@@ -6,11 +6,18 @@ descriptor the confinement check opened, one chunk at a time.
 ``POST /api/jobs/{id}/files`` takes ``multipart/form-data`` (part ``file`` or
 ``__file``; ``path`` and ``job_key`` from the query or the form, the query
 winning) or ``application/x-www-form-urlencoded`` (``session_id``/``__file_path``
-sources, which this daemon refuses). The body is written to disk as it
-arrives: beside the target when the query names it (Pulsar's form, checked
-before any byte is read), else to a temp file moved into place once the form
-named the target. Only the job's key authorises (§4, §6): user API keys are
-ignored here. Rules and errors live in ``jobferry.services.job_files``.
+sources, which this daemon refuses). Only the job's key authorises (§4, §6):
+user API keys are ignored here.
+
+A key in the query (Pulsar's form, and the wrapper's) is checked before any
+byte of the body is read, and so is a path in the query; the body is then
+written to a temp file in the daemon's staging area as it arrives and moved
+into place once complete. A key that only comes in the form is checked after
+the body: such a body is capped at ``server.form_key_max_kb`` and held in
+memory until then, so a client without a valid key never gets a byte stored.
+A connection that closes mid-body ends the request at once (Tornado's own
+``on_connection_close`` fails the body future) and drops what it had written.
+Rules and errors live in ``jobferry.services.job_files``.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
         self.writer: ConfinedWriter | None = None
         self.receiver: UploadReceiver | None = None
         self._committing = False
+        self._reserved = 0
         self._unsatisfiable_size: int | None = None
 
     def set_default_headers(self) -> None:
@@ -176,6 +184,15 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
     # --- POST ------------------------------------------------------------------------------
 
     async def prepare(self) -> None:
+        """Everything that can refuse a POST, before a byte of its body is read.
+
+        A key in the query is checked now (and a path in the query too), so an
+        unauthorised client never gets a byte stored. A key that only comes in the
+        form (Galaxy allows it) cannot be checked before the body is read: such a
+        body may be at most ``server.form_key_max_kb`` and is held in memory (within
+        a shared budget: 429 beyond it), never written to disk, until the key is
+        checked in ``post``.
+        """
         if self.request.method != "POST":
             return
         job_id = self.path_args[0]
@@ -183,30 +200,36 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
         key = self.query_value("job_key")
         if key is not None:  # authorise before reading a byte of the body
             self.access = await self.core.call(self.job_files.authorize, job_id, key)
-        cap = self.core.config.server.max_upload_mb * 1024 * 1024
+        server = self.core.config.server
+        if self.access is not None:
+            cap = server.max_upload_mb * 1024 * 1024
+            too_large = f"exceeds {cap} bytes (server.max_upload_mb)"
+        else:
+            cap = server.form_key_max_kb * 1024
+            too_large = (
+                f"exceeds {cap} bytes, the most accepted before the job_key is checked: "
+                "give job_key in the query string (server.form_key_max_kb)"
+            )
         length = self.request.headers.get("Content-Length")
         if length is not None:
             if not length.isdigit():
                 raise errors.RequestError("invalid Content-Length")
             if int(length) > cap:
-                raise errors.PayloadTooLargeError(
-                    f"the request body ({length} bytes) exceeds server.max_upload_mb"
-                )
+                raise errors.PayloadTooLargeError(f"the request body ({length} bytes) {too_large}")
         content_type = self.request.headers.get("Content-Type", "")
         if multipart_kind(content_type) not in FORM_KINDS:
             raise errors.RequestError(
                 "POST job files as multipart/form-data or application/x-www-form-urlencoded."
             )
         self.request.connection.set_max_body_size(cap + BODY_SLACK)  # type: ignore[union-attr]
+        if self.access is None:
+            self._reserved = self.job_files.buffers.reserve(int(length) if length else cap)
         writer: ConfinedWriter | None = None
-        if multipart_kind(content_type) == "multipart/form-data":
+        if self.access is not None and multipart_kind(content_type) == "multipart/form-data":
             path = self.query_value("path")
-            if self.access is not None and path:
-                writer = await self.core.call(self.job_files.open_writer, self.access, path)
-            else:
-                writer = await self.core.call(self.job_files.open_staged_writer, self.access)
+            writer = await self.core.call(self.job_files.open_writer, self.access, path)
         self.writer = writer
-        if self._client_gone():  # it left while the writer was being opened
+        if self._client_gone():  # it left while the key or the writer was being checked
             self._drop_upload()
             return
         try:
@@ -214,7 +237,7 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
                 content_type,
                 writer,
                 max_body_bytes=cap,
-                max_field_bytes=self.core.config.server.max_form_kb * 1024,
+                max_field_bytes=server.max_form_kb * 1024,
             )
         except errors.JobferryError:
             self._drop_upload()
@@ -242,28 +265,50 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
                 raise errors.AttributeMissingError(MISSING_KEY)
             access = await self.core.call(self.job_files.authorize, job_id, key)
         self.job_files.refuse_form_sources(receiver.fields)
-        if not receiver.has_file or self.writer is None:
+        if not receiver.has_file:
             raise errors.ParameterMissingError(NO_FILE)
         path = self.query_value("path") or receiver.field("path")
         if not path:
             raise errors.AttributeMissingError(MISSING_PATH)
-        writer, self.writer = self.writer, None
-        self._committing = True
-        await self.core.call(self.job_files.commit, access, writer, path)
+        if self.writer is None:  # held in memory until the form's key was checked
+            content, receiver.content = bytes(receiver.content), bytearray()
+            self._release()
+            await self.core.call(self.job_files.write_buffered, access, path, content)
+        else:
+            writer, self.writer = self.writer, None
+            self._committing = True
+            await self.core.call(self.job_files.commit, access, writer, path)
         self.send_json({"message": "ok"})
 
     def _drop_upload(self) -> None:
-        """Remove a half-received upload (never one being committed on a worker thread)."""
+        """Remove a half-received upload (never one being committed on a worker thread)
+        and let go of a body held in memory."""
         if self.writer is not None and not self._committing:
             self.writer.abort()
         self.writer = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._reserved:
+            self.job_files.buffers.release(self._reserved)
+            self._reserved = 0
+        if self.receiver is not None:
+            self.receiver.content = bytearray()
 
     def _client_gone(self) -> bool:
         stream = getattr(self.request.connection, "stream", None)
         return stream is not None and bool(stream.closed())
 
     def on_connection_close(self) -> None:
+        # Tornado's own handler ends the request (its body future fails): without
+        # it the handler would wait for a body that never comes, holding all it
+        # has, until the daemon stops.
+        super().on_connection_close()
         self._drop_upload()
+        self.receiver = None
+
+    def on_finish(self) -> None:
+        self._release()
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
         # The temp file goes before the answer does: a client that sees the
