@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from jobferry.argspec.command import build_command
 from jobferry.argspec.introspect import ParamSpec, ScriptSpec
-from jobferry.errors import NotFoundError, ValidationError
+from jobferry.errors import NotFoundError, RequestError, ValidationError
 from jobferry.services.core import Core, Principal
 from jobferry.services.galaxy import (
     DEFAULT_SEARCH_STATES,
@@ -40,6 +40,7 @@ from jobferry.services.jobs import JobService, SubmitRequest
 from jobferry.services.routing import parse_request
 from jobferry.services.scripts import slugify
 from jobferry.staging.forms import UploadedFile
+from jobferry.staging.json_body import parse_json
 from jobferry.staging.paths import safe_filename
 from jobferry.store.models import Job, JobFile, Script, ScriptVersion
 
@@ -321,9 +322,9 @@ def _payload_inputs(payload: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     if isinstance(inputs, str):
         try:
-            inputs = json.loads(inputs) if inputs.strip() else {}
-        except ValueError:
-            raise _bad("inputs", "inputs must be a JSON object.") from None
+            inputs = parse_json(inputs, max_bytes=None, empty={}, what="inputs")
+        except RequestError as exc:
+            raise _bad("inputs", f"inputs must be a JSON object: {exc.message}") from None
     if not isinstance(inputs, dict):
         raise _bad("inputs", "inputs must be an object.")
     return inputs
