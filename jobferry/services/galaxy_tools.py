@@ -24,7 +24,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from jobferry.argspec.command import build_command
 from jobferry.argspec.introspect import ParamSpec, ScriptSpec
 from jobferry.errors import NotFoundError, RequestError, ValidationError
 from jobferry.services.core import Core, Principal
@@ -144,11 +143,15 @@ def _occurrence(option: str, values: list[str], prefixes: str) -> list[str]:
     return [option, text]
 
 
-def convert_inputs(spec: ScriptSpec, inputs: Mapping[str, Any]) -> ConvertedInputs:
+def convert_inputs(
+    spec: ScriptSpec, inputs: Mapping[str, Any], max_tokens: int | None = None
+) -> ConvertedInputs:
     """Galaxy tool inputs -> the command string (and the datasets it uses, by field).
 
     Parameters are named by dest (``exit_code``) or by their display name
-    (``exit-code``). Raises ValidationError for unknown names and wrong values.
+    (``exit-code``). Raises ValidationError for unknown names and wrong values,
+    and for a count above *max_tokens* (``{"quiet": 100000000}`` would otherwise
+    become a hundred million tokens before the command's own cap could apply).
     """
     by_name: dict[str, ParamSpec] = {}
     for param in spec.params:
@@ -198,6 +201,11 @@ def convert_inputs(spec: ScriptSpec, inputs: Mapping[str, Any]) -> ConvertedInpu
                     times = int(value)
                 except ValueError:
                     raise _bad(name, "Enter a whole number.") from None
+                if max_tokens is not None and times > max_tokens:
+                    raise _bad(
+                        name,
+                        f"Ensure this value is at most {max_tokens} (scripts.max_command_tokens).",
+                    )
                 args.extend([option] * max(times, 0))
             elif param.action == "append_const":
                 times = len(value) if isinstance(value, list) else int(_as_bool(name, value))
@@ -502,7 +510,9 @@ class GalaxyToolService:
             raise _bad("history_id", "Ensure this value has at most 64 characters.")
         row = self.resolve(slug, _text(payload, "tool_version"))
         spec = row.spec
-        converted = convert_inputs(spec, _payload_inputs(payload))
+        converted = convert_inputs(
+            spec, _payload_inputs(payload), self.jobs.checker.limits.max_tokens
+        )
         uploads = self._stage(principal, converted.datasets)
         request = SubmitRequest(
             slug=row.slug,
@@ -569,10 +579,12 @@ class GalaxyToolService:
         states = [state] if state else list(DEFAULT_SEARCH_STATES)
         spec = row.spec
         try:
-            converted = convert_inputs(spec, _payload_inputs(payload))
+            converted = convert_inputs(
+                spec, _payload_inputs(payload), self.jobs.checker.limits.max_tokens
+            )
             files = self.galaxy.datasets(principal, list(converted.datasets.values()))
             fake = {field: f"/nonexistent/{field}" for field in converted.datasets}
-            built = build_command(spec, converted.command, fake)
+            built = self.jobs.checker.check(spec, converted.command, fake)
         except ValidationError:
             return []
         file_dests = {p.dest for p in spec.params if p.is_input_file}
