@@ -122,7 +122,8 @@ class ScriptsConfig(_Section):
     )
     command_check_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         5.0,
-        description="Time allowed to check one long command (in a child process; more: 400).",
+        description="CPU time allowed to check one long command (in a low-priority "
+        "worker process; more, or 12 times this in all: 400).",
     )
 
 

@@ -12,12 +12,17 @@ polls. Three bounds apply:
   path costs nothing more;
 * anything larger is checked in a separate worker process, at most ``slots``
   of them (more checks at once: 429 with Retry-After). A worker is started on
-  first need and reused; it runs at idle CPU priority (``SCHED_IDLE``, and
-  niced) with a memory limit, so it takes only CPU time that nothing else on
-  the machine wants, never the daemon's GIL; a check that overruns
-  ``scripts.command_check_timeout_s`` kills its worker (the request gets a 400
-  and the next check starts a fresh worker). The waiting worker thread holds no
-  GIL, and at most ``slots`` worker threads wait.
+  first need and reused; it runs at a low CPU priority (nice +10: about a
+  tenth of the CPU share of the daemon's threads when they compete) with a
+  memory limit, and never holds the daemon's GIL. A check that uses more than
+  ``scripts.command_check_timeout_s`` of CPU time, or takes more than
+  ``WALL_FACTOR`` times that in all (a machine busy with jobs leaves a niced
+  process little CPU), kills its worker: the request gets a 400 and the next
+  check starts a fresh worker. The limit is on CPU time so that a busy machine
+  slows long checks down instead of refusing them. The waiting worker thread
+  holds no GIL, and at most ``slots`` worker threads wait. (``SCHED_IDLE``
+  measured no better for other clients, and would starve checks entirely
+  while jobs keep every core busy.)
 
 Measured (bench/validation_load.py): a worker started per check cost the
 daemon's machine ~50 ms of normal-priority CPU each (Python's start-up, before
@@ -58,12 +63,17 @@ INLINE_CHARS = 4096
 INLINE_TOKENS = 128
 #: Address-space limit of a worker, MiB.
 WORKER_MEMORY_MB = 512
-#: Niceness added to a worker (where SCHED_IDLE is not available).
+#: Niceness added to a worker: the daemon's threads (and jobs) go first.
 WORKER_NICE = 10
 #: Checks a worker does before it is replaced (bounds what it may accumulate).
 WORKER_CHECKS = 200
+#: A check may take this many times its CPU-time limit in wall-clock time.
+WALL_FACTOR = 12
+#: How often a waiting check looks at its worker's CPU time, seconds.
+_CPU_POLL_S = 0.1
 
 _INVALID = "The command is invalid."
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -73,7 +83,7 @@ class CommandLimits:
 
     #: Most tokens a command may have (more: 400).
     max_tokens: int = 2000
-    #: Time a large command's check may take (more: 400), seconds.
+    #: CPU time a large command's check may take (more: 400), seconds.
     timeout_s: float = 5.0
     #: Large commands checked at once (more: 429).
     slots: int = 2
@@ -98,8 +108,9 @@ class _Worker:
         self.checks = 0
         self._buffer = b""
 
-    def ask(self, request: Mapping[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """Send one request, read one answer; None if it is late, or the worker died."""
+    def ask(self, request: Mapping[str, Any], cpu_s: float) -> dict[str, Any] | None:
+        """Send one request, read one answer; None if it took more than *cpu_s* of CPU
+        time (or WALL_FACTOR times that in all), or the worker died."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.checks += 1
         try:
@@ -107,26 +118,46 @@ class _Worker:
             self.proc.stdin.flush()
         except OSError:
             return None
-        line = self._read_line(self.proc.stdout, time.monotonic() + timeout_s)
+        line = self._read_line(self.proc.stdout, cpu_s)
         if line is None:
             return None
         answer = json.loads(line)
         return answer if isinstance(answer, dict) else None
 
-    def _read_line(self, stream: IO[bytes], deadline: float) -> bytes | None:
+    def _read_line(self, stream: IO[bytes], cpu_s: float) -> bytes | None:
         fd = stream.fileno()
+        started = time.monotonic()
+        deadline = started + cpu_s * WALL_FACTOR
+        cpu_at_start = self.cpu_seconds()
         with selectors.DefaultSelector() as selector:
             selector.register(fd, selectors.EVENT_READ)
             while b"\n" not in self._buffer:
                 left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
+                if left <= 0:
                     return None
+                if not selector.select(min(left, _CPU_POLL_S)):
+                    used = self.cpu_seconds()
+                    if used is not None and cpu_at_start is not None:
+                        if used - cpu_at_start > cpu_s:
+                            return None
+                    elif time.monotonic() - started > cpu_s:
+                        return None  # CPU time unknown: the limit applies to wall time
+                    continue
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     return None  # the worker died (memory limit, killed)
                 self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the worker has used (user + system), or None where unknown."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as handle:
+                fields = handle.read().rpartition(b")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
         """Kill the worker (by its pid) and reap it."""
@@ -216,7 +247,8 @@ class CommandChecker:
                 _INVALID,
                 errors={
                     "command": "The command could not be checked within "
-                    f"{self.limits.timeout_s:g} s (scripts.command_check_timeout_s)."
+                    f"{self.limits.timeout_s:g} s of CPU time "
+                    "(scripts.command_check_timeout_s)."
                 },
             )
         return _from_answer(answer)
@@ -269,14 +301,10 @@ def _answer(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main() -> int:
-    """A worker: lowest CPU priority and a memory limit, then one answer per request line."""
+    """A worker: a low CPU priority and a memory limit, then one answer per request line."""
     import resource
 
     os.nice(WORKER_NICE)
-    try:  # run only when nothing else on the machine wants the CPU
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
     memory = WORKER_MEMORY_MB * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     for line in sys.stdin.buffer:
