@@ -120,6 +120,16 @@ class ScriptsConfig(_Section):
         1024, description="Largest script file accepted."
     )
     default_group: str = Field("Scripts", description="Group of a new script when none is given.")
+    max_command_tokens: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        2000,
+        description="Most arguments a submitted command may have (more: 400); checking "
+        "takes time growing with their square (2000: well under a second).",
+    )
+    command_check_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        5.0,
+        description="CPU time allowed to check one long command (in a low-priority "
+        "worker process; more, or 12 times this in all: 400).",
+    )
 
 
 class LocalRunnerConfig(_Section):

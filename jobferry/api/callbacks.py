@@ -8,14 +8,13 @@ and wakes status long-polls.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import tornado.web
 
-from jobferry import errors
 from jobferry.api.base import ApiMixin, Services
 from jobferry.services.callbacks import CallbackService
+from jobferry.staging.json_body import parse_json
 
 #: Largest report body accepted, bytes.
 MAX_BODY = 64 * 1024
@@ -32,13 +31,7 @@ class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
 
     async def post(self, job_id: str) -> None:
         key = self.get_query_argument("job_key", None) or self.request.headers.get("X-Job-Key")
-        body = self.request.body
-        if len(body) > MAX_BODY:
-            raise errors.PayloadTooLargeError(f"a state report is at most {MAX_BODY} bytes")
-        try:
-            payload: Any = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise errors.RequestError("the body is not valid JSON") from None
+        payload: Any = parse_json(self.request.body, max_bytes=MAX_BODY, what="a state report")
         answer = await self.call(self.callbacks.report, job_id, key, payload)
         if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
             self.core.on_job_callback(job_id)

@@ -1,24 +1,27 @@
 """Check a submitted ``command`` string against a script's parameters and build its argv.
 
-The string is split with ``shlex`` and parsed by a throwaway argparse parser
-rebuilt from the ``ScriptSpec``: every option string, real types, choices, nargs,
-actions, required parameters and mutually exclusive groups. Wooey clients may
-write ``--flag true``/``--flag false``; both are understood. The argv handed to
-the script is rebuilt from the parsed values, never copied from the raw tokens,
-and no shell is involved anywhere.
+The string is split like ``shlex.split`` (``tokens.split_command``, linear and
+capped) and parsed by a throwaway argparse parser rebuilt from the
+``ScriptSpec``: every option string, real types, choices, nargs, actions,
+required parameters and mutually exclusive groups. Wooey clients may write
+``--flag true``/``--flag false``; both are understood. The argv handed to the
+script is rebuilt from the parsed values, never copied from the raw tokens, and
+no shell is involved anywhere. What ``execve`` or ``open`` would refuse (an
+argument or a file name too long, an argv too large) is refused here, naming
+the parameter. Bounding the *time* this takes is ``bounded.CommandChecker``'s job.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from jobferry.argspec.introspect import ParamSpec, ScriptSpec
+from jobferry.argspec.tokens import MAX_ARG_STRLEN, arg_cost, path_problem, split_command
 from jobferry.errors import IntrospectionError, ValidationError
 
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
@@ -28,6 +31,7 @@ _NUMBER = "Enter a number."
 _FILE_NOT_FOUND = "Referenced file could not be found."
 _INVALID = "The command is invalid."
 _BAD_OUTPUT = "Output file names must be relative paths inside the job directory."
+_ARG_TOO_LONG = f"This value is too long: one argument may have at most {MAX_ARG_STRLEN - 1} bytes."
 
 
 @dataclass(frozen=True)
@@ -293,34 +297,68 @@ def _chunks(param: ParamSpec, items: list[Any]) -> list[Any]:
     return items  # one value per occurrence
 
 
+def _render_param(param: ParamSpec, value: Any, prefixes: str) -> list[str]:
+    """The argv strings of one given parameter (a positional: just its values)."""
+    if param.positional:
+        return [str(leaf) for leaf in _leaves(value)]
+    option = _preferred_option(param)
+    if param.action in ("store_true", "store_false", "store_const"):
+        return [option]
+    if param.action == "append_const":
+        return [option] * len(value)
+    if param.action == "count":
+        return [option] * value
+    args: list[str] = []
+    if param.action == "append":
+        for item in value:
+            args.extend(_occurrence(option, item, prefixes))
+    elif param.action == "extend":
+        for item in _chunks(param, value):
+            args.extend(_occurrence(option, item, prefixes))
+    else:
+        args.extend(_occurrence(option, value, prefixes))
+    return args
+
+
+def _render_by_param(spec: ScriptSpec, given: Mapping[int, Any]) -> dict[int, list[str]]:
+    prefixes = "".join({option[0] for param in spec.params for option in param.option_strings})
+    return {
+        index: _render_param(param, given[index], prefixes)
+        for index, param in enumerate(spec.params)
+        if index in given
+    }
+
+
+def _join(spec: ScriptSpec, rendered: Mapping[int, list[str]]) -> list[str]:
+    """The argv: optionals in spec order, then ``--`` and the positionals."""
+    args = [a for i, part in rendered.items() if not spec.params[i].positional for a in part]
+    positionals = [a for i, part in rendered.items() if spec.params[i].positional for a in part]
+    return args + ["--", *positionals] if positionals else args
+
+
 def _render(spec: ScriptSpec, given: Mapping[int, Any]) -> list[str]:
     """Rebuild the argv: optionals in spec order, then ``--`` and the positionals."""
-    prefixes = "".join({option[0] for param in spec.params for option in param.option_strings})
-    args: list[str] = []
-    positionals: list[str] = []
-    for index, param in enumerate(spec.params):
-        if index not in given:
-            continue
-        value = given[index]
-        if param.positional:
-            positionals.extend(str(leaf) for leaf in _leaves(value))
-            continue
-        option = _preferred_option(param)
-        if param.action in ("store_true", "store_false", "store_const"):
-            args.append(option)
-        elif param.action == "append_const":
-            args.extend([option] * len(value))
-        elif param.action == "count":
-            args.extend([option] * value)
-        elif param.action == "append":
-            for item in value:
-                args.extend(_occurrence(option, item, prefixes))
-        elif param.action == "extend":
-            for item in _chunks(param, value):
-                args.extend(_occurrence(option, item, prefixes))
-        else:
-            args.extend(_occurrence(option, value, prefixes))
-    return args + ["--", *positionals] if positionals else args
+    return _join(spec, _render_by_param(spec, given))
+
+
+def _exec_problems(
+    spec: ScriptSpec, rendered: Mapping[int, list[str]], arg_budget: int | None
+) -> dict[str, list[str]]:
+    """What ``execve`` would refuse in the rendered argv, by parameter display name."""
+    problems: dict[str, list[str]] = {}
+    costs: dict[int, int] = {}
+    for index, args in rendered.items():
+        costs[index] = sum(arg_cost(arg) for arg in args)
+        if any(len(arg.encode("utf-8", "surrogateescape")) >= MAX_ARG_STRLEN for arg in args):
+            problems.setdefault(spec.params[index].display_name, []).append(_ARG_TOO_LONG)
+    total = sum(costs.values()) + arg_cost("--")
+    if not problems and arg_budget is not None and costs and total > arg_budget:
+        largest = max(costs, key=costs.__getitem__)
+        problems[spec.params[largest].display_name] = [
+            f"The arguments are too long together ({total} bytes; this system allows "
+            f"{max(arg_budget, 0)} for a script's arguments). This one is the largest."
+        ]
+    return problems
 
 
 def _output_name_ok(name: str) -> bool:
@@ -336,31 +374,39 @@ def _json_value(param: ParamSpec, value: Any) -> Any:
     return param.const if value is _BARE else value
 
 
-def build_command(spec: ScriptSpec, command: str, uploads: Mapping[str, str]) -> BuiltCommand:
+def build_command(
+    spec: ScriptSpec,
+    command: str,
+    uploads: Mapping[str, str],
+    *,
+    max_tokens: int | None = None,
+    arg_budget: int | None = None,
+) -> BuiltCommand:
     """Validate a Wooey-style ``command`` string and build the script's arguments.
 
     Args:
         spec: The script's parameters.
         command: The submitted command line (shell-like quoting, no shell).
         uploads: Multipart field name -> absolute path of the uploaded file.
+        max_tokens: Most tokens the command may have (None: no limit).
+        arg_budget: Bytes the script's arguments may take in the kernel's argv
+            area (``tokens.arg_budget``; None: not checked).
 
     Returns:
         The arguments, the parsed values and the files they name.
 
     Raises:
         ValidationError: ``errors`` maps ``"command"`` to a message string for
-            syntax errors, or a parameter's display name to a list of messages
-            for bad values and file references.
+            syntax errors and too many tokens, or a parameter's display name to a
+            list of messages for bad values, file references and values the OS
+            would refuse (too long).
         IntrospectionError: the stored spec cannot be turned into a parser.
     """
     if "\0" in command:
         raise ValidationError(
             _INVALID, errors={"command": "The command must not contain NUL bytes."}
         )
-    try:
-        tokens = shlex.split(command)
-    except ValueError as exc:
-        raise ValidationError(_INVALID, errors={"command": str(exc)}) from exc
+    tokens = split_command(command, max_tokens)
     given, errors = _parse(spec, _expand_flag_words(spec, tokens))
 
     def fail(param: ParamSpec, message: str) -> None:
@@ -379,6 +425,8 @@ def build_command(spec: ScriptSpec, command: str, uploads: Mapping[str, str]) ->
                 fail(param, _FILE_NOT_FOUND)
             elif leaf != "-" and not _output_name_ok(leaf):
                 fail(param, _BAD_OUTPUT)
+            elif leaf != "-" and (problem := path_problem(leaf)) is not None:
+                fail(param, problem)
             elif leaf != "-" and leaf not in output_files:
                 output_files.append(leaf)
     if errors:
@@ -395,6 +443,11 @@ def build_command(spec: ScriptSpec, command: str, uploads: Mapping[str, str]) ->
         else value
         for index, value in given.items()
     }
+    rendered = _render_by_param(spec, final)
+    for name, messages in _exec_problems(spec, rendered, arg_budget).items():
+        errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise ValidationError(_INVALID, errors=errors)
     values: dict[str, Any] = {}
     for index in _emission_order(spec, given):
         param, value = spec.params[index], _json_value(spec.params[index], given[index])
@@ -404,7 +457,7 @@ def build_command(spec: ScriptSpec, command: str, uploads: Mapping[str, str]) ->
         else:
             values[param.dest] = value
     return BuiltCommand(
-        args=tuple(_render(spec, final)),
+        args=tuple(_join(spec, rendered)),
         values=values,
         input_files=input_files,
         output_files=tuple(output_files),

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobferry.argspec.command import build_command
+from jobferry.argspec.bounded import CommandChecker, CommandLimits
 from jobferry.argspec.introspect import ScriptSpec
+from jobferry.argspec.tokens import arg_budget
 from jobferry.errors import (
     ConflictError,
     FormError,
@@ -105,6 +106,16 @@ class JobService:
         self.core = core
         self._versions: dict[tuple[Any, ...], tuple[float, ResolvedVersion]] = {}
         self._inserter = GroupInserter(core.sessions)
+        scripts = core.config.scripts
+        # A third of the worker threads at most wait on long commands' checks.
+        workers = core.config.database.pool_size + 2
+        self.checker = CommandChecker(
+            CommandLimits(
+                max_tokens=scripts.max_command_tokens,
+                timeout_s=scripts.command_check_timeout_s,
+                slots=max(1, workers // 3),
+            )
+        )
 
     # --- submission ------------------------------------------------------------------
 
@@ -112,7 +123,8 @@ class JobService:
         self, principal: Principal, request: SubmitRequest, uploads: Sequence[UploadedFile]
     ) -> str:
         """Validate and queue a job; return its id. Raises FormError, ScriptNotFoundError,
-        ValidationError. The caller still owns (and must discard) the uploads on error."""
+        ValidationError, TooManyRequestsError (every slot for checking long commands is
+        taken). The caller still owns (and must discard) the uploads on error."""
         name = (request.job_name or "").strip()
         if not name:
             raise FormError(errors={"job_name": ["This field is required."]})
@@ -153,8 +165,14 @@ class JobService:
             rel = f"{index}/{safe_filename(upload.filename)}"
             placed.append((upload, rel))
             by_field.setdefault(upload.field, str(inputs_dir / rel))
-        built = build_command(version.spec, request.command or "", by_field)
-        argv = [self.core.config.interpreter, version.path, *built.args]
+        interpreter = self.core.config.interpreter
+        built = self.checker.check(
+            version.spec,
+            request.command or "",
+            by_field,
+            arg_budget=arg_budget([interpreter, version.path]),
+        )
+        argv = [interpreter, version.path, *built.args]
         param_of = {path: dest for dest, paths in built.input_files.items() for path in paths}
         r = placement.resources
         job: dict[str, Any] = {

@@ -26,6 +26,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
 from jobferry.errors import PayloadTooLargeError, RequestError
+from jobferry.staging.json_body import parse_json
 from jobferry.staging.paths import safe_filename
 
 
@@ -210,10 +211,8 @@ class FormReceiver(MultipartStream):
             return
         text = self._raw.decode("utf-8", "replace")
         if "json" in self.kind:
-            try:
-                self.json = json.loads(text) if text.strip() else {}
-            except ValueError as exc:
-                raise RequestError(f"the body is not valid JSON: {exc}") from exc
+            # Size: capped by max_field_bytes while it was fed.
+            self.json = parse_json(text, max_bytes=None, empty={})
             if not isinstance(self.json, dict):
                 raise RequestError("the JSON body must be an object")
             for key, value in self.json.items():

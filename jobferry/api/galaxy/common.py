@@ -8,7 +8,6 @@ capped at ``server.max_form_kb`` (no file uploads go through these handlers).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from jobferry.api.galaxy.base import GalaxyMixin
 from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.users import UserService
+from jobferry.staging.json_body import parse_json
 
 _TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "off", "n", "f", "none", "null", ""})
@@ -107,10 +107,7 @@ class GalaxyResource(GalaxyMixin, tornado.web.RequestHandler):
         kind = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if kind == "application/x-www-form-urlencoded":
             return dict(parse_qsl(text, keep_blank_values=True))
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise errors.RequestError(f"the body is not valid JSON: {exc}") from exc
+        data = parse_json(text, max_bytes=None)  # size capped while it was received
         if not isinstance(data, dict):
             raise errors.RequestError("the JSON body must be an object")
         return data
