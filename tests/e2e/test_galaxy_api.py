@@ -396,10 +396,13 @@ def test_run_tool__unknown_tool_is_404_and_missing_tool_id_400(alice: Galaxy) ->
     assert_error(alice.post("/api/tools", ["not", "an", "object"]), 400, 400008)
 
 
-def test_run_tool__another_users_dataset_is_403(alice_job: str, alice: Galaxy, bob: Galaxy) -> None:
+def test_run_tool__another_users_dataset_is_404_as_if_missing(
+    alice_job: str, alice: Galaxy, bob: Galaxy
+) -> None:
+    """Guards: a 403 for another user's dataset told that its id exists (ids could be probed)."""
     doc = dataset_of(alice, alice_job, "inputs", "infile")
     response = bob.post("/api/tools", {"tool_id": "wordcount", "inputs": {"infile": {"id": doc}}})
-    assert_error(response, 403, 403002)
+    assert_error(response, 404, 404001)
 
 
 # --- jobs: show, inputs, outputs ----------------------------------------------------------------
@@ -443,8 +446,12 @@ def test_show_job__element_view_for_owner_admin_extras_and_full_logs(
 def test_show_job__other_users_unknown_and_malformed_ids(
     bob: Galaxy, alice_job: str, alice: Galaxy
 ) -> None:
+    # Another user's job answers exactly as a missing one (a 403 let ids be probed).
     for suffix in ("", "/inputs", "/outputs", "/build_for_rerun"):
-        assert_error(bob.get(f"/api/jobs/{alice_job}{suffix}"), 403, 403002)
+        theirs = bob.get(f"/api/jobs/{alice_job}{suffix}")
+        missing = bob.get(f"/api/jobs/0123456789abcdef{suffix}")
+        assert_error(theirs, 404, 404001)
+        assert theirs.json() == missing.json()
         assert_error(alice.get(f"/api/jobs/0123456789abcdef{suffix}"), 404, 404001)
         for bad in ("123", "0123456789ABCDEF", "0123456789abcdef0", "..%2F..%2Fetc"):
             assert_error(alice.get(f"/api/jobs/{bad}{suffix}"), 400, 400009)
@@ -507,7 +514,7 @@ def test_search__finds_the_callers_jobs_with_same_params_and_input_content(
     assert first not in [j["id"] for j in different.json()]
     assert alice.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": {"x": 1}}).json() == []
     assert_error(
-        bob.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs}), 403, 403002
+        bob.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs}), 404, 404001
     )
     assert_error(alice.post("/api/jobs/search", {"tool_id": "nope", "inputs": {}}), 404, 404001)
     assert_error(alice.post("/api/jobs/search", {"tool_id": "wordcount"}), 400, 400008)
@@ -620,7 +627,7 @@ def test_cancel__stops_the_process_answers_true_then_false(
     assert eventually(lambda: pid() is not None, 30)
     process = pid()
     assert process is not None
-    assert_error(bob.delete(f"/api/jobs/{job_id}"), 403, 403002)
+    assert_error(bob.delete(f"/api/jobs/{job_id}"), 404, 404001)  # not 403: no probing
     response = alice.delete(f"/api/jobs/{job_id}")
     assert response.status_code == 200 and response.json() is True
     assert alice.ok(f"/api/jobs/{job_id}")["state"] in ("deleting", "deleted")
@@ -674,8 +681,9 @@ def test_dataset__shown_downloaded_with_ranges_for_owner_and_admin_only(
     assert head.status_code == 200 and head.headers["Content-Length"] == "13"
     assert_error(alice.get(url, headers={"Range": "bytes=100-"}), 416, 416001)
     assert admin.get(url).content == b"ONE TWO THREE"
-    assert_error(bob.get(f"/api/datasets/{upper}"), 403, 403002)
-    assert_error(bob.get(url), 403, 403002)
+    # Another user's dataset is "not found" (a 403 told that the id exists).
+    assert_error(bob.get(f"/api/datasets/{upper}"), 404, 404001)
+    assert_error(bob.get(url), 404, 404001)
     assert_error(alice.get("/api/datasets/0123456789abcdef"), 404, 404001)
     assert_error(alice.get("/api/datasets/0123456789abcdef/display"), 404, 404001)
     assert_error(alice.get("/api/datasets/x/display"), 400, 400009)
