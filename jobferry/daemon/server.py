@@ -27,6 +27,7 @@ import tornado.netutil
 
 from jobferry.api.app import make_app, make_services
 from jobferry.config import Config
+from jobferry.daemon import redact
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
@@ -49,6 +50,7 @@ def configure_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    redact.install()  # no line may carry an API key, a job_key or a password
 
 
 def _lock_data_dir(path: Path) -> IO[str]:
