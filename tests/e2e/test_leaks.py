@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import DaemonProcess, _env
+from tests.helpers import DaemonProcess, _env, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +30,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     config = {
         "server": {"xheaders": True},
         "api": {"baseauth_failures_per_minute": LIMIT, "key_cache_s": 0.0},
+        "logging": {"level": "DEBUG", "access_log": True},
     }
     proc = DaemonProcess(base / "data", config).start()
     try:
@@ -184,3 +186,45 @@ def test_cli__global_options_before_and_after_the_subcommand(tmp_path: Path) -> 
         "--data-dir", str(daemon.data_dir), "user", "list", "--config", str(daemon.config_path)
     )
     assert mixed.returncode == 0 and "early" in mixed.stdout, mixed.stderr
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def raw_request(daemon: DaemonProcess, data: bytes) -> bytes:
+    """*data* sent as is on a new connection; whatever comes back until it closes."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_logs__no_line_carries_a_key_from_malformed_headers_urls_or_credentials(
+    daemon: DaemonProcess,
+) -> None:
+    """Guards: a malformed header put the API key into the log (Tornado's "Malformed
+    HTTP message ... 'Bearer jf_...'"), so reading the log gave a user's access."""
+    key = make_user(daemon, "logan")
+    job_key = "0123456789abcdef" * 4
+    # Header values Tornado refuses, and quotes in its "Malformed HTTP message" line.
+    for header in (
+        f"Authorization: Bearer {key}\x01",
+        f"x-api-key: {key}\x7f",
+        f"Cookie: job_key={job_key}\x02",
+        f"Authorization Bearer {key}",  # no colon
+    ):
+        raw_request(daemon, f"GET /api/whoami HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode())
+    for path in (f"/api/whoami?key={key}", f"/api/jobs/{'f' * 16}/files?job_key={job_key}&path=x"):
+        requests.get(daemon.url + path, timeout=30)
+    requests.get(
+        daemon.url + "/api/whoami", headers={"Authorization": f"Bearer {key}x"}, timeout=30
+    )
+    baseauth(daemon, "logan", PASSWORD, "10.9.0.1")
+    assert eventually(lambda: daemon.log_path.read_text().count("Malformed HTTP") >= 4, 60)
+    log = daemon.log_path.read_text()
+    assert "logan" in log or "whoami" in log  # the requests were logged...
+    for secret in (key, key[3:20], job_key, PASSWORD):
+        assert secret not in log  # ...but not one secret
