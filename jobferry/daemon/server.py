@@ -28,6 +28,7 @@ import tornado.netutil
 from jobferry.api.app import make_app, make_services
 from jobferry.config import Config
 from jobferry.daemon import redact
+from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
@@ -87,13 +88,18 @@ class Daemon:
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
         cap = self.config.server.max_upload_mb * 1024 * 1024
-        server = tornado.httpserver.HTTPServer(
+        limits = self.config.server
+        server = GuardedHTTPServer(
             make_app(services),
             max_body_size=cap,
             max_buffer_size=16 * 1024 * 1024,
-            xheaders=self.config.server.xheaders,
-            idle_connection_timeout=300,
+            xheaders=limits.xheaders,
+            # Also Tornado's header timeout: a whole request head within this time.
+            idle_connection_timeout=limits.idle_timeout_s,
             body_timeout=3600,
+            max_per_address=limits.max_connections_per_address,
+            min_body_rate=limits.min_body_rate_kbps * 1024,
+            body_grace_s=limits.body_grace_s,
         )
         sockets = tornado.netutil.bind_sockets(
             self.config.server.port,
