@@ -26,14 +26,22 @@ WATCH_SECRETS_ENV = "JOBFERRY_TEST_WATCH_SECRETS"
 ISSUED_SECRETS: set[str] = set()
 #: Every daemon log written in this test process.
 DAEMON_LOGS: set[Path] = set()
-#: An API key (jobferry's form) or a job_key (64 hex digits: an HMAC-SHA256).
-SECRET = re.compile(r"jf_[A-Za-z0-9_\-]{20,}|(?<![0-9a-fA-F])[0-9a-f]{64}(?![0-9a-fA-F])")
+#: An API key, in jobferry's form.
+API_KEY = re.compile(r"jf_[A-Za-z0-9_\-]{20,}")
+#: A job_key: 64 hex digits (an HMAC-SHA256), like a file's checksum, so only
+#: values known to be job_keys are noted as such.
+JOB_KEY = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
-def note_secrets(text: str | None) -> None:
-    """Remember every API key or job_key in *text* (when secrets are watched)."""
-    if text and os.environ.get(WATCH_SECRETS_ENV):
-        ISSUED_SECRETS.update(SECRET.findall(text))
+def note_secrets(text: str | None, *, job_key: bool = False) -> None:
+    """Remember every API key in *text*, or, if *text* is known to hold job_keys (the
+    output of ``job key``, a ``job_key`` value), every job_key in it (when watched)."""
+    if not text or not os.environ.get(WATCH_SECRETS_ENV):
+        return
+    if job_key:
+        ISSUED_SECRETS.update(JOB_KEY.findall(text))
+        return
+    ISSUED_SECRETS.update(API_KEY.findall(text))
 
 
 def eventually(check: Any, timeout_s: float = 5.0) -> bool:
@@ -73,6 +81,8 @@ class DaemonProcess:
         self.url = ""
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         DAEMON_LOGS.add(self.log_path)
+        #: Put before the daemon's command line (e.g. ``["prlimit", "--nofile=300"]``).
+        self.command_prefix: list[str] = []
 
     def cli_command(self, *args: str) -> list[str]:
         """``jobferry ARGS`` on this daemon's data dir and config (so: on its store)."""
@@ -88,7 +98,7 @@ class DaemonProcess:
         result = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=60, env=_env()
         )
-        note_secrets(result.stdout)
+        note_secrets(result.stdout, job_key=args[:2] == ("job", "key"))
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
         return result
@@ -97,6 +107,7 @@ class DaemonProcess:
         state = self.data_dir / "daemon.json"
         state.unlink(missing_ok=True)
         cmd = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "jobferry.cli",

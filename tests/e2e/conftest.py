@@ -4,7 +4,8 @@ Every daemon of the suite runs with DEBUG logging and access logs
 (``tests.helpers.WATCH_SECRETS_ENV``), and every API key or job_key the tests are
 given or send (CLI output, key files, HTTP requests and answers) is recorded. At
 the session's end every daemon log is searched for each of them, and for anything
-shaped like one (a ``jf_`` key, a 64-hex-digit job_key); a find fails the session.
+shaped like an API key (``jf_...``); a find fails the session. (A job_key looks
+like a checksum, so only values known to be job_keys are searched for.)
 Guards: a log line carrying a key (e.g. Tornado's "Malformed HTTP message ...
 'Bearer jf_...'") lets anyone who reads the logs act as that user or job.
 """
@@ -12,6 +13,7 @@ Guards: a log line carrying a key (e.g. Tornado's "Malformed HTTP message ...
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests.adapters
 
-from tests.helpers import DAEMON_LOGS, ISSUED_SECRETS, SECRET, WATCH_SECRETS_ENV, note_secrets
+from tests.helpers import API_KEY, DAEMON_LOGS, ISSUED_SECRETS, WATCH_SECRETS_ENV, note_secrets
 
 os.environ[WATCH_SECRETS_ENV] = "1"
 
@@ -30,12 +32,19 @@ def _watching_send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
     """requests' transport, noting the keys a test sends and the ones it is given."""
     for name in ("Authorization", "x-api-key"):
         note_secrets(str(request.headers.get(name, "")).split(" ")[-1])
-    for _, value in parse_qsl(urlsplit(request.url).query):
-        note_secrets(value)
+    for name, value in parse_qsl(urlsplit(request.url).query):
+        note_secrets(value, job_key=name == "job_key")
     response = _send(self, request, *args, **kwargs)
     if not kwargs.get("stream") and "json" in response.headers.get("Content-Type", ""):
-        note_secrets(response.text[:1_000_000])
+        text = response.text[:1_000_000]
+        note_secrets(text)
+        for found in _JOB_KEY_FIELD.findall(text):
+            note_secrets(found, job_key=True)
     return response
+
+
+#: ``"job_key": "<hex>"`` in a JSON answer.
+_JOB_KEY_FIELD = re.compile(r'"job_key"\s*:\s*"([0-9a-f]{64})"')
 
 
 requests.adapters.HTTPAdapter.send = _watching_send  # type: ignore[method-assign]
@@ -50,7 +59,7 @@ def find_secrets(logs: set[Path], issued: set[str]) -> list[str]:
         except FileNotFoundError:
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if SECRET.search(line) or any(secret in line for secret in issued):
+            if API_KEY.search(line) or any(secret in line for secret in issued):
                 found.append(f"{log}:{number}: {line[:300]}")
     return found
 

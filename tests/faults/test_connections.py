@@ -134,6 +134,41 @@ def test_connections_per_address__over_the_cap_get_503_and_others_are_served(
         assert "Traceback" not in log and "Too many open files" not in log
 
 
+def test_descriptor_limit__connections_past_it_get_503_not_emfile_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """Guards: with every descriptor taken, ``accept`` failed with EMFILE and Tornado
+    logged a traceback for each attempt while every client was refused; the daemon now
+    caps connections in all below its descriptor limit and answers 503 past it."""
+    daemon = DaemonProcess(tmp_path / "data", {"server": {"max_connections_per_address": 5000}})
+    daemon.command_prefix = ["prlimit", "--nofile=400:400"]
+    daemon.start()
+    try:
+        with sockets() as opened:
+            for n in range(500):  # from several addresses, so the per-address cap is not it
+                opened.append(connect(daemon, source=f"127.0.0.{2 + n % 50}"))
+            request = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+            def late() -> bytes:
+                sock = connect(daemon, source="127.0.1.1")
+                opened.append(sock)
+                return answer(sock, request)
+
+            # (Once the refusals being answered are done: past 64, they just close.)
+            assert eventually(lambda: late().startswith(b"HTTP/1.1 503"), 60)
+            for sock in opened:
+                sock.close()
+            assert eventually(
+                lambda: requests.get(daemon.url + "/api/version", timeout=60).status_code == 200,
+                60,
+            )
+        log = daemon.log_path.read_text()
+        assert "refusing connections (503)" in log
+        assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
+    finally:
+        daemon.stop()
+
+
 def test_slow_upload__is_cut_off_below_the_minimum_rate(tmp_path: Path) -> None:
     """Guards: a body trickling in a byte at a time held its connection (and a request
     slot) for the whole hour-long body timeout; below the minimum rate it is closed."""
