@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
 
 #: Destination names (they are stored on jobs and shown in URLs and tables).
@@ -75,6 +75,20 @@ class ServerConfig(_Section):
         description="Largest job_files upload whose job_key is in the form, not the query, "
         "KiB: held in memory (never on disk) until the key is checked.",
     )
+    idle_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0,
+        description="Close a connection that has not sent a whole request head this long after "
+        "it opened or its last answer (idle keep-alive and slow headers alike).",
+    )
+    min_body_rate_kbps: Annotated[float, Field(ge=0)] = Field(
+        4.0, description="Slowest average upload accepted, KiB/s (0: no limit); see body_grace_s."
+    )
+    body_grace_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Seconds a request body may take before min_body_rate_kbps applies."
+    )
+    max_connections_per_address: Annotated[int, Field(ge=1)] = Field(
+        256, description="Open connections from one client address; more get a 503 and close."
+    )
 
 
 class DatabaseConfig(_Section):
@@ -101,6 +115,11 @@ class ApiConfig(_Section):
         1.0,
         description="Trust a verified key this long without asking the store again; a key "
         "revoked by another process stops working within this time (0: always ask).",
+    )
+    baseauth_failures_per_minute: Annotated[int, Field(ge=1)] = Field(
+        10,
+        description="Failed /api/authenticate/baseauth attempts per user and per client "
+        "address in a minute; more answer 429 with Retry-After (kept in memory).",
     )
 
 
@@ -396,51 +415,6 @@ def _describe(error: Any) -> str:
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else f"a {type(value).__name__} ({value!r:.60})"
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
-    """One line: where the YAML broke and why."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    what = " ".join(str(problem or exc).split())
-    context = getattr(exc, "context", None)
-    if context:
-        what = f"{' '.join(str(context).split())}: {what}"
-    return ConfigError(f"{source}: not valid YAML{where}: {what}")
-
-
-def _load_yaml(source: str, text: str) -> Any:
-    """Parse *text*; duplicate keys are an error (YAML would keep the last silently)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicates(source, node, [])
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc) from exc
-    finally:
-        loader.dispose()
-
-
-def _check_duplicates(source: str, node: yaml.Node, path: list[str]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            dotted = ".".join([*path, key])
-            if key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(
-                    f"{source}: {dotted}: duplicate key (line {line}); give each key once"
-                )
-            seen.add(key)
-            _check_duplicates(source, value_node, [*path, key])
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_duplicates(source, item, [*path, str(index)])
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:

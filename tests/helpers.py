@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,30 @@ from tests.db import database_url, on_postgres, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
+
+#: Set (by tests/e2e/conftest.py) to run every daemon with DEBUG logging and access
+#: logs, and to record the secrets issued, so the session's end can grep the logs.
+WATCH_SECRETS_ENV = "JOBFERRY_TEST_WATCH_SECRETS"
+#: API keys and job_keys seen in this test process (CLI output, requests, key files).
+ISSUED_SECRETS: set[str] = set()
+#: Every daemon log written in this test process.
+DAEMON_LOGS: set[Path] = set()
+#: An API key, in jobferry's form.
+API_KEY = re.compile(r"jf_[A-Za-z0-9_\-]{20,}")
+#: A job_key: 64 hex digits (an HMAC-SHA256), like a file's checksum, so only
+#: values known to be job_keys are noted as such.
+JOB_KEY = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+
+
+def note_secrets(text: str | None, *, job_key: bool = False) -> None:
+    """Remember every API key in *text*, or, if *text* is known to hold job_keys (the
+    output of ``job key``, a ``job_key`` value), every job_key in it (when watched)."""
+    if not text or not os.environ.get(WATCH_SECRETS_ENV):
+        return
+    if job_key:
+        ISSUED_SECRETS.update(JOB_KEY.findall(text))
+        return
+    ISSUED_SECRETS.update(API_KEY.findall(text))
 
 
 def eventually(check: Any, timeout_s: float = 5.0) -> bool:
@@ -42,6 +67,9 @@ class DaemonProcess:
         self.database_url = database_url(data_dir)
         if on_postgres():
             config = with_database(config or {}, data_dir)
+        if os.environ.get(WATCH_SECRETS_ENV):
+            config = dict(config or {})
+            config.setdefault("logging", {"level": "DEBUG", "access_log": True})
         #: 0: any free port (a new one at each start); the config's server.port if given.
         self.port = int(((config or {}).get("server") or {}).get("port") or 0)
         self.config_path: Path | None = None
@@ -52,6 +80,9 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        DAEMON_LOGS.add(self.log_path)
+        #: Put before the daemon's command line (e.g. ``["prlimit", "--nofile=300"]``).
+        self.command_prefix: list[str] = []
 
     def cli_command(self, *args: str) -> list[str]:
         """``jobferry ARGS`` on this daemon's data dir and config (so: on its store)."""
@@ -67,6 +98,7 @@ class DaemonProcess:
         result = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=60, env=_env()
         )
+        note_secrets(result.stdout, job_key=args[:2] == ("job", "key"))
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
         return result
@@ -75,6 +107,7 @@ class DaemonProcess:
         state = self.data_dir / "daemon.json"
         state.unlink(missing_ok=True)
         cmd = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "jobferry.cli",
@@ -106,7 +139,9 @@ class DaemonProcess:
 
     @property
     def admin_key(self) -> str:
-        return (self.data_dir / "admin-api-key").read_text().strip()
+        key = (self.data_dir / "admin-api-key").read_text().strip()
+        note_secrets(key)
+        return key
 
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, self.admin_key if key is None else key)

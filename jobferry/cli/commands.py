@@ -29,11 +29,20 @@ Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS: dict[str, Handler] = {}
 
 
-def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    parser.add_argument("--config", help="YAML configuration file (default: $JOBFERRY_CONFIG)")
-    parser.add_argument("--data-dir", help="data directory (overrides data_dir)")
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True, top: bool = False) -> None:
+    """The global options, accepted before and after the subcommand.
+
+    The top-level parser sets their defaults; on a (sub)command parser they default
+    to SUPPRESS, so an option given before the subcommand is not reset by the
+    subcommand's parser (argparse copies every default of a subparser over).
+    """
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--config", help="YAML configuration file (default: $JOBFERRY_CONFIG)", **default
+    )
+    parser.add_argument("--data-dir", help="data directory (overrides data_dir)", **default)
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--json", action="store_true", help="print JSON", **default)
 
 
 def _cmd(sub: Any, name: str, key: str, fn: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -436,10 +445,12 @@ def cmd_node_undrain(args: argparse.Namespace) -> int:
 def _group(top: Any, name: str, help_text: str) -> Any:
     """A command group (``jobferry db ...``) whose action is required."""
     parser = top.add_parser(name, help=help_text, description=help_text)
+    _common(parser)  # `jobferry user --data-dir D create X` too
     return parser.add_subparsers(metavar="ACTION", dest="action", required=True)
 
 
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    _common(parser, top=True)
     top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
 
     serve = _cmd(top, "serve", "serve", cmd_serve, "run the daemon")

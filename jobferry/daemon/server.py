@@ -27,6 +27,8 @@ import tornado.netutil
 
 from jobferry.api.app import make_app, make_services
 from jobferry.config import Config
+from jobferry.daemon import redact
+from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
@@ -53,6 +55,7 @@ def configure_logging(config: Config) -> None:
     # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
     # noise at each start. A migration that runs is logged by jobferry.store.engine.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    redact.install()  # no line may carry an API key, a job_key or a password
 
 
 def _lock_data_dir(path: Path) -> IO[str]:
@@ -105,13 +108,18 @@ class Daemon:
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
         cap = self.config.server.max_upload_mb * 1024 * 1024
-        server = tornado.httpserver.HTTPServer(
+        limits = self.config.server
+        server = GuardedHTTPServer(
             make_app(services),
             max_body_size=cap,
             max_buffer_size=16 * 1024 * 1024,
-            xheaders=self.config.server.xheaders,
-            idle_connection_timeout=300,
+            xheaders=limits.xheaders,
+            # Also Tornado's header timeout: a whole request head within this time.
+            idle_connection_timeout=limits.idle_timeout_s,
             body_timeout=3600,
+            max_per_address=limits.max_connections_per_address,
+            min_body_rate=limits.min_body_rate_kbps * 1024,
+            body_grace_s=limits.body_grace_s,
         )
         self.port = sockets[0].getsockname()[1]
         host = self.config.server.host

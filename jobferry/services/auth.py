@@ -46,6 +46,12 @@ def new_key() -> str:
     return "jf_" + secrets.token_urlsafe(32)
 
 
+def placeholder_email(username: str) -> str:
+    """The email of a user created without one: Galaxy's clients expect a string, and
+    this one is stable (the same name gives the same address) and never delivered."""
+    return f"{username}@localhost"
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     id: str
@@ -61,16 +67,15 @@ class KeyInfo:
 class UserInfo:
     id: str
     username: str
-    email: str | None
+    email: str
     is_admin: bool
     is_active: bool
     created_at: datetime
 
 
 def _user_info(user: User) -> UserInfo:
-    return UserInfo(
-        user.id, user.username, user.email, user.is_admin, user.is_active, user.created_at
-    )
+    email = user.email or placeholder_email(user.username)  # rows migrated by 0007 have one
+    return UserInfo(user.id, user.username, email, user.is_admin, user.is_active, user.created_at)
 
 
 class AuthService:
@@ -157,7 +162,8 @@ class AuthService:
             raise ValidationError(errors={"username": ["Enter a name without spaces."]})
         try:
             with self.core.sessions.begin() as session:
-                user = User(username=username, email=email or None, is_admin=is_admin)
+                email = (email or "").strip() or placeholder_email(username)
+                user = User(username=username, email=email, is_admin=is_admin)
                 session.add(user)
                 session.flush()
                 key = self._add_key(session, user.id, "default")
@@ -248,3 +254,8 @@ class AuthService:
             key.is_active = False
             key.revoked_at = utcnow()
             self._verified.pop(key.key_hash, None)
+
+    def forget(self, key_hashes: list[str]) -> None:
+        """Drop revoked keys from this daemon's cache, so they stop working at once."""
+        for digest in key_hashes:
+            self._verified.pop(digest, None)

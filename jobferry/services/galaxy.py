@@ -26,7 +26,6 @@ from jobferry.errors import (
     ConflictError,
     MalformedIdError,
     NotFoundError,
-    PermissionDeniedError,
     ValidationError,
 )
 from jobferry.services.core import Core, Principal
@@ -402,11 +401,9 @@ class GalaxyService:
     def view(self, principal: Principal, job_id: str) -> JobView:
         check_id(job_id, "job")
         try:
-            return self.jobs.get(principal, job_id)
+            return self.jobs.get(principal, job_id)  # another user's job: not found too
         except NotFoundError:
             raise NotFoundError("No such job found.") from None
-        except PermissionDeniedError:
-            raise PermissionDeniedError("User cannot access specified job.") from None
 
     def _version_of(self, session: Session, job: Job) -> tuple[str | None, str | None]:
         if job.script_version_id is None:
@@ -556,7 +553,8 @@ class GalaxyService:
             raise NotFoundError("No such dataset found.")
         job_file, job = row
         if not principal.is_admin and job.user_id != principal.user_id:
-            raise PermissionDeniedError("User cannot access specified dataset.")
+            # Not 403: that would tell the caller the id exists (ids could be probed).
+            raise NotFoundError("No such dataset found.")
         return job_file, job
 
     def datasets(self, principal: Principal, dataset_ids: Sequence[str]) -> list[JobFile]:

@@ -300,11 +300,15 @@ class JobService:
     # --- reading ---------------------------------------------------------------------
 
     def get(self, principal: Principal, job_id: str) -> JobView:
-        """A job the principal may see. Raises NotFoundError / PermissionDeniedError."""
+        """A job the principal may see. Raises NotFoundError.
+
+        Another user's job is "not found" too (admins see every job): a 403 would
+        tell a caller that the id exists, so ids could be probed.
+        """
         with self.core.sessions.begin() as session:
             view = self._view(session, job_id)
         if not principal.is_admin and view.job.user_id != principal.user_id:
-            raise PermissionDeniedError("You are not permitted to access this job.")
+            raise NotFoundError(f"no job with id {job_id!r}")
         return view
 
     def status(self, principal: Principal, job_id: str) -> JobStatus:
@@ -316,7 +320,7 @@ class JobService:
         if row is None:
             raise NotFoundError(f"no job with id {job_id!r}")
         if not principal.is_admin and row.user_id != principal.user_id:
-            raise PermissionDeniedError("You are not permitted to access this job.")
+            raise NotFoundError(f"no job with id {job_id!r}")  # as in get(): no probing
         return row
 
     def _view(self, session: Session, job_id: str) -> JobView:

@@ -23,22 +23,34 @@ from jobferry.errors import (
     PermissionDeniedError,
     ValidationError,
 )
-from jobferry.services.auth import AuthService, hash_key, new_key
+from jobferry.services.auth import AuthService, hash_key, new_key, placeholder_email
 from jobferry.services.core import Core, Principal
 from jobferry.services.passwords import check_password_rules, hash_password, verify_password
+from jobferry.services.ratelimit import FailureLimiter
 from jobferry.store.models import ApiKey, Job, JobFile, User, utcnow
 
 logger = logging.getLogger(__name__)
 
 #: Name given to keys created by ``GET /api/authenticate/baseauth``.
 BASEAUTH_KEY_NAME = "baseauth"
+#: The one answer to bad credentials, whether the user exists or not.
+BAD_CREDENTIALS = "Invalid email, username or password."
+
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A real hash of a random password, to verify against when there is no user."""
+    if not _dummy:
+        _dummy.append(hash_password(new_key()))
+    return _dummy[0]
 
 
 @dataclass(frozen=True)
 class UserRecord:
     id: str
     username: str
-    email: str | None
+    email: str
     is_admin: bool
     is_active: bool
     created_at: datetime
@@ -51,7 +63,7 @@ def _record(user: User, disk_usage: int = 0) -> UserRecord:
     return UserRecord(
         id=user.id,
         username=user.username,
-        email=user.email,
+        email=user.email or placeholder_email(user.username),
         is_admin=bool(user.is_admin),
         is_active=bool(user.is_active),
         created_at=user.created_at,
@@ -76,6 +88,8 @@ class UserService:
     def __init__(self, core: Core, auth: AuthService) -> None:
         self.core = core
         self.auth = auth
+        #: Failed baseauth attempts per identity and per client address (in memory).
+        self.failures = FailureLimiter(core.config.api.baseauth_failures_per_minute, 60.0)
 
     # --- passwords --------------------------------------------------------------------
 
@@ -94,7 +108,9 @@ class UserService:
 
         Galaxy URL-unquotes both parts of the basic credentials; a client that
         did not quote them is served too (the raw form is tried first).
-        Raises NotFoundError (no such user), InvalidCredentialsError.
+        Raises InvalidCredentialsError, the same for an unknown user as for a wrong
+        password (Galaxy answers 404 for the former, which tells who has an
+        account); an unknown user costs a password hash too, so timing does not tell.
         """
         identities = [identity] + ([unquote(identity)] if "%" in identity else [])
         passwords = [password] + ([unquote(password)] if "%" in password else [])
@@ -109,24 +125,34 @@ class UserService:
                 ).scalar()
                 if user is not None:
                     break
-            if user is None:
-                raise NotFoundError("The user does not exist.")
-            record = _record(user)
-            stored = user.password_hash
-        if not any(verify_password(p, stored) for p in passwords):
-            raise InvalidCredentialsError("Invalid password.")
+            record = _record(user) if user is not None else None
+            stored = user.password_hash if user is not None else None
+        if record is None or not stored:
+            stored = _dummy_hash()  # the same work as for a real user
+        if not any(verify_password(p, stored) for p in passwords) or record is None:
+            raise InvalidCredentialsError(BAD_CREDENTIALS)
         if not record.is_active:
             raise InvalidCredentialsError(
                 "User account is deactivated, please contact an administrator."
             )
         return record
 
-    def baseauth_key(self, identity: str, password: str) -> str:
+    def baseauth_key(self, identity: str, password: str, client: str = "") -> str:
         """A new API key (named "baseauth") for the user the credentials name.
 
-        Keys are stored hashed, so an existing one cannot be handed back.
+        Keys are stored hashed, so an existing one cannot be handed back. Failed
+        attempts are counted per identity and per *client* address; past
+        ``api.baseauth_failures_per_minute`` either answers TooManyRequestsError
+        without looking at the password, so guessing is slowed to that rate.
         """
-        record = self.verify_credentials(identity, password)
+        counted = (f"user:{unquote(identity).casefold()}", f"addr:{client}")
+        self.failures.check(*counted)
+        try:
+            record = self.verify_credentials(identity, password)
+        except InvalidCredentialsError:
+            self.failures.failed(*counted)
+            raise
+        self.failures.forget(counted[0])
         with self.core.sessions.begin() as session:
             return self._add_key(session, record.id, BASEAUTH_KEY_NAME)
 
@@ -206,7 +232,7 @@ class UserService:
             with self.core.sessions.begin() as session:
                 user = User(
                     username=username,
-                    email=email,
+                    email=email or placeholder_email(username),
                     password_hash=hashed,
                     password_changed_at=utcnow(),
                     is_admin=False,
@@ -235,6 +261,29 @@ class UserService:
             if not user.is_active:
                 raise ConflictError("The user account is deactivated.")
             return self._add_key(session, user.id, name)
+
+    def replace_key(self, principal: Principal, user_id: str) -> str:
+        """A new API key for a user that replaces all their others, as Galaxy's
+        ``POST /api/users/{id}/api_key`` does: the old keys stop working at once
+        (on other nodes within ``api.key_cache_s``). The CLI's ``key create`` adds."""
+        if not principal.is_admin and user_id != principal.user_id:
+            raise PermissionDeniedError("You can create keys only for yourself.")
+        with self.core.sessions.begin() as session:
+            user = self._load(session, user_id)
+            if not user.is_active:
+                raise ConflictError("The user account is deactivated.")
+            old = (
+                session.execute(select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.is_active))
+                .scalars()
+                .all()
+            )
+            now = utcnow()
+            for row in old:
+                row.is_active = False
+                row.revoked_at = now
+            key = self._add_key(session, user.id, "api")
+        self.auth.forget([row.key_hash for row in old])
+        return key
 
     def key_matches_user(self, key: str, user_id: str) -> bool:
         """True if *key* is an active key of *user_id* (to hand a caller's own key back)."""

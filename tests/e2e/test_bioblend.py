@@ -107,8 +107,15 @@ def test_users__list_show_current_and_keys(
     assert admin.users.show_user(me["id"])["username"] == "dora"
     assert user.users.get_or_create_user_apikey(me["id"]) == user.key
     assert user.users.get_user_apikey(me["id"]) == user.key
-    fresh = admin.users.create_user_apikey(me["id"])
-    assert GalaxyInstance(daemon.url, key=fresh).config.whoami()["id"] == me["id"]
+    # Galaxy's create_user_apikey replaces the user's key (a user of its own: the
+    # module's `user` keeps its key).
+    old = daemon.cli("user", "create", "emil").stdout.strip()
+    emil = GalaxyInstance(daemon.url, key=old).users.get_current_user()["id"]
+    fresh = admin.users.create_user_apikey(emil)
+    assert GalaxyInstance(daemon.url, key=fresh).config.whoami()["id"] == emil
+    with pytest.raises(BioblendConnectionError) as revoked:
+        GalaxyInstance(daemon.url, key=old).config.whoami()
+    assert revoked.value.status_code == 401
     with pytest.raises(BioblendConnectionError) as refused:
         user.users.create_local_user("eve", "eve@example.org", PASSWORD)
     assert refused.value.status_code == 403

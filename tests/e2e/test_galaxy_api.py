@@ -226,7 +226,8 @@ def test_baseauth__bare_and_basic_forms_by_email_or_username_give_working_keys(
         ("Bearer " + base64.b64encode(b"alice:x").decode(), 400, 400008),
         ("a b c", 400, 400008),
         (base64.b64encode(b"no-colon-here").decode(), 400, 400008),
-        (base64.b64encode(b"nobody@example.org:secret").decode(), 404, 404001),
+        # An unknown user answers as a wrong password (Galaxy's 404 told who has an account).
+        (base64.b64encode(b"nobody@example.org:secret").decode(), 401, 401001),
         (base64.b64encode(b"alice@example.org:wrong password").decode(), 401, 401001),
     ],
 )
@@ -237,8 +238,9 @@ def test_baseauth__bad_credentials_are_refused_with_galaxys_codes(
     started = time.monotonic()
     response = requests.get(f"{daemon.url}/api/authenticate/baseauth/", headers=headers, timeout=10)
     assert_error(response, status, err_code)
-    if status in (401, 404):
+    if status == 401:
         assert time.monotonic() - started >= 0.25  # failures are held back
+        assert response.json()["err_msg"] == "Invalid email, username or password."
 
 
 def test_baseauth__user_without_password_is_401(daemon: DaemonProcess, bob: Galaxy) -> None:
@@ -396,10 +398,13 @@ def test_run_tool__unknown_tool_is_404_and_missing_tool_id_400(alice: Galaxy) ->
     assert_error(alice.post("/api/tools", ["not", "an", "object"]), 400, 400008)
 
 
-def test_run_tool__another_users_dataset_is_403(alice_job: str, alice: Galaxy, bob: Galaxy) -> None:
+def test_run_tool__another_users_dataset_is_404_as_if_missing(
+    alice_job: str, alice: Galaxy, bob: Galaxy
+) -> None:
+    """Guards: a 403 for another user's dataset told that its id exists (ids could be probed)."""
     doc = dataset_of(alice, alice_job, "inputs", "infile")
     response = bob.post("/api/tools", {"tool_id": "wordcount", "inputs": {"infile": {"id": doc}}})
-    assert_error(response, 403, 403002)
+    assert_error(response, 404, 404001)
 
 
 # --- jobs: show, inputs, outputs ----------------------------------------------------------------
@@ -443,8 +448,12 @@ def test_show_job__element_view_for_owner_admin_extras_and_full_logs(
 def test_show_job__other_users_unknown_and_malformed_ids(
     bob: Galaxy, alice_job: str, alice: Galaxy
 ) -> None:
+    # Another user's job answers exactly as a missing one (a 403 let ids be probed).
     for suffix in ("", "/inputs", "/outputs", "/build_for_rerun"):
-        assert_error(bob.get(f"/api/jobs/{alice_job}{suffix}"), 403, 403002)
+        theirs = bob.get(f"/api/jobs/{alice_job}{suffix}")
+        missing = bob.get(f"/api/jobs/0123456789abcdef{suffix}")
+        assert_error(theirs, 404, 404001)
+        assert theirs.json() == missing.json()
         assert_error(alice.get(f"/api/jobs/0123456789abcdef{suffix}"), 404, 404001)
         for bad in ("123", "0123456789ABCDEF", "0123456789abcdef0", "..%2F..%2Fetc"):
             assert_error(alice.get(f"/api/jobs/{bad}{suffix}"), 400, 400009)
@@ -507,7 +516,7 @@ def test_search__finds_the_callers_jobs_with_same_params_and_input_content(
     assert first not in [j["id"] for j in different.json()]
     assert alice.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": {"x": 1}}).json() == []
     assert_error(
-        bob.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs}), 403, 403002
+        bob.post("/api/jobs/search", {"tool_id": "wordcount", "inputs": inputs}), 404, 404001
     )
     assert_error(alice.post("/api/jobs/search", {"tool_id": "nope", "inputs": {}}), 404, 404001)
     assert_error(alice.post("/api/jobs/search", {"tool_id": "wordcount"}), 400, 400008)
@@ -620,7 +629,7 @@ def test_cancel__stops_the_process_answers_true_then_false(
     assert eventually(lambda: pid() is not None, 30)
     process = pid()
     assert process is not None
-    assert_error(bob.delete(f"/api/jobs/{job_id}"), 403, 403002)
+    assert_error(bob.delete(f"/api/jobs/{job_id}"), 404, 404001)  # not 403: no probing
     response = alice.delete(f"/api/jobs/{job_id}")
     assert response.status_code == 200 and response.json() is True
     assert alice.ok(f"/api/jobs/{job_id}")["state"] in ("deleting", "deleted")
@@ -674,8 +683,9 @@ def test_dataset__shown_downloaded_with_ranges_for_owner_and_admin_only(
     assert head.status_code == 200 and head.headers["Content-Length"] == "13"
     assert_error(alice.get(url, headers={"Range": "bytes=100-"}), 416, 416001)
     assert admin.get(url).content == b"ONE TWO THREE"
-    assert_error(bob.get(f"/api/datasets/{upper}"), 403, 403002)
-    assert_error(bob.get(url), 403, 403002)
+    # Another user's dataset is "not found" (a 403 told that the id exists).
+    assert_error(bob.get(f"/api/datasets/{upper}"), 404, 404001)
+    assert_error(bob.get(url), 404, 404001)
     assert_error(alice.get("/api/datasets/0123456789abcdef"), 404, 404001)
     assert_error(alice.get("/api/datasets/0123456789abcdef/display"), 404, 404001)
     assert_error(alice.get("/api/datasets/x/display"), 400, 400009)
@@ -727,16 +737,22 @@ def test_users__admin_creates_a_local_user_who_can_baseauth(
 
 
 def test_users__api_keys_new_for_self_or_by_admin_and_own_key_handed_back(
-    daemon: DaemonProcess, admin: Galaxy, alice: Galaxy, bob: Galaxy, alice_key: str
+    daemon: DaemonProcess, admin: Galaxy, bob: Galaxy
 ) -> None:
-    alice_id = alice.ok("/api/whoami")["id"]
-    response = alice.post(f"/api/users/{alice_id}/api_key", {"user_id": alice_id})
+    # A user of its own: POST replaces the user's key, as Galaxy does.
+    frank_key = daemon.cli("user", "create", "frank").stdout.strip()
+    frank = Galaxy(daemon.url, frank_key)
+    frank_id = frank.ok("/api/whoami")["id"]
+    assert frank.ok(f"/api/users/{frank_id}/api_key") == frank_key
+    assert frank.ok(f"/api/users/{frank_id}/api_key/detailed")["key"] == frank_key
+    assert_error(bob.post(f"/api/users/{frank_id}/api_key"), 403, 403002)
+    response = frank.post(f"/api/users/{frank_id}/api_key", {"user_id": frank_id})
     assert response.status_code == 200
     fresh = response.json()
-    assert isinstance(fresh, str) and fresh != alice_key
-    assert Galaxy(daemon.url, fresh).ok("/api/whoami")["username"] == "alice"
-    assert alice.ok(f"/api/users/{alice_id}/api_key") == alice_key
-    assert alice.ok(f"/api/users/{alice_id}/api_key/detailed")["key"] == alice_key
-    by_admin = admin.post(f"/api/users/{alice_id}/api_key").json()
-    assert Galaxy(daemon.url, by_admin).ok("/api/whoami")["username"] == "alice"
-    assert_error(bob.post(f"/api/users/{alice_id}/api_key"), 403, 403002)
+    assert isinstance(fresh, str) and fresh != frank_key
+    frank = Galaxy(daemon.url, fresh)
+    assert frank.ok("/api/whoami")["username"] == "frank"
+    assert eventually(lambda: Galaxy(daemon.url, frank_key).get("/api/whoami").status_code == 401)
+    assert frank.ok(f"/api/users/{frank_id}/api_key") == fresh
+    by_admin = admin.post(f"/api/users/{frank_id}/api_key").json()
+    assert Galaxy(daemon.url, by_admin).ok("/api/whoami")["username"] == "frank"

@@ -329,14 +329,17 @@ def test_status__users_see_only_their_own_jobs_admins_see_all(admin: Client, use
     mine = submit_wordcount(user)
     theirs = submit_wordcount(admin)
     assert user.wait(mine)["status"] == "completed"
-    forbidden = user.get(f"/api/jobs/v1/{theirs}/status/")
-    assert forbidden.status_code == 403
-    assert forbidden.json()["errors"] == {"__all__": ["You are not permitted to access this job."]}
+    # Another user's job answers as a missing one: a 403 told that the id exists.
+    hidden = user.get(f"/api/jobs/v1/{theirs}/status/")
+    assert hidden.status_code == 404
+    missing = user.get("/api/jobs/v1/0123456789abcdef/status/")
+    assert missing.status_code == 404
+    assert hidden.text.replace(theirs, "ID") == missing.text.replace("0123456789abcdef", "ID")
     details = admin.wait(mine)
     asset = details["assets"][0]["url"].split("//", 1)[1].split("/", 1)[1]
     assert user.get("/" + asset).status_code == 200
     other = admin.wait(theirs)["assets"][0]["url"].split("//", 1)[1].split("/", 1)[1]
-    assert user.get("/" + other).status_code == 403
+    assert user.get("/" + other).status_code == 404
 
 
 def test_unknown_route_and_wrong_method_are_json(admin: Client) -> None:

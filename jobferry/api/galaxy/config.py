@@ -150,8 +150,10 @@ class BaseAuthHandler(GalaxyResource):
             raise errors.RequestError("Authentication is missing")
         identity, password = decode_baseauth(header)
         try:
-            key = await self.call(self.gx.users.baseauth_key, identity, password)
-        except (errors.NotFoundError, errors.InvalidCredentialsError):
+            key = await self.call(
+                self.gx.users.baseauth_key, identity, password, self.request.remote_ip or ""
+            )
+        except errors.InvalidCredentialsError:
             await asyncio.sleep(random.uniform(*FAILURE_DELAY_S))
             raise
         self.send_json({"api_key": key})

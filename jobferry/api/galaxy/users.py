@@ -89,8 +89,8 @@ class UserHandler(GalaxyResource):
 
 
 class UserKeyHandler(GalaxyResource):
-    """``POST /api/users/{id}/api_key``: a new key; ``GET``: the caller's own key when they
-    ask for themselves (keys are stored hashed), else a new one."""
+    """``POST /api/users/{id}/api_key``: a new key replacing the user's others; ``GET``: the
+    caller's own key when they ask for themselves (keys are stored hashed), else a new one."""
 
     async def get(self, user_id: str) -> None:
         principal = await self.authenticate()
@@ -106,7 +106,8 @@ class UserKeyHandler(GalaxyResource):
         principal = await self.authenticate()
         self.payload()  # bioblend sends {"user_id": ...}; size-checked, not needed
         target = _user_id(principal, user_id)
-        self.send_json(await self.call(self.gx.users.new_key, principal, target, "api"))
+        # Galaxy replaces the user's key: the old one stops working.
+        self.send_json(await self.call(self.gx.users.replace_key, principal, target))
 
 
 class UserKeyDetailHandler(GalaxyResource):
