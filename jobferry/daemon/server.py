@@ -58,6 +58,11 @@ def configure_logging(config: Config) -> None:
     redact.install()  # no line may carry an API key, a job_key or a password
 
 
+#: Above server.max_form_kb for the transport's own check, so that a handler's cap
+#: (a JSON 413) is what a client just over the limit meets.
+BODY_SLACK = 64 * 1024
+
+
 def _lock_data_dir(path: Path) -> IO[str]:
     handle = open(path / "daemon.lock", "a+")  # noqa: SIM115 - held for the process's life
     try:
@@ -107,11 +112,14 @@ class Daemon:
         admin_key_path = await core.call(services.auth.ensure_admin)
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
-        cap = self.config.server.max_upload_mb * 1024 * 1024
         limits = self.config.server
         server = GuardedHTTPServer(
             make_app(services),
-            max_body_size=cap,
+            # Every route that takes no upload buffers its body before its handler runs:
+            # by default no more than a form's worth (an anonymous 1 GiB POST to, say,
+            # a status route used to be held in memory whole). The streaming upload
+            # handlers raise this in prepare(), once the client is authorised.
+            max_body_size=limits.max_form_kb * 1024 + BODY_SLACK,
             max_buffer_size=16 * 1024 * 1024,
             xheaders=limits.xheaders,
             # Also Tornado's header timeout: a whole request head within this time.
