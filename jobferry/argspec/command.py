@@ -263,7 +263,7 @@ def _leaves(value: Any) -> list[Any]:
     return [] if value is _BARE else [value]
 
 
-def _preferred_option(param: ParamSpec) -> str:
+def preferred_option(param: ParamSpec) -> str:
     """The first long option string (``--name``), else the first one."""
     for option in param.option_strings:
         if len(option) > 2 and option[1] == option[0]:
@@ -301,7 +301,7 @@ def _render_param(param: ParamSpec, value: Any, prefixes: str) -> list[str]:
     """The argv strings of one given parameter (a positional: just its values)."""
     if param.positional:
         return [str(leaf) for leaf in _leaves(value)]
-    option = _preferred_option(param)
+    option = preferred_option(param)
     if param.action in ("store_true", "store_false", "store_const"):
         return [option]
     if param.action == "append_const":

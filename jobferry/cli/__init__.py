@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobferry import __version__
-from jobferry.cli.commands import COMMANDS, add_subcommands
+from jobferry.cli.commands import add_subcommands
+from jobferry.cli.common import COMMANDS
 from jobferry.errors import JobferryError, StoreUnavailableError, ValidationError
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobferry.argspec.command import preferred_option
 from jobferry.argspec.introspect import ParamSpec, ScriptSpec
 from jobferry.errors import RequestError, ValidationError
 from jobferry.services.galaxy import check_id, dataset_names
@@ -37,17 +38,6 @@ class ConvertedInputs:
 
 def bad_input(name: str, message: str) -> ValidationError:
     return ValidationError(f"{name}: {message}", errors={name: [message]})
-
-
-def preferred_option(param: ParamSpec) -> str:
-    """The first long option (``--name``), else the first option string."""
-    for option in param.option_strings:
-        if len(option) > 2 and option[1] == option[0]:
-            return option
-    for option in param.option_strings:
-        if len(option) > 2:
-            return option
-    return param.option_strings[0]
 
 
 def _as_bool(name: str, value: Any) -> bool:

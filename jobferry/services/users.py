@@ -252,26 +252,27 @@ class UserService:
         session.add(ApiKey(user_id=user_id, name=name, key_hash=hash_key(key), prefix=key[:12]))
         return key
 
-    def new_key(self, principal: Principal, user_id: str, name: str = "api") -> str:
-        """A new API key for a user: their own, or anyone's for an admin."""
+    def _key_owner(self, session: Session, principal: Principal, user_id: str) -> User:
+        """The active user *principal* may make keys for: themself, or anyone for an admin."""
         if not principal.is_admin and user_id != principal.user_id:
             raise PermissionDeniedError("You can create keys only for yourself.")
+        user = self._load(session, user_id)
+        if not user.is_active:
+            raise ConflictError("The user account is deactivated.")
+        return user
+
+    def new_key(self, principal: Principal, user_id: str, name: str = "api") -> str:
+        """A new API key for a user: their own, or anyone's for an admin."""
         with self.core.sessions.begin() as session:
-            user = self._load(session, user_id)
-            if not user.is_active:
-                raise ConflictError("The user account is deactivated.")
+            user = self._key_owner(session, principal, user_id)
             return self._add_key(session, user.id, name)
 
     def replace_key(self, principal: Principal, user_id: str) -> str:
         """A new API key for a user that replaces all their others, as Galaxy's
         ``POST /api/users/{id}/api_key`` does: the old keys stop working at once
         (on other nodes within ``api.key_cache_s``). The CLI's ``key create`` adds."""
-        if not principal.is_admin and user_id != principal.user_id:
-            raise PermissionDeniedError("You can create keys only for yourself.")
         with self.core.sessions.begin() as session:
-            user = self._load(session, user_id)
-            if not user.is_active:
-                raise ConflictError("The user account is deactivated.")
+            user = self._key_owner(session, principal, user_id)
             old = (
                 session.execute(select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.is_active))
                 .scalars()
