@@ -12,6 +12,7 @@ the script's own code ran in that process and could have written anything.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -40,6 +41,7 @@ _OUTPUT_TAIL = 4096
 _MAX_RESULT = 8 * 1024 * 1024
 _NOFILE = 256
 _FSIZE = 64 * 1024 * 1024
+_SCRATCH_PREFIX = "jobferry-introspect-"
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ def introspect_script(
     how = sandbox.confinement(user)
     if how.mode == "session":
         sandbox.sweep_orphans()
-    tmp = tempfile.mkdtemp(prefix="jobferry-introspect-")
+    _remove_orphaned_scratch()
+    tmp = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{sandbox.owner()}-")
     try:
         work, copy, probe, result_path = _layout(tmp, script, how)
         limits = {
@@ -330,6 +333,14 @@ def introspect_script(
         return _read_result(result_path, returncode, output)
     finally:
         _remove_tree(tmp)
+
+
+def _remove_orphaned_scratch() -> None:
+    """Remove the scratch directories of processes that died mid-introspection (kill -9)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), _SCRATCH_PREFIX + "*")):
+        name = os.path.basename(path)[len(_SCRATCH_PREFIX) :].rsplit("-", 1)[0]
+        if name.count("-") == 1 and not sandbox.owner_alive(name):
+            _remove_tree(path)
 
 
 def _layout(tmp: str, script: str, how: sandbox.Confinement) -> tuple[str, str, str, str]:

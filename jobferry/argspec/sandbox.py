@@ -93,9 +93,20 @@ def _namespace_prefix() -> list[str]:
     ]  # fmt: skip
 
 
+def owner() -> str:
+    """This process as ``pid-starttime``: names its probe runs and scratch directories."""
+    return f"{os.getpid()}-{_started(os.getpid())}"
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the process ``owner()`` returned ``name`` in is still running."""
+    pid, _, started = name.partition("-")
+    return pid.isdigit() and _started(int(pid)) == started
+
+
 def new_marker() -> str:
-    """A marker naming this process (pid and start time) and one probe run."""
-    return f"{os.getpid()}-{_started(os.getpid())}-{uuid.uuid4().hex}"
+    """A marker naming this process and one probe run."""
+    return f"{owner()}-{uuid.uuid4().hex}"
 
 
 def launch(
@@ -156,11 +167,10 @@ def sweep_orphans() -> None:
     """Kill what is left of probe runs whose process has died (e.g. a daemon killed -9)."""
     alive: dict[str, bool] = {}
     for proc, marker in _marked():
-        owner = marker.rsplit("-", 1)[0]
-        if owner not in alive:
-            pid, _, started = owner.partition("-")
-            alive[owner] = pid.isdigit() and _started(int(pid)) == started
-        if not alive[owner]:
+        name = marker.rsplit("-", 1)[0]
+        if name not in alive:
+            alive[name] = owner_alive(name)
+        if not alive[name]:
             _kill(proc)
 
 

@@ -8,7 +8,9 @@ confinement from outside: nothing written, no connection made, no process left.
 
 from __future__ import annotations
 
+import glob
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -116,7 +118,8 @@ def test_daemon_killed_during_introspection__leaves_no_probe_and_no_script(
     tmp_path: Path, listener: socket.socket, targets: list[Path]
 ) -> None:
     """Failure guarded: kill -9 of the daemon while a script's parser is being read left
-    the probe and its setsid() child running, or a half-registered script."""
+    the probe and its setsid() child running, a half-registered script, or its scratch
+    directory."""
     need_namespaces()
     script, token = hostile_script(tmp_path, targets, listener.getsockname()[1], slow=True)
     daemon = DaemonProcess(tmp_path / "data", {"scripts": {"introspection_timeout_s": 600}})
@@ -133,6 +136,9 @@ def test_daemon_killed_during_introspection__leaves_no_probe_and_no_script(
         thread = threading.Thread(target=register, daemon=True)
         thread.start()
         assert eventually(lambda: len(processes_with(token)) >= 2, DEADLINE_S)
+        assert daemon.proc is not None
+        scratch = f"{tempfile.gettempdir()}/jobferry-introspect-{daemon.proc.pid}-*"
+        assert glob.glob(scratch)
         daemon.kill()
         assert eventually(lambda: not processes_with(token), DEADLINE_S), processes_with(token)
         thread.join(DEADLINE_S)
@@ -143,6 +149,7 @@ def test_daemon_killed_during_introspection__leaves_no_probe_and_no_script(
         assert "slow-hostile" not in str(listed)
         normal, _ = hostile_script(tmp_path, [], listener.getsockname()[1])
         assert client.add_script("after-restart", normal)["success"]
+        assert glob.glob(scratch) == []  # the dead daemon's scratch directory is removed
         assert [t for t in targets if t.exists()] == []
         assert connections(listener) == 0
     finally:
