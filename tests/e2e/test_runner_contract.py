@@ -217,7 +217,7 @@ def test_contract__remote_staging_moves_files_only_over_http(contract: Contract)
         assert f"POST /api/jobs/{job_id}/files?" in log
         assert f"POST /api/jobs/{job_id}/state?" in log
         # The wrapper removes its scratch directory right after its last report.
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while list(contract.scratch.glob(f"{job_id}.*")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not list(contract.scratch.glob(f"{job_id}.*")), "scratch left behind"
@@ -230,7 +230,7 @@ def _assert_nothing_left(job_id: str, destination: str) -> None:
             capture_output=True,
             text=True,
         ).stdout
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while out.strip() and time.monotonic() < deadline:
             time.sleep(0.5)
             out = subprocess.run(
@@ -240,7 +240,7 @@ def _assert_nothing_left(job_id: str, destination: str) -> None:
             ).stdout
         assert out.strip() == "", f"containers left for {job_id}: {out}"
     if destination.startswith("slurm"):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = subprocess.run(
                 ["squeue", "-h", "-n", f"jobferry-{job_id}-1", "-o", "%i %T"],
