@@ -135,6 +135,11 @@ class ScriptsConfig(_Section):
     introspection_memory_mb: Annotated[int, Field(ge=64)] = Field(
         1024, description="Address-space limit of the introspection process."
     )
+    introspection_user: str | None = Field(
+        None,
+        description="Unprivileged user that runs a script's top-level code to read its "
+        "parser, when the daemon runs as root (null: nobody); ignored otherwise.",
+    )
     max_script_kb: Annotated[int, Field(ge=1)] = Field(
         1024, description="Largest script file accepted."
     )

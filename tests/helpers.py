@@ -18,6 +18,10 @@ from tests.db import database_url, on_postgres, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
+#: The overall deadline of a wait on a daemon, a job or the store's state. Generous on
+#: purpose: a passing wait returns as soon as its state is reached, so it costs nothing;
+#: only a failing one waits this long. The machine may be busy (2 cores, several runs).
+DEADLINE_S = 60.0
 
 #: Set (by tests/e2e/conftest.py) to run every daemon with DEBUG logging and access
 #: logs, and to record the secrets issued, so the session's end can grep the logs.
@@ -44,7 +48,7 @@ def note_secrets(text: str | None, *, job_key: bool = False) -> None:
     ISSUED_SECRETS.update(API_KEY.findall(text))
 
 
-def eventually(check: Any, timeout_s: float = 5.0) -> bool:
+def eventually(check: Any, timeout_s: float = DEADLINE_S) -> bool:
     """True as soon as *check()* is truthy; False if it never is within *timeout_s*."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,14 +100,14 @@ class DaemonProcess:
     ) -> subprocess.CompletedProcess[str]:
         cmd = self.cli_command(*args)
         result = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=60, env=_env()
+            cmd, input=input, capture_output=True, text=True, timeout=2 * DEADLINE_S, env=_env()
         )
         note_secrets(result.stdout, job_key=args[:2] == ("job", "key"))
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
         return result
 
-    def start(self, timeout_s: float = 30.0) -> DaemonProcess:
+    def start(self, timeout_s: float = DEADLINE_S) -> DaemonProcess:
         state = self.data_dir / "daemon.json"
         state.unlink(missing_ok=True)
         cmd = [
@@ -146,7 +150,7 @@ class DaemonProcess:
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, self.admin_key if key is None else key)
 
-    def stop(self, timeout_s: float = 20.0) -> int:
+    def stop(self, timeout_s: float = DEADLINE_S) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
@@ -155,7 +159,7 @@ class DaemonProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(DEADLINE_S)
 
 
 def _env() -> dict[str, str]:
@@ -174,13 +178,13 @@ class Client:
             self.session.headers["Authorization"] = f"Bearer {key}"
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.get(self.url + path, timeout=30, **kw)
+        return self.session.get(self.url + path, timeout=DEADLINE_S, **kw)
 
     def head(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.head(self.url + path, timeout=30, **kw)
+        return self.session.head(self.url + path, timeout=DEADLINE_S, **kw)
 
     def post(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.post(self.url + path, timeout=60, **kw)
+        return self.session.post(self.url + path, timeout=DEADLINE_S, **kw)
 
     def add_script(self, name: str, path: Path, **data: Any) -> dict[str, Any]:
         with open(path, "rb") as handle:
@@ -198,7 +202,7 @@ class Client:
         assert response.status_code == 200 and response.json()["valid"], response.text
         return str(response.json()["job_id"])
 
-    def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    def wait(self, job_id: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = self.get(f"/api/jobs/v1/{job_id}/status/").json()

@@ -1,28 +1,31 @@
 """Read a script's argparse parameters without running the script in the daemon.
 
 ``introspect_script`` runs ``probe.py`` under the script's interpreter in a
-throwaway process: isolated mode, a fresh empty working directory, a minimal
-environment, its own session (so the whole process group can be killed) and
-resource limits. The probe writes the parser's description as JSON to a file;
-it is validated here into a ``ScriptSpec`` and never trusted blindly, since the
-script's own code ran in that process and could have written anything.
+throwaway process: isolated mode, on a copy of the script, in a fresh empty
+working directory, with a minimal environment and resource limits, confined by
+``sandbox`` (an unprivileged user, and where the platform allows a read-only
+filesystem, no network and a PID namespace that takes every process the script
+started down with it). The probe writes the parser's description as JSON to a
+file; it is validated here into a ``ScriptSpec`` and never trusted blindly, since
+the script's own code ran in that process and could have written anything.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import shutil
 import signal
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from jobferry.argspec import sandbox
 from jobferry.errors import IntrospectionError
 
 #: The probe script, run by the script's interpreter.
@@ -38,6 +41,7 @@ _OUTPUT_TAIL = 4096
 _MAX_RESULT = 8 * 1024 * 1024
 _NOFILE = 256
 _FSIZE = 64 * 1024 * 1024
+_SCRATCH_PREFIX = "jobferry-introspect-"
 
 
 @dataclass(frozen=True)
@@ -247,18 +251,28 @@ class _Checker:
 
 
 def introspect_script(
-    script_path: str, *, interpreter: str, timeout_s: float, memory_mb: int
+    script_path: str,
+    *,
+    interpreter: str,
+    timeout_s: float,
+    memory_mb: int,
+    user: str | None = None,
 ) -> ScriptSpec:
     """Describe a script's argparse parameters by running the probe on it.
 
     Blocking: call it from a worker thread. The script's top-level code runs in
-    a child process (never in this one) until it calls ``parse_args()``.
+    a child process (never in this one) until it calls ``parse_args()``, confined
+    as ``jobferry.argspec.sandbox`` describes: as ``user`` (default ``nobody``) when
+    this process is root, on a copy of the script in an empty scratch directory,
+    where possible with a read-only filesystem and no network; everything it
+    started is ended afterwards, and the scratch directory removed.
 
     Args:
         script_path: The script file.
         interpreter: The Python interpreter to run it with.
-        timeout_s: Wall-clock limit; the whole process group is killed after it.
+        timeout_s: Wall-clock limit; the whole process tree is killed after it.
         memory_mb: Address-space limit of the child process.
+        user: The unprivileged user to run it as (only when this process is root).
 
     Returns:
         The parser's description, version, parameters and exclusive groups.
@@ -272,12 +286,13 @@ def introspect_script(
     script = os.path.abspath(script_path)
     if not os.path.isfile(script):
         raise IntrospectionError(f"the script does not exist: {script_path}")
-    tmp = tempfile.mkdtemp(prefix="jobferry-introspect-")
+    how = sandbox.confinement(user)
+    if how.mode == "session":
+        sandbox.sweep_orphans()
+    _remove_orphaned_scratch()
+    tmp = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{sandbox.owner()}-")
     try:
-        work = os.path.join(tmp, "work")
-        os.mkdir(work, 0o700)
-        result_path = os.path.join(tmp, "result.json")
-        log_path = os.path.join(tmp, "output.log")
+        work, copy, probe, result_path = _layout(tmp, script, how)
         limits = {
             "as": memory_mb * 1024 * 1024,
             "cpu": math.ceil(timeout_s) + 1,
@@ -285,41 +300,75 @@ def introspect_script(
             "fsize": _FSIZE,
             "core": 0,
         }
-        argv = [interpreter, "-I", PROBE_PATH, script, result_path]
+        argv = [interpreter, "-I", probe, copy, result_path]
         argv += [f"{name}={value}" for name, value in limits.items()]
+        marker = sandbox.new_marker()
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
             "LANG": "C.UTF-8",
             "HOME": work,
             "TMPDIR": work,
+            sandbox.MARKER: marker,
         }
+        log_path = os.path.join(tmp, "output.log")
         with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=work,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise IntrospectionError(f"cannot run {interpreter}: {exc}") from exc
+            proc = sandbox.launch(argv, how=how, work=work, result=result_path, env=env, log=log)
             try:
                 finished = _wait_unreaped(proc.pid, timeout_s)
             finally:
                 _kill_group(proc.pid)  # also ends anything the script started
                 proc.wait()
+                sandbox.end_tree(marker)  # and what left the group (setsid)
         output = _tail(log_path)
         if not finished:
             raise IntrospectionError(
                 f"reading the script's parser took longer than {timeout_s:g}s", output=output
             )
-        return _read_result(result_path, proc.returncode, output)
+        returncode = proc.returncode
+        if how.mode == "namespaces":
+            if returncode == sandbox.CONFINE_FAILED:
+                raise IntrospectionError("cannot confine the introspection", output=output)
+            if returncode > 128:  # confine.py reports a signal N as 128+N
+                returncode = 128 - returncode
+        return _read_result(result_path, returncode, output)
     finally:
         _remove_tree(tmp)
+
+
+def _remove_orphaned_scratch() -> None:
+    """Remove the scratch directories of processes that died mid-introspection (kill -9)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), _SCRATCH_PREFIX + "*")):
+        name = os.path.basename(path)[len(_SCRATCH_PREFIX) :].rsplit("-", 1)[0]
+        if name.count("-") == 1 and not sandbox.owner_alive(name):
+            _remove_tree(path)
+
+
+def _layout(tmp: str, script: str, how: sandbox.Confinement) -> tuple[str, str, str, str]:
+    """Prepare the scratch directory: the script's and the probe's copies (readable by
+    the user), the result file (writable by it) and the empty working directory.
+
+    Returns:
+        The working directory, the script's copy, the probe's copy and the result file.
+    """
+    os.chmod(tmp, 0o755)
+    source = os.path.join(tmp, "script")
+    os.mkdir(source, 0o755)
+    copy = os.path.join(source, os.path.basename(script))
+    shutil.copyfile(script, copy)
+    probe = os.path.join(tmp, "probe.py")
+    shutil.copyfile(PROBE_PATH, probe)
+    for path in (copy, probe):
+        os.chmod(path, 0o644)
+    work = os.path.join(tmp, "work")
+    os.mkdir(work, 0o700)
+    result_path = os.path.join(tmp, "result.json")
+    with open(result_path, "wb"):
+        pass
+    os.chmod(result_path, 0o600)
+    if how.uid is not None and how.gid is not None:
+        os.chown(result_path, how.uid, how.gid)
+        os.chown(work, how.uid, how.gid)
+    return work, copy, probe, result_path
 
 
 def _wait_unreaped(pid: int, timeout_s: float) -> bool:

@@ -117,6 +117,7 @@ class ScriptService:
                 interpreter=self.core.config.interpreter,
                 timeout_s=self.core.config.scripts.introspection_timeout_s,
                 memory_mb=self.core.config.scripts.introspection_memory_mb,
+                user=self.core.config.scripts.introspection_user,
             )
         except IntrospectionError as exc:
             return {"script": name, "success": False, "errors": f"ParserError: {exc.message}"}

@@ -202,14 +202,14 @@ def test_cancel_job__running_job_is_stopped_and_ends_deleted(user: GalaxyInstanc
         )
         return int(found.group(1)) if found else None
 
-    assert eventually(lambda: pid() is not None, 30)
+    assert eventually(lambda: pid() is not None)
     process = pid()
     assert user.jobs.cancel_job(job_id) is True
     assert user.jobs.get_state(job_id) in ("deleted", "deleting")
     job = user.jobs.wait_for_job(job_id, maxwait=30, interval=POLL_S, check=False)
     assert job["state"] in ("deleted", "deleting")
-    assert eventually(lambda: user.jobs.get_state(job_id) == "deleted", 30)
-    assert eventually(lambda: not Path(f"/proc/{process}").exists(), 10)
+    assert eventually(lambda: user.jobs.get_state(job_id) == "deleted")
+    assert eventually(lambda: not Path(f"/proc/{process}").exists())
     assert user.jobs.cancel_job(job_id) is False
     started = time.monotonic()
     with pytest.raises(Exception, match="terminal state deleted"):

@@ -20,7 +20,7 @@ import yaml
 
 from jobferry.store.engine import display_url, head_revision
 from tests.db import on_postgres, store_sql
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
+from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
@@ -406,7 +406,7 @@ def test_key_revoke__the_daemon_refuses_the_key_afterwards(live: Live) -> None:
     assert key not in json.dumps(listed)
     live.cli("key", "revoke", entry["id"])
     # A revocation by another process applies within api.key_cache_s (1 s).
-    assert eventually(lambda: not accepted(client), timeout_s=3)
+    assert eventually(lambda: not accepted(client))
     assert accepted(live.daemon.client(live.user_key))  # alice's other key still works
 
 
@@ -480,13 +480,13 @@ def test_job_cancel__ends_a_running_job_revoked_and_kills_its_process(live: Live
         match = re.search(r"pid (\d+) sleeping", live.cli("job", "logs", job_id).stdout)
         return int(match.group(1)) if match else None
 
-    pid = wait_for("the job to start", started, timeout_s=30)
+    pid = wait_for("the job to start", started)
     assert live.job(job_id)["state"] == "running"
     assert psutil.pid_exists(pid)
 
     cancelled = as_json(live.cli("job", "cancel", job_id, "--json"))
     assert cancelled["id"] == job_id and cancelled["state"] in ("deleting", "deleted")
-    wait_for("the job to end", lambda: live.job(job_id)["state"] == "deleted", timeout_s=15)
+    wait_for("the job to end", lambda: live.job(job_id)["state"] == "deleted")
 
     def gone() -> bool:
         try:
@@ -494,7 +494,7 @@ def test_job_cancel__ends_a_running_job_revoked_and_kills_its_process(live: Live
         except psutil.NoSuchProcess:
             return True
 
-    wait_for("the job's process to go", gone, timeout_s=10)
+    wait_for("the job's process to go", gone)
     status = client.get(f"/api/jobs/v1/{job_id}/status/").json()
     assert (status["status"], status["is_complete"]) == ("REVOKED", True)
     assert "awake" not in live.cli("job", "logs", job_id).stdout

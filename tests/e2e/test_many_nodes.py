@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.db import fresh_pg_database, store_sql
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess
 from tests.pg_cluster import PrivateCluster, require_cluster_tools
 from tests.services import require
 
@@ -199,7 +199,7 @@ def test_nodes__without_shared_filesystem_files_are_redirected_to_their_node(
         assert second.session.get(asset.headers["Location"], timeout=30).content == b"3\n"
         # The node holding the files dies: a clear error, no guessing.
         daemons[0].kill()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             down = second.get(f"/api/jobs/v1/{job_id}/details/", allow_redirects=False)
             if down.status_code == 503:
@@ -253,7 +253,7 @@ def test_nodes__slurm_job_of_a_dead_node_is_adopted_and_ends_with_its_true_outco
         slurm_id = job(job_id)["external_id"]
         start("n2")
         first.kill()  # the daemon only: its Slurm job runs on
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE_S
         while job(job_id)["node"] != "n2":
             assert time.monotonic() < deadline, f"not adopted: {job(job_id)}"
             time.sleep(0.2)

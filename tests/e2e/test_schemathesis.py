@@ -409,7 +409,7 @@ def _send_upload(case: Case, world: World, headers: dict[str, str]) -> requests.
 
 
 def test_served_document_is_the_one(daemon: DaemonProcess) -> None:
-    response = requests.get(f"{daemon.url}/api/openapi.json", timeout=10)
+    response = requests.get(f"{daemon.url}/api/openapi.json", timeout=60)
     assert response.status_code == 200
     assert response.json() == DOCUMENT
 

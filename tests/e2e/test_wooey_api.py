@@ -61,7 +61,7 @@ def test_bad_or_missing_key__is_403_in_wooeys_shape(
     daemon: DaemonProcess, admin: Client, header: str | None
 ) -> None:
     headers = {} if header is None else {"Authorization": header.format(key=daemon.admin_key)}
-    response = requests.get(f"{daemon.url}/api/scripts/v1/list/", headers=headers, timeout=10)
+    response = requests.get(f"{daemon.url}/api/scripts/v1/list/", headers=headers, timeout=60)
     assert response.status_code == 403
     body = response.json()
     assert body["valid"] is False and body["errors"] == NOT_AUTHENTICATED
@@ -78,7 +78,7 @@ def test_revoked_key__is_refused_and_last_use_is_recorded(daemon: DaemonProcess)
     daemon.cli("key", "revoke", keys[0]["id"])
     revoked = daemon.client(key)
     # A revocation by another process applies within api.key_cache_s (1 s).
-    assert eventually(lambda: revoked.get("/api/jobs/v1/nope/status/").status_code == 403, 3)
+    assert eventually(lambda: revoked.get("/api/jobs/v1/nope/status/").status_code == 403)
 
 
 # --- scripts --------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def test_submit__upload_cut_off_half_way_leaves_no_job_and_no_file(
     ).encode()
     payload = head + b"y" * 500_000
     host, port = daemon.url.split("//")[1].split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
         sock.sendall(
             (
                 "POST /api/scripts/v1/wordcount/submit/ HTTP/1.1\r\n"
@@ -246,9 +246,9 @@ def test_submit__upload_cut_off_half_way_leaves_no_job_and_no_file(
             ).encode()
             + payload
         )
-        streaming = eventually(lambda: any((daemon.data_dir / "tmp").iterdir()), 10)
+        streaming = eventually(lambda: any((daemon.data_dir / "tmp").iterdir()))
         assert streaming, "the upload should be streaming to a temporary file"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while any((daemon.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any((daemon.data_dir / "tmp").iterdir())
@@ -345,7 +345,7 @@ def test_status__users_see_only_their_own_jobs_admins_see_all(admin: Client, use
 def test_unknown_route_and_wrong_method_are_json(admin: Client) -> None:
     response = admin.get("/api/nothing/here")
     assert response.status_code == 404 and response.json()["error"] == "not_found"
-    response = admin.session.delete(admin.url + "/api/jobs/v1/abc/status/", timeout=10)
+    response = admin.session.delete(admin.url + "/api/jobs/v1/abc/status/", timeout=60)
     assert response.status_code == 405 and "error" in response.json()
 
 
@@ -390,7 +390,7 @@ def test_refused_upload__says_connection_close_and_the_session_keeps_working(
         response = session.post(
             f"{daemon.url}/api/scripts/v1/wordcount/submit/",
             files={"doc": ("d.txt", b"x" * 200_000)},
-            timeout=10,
+            timeout=60,
         )
         assert response.status_code == 403
         assert response.headers.get("Connection") == "close"

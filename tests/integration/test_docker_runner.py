@@ -24,6 +24,7 @@ from jobferry.runners.docker import LABEL_DESTINATION, LABEL_NODE, DockerRunner
 from jobferry.runners.local import LocalRunner
 from jobferry.services.execution import _outcome
 from jobferry.store.models import JobState
+from tests.helpers import DEADLINE_S
 from tests.services import BUSYBOX_IMAGE, PYTHON_IMAGE, require
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.engine_independent]
@@ -75,7 +76,7 @@ def make_spec(tmp_path: Path, *argv: str, image: str = BUSYBOX_IMAGE, **kwargs: 
     )
 
 
-def wait(runner: DockerRunner | LocalRunner, handle: RunHandle, timeout: float = 30) -> RunStatus:
+def wait(runner: DockerRunner | LocalRunner, handle: RunHandle, timeout: float = 60) -> RunStatus:
     async def main() -> RunStatus:
         return await asyncio.wait_for(runner.wait(handle), timeout)
 
@@ -86,7 +87,7 @@ def run_job(runner: DockerRunner, spec: RunSpec) -> RunStatus:
     return wait(runner, runner.submit(spec))
 
 
-def wait_running(runner: DockerRunner, spec: RunSpec, timeout: float = 15) -> None:
+def wait_running(runner: DockerRunner, spec: RunSpec, timeout: float = DEADLINE_S) -> None:
     """Wait until the wrapper inside the container has started (it writes <result>.pid)."""
     deadline = time.monotonic() + timeout
     while not Path(spec.result_path + ".pid").exists():

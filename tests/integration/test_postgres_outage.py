@@ -43,10 +43,10 @@ def test_daemon__postgres_outage_answers_503_and_recovers_without_restart(
         client = daemon.client()
         client.add_script("sleeper", JOB_SCRIPTS / "sleeper.py")
         quick = client.submit("sleeper", "0.1")
-        assert client.wait(quick, timeout_s=30)["status"] == "completed"
+        assert client.wait(quick)["status"] == "completed"
         # Ends while the database is down: its end must be recorded once it is back.
         during = client.submit("sleeper", "3")
-        assert eventually(lambda: "sleeping" in _stdout(daemon, during), 15)
+        assert eventually(lambda: "sleeping" in _stdout(daemon, during))
         assert status_of(daemon, during).json()["status"] == "running"
 
         cluster.stop()
@@ -66,15 +66,15 @@ def test_daemon__postgres_outage_answers_503_and_recovers_without_restart(
         assert daemon.proc is not None and daemon.proc.poll() is None  # the daemon runs on
         # Stay down past the job's end, so the end is recorded only after the restart.
         assert (daemon.data_dir / "jobs" / during[:2] / during).is_dir()
-        assert eventually(lambda: "awake" in _stdout(daemon, during), 15)
+        assert eventually(lambda: "awake" in _stdout(daemon, during))
 
         cluster.start()
-        assert eventually(lambda: status_of(daemon, during).status_code == 200, 20)
-        details = client.wait(during, timeout_s=30)
+        assert eventually(lambda: status_of(daemon, during).status_code == 200)
+        details = client.wait(during)
         assert (details["status"], details["exit_code"]) == ("completed", 0), details
         assert "awake" in details["stdout"]
         after = client.submit("sleeper", "0.1")
-        assert client.wait(after, timeout_s=30)["status"] == "completed"
+        assert client.wait(after)["status"] == "completed"
         assert client.wait(quick)["status"] == "completed"  # nothing stored before was lost
         assert daemon.proc.pid == pid and daemon.proc.poll() is None
     finally:

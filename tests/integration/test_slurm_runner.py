@@ -17,6 +17,7 @@ from jobferry.errors import RunnerUnavailableError, SubmitError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.runners.local import LocalRunner
 from jobferry.runners.slurm import SlurmRunner, job_name
+from tests.helpers import DEADLINE_S
 from tests.services import require
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.engine_independent]
@@ -91,7 +92,7 @@ def wait(runner: SlurmRunner | LocalRunner, handle: RunHandle, timeout: float = 
     return asyncio.run(main())
 
 
-def until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+def until(predicate: Any, timeout: float = DEADLINE_S, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

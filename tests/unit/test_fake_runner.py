@@ -10,6 +10,7 @@ import pytest
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunSpec, RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
+from tests.helpers import DEADLINE_S
 
 pytestmark = [pytest.mark.timeout(10), pytest.mark.engine_independent]
 
@@ -51,7 +52,7 @@ def test_wait__blocks_until_the_test_finishes_the_job() -> None:
         assert not waiter.done() and runner.running == ["j"]
         assert runner.poll(handle).state is RunState.RUNNING
         runner.finish("j", RunStatus(RunState.EXITED, exit_code=5))
-        return await asyncio.wait_for(waiter, 1)
+        return await asyncio.wait_for(waiter, DEADLINE_S)
 
     status = asyncio.run(main())
 
@@ -65,7 +66,7 @@ def test_finish__works_from_another_thread() -> None:
     async def main() -> RunStatus:
         handle = runner.submit(spec("j"))
         threading.Timer(0.05, runner.finish, args=("j",)).start()
-        return await asyncio.wait_for(runner.wait(handle), 2)
+        return await asyncio.wait_for(runner.wait(handle), DEADLINE_S)
 
     assert asyncio.run(main()).exit_code == 0
 
@@ -80,7 +81,7 @@ def test_cancel__wakes_waiters_with_killed_and_is_idempotent() -> None:
         runner.cancel(handle, reason="walltime exceeded (1s)")
         runner.cancel(handle, reason="again")
         runner.finish("j")  # too late: already final
-        return await asyncio.wait_for(waiter, 1)
+        return await asyncio.wait_for(waiter, DEADLINE_S)
 
     status = asyncio.run(main())
 

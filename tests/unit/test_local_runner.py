@@ -22,6 +22,7 @@ import pytest
 from jobferry.errors import SubmitError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.runners.local import LocalRunner
+from tests.helpers import DEADLINE_S
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
@@ -60,7 +61,7 @@ def make_spec(tmp_path: Path, *argv: str, job_id: str = "j1", **kwargs: Any) -> 
     )
 
 
-def wait(runner: LocalRunner, handle: RunHandle, timeout: float = 20.0) -> RunStatus:
+def wait(runner: LocalRunner, handle: RunHandle, timeout: float = DEADLINE_S) -> RunStatus:
     async def main() -> RunStatus:
         return await asyncio.wait_for(runner.wait(handle), timeout)
 
@@ -71,7 +72,7 @@ def run_job(runner: LocalRunner, spec: RunSpec) -> RunStatus:
     return wait(runner, runner.submit(spec))
 
 
-def wait_for_file(path: Path, timeout: float = 10.0) -> str:
+def wait_for_file(path: Path, timeout: float = DEADLINE_S) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().strip():
@@ -87,7 +88,7 @@ def is_gone(pid: int) -> bool:
         return True
 
 
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+def wait_gone(pid: int, timeout: float = DEADLINE_S) -> bool:
     deadline = time.monotonic() + timeout
     while not is_gone(pid):
         if time.monotonic() > deadline:
@@ -312,7 +313,7 @@ def test_poll__reports_running_then_the_exit(runner: LocalRunner, tmp_path: Path
 
     assert runner.poll(handle) == RunStatus(RunState.RUNNING)
     go.touch()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (status := runner.poll(handle)).state is RunState.RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.02)

@@ -28,6 +28,7 @@ from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, Node, User
 from tests.db import with_database
+from tests.helpers import DEADLINE_S
 from tests.unit.test_nodes import add_job
 from tests.unit.test_nodes import job as state
 
@@ -80,7 +81,7 @@ async def opened(run: Running, cores: int = 1) -> Reservation:
     return got[0]
 
 
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def until(check: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
@@ -108,7 +109,7 @@ def scheduling(
             await body(run)
         finally:
             stop.set()
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, DEADLINE_S)
             await run.scheduler.detach()
 
     asyncio.run(main())

@@ -1,7 +1,8 @@
 """A script whose top-level code has side effects.
 
 It writes a marker into the current directory, leaves traces in the
-interpreter, and records where it ran and what it saw next to itself.
+interpreter, and tries to record where it ran and what it saw next to itself
+(a confined probe cannot: the script's directory is read-only to it).
 """
 
 import argparse
@@ -14,8 +15,11 @@ with open("HOSTILE_MARKER", "w") as marker:
 builtins.JOBFERRY_HOSTILE = True
 os.environ["JOBFERRY_HOSTILE"] = "1"
 here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "ran.json"), "w") as out:
-    json.dump({"pid": os.getpid(), "cwd": os.getcwd(), "env": sorted(os.environ)}, out)
+try:
+    with open(os.path.join(here, "ran.json"), "w") as out:
+        json.dump({"pid": os.getpid(), "cwd": os.getcwd(), "env": sorted(os.environ)}, out)
+except OSError:
+    pass
 
 parser = argparse.ArgumentParser(description="Looks harmless.")
 parser.add_argument("--name")
