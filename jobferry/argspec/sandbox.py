@@ -30,9 +30,10 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
-import psutil
+if TYPE_CHECKING:  # imported where used: the command-check worker imports this
+    import psutil  # package with -S (no site-packages), so never at import time
 
 from jobferry.errors import IntrospectionError
 
@@ -175,6 +176,8 @@ def sweep_orphans() -> None:
 
 
 def _marked() -> list[tuple[psutil.Process, str]]:
+    import psutil
+
     found = []
     for proc in psutil.process_iter():
         try:
@@ -187,6 +190,8 @@ def _marked() -> list[tuple[psutil.Process, str]]:
 
 
 def _kill(proc: psutil.Process) -> None:
+    import psutil
+
     try:
         proc.kill()  # psutil checks it is still the same process
     except psutil.Error:
@@ -194,6 +199,8 @@ def _kill(proc: psutil.Process) -> None:
 
 
 def _started(pid: int) -> str:
+    import psutil
+
     try:
         return f"{psutil.Process(pid).create_time():.2f}"
     except psutil.Error:
