@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,19 @@ def eventually(check: Any, timeout_s: float = DEADLINE_S) -> bool:
             return True
         time.sleep(0.05)
     return bool(check())
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
+    """Poll *check* until it returns something truthy and return that; fail, naming
+    *what*, after *timeout_s*."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
 
 
 class DaemonProcess:

@@ -9,8 +9,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import yaml
 
 from jobferry.store.engine import display_url, head_revision
 from tests.db import on_postgres, store_sql
-from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess, _env, eventually
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, _env, eventually, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +52,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

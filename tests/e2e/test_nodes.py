@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from tests.db import fresh_pg_database, store_sql
-from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
 from tests.services import require
 
 # Several daemons on one store is PostgreSQL's case whatever engine the rest of the
@@ -35,17 +35,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeo
 
 HEARTBEAT_S = 0.5
 DEAD_AFTER_S = 3.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import shlex
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,23 +23,11 @@ import psutil
 import pytest
 
 from tests.db import database_url, store_sql
-from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PID_LINE = re.compile(r"pid (\d+) sleeping")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    """Poll *check* until it returns something truthy; fail after *timeout_s*."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def gone(proc: psutil.Process) -> bool:

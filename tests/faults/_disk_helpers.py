@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -23,23 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
 
 #: The fault tests' generous overall deadline (a busy 2-core machine), seconds.
 DEADLINE_S = 60.0
 PID_LINE = re.compile(r"pid (\d+) filling")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = DEADLINE_S) -> Any:
-    """Poll *check* until it returns something truthy; fail after *timeout_s*."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def free_bytes(path: Path) -> int:
