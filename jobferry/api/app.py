@@ -9,29 +9,15 @@ import logging
 
 import tornado.web
 
-from jobferry.api.base import NotFoundHandler, Services
+from jobferry.api.base import NotFoundHandler
 from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
 from jobferry.api.nodes import node_routes
 from jobferry.api.openapi import openapi_routes
 from jobferry.api.wooey import wooey_routes
-from jobferry.services.auth import AuthService
-from jobferry.services.core import Core
-from jobferry.services.jobs import JobService
-from jobferry.services.nodes import NodeService
-from jobferry.services.scripts import ScriptService
+from jobferry.services.container import Services
 
 access_log = logging.getLogger("jobferry.access")
-
-
-def make_services(core: Core) -> Services:
-    return Services(
-        core=core,
-        auth=AuthService(core),
-        scripts=ScriptService(core),
-        jobs=JobService(core),
-        nodes=NodeService(core),
-    )
 
 
 def make_app(services: Services) -> tornado.web.Application:

@@ -15,17 +15,13 @@ import json
 import logging
 import re
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from jobferry import errors
-from jobferry.services.auth import AuthService
+from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
-from jobferry.services.jobs import JobService
-from jobferry.services.nodes import NodeService
-from jobferry.services.scripts import ScriptService
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +111,6 @@ def status_for(exc: BaseException, *, galaxy: bool = False) -> int:
 def galaxy_err_code(exc: BaseException | None, status: int) -> int:
     found = _lookup(GALAXY_ERR_CODES, exc) if exc is not None else None
     return found or status * 1000 + 1
-
-
-@dataclass(frozen=True)
-class Services:
-    """What handlers are given (through ``initialize``)."""
-
-    core: Core
-    auth: AuthService
-    scripts: ScriptService
-    jobs: JobService
-    nodes: NodeService
 
 
 if TYPE_CHECKING:

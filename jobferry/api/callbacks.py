@@ -13,7 +13,6 @@ from typing import Any
 import tornado.web
 
 from jobferry.api.base import ApiMixin, Services
-from jobferry.services.callbacks import CallbackService
 from jobferry.staging.json_body import parse_json
 
 #: Largest report body accepted, bytes.
@@ -23,16 +22,10 @@ MAX_BODY = 64 * 1024
 class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
     SUPPORTED_METHODS = ("POST",)
 
-    def initialize(  # type: ignore[override]
-        self, services: Services, callbacks: CallbackService
-    ) -> None:
-        super().initialize(services)
-        self.callbacks = callbacks
-
     async def post(self, job_id: str) -> None:
         key = self.get_query_argument("job_key", None) or self.request.headers.get("X-Job-Key")
         payload: Any = parse_json(self.request.body, max_bytes=MAX_BODY, what="a state report")
-        answer = await self.call(self.callbacks.report, job_id, key, payload)
+        answer = await self.call(self.services.callbacks.report, job_id, key, payload)
         if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
             self.core.on_job_callback(job_id)
             self.core.job_changed(job_id)
@@ -40,5 +33,5 @@ class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
 
 
 def callback_routes(services: Services) -> list[Any]:
-    init = {"services": services, "callbacks": CallbackService(services.core)}
+    init = {"services": services}
     return [(r"/api/jobs/([^/]+)/state/?", JobStateHandler, init)]

@@ -25,7 +25,7 @@ from typing import IO
 import tornado.httpserver
 import tornado.netutil
 
-from jobferry.api.app import make_app, make_services
+from jobferry.api.app import make_app
 from jobferry.config import Config
 from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
@@ -33,6 +33,7 @@ from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import ConfigError
+from jobferry.services.container import build as build_services
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
 from jobferry.services.nodes import NodeService
@@ -108,7 +109,7 @@ class Daemon:
         await core.call(check_schema, core.engine)
         await core.call(lambda: core.secret)
         sweep_partial_uploads(core.tmp_path)  # uploads cut off by a crash
-        services = make_services(core)
+        services = build_services(core)
         admin_key_path = await core.call(services.auth.ensure_admin)
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)

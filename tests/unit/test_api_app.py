@@ -19,8 +19,8 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.ioloop import IOLoop
 
-from jobferry.api.app import make_app, make_services
-from jobferry.api.base import Services, status_for
+from jobferry.api.app import make_app
+from jobferry.api.base import status_for
 from jobferry.config import parse_config
 from jobferry.errors import (
     AuthenticationError,
@@ -33,6 +33,7 @@ from jobferry.errors import (
     ValidationError,
 )
 from jobferry.runners.fake import FakeRunner
+from jobferry.services.container import Services, build
 from jobferry.services.core import Core
 from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
@@ -62,7 +63,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
     core = Core(config, runners={"local": FakeRunner()})
     core.ensure_dirs()
     check_schema(core.engine)
-    services = make_services(core)
+    services = build(core)
     services.auth.ensure_admin()
     admin = services.auth.authenticate((core.data_path / "admin-api-key").read_text().strip())
     copy = tmp_path / "wordcount.py"

@@ -21,11 +21,11 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
-from jobferry.api.app import make_app, make_services
-from jobferry.api.base import Services
+from jobferry.api.app import make_app
 from jobferry.api.openapi import OPENAPI_PATH, load_document
 from jobferry.config import parse_config
 from jobferry.runners.fake import FakeRunner
+from jobferry.services.container import Services, build
 from jobferry.services.core import Core
 from jobferry.store.engine import check_schema
 from tests.db import with_database
@@ -55,7 +55,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
     core = Core(config, runners={"local": FakeRunner()})
     core.ensure_dirs()
     check_schema(core.engine)
-    yield make_services(core)
+    yield build(core)
     core.close()
 
 

@@ -8,8 +8,6 @@ capped at ``server.max_form_kb`` (no file uploads go through these handlers).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,33 +16,10 @@ import tornado.web
 from jobferry import errors
 from jobferry.api.base import Services
 from jobferry.api.galaxy.base import GalaxyMixin
-from jobferry.services.galaxy import GalaxyService
-from jobferry.services.galaxy_tools import GalaxyToolService
-from jobferry.services.users import UserService
 from jobferry.staging.json_body import parse_json
 
 _TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "off", "n", "f", "none", "null", ""})
-
-
-@dataclass(frozen=True)
-class GalaxyServices:
-    """The Galaxy face's services (built once, next to the shared ``Services``)."""
-
-    galaxy: GalaxyService
-    tools: GalaxyToolService
-    users: UserService
-    #: When this daemon started serving (Galaxy's ``server_startttime``), epoch seconds.
-    started: int = field(default_factory=lambda: int(time.time()))
-
-    @classmethod
-    def build(cls, services: Services) -> GalaxyServices:
-        galaxy = GalaxyService(services.core, services.jobs)
-        return cls(
-            galaxy=galaxy,
-            tools=GalaxyToolService(services.core, services.jobs, galaxy),
-            users=UserService(services.core, services.auth),
-        )
 
 
 def parse_bool(value: str | None, name: str, default: bool = False) -> bool:
@@ -65,13 +40,8 @@ def parse_bool(value: str | None, name: str, default: bool = False) -> bool:
 class GalaxyResource(GalaxyMixin, tornado.web.RequestHandler):
     """Base of the Galaxy resource handlers (jobs, tools, datasets, users, config)."""
 
-    gx: GalaxyServices
-
-    def initialize(  # type: ignore[override]
-        self, services: Services, galaxy: GalaxyServices
-    ) -> None:
+    def initialize(self, services: Services) -> None:
         super().initialize(services)
-        self.gx = galaxy
         self._body = bytearray()
         self._too_large = False
         self._body_cap = services.core.config.server.max_form_kb * 1024

@@ -46,7 +46,7 @@ class WhoamiHandler(GalaxyResource):
             self.send_json(None)  # Galaxy's answer for an anonymous caller
             return
         principal = await self.authenticate()
-        user = await self.call(self.gx.users.current, principal)
+        user = await self.call(self.services.users.current, principal)
         self.send_json(user_brief(user))
 
 
@@ -82,7 +82,7 @@ class ConfigurationHandler(GalaxyResource):
             "enable_unique_workflow_defaults": False,
             "require_login": True,
             "server_mail_configured": False,
-            "server_startttime": self.gx.started,
+            "server_startttime": self.services.started,
             "message_box_visible": False,
             "message_box_content": None,
             "message_box_class": "info",
@@ -151,7 +151,7 @@ class BaseAuthHandler(GalaxyResource):
         identity, password = decode_baseauth(header)
         try:
             key = await self.call(
-                self.gx.users.baseauth_key, identity, password, self.request.remote_ip or ""
+                self.services.users.baseauth_key, identity, password, self.request.remote_ip or ""
             )
         except errors.InvalidCredentialsError:
             await asyncio.sleep(random.uniform(*FAILURE_DELAY_S))

@@ -10,7 +10,7 @@ import tornado.web
 
 from jobferry.api.base import Services
 from jobferry.api.galaxy.base import GalaxyMixin
-from jobferry.api.galaxy.common import GalaxyResource, GalaxyServices, route
+from jobferry.api.galaxy.common import GalaxyResource, route
 from jobferry.api.galaxy.files import parse_range
 from jobferry.staging.paths import safe_filename
 
@@ -18,7 +18,7 @@ from jobferry.staging.paths import safe_filename
 class DatasetHandler(GalaxyResource):
     async def get(self, dataset_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.gx.galaxy.show_dataset, principal, dataset_id))
+        self.send_json(await self.call(self.services.galaxy.show_dataset, principal, dataset_id))
 
 
 class DatasetDisplayHandler(GalaxyMixin, tornado.web.StaticFileHandler):
@@ -29,18 +29,15 @@ class DatasetDisplayHandler(GalaxyMixin, tornado.web.StaticFileHandler):
     Query parameters (``to_ext``, ``preview``, ...) are ignored.
     """
 
-    def initialize(  # type: ignore[override]
-        self, services: Services, galaxy: GalaxyServices
-    ) -> None:
+    def initialize(self, services: Services) -> None:  # type: ignore[override]
         GalaxyMixin.initialize(self, services)
-        self.gx = galaxy
         self._sha256 = ""
         self._content_type = "application/octet-stream"
         tornado.web.StaticFileHandler.initialize(self, path=os.sep)
 
     async def get(self, dataset_id: str, include_body: bool = True) -> None:
         principal = await self.authenticate()
-        path, job_file = await self.call(self.gx.galaxy.dataset_path, principal, dataset_id)
+        path, job_file = await self.call(self.services.galaxy.dataset_path, principal, dataset_id)
         self.root = str(path.parent)
         self._sha256 = job_file.sha256
         filename = safe_filename(os.path.basename(job_file.name), "dataset")

@@ -36,7 +36,6 @@ from jobferry.services.job_files import (
     MISSING_PATH,
     NO_FILE,
     JobAccess,
-    JobFilesService,
     UploadReceiver,
     check_job_id,
     multipart_kind,
@@ -90,11 +89,9 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST")
 
-    def initialize(  # type: ignore[override]
-        self, services: Services, job_files: JobFilesService
-    ) -> None:
+    def initialize(self, services: Services) -> None:
         super().initialize(services)
-        self.job_files = job_files
+        self.job_files = services.job_files
         self.access: JobAccess | None = None
         self.writer: ConfinedWriter | None = None
         self.receiver: UploadReceiver | None = None
@@ -318,5 +315,5 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
 
 
 def files_routes(services: Services) -> list[Any]:
-    init = {"services": services, "job_files": JobFilesService(services.core)}
+    init = {"services": services}
     return [(r"/api/jobs/([^/]+)/files/?", JobFilesHandler, init)]

@@ -32,7 +32,7 @@ class JobListHandler(GalaxyResource):
     async def get(self) -> None:
         principal = await self.authenticate()
         query = self.parse_query()
-        self.send_json(await self.call(self.gx.galaxy.list_jobs, principal, query))
+        self.send_json(await self.call(self.services.galaxy.list_jobs, principal, query))
 
     def parse_query(self) -> JobQuery:
         states = self.list_arg("state")
@@ -85,12 +85,12 @@ class JobHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
         full = self.flag("full")
-        self.send_json(await self.call(self.gx.galaxy.show_job, principal, job_id, full=full))
+        self.send_json(await self.call(self.services.galaxy.show_job, principal, job_id, full=full))
 
     async def delete(self, job_id: str) -> None:
         principal = await self.authenticate()
         self.payload()  # optional {"message": ...}: read (and size-checked), not used
-        self.send_json(await self.call(self.gx.galaxy.cancel, principal, job_id))
+        self.send_json(await self.call(self.services.galaxy.cancel, principal, job_id))
 
 
 class JobInputsHandler(GalaxyResource):
@@ -98,7 +98,7 @@ class JobInputsHandler(GalaxyResource):
 
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        galaxy = self.gx.galaxy
+        galaxy = self.services.galaxy
         self.send_json(await self.call(galaxy.associations, principal, job_id, self.kind))
 
 
@@ -109,25 +109,27 @@ class JobOutputsHandler(JobInputsHandler):
 class JobRerunHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.gx.tools.build_for_rerun, principal, job_id))
+        self.send_json(
+            await self.call(self.services.galaxy_tools.build_for_rerun, principal, job_id)
+        )
 
 
 class JobMetricsHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.gx.galaxy.metrics, principal, job_id))
+        self.send_json(await self.call(self.services.galaxy.metrics, principal, job_id))
 
 
 class JobProblemsHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.gx.galaxy.common_problems, principal, job_id))
+        self.send_json(await self.call(self.services.galaxy.common_problems, principal, job_id))
 
 
 class JobDestinationHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.gx.galaxy.destination_params, principal, job_id))
+        self.send_json(await self.call(self.services.galaxy.destination_params, principal, job_id))
 
 
 class JobSearchHandler(GalaxyResource):
@@ -136,7 +138,7 @@ class JobSearchHandler(GalaxyResource):
     async def post(self) -> None:
         principal = await self.authenticate()
         payload = self.payload()
-        self.send_json(await self.call(self.gx.tools.search_jobs, principal, payload))
+        self.send_json(await self.call(self.services.galaxy_tools.search_jobs, principal, payload))
 
 
 class NotImplementedHandler(GalaxyResource):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from jobferry.api.base import Services
-from jobferry.api.galaxy.common import GalaxyServices
 from jobferry.api.galaxy.config import config_routes
 from jobferry.api.galaxy.datasets import dataset_routes
 from jobferry.api.galaxy.jobs import job_routes
@@ -19,7 +18,7 @@ from jobferry.api.galaxy.users import user_routes
 
 
 def resource_routes(services: Services) -> list[Any]:
-    init = {"services": services, "galaxy": GalaxyServices.build(services)}
+    init = {"services": services}
     return [
         *config_routes(init),
         *job_routes(init),

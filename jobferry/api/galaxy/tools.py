@@ -15,7 +15,7 @@ class ToolsHandler(GalaxyResource):
         if self.flag("trackster"):
             self.send_json([])  # no tool here is a Trackster visualisation
             return
-        tools = self.gx.tools
+        tools = self.services.galaxy_tools
         q = self.arg("q")
         result = await self.call(tools.list_tools, in_panel=self.flag("in_panel"), q=q or None)
         self.send_json(result)
@@ -23,7 +23,7 @@ class ToolsHandler(GalaxyResource):
     async def post(self) -> None:
         principal = await self.authenticate()
         payload = self.payload()
-        self.send_json(await self.call(self.gx.tools.run_tool, principal, payload))
+        self.send_json(await self.call(self.services.galaxy_tools.run_tool, principal, payload))
 
 
 class ToolHandler(GalaxyResource):
@@ -33,7 +33,10 @@ class ToolHandler(GalaxyResource):
         await self.authenticate()
         version = self.arg("tool_version") or self.arg("version") or None
         result = await self.call(
-            self.gx.tools.show_tool, slug, version=version, io_details=self.flag("io_details")
+            self.services.galaxy_tools.show_tool,
+            slug,
+            version=version,
+            io_details=self.flag("io_details"),
         )
         self.send_json(result)
 

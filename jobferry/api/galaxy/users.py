@@ -43,7 +43,7 @@ class _UserListHandler(GalaxyResource):
     async def get(self) -> None:
         principal = await self.authenticate()
         users = await self.call(
-            self.gx.users.list_users,
+            self.services.users.list_users,
             principal,
             deleted=self.deleted or self.flag("deleted"),
             f_email=self.arg("f_email"),
@@ -60,7 +60,7 @@ class UsersHandler(_UserListHandler):
         principal = await self.authenticate()
         payload = self.payload()
         user = await self.call(
-            self.gx.users.create,
+            self.services.users.create,
             principal,
             str(payload.get("username") or ""),
             str(payload.get("email") or "") or None,
@@ -84,7 +84,7 @@ class UserHandler(GalaxyResource):
 
     async def get(self, user_id: str) -> None:
         principal = await self.authenticate()
-        user = await self.call(self.gx.users.get, principal, _user_id(principal, user_id))
+        user = await self.call(self.services.users.get, principal, _user_id(principal, user_id))
         self.send_json(user_detail(user))
 
 
@@ -97,17 +97,17 @@ class UserKeyHandler(GalaxyResource):
         target = _user_id(principal, user_id)
         key = self.presented_key()
         if target == principal.user_id and key is not None:
-            if await self.call(self.gx.users.key_matches_user, key, target):
+            if await self.call(self.services.users.key_matches_user, key, target):
                 self.send_json(key)
                 return
-        self.send_json(await self.call(self.gx.users.new_key, principal, target, "api"))
+        self.send_json(await self.call(self.services.users.new_key, principal, target, "api"))
 
     async def post(self, user_id: str) -> None:
         principal = await self.authenticate()
         self.payload()  # bioblend sends {"user_id": ...}; size-checked, not needed
         target = _user_id(principal, user_id)
         # Galaxy replaces the user's key: the old one stops working.
-        self.send_json(await self.call(self.gx.users.replace_key, principal, target))
+        self.send_json(await self.call(self.services.users.replace_key, principal, target))
 
 
 class UserKeyDetailHandler(GalaxyResource):
@@ -121,7 +121,7 @@ class UserKeyDetailHandler(GalaxyResource):
         if target == principal.user_id and key is not None:
             self.send_json({"key": key, "create_time": None})
             return
-        await self.call(self.gx.users.get, principal, target)  # 403/404 as for show
+        await self.call(self.services.users.get, principal, target)  # 403/404 as for show
         self.set_status(204)
         self.finish()
 

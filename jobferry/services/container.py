@@ -1,0 +1,60 @@
+"""The composition root: every service of one jobferry process, built once.
+
+The daemon and the CLI each call ``build`` once and pass the result down; no
+handler, command or background task constructs a service itself. A service
+that needs another receives it here, through its constructor, so reading this
+one function tells how the services depend on each other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from jobferry.services.auth import AuthService
+from jobferry.services.callbacks import CallbackService
+from jobferry.services.core import Core
+from jobferry.services.galaxy import GalaxyService
+from jobferry.services.galaxy_tools import GalaxyToolService
+from jobferry.services.job_files import JobFilesService
+from jobferry.services.jobs import JobService
+from jobferry.services.nodes import NodeService
+from jobferry.services.scripts import ScriptService
+from jobferry.services.users import UserService
+
+
+@dataclass(frozen=True)
+class Services:
+    """Every service of one process; handlers and CLI commands are given this."""
+
+    core: Core
+    auth: AuthService
+    users: UserService
+    scripts: ScriptService
+    jobs: JobService
+    nodes: NodeService
+    job_files: JobFilesService
+    callbacks: CallbackService
+    galaxy: GalaxyService
+    galaxy_tools: GalaxyToolService
+    #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
+    started: int = field(default_factory=lambda: int(time.time()))
+
+
+def build(core: Core) -> Services:
+    """Wire every service of *core*'s process (cheap: nothing touches the store)."""
+    auth = AuthService(core)
+    jobs = JobService(core)
+    galaxy = GalaxyService(core, jobs)
+    return Services(
+        core=core,
+        auth=auth,
+        users=UserService(core, auth),
+        scripts=ScriptService(core),
+        jobs=jobs,
+        nodes=NodeService(core),
+        job_files=JobFilesService(core),
+        callbacks=CallbackService(core),
+        galaxy=galaxy,
+        galaxy_tools=GalaxyToolService(core, jobs, galaxy),
+    )
