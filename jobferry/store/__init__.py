@@ -1,7 +1,7 @@
 """The SQL store: models, engine and session factory, state transitions, migrations.
 
-SQLite embedded, PostgreSQL when several nodes share it; ``transitions.py`` is
-the only place a job's state changes, ``records.py`` batches the hot-path
+SQLite embedded, PostgreSQL when several nodes share it; ``transitions.py`` holds a
+job's state changes after it is stored, ``records.py`` batches the hot-path
 writes, ``notify.py`` carries PostgreSQL NOTIFY wake-ups. The store imports
 only ``jobferry.errors``; services are its only callers besides the daemon's
 wiring.
