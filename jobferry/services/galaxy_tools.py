@@ -1,6 +1,8 @@
-"""Registered scripts as Galaxy tools: listing, describing, running, searching, rerunning.
+"""Registered scripts as Galaxy tools: finding, running, searching, rerunning.
 
-``POST /api/tools`` turns Galaxy's ``inputs`` object into the same command
+Answers are face-neutral records (``ToolRecord``, ``JobSummary``, ``JobDetail``,
+``RerunRecord``); ``jobferry.api.galaxy.tools_json`` and ``jobs_json`` shape
+them as Galaxy's JSON. ``POST /api/tools`` turns Galaxy's ``inputs`` object into the same command
 string a Wooey client would send (options by their long name, flags present or
 absent, datasets as upload fields) and submits it through ``JobService.submit``,
 so validation is exactly the Wooey face's. Datasets given as
@@ -17,33 +19,29 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from jobferry.argspec.introspect import ScriptSpec
 from jobferry.errors import NotFoundError, ValidationError
 from jobferry.services.core import Core, Principal
 from jobferry.services.galaxy import (
     DEFAULT_SEARCH_STATES,
     GalaxyService,
+    file_record,
     job_input_rows,
-    tool_version,
 )
-from jobferry.services.galaxy_inputs import (
+from jobferry.services.jobs import JobService, SubmitRequest
+from jobferry.services.records import JobDetail, JobSummary, RerunRecord, ToolRecord
+from jobferry.services.routing import parse_request
+from jobferry.services.tool_inputs import (
     bad_input,
     convert_inputs,
     payload_inputs,
     resources_of,
-    state_inputs,
     text_field,
-    tool_io,
 )
-from jobferry.services.jobs import JobService, SubmitRequest
-from jobferry.services.routing import parse_request
-from jobferry.services.scripts import slugify
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import safe_filename
 from jobferry.store.models import Job, Script, ScriptVersion
@@ -51,28 +49,19 @@ from jobferry.store.models import Job, Script, ScriptVersion
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ToolRow:
-    """A script and one of its versions: what a Galaxy tool is here."""
-
-    script_id: str
-    slug: str
-    name: str
-    group: str
-    description: str | None
-    version_id: str
-    version: str
-    iteration: int
-    is_default: bool
-    spec_data: dict[str, Any]
-
-    @property
-    def tool_version(self) -> str:
-        return tool_version(self.version, self.iteration) or self.version
-
-    @property
-    def spec(self) -> ScriptSpec:
-        return ScriptSpec.from_dict(self.spec_data)
+def _tool(script: Script, version: ScriptVersion) -> ToolRecord:
+    return ToolRecord(
+        script_id=script.id,
+        slug=script.slug,
+        name=script.name,
+        group=script.group_name,
+        description=script.description,
+        version_id=version.id,
+        version=version.version,
+        iteration=version.iteration,
+        is_default=bool(version.is_default),
+        spec_data=version.spec,
+    )
 
 
 class GalaxyToolService:
@@ -83,7 +72,7 @@ class GalaxyToolService:
 
     # --- tools ------------------------------------------------------------------------
 
-    def _rows(self, slug: str | None = None) -> list[ToolRow]:
+    def _rows(self, slug: str | None = None) -> list[ToolRecord]:
         """Active versions of active scripts (of one slug, or all), oldest first."""
         stmt = (
             select(Script, ScriptVersion)
@@ -94,23 +83,9 @@ class GalaxyToolService:
             stmt = stmt.where(Script.slug == slug)
         stmt = stmt.order_by(Script.group_name, Script.name, ScriptVersion.created_at)
         with self.core.sessions.begin() as session:
-            return [
-                ToolRow(
-                    script_id=script.id,
-                    slug=script.slug,
-                    name=script.name,
-                    group=script.group_name,
-                    description=script.description,
-                    version_id=version.id,
-                    version=version.version,
-                    iteration=version.iteration,
-                    is_default=bool(version.is_default),
-                    spec_data=version.spec,
-                )
-                for script, version in session.execute(stmt).all()
-            ]
+            return [_tool(script, version) for script, version in session.execute(stmt).all()]
 
-    def resolve(self, slug: str, version: str | None = None) -> ToolRow:
+    def resolve(self, slug: str, version: str | None = None) -> ToolRecord:
         """The tool's default version, or the one named by a ``tool_version`` string."""
         rows = self._rows(slug)
         if not rows:
@@ -125,67 +100,26 @@ class GalaxyToolService:
         )
         raise NotFoundError(message)
 
-    @staticmethod
-    def describe(row: ToolRow) -> dict[str, Any]:
-        return {
-            "model_class": "Tool",
-            "id": row.slug,
-            "name": row.name,
-            "version": row.tool_version,
-            "description": row.description or "",
-            "labels": [],
-            "edam_operations": [],
-            "edam_topics": [],
-            "hidden": "",
-            "is_workflow_compatible": True,
-            "xrefs": [],
-            "link": f"/tool_runner?tool_id={row.slug}",
-            "min_width": -1,
-            "target": "galaxy_main",
-            "panel_section_id": slugify(row.group),
-            "panel_section_name": row.group,
-            "form_style": "regular",
-        }
-
-    def list_tools(self, *, in_panel: bool = False, q: str | None = None) -> list[Any]:
-        """``GET /api/tools``: every active script's default version (``q``: matching ids)."""
+    def list_tools(self, *, q: str | None = None) -> list[ToolRecord]:
+        """``GET /api/tools``: every active script's default version; with ``q``, those whose
+        id, name or description contains it (case-insensitively)."""
         rows = [r for r in self._rows() if r.is_default]
-        if q is not None:
-            needle = q.lower()
-            return [
-                r.slug
-                for r in rows
-                if needle in r.slug.lower()
-                or needle in r.name.lower()
-                or needle in (r.description or "").lower()
-            ]
-        tools = [self.describe(r) for r in rows]
-        if not in_panel:
-            return tools
-        sections: dict[str, dict[str, Any]] = {}
-        for tool in tools:
-            section = sections.setdefault(
-                tool["panel_section_id"],
-                {
-                    "model_class": "ToolSection",
-                    "id": tool["panel_section_id"],
-                    "name": tool["panel_section_name"],
-                    "version": "",
-                    "elems": [],
-                },
-            )
-            section["elems"].append(tool)
-        return list(sections.values())
+        if q is None:
+            return rows
+        needle = q.lower()
+        return [
+            r
+            for r in rows
+            if needle in r.slug.lower()
+            or needle in r.name.lower()
+            or needle in (r.description or "").lower()
+        ]
 
-    def show_tool(
-        self, slug: str, *, version: str | None = None, io_details: bool = False
-    ) -> dict[str, Any]:
+    def show_tool(self, slug: str, *, version: str | None = None) -> tuple[ToolRecord, list[str]]:
+        """``GET /api/tools/{id}``: the tool (its default or named version) and the version
+        strings of all its active versions, oldest first."""
         row = self.resolve(slug, version)
-        data = self.describe(row)
-        data["versions"] = [r.tool_version for r in self._rows(slug)]
-        if io_details:
-            data["inputs"], data["outputs"] = tool_io(row.spec)
-        return data
+        return row, [r.tool_version for r in self._rows(slug)]
 
     # --- running ----------------------------------------------------------------------
 
@@ -217,8 +151,8 @@ class GalaxyToolService:
             raise
         return uploads
 
-    def run_tool(self, principal: Principal, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /api/tools``: submit one job of the tool; Galaxy's answer shape."""
+    def run_tool(self, principal: Principal, payload: Mapping[str, Any]) -> list[JobSummary]:
+        """``POST /api/tools``: submit one job of the tool; its summary."""
         slug = text_field(payload, "tool_id", required=True)
         assert slug is not None
         history_id = text_field(payload, "history_id")
@@ -245,16 +179,10 @@ class GalaxyToolService:
         finally:
             if uploads:
                 shutil.rmtree(uploads[0].path.parent, ignore_errors=True)
-        return {
-            "outputs": [],
-            "output_collections": [],
-            "jobs": self.galaxy.summaries(principal, [job_id]),
-            "implicit_collections": [],
-            "produces_entry_points": False,
-        }
+        return self.galaxy.summaries(principal, [job_id])
 
-    def build_for_rerun(self, principal: Principal, job_id: str) -> dict[str, Any]:
-        """``GET /api/jobs/{id}/build_for_rerun``: what bioblend's ``rerun_job`` reads."""
+    def build_for_rerun(self, principal: Principal, job_id: str) -> RerunRecord:
+        """``GET /api/jobs/{id}/build_for_rerun``: the job with its tool, to run again."""
         view = self.galaxy.view(principal, job_id)
         job = view.job
         with self.core.sessions.begin() as session:
@@ -263,27 +191,20 @@ class GalaxyToolService:
                 .join(ScriptVersion, ScriptVersion.script_id == Script.id)
                 .where(ScriptVersion.id == job.script_version_id)
             ).first()
-        if found is None:
-            raise NotFoundError("The tool of this job no longer exists.")
-        script, version = found
-        spec = ScriptSpec.from_dict(version.spec)
-        inputs, outputs = tool_io(spec)
-        return {
-            "id": script.slug,
-            "name": script.name,
-            "version": tool_version(version.version, version.iteration),
-            "description": script.description or "",
-            "history_id": job.history_id,
-            "job_id": job.id,
-            "job_remap": False,
-            "state_inputs": state_inputs(spec, job.params or {}, list(view.files)),
-            "inputs": inputs,
-            "outputs": outputs,
-        }
+            if found is None:
+                raise NotFoundError("The tool of this job no longer exists.")
+            tool = _tool(*found)
+        return RerunRecord(
+            tool=tool,
+            job_id=job.id,
+            history_id=job.history_id,
+            params=dict(job.params or {}),
+            files=[file_record(f) for f in view.files],
+        )
 
     # --- search -----------------------------------------------------------------------
 
-    def search_jobs(self, principal: Principal, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def search_jobs(self, principal: Principal, payload: Mapping[str, Any]) -> list[JobDetail]:
         """``POST /api/jobs/search``: the caller's jobs of the same tool version with the
         same parameters and inputs of the same content (sha256)."""
         slug = text_field(payload, "tool_id", required=True)
