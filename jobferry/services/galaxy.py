@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, false, or_, select
+from sqlalchemy import Select, false, or_, select
 from sqlalchemy.orm import Session
 
 from jobferry.errors import (
@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 #: Every id on the Galaxy face (jobs, datasets, users): 16 lowercase hex characters.
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
-#: States ``POST /api/jobs/search`` matches when the request names none.
-DEFAULT_SEARCH_STATES = ("new", "queued", "waiting", "running", "ok")
 #: ``view=`` values of ``GET /api/jobs``.
 JOB_VIEWS = frozenset({"collection", "admin_job_list"})
 
@@ -267,14 +265,15 @@ class GalaxyService:
 
     # --- one job ----------------------------------------------------------------------
 
-    def view(self, principal: Principal, job_id: str) -> JobView:
+    def visible_job(self, principal: Principal, job_id: str) -> JobView:
+        """The job, if the caller may see it (their own; any for an admin); else 404."""
         check_id(job_id, "job")
         try:
             return self.jobs.get(principal, job_id)  # another user's job: not found too
         except NotFoundError:
             raise NotFoundError("No such job found.") from None
 
-    def _version_of(self, session: Session, job: Job) -> tuple[str | None, str | None]:
+    def _tool_of(self, session: Session, job: Job) -> tuple[str | None, str | None]:
         if job.script_version_id is None:
             return None, None
         row = session.execute(
@@ -289,13 +288,13 @@ class GalaxyService:
     def show_job(self, principal: Principal, job_id: str, *, full: bool = False) -> JobDetail:
         """``GET /api/jobs/{id}``: one job, with ``full`` its logs (and, for an admin, its
         owner's email)."""
-        return self.detail(principal, self.view(principal, job_id), full=full)
+        return self._detail(principal, self.visible_job(principal, job_id), full=full)
 
-    def detail(self, principal: Principal, view: JobView, *, full: bool) -> JobDetail:
+    def _detail(self, principal: Principal, view: JobView, *, full: bool) -> JobDetail:
         job = view.job
         admin = principal.is_admin
         with self.core.sessions.begin() as session:
-            slug, version = self._version_of(session, job)
+            slug, version = self._tool_of(session, job)
             email = None
             if admin and full:
                 email = session.execute(select(User.email).where(User.id == job.user_id)).scalar()
@@ -331,18 +330,18 @@ class GalaxyService:
 
     def job_files(self, principal: Principal, job_id: str) -> list[FileRecord]:
         """The files of a job (``/inputs``, ``/outputs``, ``/common_problems``)."""
-        return [file_record(f) for f in self.view(principal, job_id).files]
+        return [file_record(f) for f in self.visible_job(principal, job_id).files]
 
     def metrics(self, principal: Principal, job_id: str) -> JobMetrics | None:
         """``/metrics``: for admins; None for others (Galaxy hides them too)."""
-        view = self.view(principal, job_id)
+        view = self.visible_job(principal, job_id)
         return metrics_of(view.job) if principal.is_admin else None
 
     def placement(self, principal: Principal, job_id: str) -> JobPlacement:
         """``/destination_params``: where and with what the job runs (admins only)."""
         if not principal.is_admin:
             raise AdminRequiredError()
-        job = self.view(principal, job_id).job
+        job = self.visible_job(principal, job_id).job
         return JobPlacement(
             runner=job.runner,
             external_id=job.external_id,
@@ -357,7 +356,7 @@ class GalaxyService:
     def cancel(self, principal: Principal, job_id: str) -> bool:
         """``DELETE /api/jobs/{id}``: True if this call stopped the job, False if it had
         already finished (a job being cancelled gets its kill re-sent, still False)."""
-        job = self.view(principal, job_id).job
+        job = self.visible_job(principal, job_id).job
         if job.state in FINISHED_STATES:
             if job.state == JobState.DELETING.value:
                 self.jobs.cancel(principal, job_id)
@@ -370,7 +369,7 @@ class GalaxyService:
 
     # --- datasets ---------------------------------------------------------------------
 
-    def _dataset(self, principal: Principal, dataset_id: str) -> tuple[JobFile, Job]:
+    def _visible_file(self, principal: Principal, dataset_id: str) -> tuple[JobFile, Job]:
         check_id(dataset_id, "dataset")
         with self.core.sessions.begin() as session:
             row = session.execute(
@@ -388,7 +387,7 @@ class GalaxyService:
 
     def datasets(self, principal: Principal, dataset_ids: Sequence[str]) -> list[FileRecord]:
         """Job files by id for reuse as inputs: each the caller's own (any for an admin)."""
-        return [file_record(self._dataset(principal, i)[0]) for i in dataset_ids]
+        return [file_record(self._visible_file(principal, i)[0]) for i in dataset_ids]
 
     def dataset_file(self, job_file: FileRecord, job_dir: str | None = None) -> Path:
         """Where a job file lies, confined to its job's directory."""
@@ -405,27 +404,12 @@ class GalaxyService:
 
     def show_dataset(self, principal: Principal, dataset_id: str) -> DatasetRecord:
         """``GET /api/datasets/{id}``: a job file, to be shown as a history dataset."""
-        job_file, job = self._dataset(principal, dataset_id)
+        job_file, job = self._visible_file(principal, dataset_id)
         return DatasetRecord(file=file_record(job_file), history_id=job.history_id)
 
     def dataset_path(self, principal: Principal, dataset_id: str) -> tuple[Path, FileRecord]:
         """The file behind ``GET /api/datasets/{id}/display`` (owner or admin)."""
-        job_file, job = self._dataset(principal, dataset_id)
+        job_file, job = self._visible_file(principal, dataset_id)
         self.core.files_here(job.home_node)
         record = file_record(job_file)
         return self.dataset_file(record, job.job_dir), record
-
-
-def job_input_rows(session: Session, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, str]]]:
-    """(param, sha256) of every input file of the given jobs."""
-    found: dict[str, list[tuple[Any, str]]] = {i: [] for i in job_ids}
-    for start in range(0, len(job_ids), 500):
-        chunk = list(job_ids[start : start + 500])
-        rows = session.execute(
-            select(JobFile.job_id, JobFile.param, JobFile.sha256).where(
-                and_(JobFile.job_id.in_(chunk), JobFile.kind == "input")
-            )
-        ).all()
-        for job_id, param, digest in rows:
-            found[job_id].append((param, digest))
-    return found

@@ -1,13 +1,18 @@
 """Registered scripts as Galaxy tools: finding, running, searching, rerunning.
 
-Answers are face-neutral records (``ToolRecord``, ``JobSummary``, ``JobDetail``,
-``RerunRecord``); ``jobferry.api.galaxy.tools_json`` and ``jobs_json`` shape
-them as Galaxy's JSON. ``POST /api/tools`` turns Galaxy's ``inputs`` object into the same command
-string a Wooey client would send (options by their long name, flags present or
-absent, datasets as upload fields) and submits it through ``JobService.submit``,
-so validation is exactly the Wooey face's. Datasets given as
-``{"src": "hda", "id": ...}`` are the caller's earlier job files: each is
-copied into a private temporary directory and handed over as an upload.
+This is the Galaxy face's behaviour over scripts, so it lives in services:
+which version a ``tool_version`` names, how a tool run becomes a submission,
+and which earlier jobs ``POST /api/jobs/search`` counts as the same. Answers
+are face-neutral records (``ToolRecord``, ``JobSummary``, ``JobDetail``,
+``RerunRecord``) that ``jobferry.api.galaxy.tools_json`` and ``jobs_json``
+shape as Galaxy's JSON.
+
+``POST /api/tools`` turns Galaxy's ``inputs`` object into the same command
+string a Wooey client would send (``tool_inputs.convert_inputs``) and submits
+it through ``JobService.submit``, so validation is exactly the Wooey face's.
+Datasets given as ``{"src": "hda", "id": ...}`` are the caller's earlier job
+files: each is copied into a private temporary directory and handed over as an
+upload.
 """
 
 from __future__ import annotations
@@ -18,20 +23,16 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
 
 from jobferry.errors import NotFoundError, ValidationError
 from jobferry.services.core import Core, Principal
-from jobferry.services.galaxy import (
-    DEFAULT_SEARCH_STATES,
-    GalaxyService,
-    file_record,
-    job_input_rows,
-)
+from jobferry.services.galaxy import GalaxyService, file_record
 from jobferry.services.jobs import JobService, SubmitRequest
 from jobferry.services.records import JobDetail, JobSummary, RerunRecord, ToolRecord
 from jobferry.services.routing import parse_request
@@ -44,9 +45,12 @@ from jobferry.services.tool_inputs import (
 )
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import safe_filename
-from jobferry.store.models import Job, Script, ScriptVersion
+from jobferry.store.models import Job, JobFile, Script, ScriptVersion
 
 logger = logging.getLogger(__name__)
+
+#: States ``POST /api/jobs/search`` matches when the request names none.
+DEFAULT_SEARCH_STATES = ("new", "queued", "waiting", "running", "ok")
 
 
 def _tool(script: Script, version: ScriptVersion) -> ToolRecord:
@@ -72,7 +76,7 @@ class GalaxyToolService:
 
     # --- tools ------------------------------------------------------------------------
 
-    def _rows(self, slug: str | None = None) -> list[ToolRecord]:
+    def _tool_versions(self, slug: str | None = None) -> list[ToolRecord]:
         """Active versions of active scripts (of one slug, or all), oldest first."""
         stmt = (
             select(Script, ScriptVersion)
@@ -87,7 +91,7 @@ class GalaxyToolService:
 
     def resolve(self, slug: str, version: str | None = None) -> ToolRecord:
         """The tool's default version, or the one named by a ``tool_version`` string."""
-        rows = self._rows(slug)
+        rows = self._tool_versions(slug)
         if not rows:
             raise NotFoundError(f"Tool {slug!r} not found.")
         for row in rows:
@@ -103,7 +107,7 @@ class GalaxyToolService:
     def list_tools(self, *, q: str | None = None) -> list[ToolRecord]:
         """``GET /api/tools``: every active script's default version; with ``q``, those whose
         id, name or description contains it (case-insensitively)."""
-        rows = [r for r in self._rows() if r.is_default]
+        rows = [r for r in self._tool_versions() if r.is_default]
         if q is None:
             return rows
         needle = q.lower()
@@ -119,7 +123,7 @@ class GalaxyToolService:
         """``GET /api/tools/{id}``: the tool (its default or named version) and the version
         strings of all its active versions, oldest first."""
         row = self.resolve(slug, version)
-        return row, [r.tool_version for r in self._rows(slug)]
+        return row, [r.tool_version for r in self._tool_versions(slug)]
 
     # --- running ----------------------------------------------------------------------
 
@@ -183,7 +187,7 @@ class GalaxyToolService:
 
     def build_for_rerun(self, principal: Principal, job_id: str) -> RerunRecord:
         """``GET /api/jobs/{id}/build_for_rerun``: the job with its tool, to run again."""
-        view = self.galaxy.view(principal, job_id)
+        view = self.galaxy.visible_job(principal, job_id)
         job = view.job
         with self.core.sessions.begin() as session:
             found = session.execute(
@@ -248,6 +252,21 @@ class GalaxyToolService:
                 for job_id, params in candidates
                 if {k: v for k, v in (params or {}).items() if k not in file_dests} == want_params
             ]
-            inputs = job_input_rows(session, same_params)
+            inputs = _input_digests(session, same_params)
         matching = [i for i in same_params if Counter(inputs[i]) == want_inputs]
         return [self.galaxy.show_job(principal, job_id) for job_id in matching]
+
+
+def _input_digests(session: Session, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, str]]]:
+    """(param, sha256) of every input file of the given jobs."""
+    found: dict[str, list[tuple[Any, str]]] = {i: [] for i in job_ids}
+    for start in range(0, len(job_ids), 500):
+        chunk = list(job_ids[start : start + 500])
+        rows = session.execute(
+            select(JobFile.job_id, JobFile.param, JobFile.sha256).where(
+                and_(JobFile.job_id.in_(chunk), JobFile.kind == "input")
+            )
+        ).all()
+        for job_id, param, digest in rows:
+            found[job_id].append((param, digest))
+    return found
