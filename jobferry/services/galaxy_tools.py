@@ -1,11 +1,18 @@
-"""Registered scripts as Galaxy tools: listing, describing, running, searching, rerunning.
+"""Registered scripts as Galaxy tools: finding, running, searching, rerunning.
+
+This is the Galaxy face's behaviour over scripts, so it lives in services:
+which version a ``tool_version`` names, how a tool run becomes a submission,
+and which earlier jobs ``POST /api/jobs/search`` counts as the same. Answers
+are face-neutral records (``ToolRecord``, ``JobSummary``, ``JobDetail``,
+``RerunRecord``) that ``jobferry.api.galaxy.tools_json`` and ``jobs_json``
+shape as Galaxy's JSON.
 
 ``POST /api/tools`` turns Galaxy's ``inputs`` object into the same command
-string a Wooey client would send (options by their long name, flags present or
-absent, datasets as upload fields) and submits it through ``JobService.submit``,
-so validation is exactly the Wooey face's. Datasets given as
-``{"src": "hda", "id": ...}`` are the caller's earlier job files: each is
-copied into a private temporary directory and handed over as an upload.
+string a Wooey client would send (``tool_inputs.convert_inputs``) and submits
+it through ``JobService.submit``, so validation is exactly the Wooey face's.
+Datasets given as ``{"src": "hda", "id": ...}`` are the caller's earlier job
+files: each is copied into a private temporary directory and handed over as an
+upload.
 """
 
 from __future__ import annotations
@@ -16,63 +23,49 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
 
-from jobferry.argspec.introspect import ScriptSpec
 from jobferry.errors import NotFoundError, ValidationError
 from jobferry.services.core import Core, Principal
-from jobferry.services.galaxy import (
-    DEFAULT_SEARCH_STATES,
-    GalaxyService,
-    job_input_rows,
-    tool_version,
-)
-from jobferry.services.galaxy_inputs import (
+from jobferry.services.galaxy import GalaxyService, file_record
+from jobferry.services.jobs import JobService, SubmitRequest
+from jobferry.services.records import JobDetail, JobSummary, RerunRecord, ToolRecord
+from jobferry.services.routing import parse_request
+from jobferry.services.tool_inputs import (
     bad_input,
     convert_inputs,
     payload_inputs,
     resources_of,
-    state_inputs,
     text_field,
-    tool_io,
 )
-from jobferry.services.jobs import JobService, SubmitRequest
-from jobferry.services.routing import parse_request
-from jobferry.services.scripts import slugify
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import safe_filename
-from jobferry.store.models import Job, Script, ScriptVersion
+from jobferry.store.models import Job, JobFile, Script, ScriptVersion
 
 logger = logging.getLogger(__name__)
 
+#: States ``POST /api/jobs/search`` matches when the request names none.
+DEFAULT_SEARCH_STATES = ("new", "queued", "waiting", "running", "ok")
 
-@dataclass(frozen=True)
-class ToolRow:
-    """A script and one of its versions: what a Galaxy tool is here."""
 
-    script_id: str
-    slug: str
-    name: str
-    group: str
-    description: str | None
-    version_id: str
-    version: str
-    iteration: int
-    is_default: bool
-    spec_data: dict[str, Any]
-
-    @property
-    def tool_version(self) -> str:
-        return tool_version(self.version, self.iteration) or self.version
-
-    @property
-    def spec(self) -> ScriptSpec:
-        return ScriptSpec.from_dict(self.spec_data)
+def _tool(script: Script, version: ScriptVersion) -> ToolRecord:
+    return ToolRecord(
+        script_id=script.id,
+        slug=script.slug,
+        name=script.name,
+        group=script.group_name,
+        description=script.description,
+        version_id=version.id,
+        version=version.version,
+        iteration=version.iteration,
+        is_default=bool(version.is_default),
+        spec_data=version.spec,
+    )
 
 
 class GalaxyToolService:
@@ -83,7 +76,7 @@ class GalaxyToolService:
 
     # --- tools ------------------------------------------------------------------------
 
-    def _rows(self, slug: str | None = None) -> list[ToolRow]:
+    def _tool_versions(self, slug: str | None = None) -> list[ToolRecord]:
         """Active versions of active scripts (of one slug, or all), oldest first."""
         stmt = (
             select(Script, ScriptVersion)
@@ -94,25 +87,11 @@ class GalaxyToolService:
             stmt = stmt.where(Script.slug == slug)
         stmt = stmt.order_by(Script.group_name, Script.name, ScriptVersion.created_at)
         with self.core.sessions.begin() as session:
-            return [
-                ToolRow(
-                    script_id=script.id,
-                    slug=script.slug,
-                    name=script.name,
-                    group=script.group_name,
-                    description=script.description,
-                    version_id=version.id,
-                    version=version.version,
-                    iteration=version.iteration,
-                    is_default=bool(version.is_default),
-                    spec_data=version.spec,
-                )
-                for script, version in session.execute(stmt).all()
-            ]
+            return [_tool(script, version) for script, version in session.execute(stmt).all()]
 
-    def resolve(self, slug: str, version: str | None = None) -> ToolRow:
+    def resolve(self, slug: str, version: str | None = None) -> ToolRecord:
         """The tool's default version, or the one named by a ``tool_version`` string."""
-        rows = self._rows(slug)
+        rows = self._tool_versions(slug)
         if not rows:
             raise NotFoundError(f"Tool {slug!r} not found.")
         for row in rows:
@@ -125,67 +104,26 @@ class GalaxyToolService:
         )
         raise NotFoundError(message)
 
-    @staticmethod
-    def describe(row: ToolRow) -> dict[str, Any]:
-        return {
-            "model_class": "Tool",
-            "id": row.slug,
-            "name": row.name,
-            "version": row.tool_version,
-            "description": row.description or "",
-            "labels": [],
-            "edam_operations": [],
-            "edam_topics": [],
-            "hidden": "",
-            "is_workflow_compatible": True,
-            "xrefs": [],
-            "link": f"/tool_runner?tool_id={row.slug}",
-            "min_width": -1,
-            "target": "galaxy_main",
-            "panel_section_id": slugify(row.group),
-            "panel_section_name": row.group,
-            "form_style": "regular",
-        }
+    def list_tools(self, *, q: str | None = None) -> list[ToolRecord]:
+        """``GET /api/tools``: every active script's default version; with ``q``, those whose
+        id, name or description contains it (case-insensitively)."""
+        rows = [r for r in self._tool_versions() if r.is_default]
+        if q is None:
+            return rows
+        needle = q.lower()
+        return [
+            r
+            for r in rows
+            if needle in r.slug.lower()
+            or needle in r.name.lower()
+            or needle in (r.description or "").lower()
+        ]
 
-    def list_tools(self, *, in_panel: bool = False, q: str | None = None) -> list[Any]:
-        """``GET /api/tools``: every active script's default version (``q``: matching ids)."""
-        rows = [r for r in self._rows() if r.is_default]
-        if q is not None:
-            needle = q.lower()
-            return [
-                r.slug
-                for r in rows
-                if needle in r.slug.lower()
-                or needle in r.name.lower()
-                or needle in (r.description or "").lower()
-            ]
-        tools = [self.describe(r) for r in rows]
-        if not in_panel:
-            return tools
-        sections: dict[str, dict[str, Any]] = {}
-        for tool in tools:
-            section = sections.setdefault(
-                tool["panel_section_id"],
-                {
-                    "model_class": "ToolSection",
-                    "id": tool["panel_section_id"],
-                    "name": tool["panel_section_name"],
-                    "version": "",
-                    "elems": [],
-                },
-            )
-            section["elems"].append(tool)
-        return list(sections.values())
-
-    def show_tool(
-        self, slug: str, *, version: str | None = None, io_details: bool = False
-    ) -> dict[str, Any]:
+    def show_tool(self, slug: str, *, version: str | None = None) -> tuple[ToolRecord, list[str]]:
+        """``GET /api/tools/{id}``: the tool (its default or named version) and the version
+        strings of all its active versions, oldest first."""
         row = self.resolve(slug, version)
-        data = self.describe(row)
-        data["versions"] = [r.tool_version for r in self._rows(slug)]
-        if io_details:
-            data["inputs"], data["outputs"] = tool_io(row.spec)
-        return data
+        return row, [r.tool_version for r in self._tool_versions(slug)]
 
     # --- running ----------------------------------------------------------------------
 
@@ -217,8 +155,8 @@ class GalaxyToolService:
             raise
         return uploads
 
-    def run_tool(self, principal: Principal, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /api/tools``: submit one job of the tool; Galaxy's answer shape."""
+    def run_tool(self, principal: Principal, payload: Mapping[str, Any]) -> list[JobSummary]:
+        """``POST /api/tools``: submit one job of the tool; its summary."""
         slug = text_field(payload, "tool_id", required=True)
         assert slug is not None
         history_id = text_field(payload, "history_id")
@@ -245,17 +183,11 @@ class GalaxyToolService:
         finally:
             if uploads:
                 shutil.rmtree(uploads[0].path.parent, ignore_errors=True)
-        return {
-            "outputs": [],
-            "output_collections": [],
-            "jobs": self.galaxy.summaries(principal, [job_id]),
-            "implicit_collections": [],
-            "produces_entry_points": False,
-        }
+        return self.galaxy.summaries(principal, [job_id])
 
-    def build_for_rerun(self, principal: Principal, job_id: str) -> dict[str, Any]:
-        """``GET /api/jobs/{id}/build_for_rerun``: what bioblend's ``rerun_job`` reads."""
-        view = self.galaxy.view(principal, job_id)
+    def build_for_rerun(self, principal: Principal, job_id: str) -> RerunRecord:
+        """``GET /api/jobs/{id}/build_for_rerun``: the job with its tool, to run again."""
+        view = self.galaxy.visible_job(principal, job_id)
         job = view.job
         with self.core.sessions.begin() as session:
             found = session.execute(
@@ -263,27 +195,20 @@ class GalaxyToolService:
                 .join(ScriptVersion, ScriptVersion.script_id == Script.id)
                 .where(ScriptVersion.id == job.script_version_id)
             ).first()
-        if found is None:
-            raise NotFoundError("The tool of this job no longer exists.")
-        script, version = found
-        spec = ScriptSpec.from_dict(version.spec)
-        inputs, outputs = tool_io(spec)
-        return {
-            "id": script.slug,
-            "name": script.name,
-            "version": tool_version(version.version, version.iteration),
-            "description": script.description or "",
-            "history_id": job.history_id,
-            "job_id": job.id,
-            "job_remap": False,
-            "state_inputs": state_inputs(spec, job.params or {}, list(view.files)),
-            "inputs": inputs,
-            "outputs": outputs,
-        }
+            if found is None:
+                raise NotFoundError("The tool of this job no longer exists.")
+            tool = _tool(*found)
+        return RerunRecord(
+            tool=tool,
+            job_id=job.id,
+            history_id=job.history_id,
+            params=dict(job.params or {}),
+            files=[file_record(f) for f in view.files],
+        )
 
     # --- search -----------------------------------------------------------------------
 
-    def search_jobs(self, principal: Principal, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def search_jobs(self, principal: Principal, payload: Mapping[str, Any]) -> list[JobDetail]:
         """``POST /api/jobs/search``: the caller's jobs of the same tool version with the
         same parameters and inputs of the same content (sha256)."""
         slug = text_field(payload, "tool_id", required=True)
@@ -327,6 +252,21 @@ class GalaxyToolService:
                 for job_id, params in candidates
                 if {k: v for k, v in (params or {}).items() if k not in file_dests} == want_params
             ]
-            inputs = job_input_rows(session, same_params)
+            inputs = _input_digests(session, same_params)
         matching = [i for i in same_params if Counter(inputs[i]) == want_inputs]
         return [self.galaxy.show_job(principal, job_id) for job_id in matching]
+
+
+def _input_digests(session: Session, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, str]]]:
+    """(param, sha256) of every input file of the given jobs."""
+    found: dict[str, list[tuple[Any, str]]] = {i: [] for i in job_ids}
+    for start in range(0, len(job_ids), 500):
+        chunk = list(job_ids[start : start + 500])
+        rows = session.execute(
+            select(JobFile.job_id, JobFile.param, JobFile.sha256).where(
+                and_(JobFile.job_id.in_(chunk), JobFile.kind == "input")
+            )
+        ).all()
+        for job_id, param, digest in rows:
+            found[job_id].append((param, digest))
+    return found

@@ -1,4 +1,4 @@
-"""Job-state names as each face speaks them, read back into the one internal state.
+"""The job-state vocabulary: the one internal state machine and each face's names for it.
 
 The store keeps Galaxy's vocabulary (``new queued running ok error deleting
 deleted``); the Wooey face reports ``submitted queued running completed FAILURE
@@ -6,13 +6,51 @@ error REVOKED`` (``jobferry.api.wooey.wooey_status``). People copy whichever nam
 they saw, so input (``jobferry job list --state``) accepts every face's names,
 case-insensitively: all of them lower-case to distinct meanings. The README's
 "Job states" table is this mapping.
+
+It lives in services, not in a face, because services filter on these names
+(Galaxy's job listing and search) and the CLI reads them too. ``JobState`` is
+re-exported from the store so that faces (``api/``) never import the store.
 """
 
 from __future__ import annotations
 
 from jobferry.errors import ValidationError
-from jobferry.services.galaxy import GALAXY_JOB_STATES
-from jobferry.store.models import JobState
+from jobferry.store.models import TERMINAL_STATES, JobState
+
+__all__ = [
+    "FINISHED_STATES",
+    "GALAXY_JOB_STATES",
+    "TERMINAL_STATES",
+    "WOOEY_NAMES",
+    "JobState",
+    "parse_state",
+]
+
+#: Galaxy's whole job-state vocabulary (a filter on a state this daemon never uses matches
+#: nothing; anything else is a client error).
+GALAXY_JOB_STATES = frozenset(
+    {
+        "new",
+        "resubmitted",
+        "upload",
+        "waiting",
+        "queued",
+        "running",
+        "finishing",
+        "ok",
+        "error",
+        "failed",
+        "paused",
+        "deleting",
+        "deleted",
+        "deleted_new",
+        "stop",
+        "stopped",
+        "skipped",
+    }
+)
+#: Galaxy's ``finished_states``: cancelling a job in one of these changes nothing.
+FINISHED_STATES = frozenset({"ok", "error", "deleted", "deleting"})
 
 #: Wooey's status strings → the internal state they report. ``FAILURE`` (the script
 #: ran and exited non-zero) and ``error`` (it could not run) are both ``error``;

@@ -1,4 +1,13 @@
-"""The Galaxy-compatible face: job_files, jobs, auth, configuration, tools, datasets, users."""
+"""The Galaxy-compatible face: job_files, jobs, auth, configuration, tools, datasets, users.
+
+Handlers (one module per resource: ``jobs``, ``tools``, ``datasets``, ``users``,
+``config``, ``files``) parse a request, make one service call and hand the
+service's face-neutral records to this face's serialisers (``jobs_json``,
+``tools_json``, ``datasets_json``, ``users_json``, ``formats``), which own
+every Galaxy wire shape. Imports: ``jobferry.services`` (records, the state
+vocabulary, the services), ``staging`` and ``errors`` — never the store or the
+daemon.
+"""
 
 from __future__ import annotations
 

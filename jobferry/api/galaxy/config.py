@@ -10,27 +10,14 @@ from typing import Any
 
 from jobferry import __version__, errors
 from jobferry.api.galaxy.common import GalaxyResource, route
+from jobferry.api.galaxy.formats import GALAXY_VERSION_MAJOR, GALAXY_VERSION_MINOR
+from jobferry.api.galaxy.users_json import user_brief
 from jobferry.services.core import Principal
-from jobferry.services.galaxy import GALAXY_VERSION_MAJOR, GALAXY_VERSION_MINOR, iso
-from jobferry.services.users import UserRecord
 
 #: Seconds a failed password check is held back (spread a little), against guessing.
 FAILURE_DELAY_S = (0.3, 0.6)
 #: ``view=`` values of ``GET /api/configuration``.
 CONFIG_VIEWS = frozenset({"all"})
-
-
-def user_brief(user: UserRecord) -> dict[str, Any]:
-    """Galaxy's user summary (whoami and the users list)."""
-    return {
-        "model_class": "User",
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "deleted": not user.is_active,
-        "active": user.is_active,
-        "last_password_change": iso(user.password_changed_at),
-    }
 
 
 class VersionHandler(GalaxyResource):

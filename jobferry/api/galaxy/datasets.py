@@ -11,6 +11,7 @@ import tornado.web
 from jobferry.api.base import Services
 from jobferry.api.galaxy.base import GalaxyMixin
 from jobferry.api.galaxy.common import GalaxyResource, route
+from jobferry.api.galaxy.datasets_json import dataset
 from jobferry.api.galaxy.files import parse_range
 from jobferry.staging.paths import safe_filename
 
@@ -18,7 +19,8 @@ from jobferry.staging.paths import safe_filename
 class DatasetHandler(GalaxyResource):
     async def get(self, dataset_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.services.galaxy.show_dataset, principal, dataset_id))
+        record = await self.call(self.services.galaxy.show_dataset, principal, dataset_id)
+        self.send_json(dataset(record))
 
 
 class DatasetDisplayHandler(GalaxyMixin, tornado.web.StaticFileHandler):

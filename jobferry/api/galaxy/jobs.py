@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import tornado.web
 
 from jobferry import errors
 from jobferry.api.galaxy.common import GalaxyResource, route
-from jobferry.services.galaxy import (
-    GALAXY_JOB_STATES,
-    JOB_VIEWS,
-    JobQuery,
-    check_id,
-    parse_query_datetime,
+from jobferry.api.galaxy.jobs_json import (
+    associations,
+    common_problems,
+    destination_params,
+    job_element,
+    job_metrics,
+    job_summary,
 )
+from jobferry.api.galaxy.tools_json import rerun
+from jobferry.services.galaxy import JOB_VIEWS, JobQuery, check_id
+from jobferry.services.states import GALAXY_JOB_STATES
 
 #: Filters on things this daemon has none of: given any value, the list is empty.
 NOTHING_FILTERS = (
@@ -26,13 +31,34 @@ NOTHING_FILTERS = (
 ORDER_BY = frozenset({"update_time", "create_time"})
 
 
+def parse_query_datetime(text: str, name: str) -> datetime:
+    """``YYYY-MM-DD`` (that day's 00:00) or an ISO datetime, as aware UTC. Raises
+    ValidationError. A datetime without zone is UTC; one with a zone is converted."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            parsed = datetime.strptime(value, "%Y-%m-%d")
+        else:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise errors.ValidationError(
+            f"{name}: expected a date (YYYY-MM-DD) or an ISO 8601 datetime",
+            errors={name: ["Enter a date (YYYY-MM-DD) or an ISO 8601 datetime."]},
+        ) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
 class JobListHandler(GalaxyResource):
     """``GET /api/jobs``."""
 
     async def get(self) -> None:
         principal = await self.authenticate()
         query = self.parse_query()
-        self.send_json(await self.call(self.services.galaxy.list_jobs, principal, query))
+        jobs = await self.call(self.services.galaxy.list_jobs, principal, query)
+        admin_view = query.view == "admin_job_list"
+        self.send_json([job_summary(j, admin_view=admin_view) for j in jobs])
 
     def parse_query(self) -> JobQuery:
         states = self.list_arg("state")
@@ -85,7 +111,8 @@ class JobHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
         full = self.flag("full")
-        self.send_json(await self.call(self.services.galaxy.show_job, principal, job_id, full=full))
+        detail = await self.call(self.services.galaxy.show_job, principal, job_id, full=full)
+        self.send_json(job_element(detail))
 
     async def delete(self, job_id: str) -> None:
         principal = await self.authenticate()
@@ -98,8 +125,8 @@ class JobInputsHandler(GalaxyResource):
 
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        galaxy = self.services.galaxy
-        self.send_json(await self.call(galaxy.associations, principal, job_id, self.kind))
+        files = await self.call(self.services.galaxy.job_files, principal, job_id)
+        self.send_json(associations(files, self.kind))
 
 
 class JobOutputsHandler(JobInputsHandler):
@@ -109,27 +136,29 @@ class JobOutputsHandler(JobInputsHandler):
 class JobRerunHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(
-            await self.call(self.services.galaxy_tools.build_for_rerun, principal, job_id)
-        )
+        record = await self.call(self.services.galaxy_tools.build_for_rerun, principal, job_id)
+        self.send_json(rerun(record))
 
 
 class JobMetricsHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.services.galaxy.metrics, principal, job_id))
+        metrics = await self.call(self.services.galaxy.metrics, principal, job_id)
+        self.send_json(job_metrics(metrics))
 
 
 class JobProblemsHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.services.galaxy.common_problems, principal, job_id))
+        files = await self.call(self.services.galaxy.job_files, principal, job_id)
+        self.send_json(common_problems(files))
 
 
 class JobDestinationHandler(GalaxyResource):
     async def get(self, job_id: str) -> None:
         principal = await self.authenticate()
-        self.send_json(await self.call(self.services.galaxy.destination_params, principal, job_id))
+        placement = await self.call(self.services.galaxy.placement, principal, job_id)
+        self.send_json(destination_params(placement))
 
 
 class JobSearchHandler(GalaxyResource):
@@ -138,7 +167,8 @@ class JobSearchHandler(GalaxyResource):
     async def post(self) -> None:
         principal = await self.authenticate()
         payload = self.payload()
-        self.send_json(await self.call(self.services.galaxy_tools.search_jobs, principal, payload))
+        found = await self.call(self.services.galaxy_tools.search_jobs, principal, payload)
+        self.send_json([job_element(detail) for detail in found])
 
 
 class NotImplementedHandler(GalaxyResource):

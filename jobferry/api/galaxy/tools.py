@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobferry.api.galaxy.common import GalaxyResource, route
+from jobferry.api.galaxy.tools_json import tool, tool_detail, tool_panel, tool_run
 
 
 class ToolsHandler(GalaxyResource):
@@ -15,15 +16,21 @@ class ToolsHandler(GalaxyResource):
         if self.flag("trackster"):
             self.send_json([])  # no tool here is a Trackster visualisation
             return
-        tools = self.services.galaxy_tools
-        q = self.arg("q")
-        result = await self.call(tools.list_tools, in_panel=self.flag("in_panel"), q=q or None)
-        self.send_json(result)
+        in_panel = self.flag("in_panel")
+        q = self.arg("q") or None
+        rows = await self.call(self.services.galaxy_tools.list_tools, q=q)
+        if q is not None:
+            self.send_json([row.slug for row in rows])  # Galaxy's search answers ids
+        elif in_panel:
+            self.send_json(tool_panel(rows))
+        else:
+            self.send_json([tool(row) for row in rows])
 
     async def post(self) -> None:
         principal = await self.authenticate()
         payload = self.payload()
-        self.send_json(await self.call(self.services.galaxy_tools.run_tool, principal, payload))
+        jobs = await self.call(self.services.galaxy_tools.run_tool, principal, payload)
+        self.send_json(tool_run(jobs))
 
 
 class ToolHandler(GalaxyResource):
@@ -32,13 +39,9 @@ class ToolHandler(GalaxyResource):
     async def get(self, slug: str) -> None:
         await self.authenticate()
         version = self.arg("tool_version") or self.arg("version") or None
-        result = await self.call(
-            self.services.galaxy_tools.show_tool,
-            slug,
-            version=version,
-            io_details=self.flag("io_details"),
-        )
-        self.send_json(result)
+        io_details = self.flag("io_details")
+        row, versions = await self.call(self.services.galaxy_tools.show_tool, slug, version=version)
+        self.send_json(tool_detail(row, versions, io_details=io_details))
 
 
 def tool_routes(init: dict[str, Any]) -> list[Any]:

@@ -5,36 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobferry.api.galaxy.common import GalaxyResource, route
-from jobferry.api.galaxy.config import user_brief
+from jobferry.api.galaxy.users_json import user_brief, user_detail
 from jobferry.services.core import Principal
-from jobferry.services.galaxy import check_id, iso
-from jobferry.services.users import UserRecord
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"  # pragma: no cover
-
-
-def user_detail(user: UserRecord) -> dict[str, Any]:
-    """Galaxy's detailed user view."""
-    return {
-        **user_brief(user),
-        "is_admin": user.is_admin,
-        "create_time": iso(user.created_at),
-        "total_disk_usage": float(user.disk_usage),
-        "nice_total_disk_usage": _human(user.disk_usage),
-        "quota_percent": None,
-        "quota": "unlimited",
-        "quota_bytes": None,
-        "purged": False,
-        "preferences": {},
-        "tags_used": [],
-    }
+from jobferry.services.galaxy import check_id
 
 
 class _UserListHandler(GalaxyResource):

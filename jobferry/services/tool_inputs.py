@@ -1,11 +1,15 @@
-"""Galaxy tool inputs <-> jobferry commands, and tool descriptions.
+"""A tool-run payload's ``inputs`` -> the command a script is run with.
 
 ``convert_inputs`` turns Galaxy's ``inputs`` object into the same command string
 a Wooey client would send (options by their long name, flags present or absent,
-datasets as upload fields); ``state_inputs`` goes back from a job's parameters;
-``tool_io`` describes a script's parameters as tool inputs and outputs. Pure
-functions over a ``ScriptSpec``: no store, no files (split from
-``galaxy_tools`` to keep modules small).
+datasets as upload fields), so a tool run is validated exactly as a Wooey
+submission is. Pure functions over a ``ScriptSpec``: no store, no files.
+
+This is behaviour, not a wire shape, so it lives in services: which parameter a
+name selects, what a value means for each argparse action, and the cap on
+repeated flags decide what runs (``POST /api/tools``) and which earlier jobs
+match (``POST /api/jobs/search``). How tools and their inputs are *shown* is
+``jobferry.api.galaxy.tools_json``.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ from typing import Any
 from jobferry.argspec.command import preferred_option
 from jobferry.argspec.introspect import ParamSpec, ScriptSpec
 from jobferry.errors import RequestError, ValidationError
-from jobferry.services.galaxy import check_id, dataset_names
+from jobferry.services.galaxy import check_id
 from jobferry.staging.json_body import parse_json
-from jobferry.store.models import JobFile
 
 #: Input keys clients send that are not parameters (ignored).
 _META_INPUTS = frozenset({"rerun_remap_job_id", "__job_resource", "use_cached_job"})
@@ -181,89 +184,6 @@ def convert_inputs(
                 args.extend(_occurrence(option, group, prefixes))
     tokens = args + (["--", *positionals] if positionals else [])
     return ConvertedInputs(command=shlex.join(tokens), datasets=datasets)
-
-
-def state_inputs(
-    spec: ScriptSpec, params: Mapping[str, Any], files: list[JobFile]
-) -> dict[str, Any]:
-    """A job's parameters as ``POST /api/tools`` inputs (``build_for_rerun``)."""
-    by_param: dict[str, list[str]] = {}
-    for _, job_file in dataset_names(files, "input"):
-        if job_file.param:
-            by_param.setdefault(job_file.param, []).append(job_file.id)
-    state: dict[str, Any] = {}
-    for param in spec.params:
-        if param.is_input_file:
-            ids = by_param.get(param.dest)
-            if not ids:
-                continue
-            refs = [{"src": "hda", "id": i} for i in ids]
-            single = param.nargs is None and param.action == "store"
-            state[param.dest] = refs[0] if single and len(refs) == 1 else refs
-        elif param.dest in params:
-            state[param.dest] = params[param.dest]
-    return state
-
-
-def _param_description(param: ParamSpec) -> dict[str, Any]:
-    """One tool input in the rough shape of Galaxy's tool parameter dicts."""
-    multiple = param.nargs in ("*", "+") or isinstance(param.nargs, int) and param.nargs > 1
-    multiple = multiple or param.action in ("append", "extend")
-    data: dict[str, Any] = {
-        "name": param.dest,
-        "label": param.display_name,
-        "argument": None if param.positional else preferred_option(param),
-        "help": param.help or "",
-        "optional": not param.required and not (param.positional and param.nargs is None),
-        "hidden": False,
-        "is_dynamic": False,
-        "refresh_on_change": False,
-        "multiple": multiple,
-        "value": param.default,
-    }
-    if param.is_input_file:
-        data.update(model_class="DataToolParameter", type="data", extensions=["data"])
-        data["value"] = None
-    elif param.is_flag or param.action == "store_const":
-        data.update(
-            model_class="BooleanToolParameter",
-            type="boolean",
-            truevalue=preferred_option(param),
-            falsevalue="",
-            value=bool(param.default) if param.action != "store_const" else False,
-        )
-    elif param.action == "count":
-        data.update(model_class="IntegerToolParameter", type="integer", min=0, max=None)
-    elif param.choices is not None:
-        data.update(
-            model_class="SelectToolParameter",
-            type="select",
-            options=[[str(c), str(c), c == param.default] for c in param.choices],
-        )
-    elif param.type == "int":
-        data.update(model_class="IntegerToolParameter", type="integer", min=None, max=None)
-    elif param.type == "float":
-        data.update(model_class="FloatToolParameter", type="float", min=None, max=None)
-    else:
-        data.update(model_class="TextToolParameter", type="text", area=False)
-    return data
-
-
-def tool_io(spec: ScriptSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    inputs = [_param_description(p) for p in spec.params]
-    outputs = [
-        {
-            "model_class": "ToolOutput",
-            "name": p.dest,
-            "format": "data",
-            "label": p.help or p.display_name,
-            "hidden": False,
-            "default_name": p.default if isinstance(p.default, str) else None,
-        }
-        for p in spec.params
-        if p.is_output_file
-    ]
-    return inputs, outputs
 
 
 def payload_inputs(payload: Mapping[str, Any]) -> dict[str, Any]:
