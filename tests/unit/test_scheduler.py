@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from jobferry.api.app import make_services
 from jobferry.config import parse_config
 from jobferry.daemon.dispatch import Reservation
 from jobferry.daemon.scheduler import TICK_S, Scheduler
 from jobferry.errors import JobferryError, SubmitError
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
+from jobferry.services.container import build as build_services
 from jobferry.services.core import Core, Principal
 from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.job_files import JobFilesService
@@ -302,7 +302,7 @@ def test_direct_start_on_a_node_drained_in_the_store__stores_the_job_queued(core
 def test_submission_without_uploads__makes_its_directory_only_when_claimed(
     core: Core, tmp_path: Path
 ) -> None:
-    services = make_services(core)
+    services = build_services(core)
     admin = Principal("u1", "admin", True)
     copy = tmp_path / "noop.py"
     copy.write_bytes((Path(__file__).parent.parent / "data" / "jobs" / "noop.py").read_bytes())
