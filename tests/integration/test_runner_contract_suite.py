@@ -182,7 +182,8 @@ def test_cancel__ends_a_running_job_and_later_cancels_change_nothing(kind: Kind)
 
 def test_cancel__of_a_job_that_ended_by_itself_changes_nothing(kind: Kind) -> None:
     runner = kind.make()
-    handle = runner.submit(kind.job(Exits(1)))
+    spec = kind.job(Exits(1))
+    handle = runner.submit(spec)
     status = wait(runner, handle)
 
     runner.cancel(handle)
@@ -191,6 +192,10 @@ def test_cancel__of_a_job_that_ended_by_itself_changes_nothing(kind: Kind) -> No
     assert (status.state, status.exit_code) == (RunState.EXITED, 1)
     assert runner.poll(handle) == status
     assert wait(runner, handle) == status
+    # Nor does a restarted daemon's runner take it for killed.
+    again = kind.make()
+    again.adopt(handle, spec)
+    assert (again.poll(handle).state, again.poll(handle).exit_code) == (RunState.EXITED, 1)
 
 
 def test_stop_stale__ends_a_running_job(kind: Kind) -> None:
