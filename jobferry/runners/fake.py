@@ -3,6 +3,14 @@
 Owns nothing but dictionaries: no processes, no files. A test scripts each job's
 outcome up front (``outcomes``/``default``) or holds jobs running and ends them
 itself with ``finish``; every call is recorded in ``calls``.
+
+The jobs themselves live in a ``FakeJobs`` (the stand-in for the processes,
+containers or Slurm jobs of a real runner), so a second ``FakeRunner`` made with
+the same ``FakeJobs`` is a restarted daemon: it finds and adopts the jobs the first
+one started and follows them to the end the test gives them. It keeps the
+``Runner`` contract the real runners keep (``tests/integration/
+test_runner_contract_suite.py``): walltime, cancel, adoption and foreign handles
+behave as they do there.
 """
 
 from __future__ import annotations
@@ -21,6 +29,47 @@ logger = logging.getLogger(__name__)
 EXITED_OK = RunStatus(RunState.EXITED, exit_code=0)
 
 
+class FakeJobs:
+    """The fake's jobs, outside any one runner instance (as processes outlive a daemon).
+
+    Runners made with the same ``FakeJobs`` see the same jobs; each runner made
+    without one gets its own, and so knows only what it started or adopted.
+    """
+
+    def __init__(self) -> None:
+        #: Guards everything here and the runners' own records (re-entrant: a runner
+        #: holding it may end a job).
+        self.lock = threading.RLock()
+        self.ids = itertools.count(1)
+        #: By external id: the job's handle, the spec it runs, its current status.
+        self.handles: dict[str, RunHandle] = {}
+        self.specs: dict[str, RunSpec] = {}
+        self.status: dict[str, RunStatus] = {}
+        self.waiters: dict[str, list[asyncio.Future[RunStatus]]] = {}
+
+    def end(self, external_id: str, status: RunStatus) -> None:
+        """End a job by itself (as a process exits), waking the waiters of every runner
+        that follows it. Does nothing if it has ended already. Thread-safe.
+
+        Raises:
+            RunnerError: no job has *external_id*.
+        """
+        with self.lock:
+            current = self.status.get(external_id)
+            if current is None:
+                raise RunnerError(f"unknown fake run {external_id}")
+            if current.is_final:
+                return
+            if status.finished_at is None:
+                status = RunStatus(
+                    status.state, status.exit_code, status.reason, time.time(), status.metrics
+                )
+            self.status[external_id] = status
+            for future in self.waiters.pop(external_id, []):
+                if not future.done():  # a cancelled wait: its loop may be closed by now
+                    future.get_loop().call_soon_threadsafe(_resolve, future, status)
+
+
 class FakeRunner(Runner):
     """A runner whose jobs end when the test says so.
 
@@ -28,9 +77,11 @@ class FakeRunner(Runner):
         outcomes: Final status per job id, reported as soon as the job is
             submitted (or adopted).
         default: Final status for jobs not in *outcomes*; ``None`` keeps them
-            ``RUNNING`` until ``finish`` or ``cancel``.
+            ``RUNNING`` until ``finish``, ``cancel`` or their walltime.
         submit_errors: Errors ``submit`` raises per job id (e.g. ``SubmitError``).
         quick_submit: Claim it like the local runner (spawned in the claim's call).
+        jobs: The jobs this runner shares with others (a restarted daemon's runner);
+            None: its own.
 
     ``calls`` lists ``(method, job_id)`` for every call, in order. All methods are
     thread-safe; ``wait`` must run on an asyncio loop.
@@ -44,19 +95,18 @@ class FakeRunner(Runner):
         default: RunStatus | None = EXITED_OK,
         submit_errors: dict[str, JobferryError] | None = None,
         quick_submit: bool = False,
+        jobs: FakeJobs | None = None,
     ) -> None:
         self.quick_submit = quick_submit
         self.outcomes = dict(outcomes or {})
         self.default = default
         self.submit_errors = dict(submit_errors or {})
+        self.jobs = FakeJobs() if jobs is None else jobs
         self.calls: list[tuple[str, str]] = []
-        #: The spec and the latest handle of each submitted or adopted job id.
+        #: The spec and the latest handle of each job id this runner submitted or adopted.
         self.specs: dict[str, RunSpec] = {}
         self.handles: dict[str, RunHandle] = {}
-        self._status: dict[str, RunStatus] = {}  # external_id -> status
-        self._waiters: dict[str, list[asyncio.Future[RunStatus]]] = {}
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = self.jobs.lock
 
     @property
     def running(self) -> list[str]:
@@ -65,7 +115,7 @@ class FakeRunner(Runner):
             return [
                 job_id
                 for job_id, handle in self.handles.items()
-                if not self._status[handle.external_id].is_final
+                if not self.jobs.status[handle.external_id].is_final
             ]
 
     def _initial(self, job_id: str) -> RunStatus:
@@ -92,26 +142,55 @@ class FakeRunner(Runner):
             error = self.submit_errors.get(spec.job_id)
             if error is not None:
                 raise error
-            external_id = f"fake-{next(self._ids)}"
+            external_id = f"fake-{next(self.jobs.ids)}"
             handle = RunHandle(self.name, external_id, time.time(), {"job_id": spec.job_id})
             self.specs[spec.job_id] = spec
             self.handles[spec.job_id] = handle
-            self._status[external_id] = self._initial(spec.job_id)
+            self.jobs.handles[external_id] = handle
+            self.jobs.specs[external_id] = spec
+            self.jobs.status[external_id] = self._initial(spec.job_id)
             return handle
 
+    def find(self, spec: RunSpec) -> RunHandle | None:
+        """The newest job started from *spec*'s job id and attempt; None if there is none.
+
+        Instant. Finds what any runner sharing this runner's ``jobs`` started.
+        """
+        with self._lock:
+            self.calls.append(("find", spec.job_id))
+            found = [
+                self.jobs.handles[external_id]
+                for external_id, started in self.jobs.specs.items()
+                if (started.job_id, started.attempt) == (spec.job_id, spec.attempt)
+                and external_id in self.jobs.handles
+            ]
+            return found[-1] if found else None
+
     def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
-        """Take over a handle from an earlier runner (scripted like a submit). Idempotent."""
+        """Follow a job an earlier runner started. Instant; idempotent.
+
+        A job these ``jobs`` hold keeps its status (and ends when it ends); one they
+        do not hold is scripted like a submit.
+
+        Raises:
+            RunnerError: the handle is not a fake runner's.
+        """
+        if handle.runner != self.name:
+            raise RunnerError(f"cannot adopt a {handle.runner!r} handle in the fake runner")
         with self._lock:
             self.calls.append(("adopt", spec.job_id))
             self.specs[spec.job_id] = spec
             self.handles[spec.job_id] = handle
-            self._status.setdefault(handle.external_id, self._initial(spec.job_id))
+            self.jobs.handles.setdefault(handle.external_id, handle)
+            self.jobs.specs.setdefault(handle.external_id, spec)
+            self.jobs.status.setdefault(handle.external_id, self._initial(spec.job_id))
 
     def poll(self, handle: RunHandle) -> RunStatus:
         """Return the job's current status. Instant; idempotent.
 
         Raises:
-            RunnerError: the handle was never submitted to or adopted by this runner.
+            RunnerError: the handle was never submitted to or adopted by this runner
+                (or one sharing its ``jobs``).
         """
         with self._lock:
             self.calls.append(("poll", self._job_id(handle)))
@@ -119,12 +198,14 @@ class FakeRunner(Runner):
 
     def _get(self, handle: RunHandle) -> RunStatus:
         try:
-            return self._status[handle.external_id]
+            return self.jobs.status[handle.external_id]
         except KeyError:
             raise RunnerError(f"unknown fake run {handle.external_id}") from None
 
     async def wait(self, handle: RunHandle) -> RunStatus:
-        """Return the final status at once if known, else when ``finish``/``cancel`` ends it.
+        """Return the final status at once if known, else when ``finish``/``cancel`` ends
+        it; at its spec's walltime (counted from ``started_at``) cancel it with reason
+        ``walltime exceeded (<N>s)``. Cancelling the coroutine leaves the job running.
 
         Raises:
             RunnerError: the handle is unknown to this runner.
@@ -135,7 +216,15 @@ class FakeRunner(Runner):
             if status.is_final:
                 return status
             future: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(handle.external_id, []).append(future)
+            self.jobs.waiters.setdefault(handle.external_id, []).append(future)
+            spec = self.jobs.specs.get(handle.external_id)
+        walltime = None if spec is None else spec.walltime_s
+        if walltime is not None:
+            deadline = handle.started_at + walltime
+            while not future.done() and (remaining := deadline - time.time()) > 0:
+                await asyncio.wait([future], timeout=remaining)
+            if not future.done():
+                self.cancel(handle, f"walltime exceeded ({walltime:g}s)")
         return await future
 
     def finish(self, job_id: str, status: RunStatus = EXITED_OK) -> None:
@@ -148,18 +237,7 @@ class FakeRunner(Runner):
             handle = self.handles.get(job_id)
             if handle is None:
                 raise RunnerError(f"unknown fake job {job_id}")
-            self._end(handle.external_id, status)
-
-    def _end(self, external_id: str, status: RunStatus) -> None:
-        if self._status[external_id].is_final:
-            return
-        if status.finished_at is None:
-            status = RunStatus(
-                status.state, status.exit_code, status.reason, time.time(), status.metrics
-            )
-        self._status[external_id] = status
-        for future in self._waiters.pop(external_id, []):
-            future.get_loop().call_soon_threadsafe(_resolve, future, status)
+            self.jobs.end(handle.external_id, status)
 
     def cancel(self, handle: RunHandle, reason: str = "cancelled") -> None:
         """End a running job as ``KILLED`` with *reason*. Instant; idempotent.
@@ -170,7 +248,7 @@ class FakeRunner(Runner):
         with self._lock:
             self.calls.append(("cancel", self._job_id(handle)))
             self._get(handle)
-            self._end(handle.external_id, RunStatus(RunState.KILLED, reason=reason))
+            self.jobs.end(handle.external_id, RunStatus(RunState.KILLED, reason=reason))
 
     def cleanup(self, handle: RunHandle) -> None:
         """Record the call; the fake keeps statuses for assertions. Idempotent."""

@@ -1,4 +1,10 @@
-"""DockerRunner against a real Docker engine (scripts/services docker).
+"""What only DockerRunner does, against a real Docker engine (scripts/services docker):
+confinement, limits, labels and mounts, images, OOM kills, engine stats, containers
+and their removal.
+
+What every runner does (exit codes, streams, outputs, hostile argv, walltime, cancel,
+restart re-attachment, leftovers, garbage handles) is the contract suite's
+(``tests/integration/test_runner_contract_suite.py``).
 
 Every test uses its own node label and unique job ids, and removes the containers
 carrying its node label afterwards, so nothing is left behind and no one else's
@@ -21,10 +27,9 @@ import pytest
 from jobferry.errors import RunnerError, RunnerUnavailableError, SubmitError
 from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
 from jobferry.runners.docker import LABEL_DESTINATION, LABEL_NODE, DockerRunner
-from jobferry.runners.local import LocalRunner
 from jobferry.services.execution import _outcome
 from jobferry.store.models import JobState
-from tests.helpers import DEADLINE_S
+from tests.helpers import wait_for
 from tests.services import BUSYBOX_IMAGE, PYTHON_IMAGE, require
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.engine_independent]
@@ -76,7 +81,7 @@ def make_spec(tmp_path: Path, *argv: str, image: str = BUSYBOX_IMAGE, **kwargs: 
     )
 
 
-def wait(runner: DockerRunner | LocalRunner, handle: RunHandle, timeout: float = 60) -> RunStatus:
+def wait(runner: DockerRunner, handle: RunHandle, timeout: float = 60) -> RunStatus:
     async def main() -> RunStatus:
         return await asyncio.wait_for(runner.wait(handle), timeout)
 
@@ -85,15 +90,6 @@ def wait(runner: DockerRunner | LocalRunner, handle: RunHandle, timeout: float =
 
 def run_job(runner: DockerRunner, spec: RunSpec) -> RunStatus:
     return wait(runner, runner.submit(spec))
-
-
-def wait_running(runner: DockerRunner, spec: RunSpec, timeout: float = DEADLINE_S) -> None:
-    """Wait until the wrapper inside the container has started (it writes <result>.pid)."""
-    deadline = time.monotonic() + timeout
-    while not Path(spec.result_path + ".pid").exists():
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
-    time.sleep(0.2)  # let the wrapper fork the job
 
 
 def exists(engine: Any, container_id: str) -> bool:
@@ -105,53 +101,6 @@ def exists(engine: Any, container_id: str) -> bool:
 
 
 # --- running jobs -----------------------------------------------------------------
-
-
-def test_docker_runner__shell_job_gives_the_same_outputs_as_local(
-    runner: DockerRunner, tmp_path: Path
-) -> None:
-    script = "echo hello > out.txt; echo to-stdout; echo to-stderr >&2; pwd"
-    spec = make_spec(tmp_path / "docker", "sh", "-c", script)
-    local_spec = make_spec(tmp_path / "local", "sh", "-c", script)
-
-    status = run_job(runner, spec)
-    local_status = wait(LocalRunner(), LocalRunner().submit(local_spec))
-
-    for s, sp in ((status, spec), (local_status, local_spec)):
-        assert (s.state, s.exit_code, s.reason) == (RunState.EXITED, 0, None)
-        assert (Path(sp.workdir) / "out.txt").read_text() == "hello\n"
-        assert Path(sp.stdout_path).read_text() == f"to-stdout\n{sp.workdir}\n"
-        assert Path(sp.stderr_path).read_text() == "to-stderr\n"
-        assert sorted(p.name for p in Path(sp.workdir).iterdir()) == ["out.txt"]
-    assert status.finished_at is not None
-    assert status.metrics.wall_s is not None and 0 <= status.metrics.wall_s < 30
-    assert status.metrics.cpu_user_s is not None and status.metrics.cpu_sys_s is not None
-
-
-def test_docker_runner__non_zero_exit_code_is_reported(
-    runner: DockerRunner, tmp_path: Path
-) -> None:
-    spec = make_spec(tmp_path, "sh", "-c", "echo out; echo err >&2; exit 3")
-
-    status = run_job(runner, spec)
-
-    assert (status.state, status.exit_code, status.reason) == (RunState.EXITED, 3, None)
-    assert Path(spec.stdout_path).read_text() == "out\n"
-    assert Path(spec.stderr_path).read_text() == "err\n"
-    assert _outcome(status, cancelled=False)[0] is JobState.ERROR
-
-
-def test_docker_runner__hostile_argv_strings_stay_literal(
-    runner: DockerRunner, tmp_path: Path
-) -> None:
-    hostile = ["; rm -rf /", "$(id)", "`id`", "a\nb", "$HOME", "'\"", "*", "-- x"]
-    spec = make_spec(tmp_path, "printf", "[%s]\\n", *hostile)
-
-    status = run_job(runner, spec)
-
-    assert (status.state, status.exit_code) == (RunState.EXITED, 0)
-    assert Path(spec.stdout_path).read_text() == "".join(f"[{h}]\n" for h in hostile)
-    assert not list(Path(spec.workdir).iterdir())
 
 
 def test_docker_runner__env_and_home_reach_the_job(runner: DockerRunner, tmp_path: Path) -> None:
@@ -260,10 +209,9 @@ def test_docker_runner__remote_staging_mounts_nothing_of_the_daemon(
 def test_docker_runner__cancel_kills_and_removes_the_container(
     runner: DockerRunner, engine: Any, tmp_path: Path
 ) -> None:
-    spec = make_spec(tmp_path, "sleep", "60")
+    spec = make_spec(tmp_path, "sh", "-c", "touch started; exec sleep 60")
     handle = runner.submit(spec)
-    wait_running(runner, spec)
-    assert runner.poll(handle).state is RunState.RUNNING
+    wait_for("the job to start", (Path(spec.workdir) / "started").exists)
 
     started = time.monotonic()
     runner.cancel(handle)
@@ -276,30 +224,6 @@ def test_docker_runner__cancel_kills_and_removes_the_container(
     assert _outcome(status, cancelled=False)[0] is JobState.DELETED
     # The job got SIGTERM (the wrapper recorded it), not only the SIGKILL after the grace.
     assert status.exit_code == 143
-    runner.cancel(handle)  # idempotent
-    runner.cleanup(handle)
-    # A new runner instance (a restarted daemon) still knows why it ended.
-    other = DockerRunner(base_url=SOCKET, node=runner.node)
-    try:
-        assert (other.poll(handle).state, other.poll(handle).reason) == (
-            RunState.KILLED,
-            "cancelled",
-        )
-    finally:
-        other.close()
-
-
-def test_docker_runner__walltime_exceeded_kills_with_walltime_reason(
-    runner: DockerRunner, tmp_path: Path
-) -> None:
-    spec = make_spec(tmp_path, "sleep", "60", walltime_s=1)
-
-    started = time.monotonic()
-    status = run_job(runner, spec)
-
-    assert time.monotonic() - started < 15
-    assert (status.state, status.reason) == (RunState.KILLED, "walltime exceeded (1s)")
-    assert _outcome(status, cancelled=False) == (JobState.ERROR, "walltime exceeded (1s)")
 
 
 def test_docker_runner__oom_kill_ends_with_out_of_memory_reason(
@@ -326,25 +250,8 @@ def test_docker_runner__wait_reports_peak_memory_from_engine_stats(
     assert (status.state, status.exit_code) == (RunState.EXITED, 0)
     assert status.metrics.peak_rss_kb is not None
     assert 40 << 10 <= status.metrics.peak_rss_kb <= 256 << 10
-
-
-def test_docker_runner__cancelling_wait_leaves_the_container_running(
-    runner: DockerRunner, tmp_path: Path
-) -> None:
-    spec = make_spec(tmp_path, "sleep", "60")
-    handle = runner.submit(spec)
-
-    async def main() -> None:
-        task = asyncio.ensure_future(runner.wait(handle))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
-
-    assert runner.poll(handle).state is RunState.RUNNING
-    runner.cancel(handle)
+    assert status.metrics.wall_s is not None and 2 <= status.metrics.wall_s < 30
+    assert status.metrics.cpu_user_s is not None and status.metrics.cpu_sys_s is not None
 
 
 # --- submit failures --------------------------------------------------------------
@@ -405,38 +312,10 @@ def test_docker_runner__missing_workdir_is_a_submit_error(
 # --- re-attaching -----------------------------------------------------------------
 
 
-def test_docker_runner__restarted_runner_finds_adopts_and_waits(
-    runner: DockerRunner, engine: Any, tmp_path: Path
-) -> None:
-    spec = make_spec(tmp_path, "sh", "-c", "sleep 2; echo done > out.txt; exit 4")
-    handle = runner.submit(spec)
-    runner.close()  # the daemon stops without waiting; the job keeps running
-
-    other = DockerRunner(base_url=SOCKET, node=runner.node)
-    try:
-        found = other.find(spec)
-        assert found is not None and found.external_id == handle.external_id
-        assert RunHandle.loads(found.dumps()) == found
-        assert other.find(make_spec(tmp_path, "true", job_id=spec.job_id, attempt=2)) is None
-        other.adopt(found, spec)
-        assert other.poll(found).state is RunState.RUNNING
-
-        status = wait(other, found)
-
-        assert (status.state, status.exit_code) == (RunState.EXITED, 4)
-        assert (Path(spec.workdir) / "out.txt").read_text() == "done\n"
-        other.cleanup(found)
-        assert not exists(engine, handle.external_id)
-    finally:
-        other.close()
-
-
-def test_docker_runner__adopt_rejects_foreign_or_malformed_handles(
+def test_docker_runner__adopt_rejects_malformed_handles(
     runner: DockerRunner, tmp_path: Path
 ) -> None:
     spec = make_spec(tmp_path, "true")
-    with pytest.raises(RunnerError):
-        runner.adopt(RunHandle("local", "1@2", 0.0, {}), spec)
     with pytest.raises(RunnerError):
         runner.adopt(RunHandle("docker", "abc", 0.0, {}), spec)
 
@@ -472,26 +351,6 @@ def test_docker_runner__containers_lists_by_label_and_cleanup_removes(
     assert runner.poll(handle).state is RunState.EXITED
 
 
-def test_docker_runner__leftovers_give_handles_cleanup_can_remove(
-    runner: DockerRunner, engine: Any, tmp_path: Path
-) -> None:
-    spec = make_spec(tmp_path, "true")
-    handle = runner.submit(spec)
-    wait(runner, handle)
-
-    leftovers = runner.leftovers()
-
-    assert [(job_id, h.external_id) for job_id, h in leftovers] == [
-        (spec.job_id, handle.external_id)
-    ]
-    fresh = DockerRunner(base_url=SOCKET, node=runner.node)
-    try:
-        fresh.cleanup(leftovers[0][1])
-    finally:
-        fresh.close()
-    assert not exists(engine, handle.external_id)
-
-
 def test_docker_runner__find_removes_a_never_started_container(
     runner: DockerRunner, engine: Any, node: str, tmp_path: Path
 ) -> None:
@@ -502,3 +361,13 @@ def test_docker_runner__find_removes_a_never_started_container(
     assert runner.find(spec) is None
 
     assert not exists(engine, created.id)
+
+
+def test_docker_runner__find_tells_attempts_apart(runner: DockerRunner, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "true")
+    handle = runner.submit(spec)
+    wait(runner, handle)
+
+    found = runner.find(spec)
+    assert found is not None and found.external_id == handle.external_id
+    assert runner.find(make_spec(tmp_path, "true", job_id=spec.job_id, attempt=2)) is None

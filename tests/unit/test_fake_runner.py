@@ -1,4 +1,9 @@
-"""Tests of FakeRunner, the in-memory runner for scheduler tests."""
+"""Tests of what only FakeRunner does: scripted outcomes and errors, ``finish``, the
+calls it records, and runs kept apart unless runners share their ``FakeJobs``.
+
+The Runner contract it keeps like the real runners is the contract suite's
+(``tests/integration/test_runner_contract_suite.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import pytest
 
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import RunSpec, RunState, RunStatus
-from jobferry.runners.fake import FakeRunner
+from jobferry.runners.fake import FakeJobs, FakeRunner
 from tests.helpers import DEADLINE_S
 
 pytestmark = [pytest.mark.timeout(10), pytest.mark.engine_independent]
@@ -88,7 +93,7 @@ def test_cancel__wakes_waiters_with_killed_and_is_idempotent() -> None:
     assert (status.state, status.reason) == (RunState.KILLED, "walltime exceeded (1s)")
 
 
-def test_adopt__takes_over_a_handle_from_an_earlier_runner() -> None:
+def test_adopt__of_a_run_its_jobs_do_not_hold_is_scripted_like_a_submit() -> None:
     old = FakeRunner(default=None)
     handle = old.submit(spec("j"))
     new = FakeRunner(default=None)
@@ -101,10 +106,12 @@ def test_adopt__takes_over_a_handle_from_an_earlier_runner() -> None:
     assert new.poll(handle).state is RunState.LOST
 
 
-def test_poll__rejects_unknown_handles() -> None:
+def test_runners_without_shared_jobs__know_only_their_own_runs() -> None:
     handle = FakeRunner().submit(spec("j"))
 
     with pytest.raises(RunnerError):
         FakeRunner().poll(handle)
     with pytest.raises(RunnerError):
         FakeRunner().finish("nobody")
+    with pytest.raises(RunnerError):
+        FakeJobs().end(handle.external_id, RunStatus(RunState.EXITED, exit_code=0))
