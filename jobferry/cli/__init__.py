@@ -3,6 +3,11 @@
 Every command works on the store named by the configuration (``--config``,
 ``--data-dir``), prints a readable table by default and JSON with ``--json``,
 and exits non-zero with a one-line error on bad input.
+
+One module per noun registers that noun's commands (``serve``, ``schema`` for
+``db``, ``configuration``, ``users``, ``keys``, ``scripts``, ``jobs``, ``nodes``);
+each command builds the process's services once (``common.services_of``, through
+``services.container.build``) and calls them. Nothing here imports the store.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobferry import __version__
-from jobferry.cli.commands import add_subcommands
-from jobferry.cli.common import COMMANDS
+from jobferry.cli import configuration, jobs, keys, nodes, schema, scripts, serve, users
+from jobferry.cli.common import COMMANDS, global_options
 from jobferry.errors import JobferryError, StoreUnavailableError, ValidationError
 
 
@@ -29,7 +34,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jobferry", description="jobferry job runner daemon and admin tool")
     parser.add_argument("--version", action="version", version=f"jobferry {__version__}")
-    add_subcommands(parser)
+    global_options(parser, top=True)
+    top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    for noun in (serve, schema, configuration, users, keys, scripts, jobs, nodes):
+        noun.register(top)  # in this order in --help
     return parser
 
 

@@ -1,5 +1,6 @@
-"""What every CLI command shares: the global options, the store it works on, the
-admin it acts as, and printing as a table or JSON."""
+"""What every CLI command shares: the global options and the command registry,
+the services it works through (built once, by ``services.container.build``),
+and printing as a table or JSON."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from jobferry.config import Config, load_config
-from jobferry.errors import NotFoundError
-from jobferry.services.auth import AuthService
-from jobferry.services.core import Core, Principal
-from jobferry.store.engine import check_schema
-from jobferry.store.models import User
+from jobferry.services.container import Services, build
+from jobferry.services.core import Core
 
 Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS: dict[str, Handler] = {}
@@ -56,28 +52,35 @@ def config_of(args: argparse.Namespace, **extra: Any) -> Config:
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
-def core_of(args: argparse.Namespace) -> Core:
+def group(top: Any, name: str, help_text: str) -> Any:
+    """A command group (``jobferry db ...``) whose action is required."""
+    parser = top.add_parser(name, help=help_text, description=help_text)
+    global_options(parser)  # `jobferry user --data-dir D create X` too
+    return parser.add_subparsers(metavar="ACTION", dest="action", required=True)
+
+
+def services_of(args: argparse.Namespace) -> Services:
+    """The services of this CLI process, built once, on the store the options name.
+
+    The runners are built too (e.g. to stop a Docker or Slurm job on cancel), the
+    data directory is created, and a store whose schema is not at head is refused
+    (an empty one is initialised).
+    """
     from jobferry.daemon.runners import build_runners
 
     config = config_of(args)
     node = config.node.name or socket.gethostname()
-    runners, _ = build_runners(config, node)  # e.g. to stop a Docker or Slurm job on cancel
+    runners, _ = build_runners(config, node)
     core = Core(config, runners=runners, node_name=node)
     core.ensure_dirs()
-    check_schema(core.engine)
-    return core
+    services = build(core)
+    services.admin.check_schema()
+    return services
 
 
-def admin_principal(core: Core) -> Principal:
-    """The CLI acts as an admin: the first admin user (created if there is none)."""
-    AuthService(core).ensure_admin()
-    with core.sessions.begin() as session:
-        user = session.execute(
-            select(User).where(User.is_admin).order_by(User.created_at).limit(1)
-        ).scalar()
-    if user is None:
-        raise NotFoundError("no admin user exists; create one with 'jobferry user create --admin'")
-    return Principal(user.id, user.username, True)
+def schema_services(args: argparse.Namespace) -> Services:
+    """The services for ``jobferry db``: no runners, and a store at any revision."""
+    return build(Core(config_of(args)))
 
 
 def json_value(value: Any) -> Any:

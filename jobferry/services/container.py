@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from jobferry.services.admin import AdminService
 from jobferry.services.auth import AuthService
 from jobferry.services.callbacks import CallbackService
 from jobferry.services.core import Core
@@ -37,6 +38,7 @@ class Services:
     callbacks: CallbackService
     galaxy: GalaxyService
     galaxy_tools: GalaxyToolService
+    admin: AdminService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -57,4 +59,5 @@ def build(core: Core) -> Services:
         callbacks=CallbackService(core),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
+        admin=AdminService(core, auth),
     )
