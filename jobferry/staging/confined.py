@@ -1,7 +1,11 @@
-"""Reading and writing files strictly inside a job's directory.
+"""Path confinement: every client-named path goes through here.
 
-Used by the job_files API (a job's wrapper or a Pulsar-style runner fetching
-inputs and posting outputs). Rules (galaxy-contract.md §6):
+Reading and writing files strictly inside a job's directory: the job_files API
+(a job's wrapper or a Pulsar-style runner fetching inputs and posting outputs)
+reads with ``open_for_read`` and writes with ``ConfinedWriter``; downloads of a
+job's recorded files (Wooey assets, Galaxy datasets) find them with
+``locate_file``. Pure name checks that open nothing (``safe_filename``) live in
+``jobferry.staging.paths``. Rules (galaxy-contract.md §6):
 
 - the root comes from the job id on the server side; the client's path is
   absolute (Pulsar's form) or relative to the root, decoded once by the caller,
@@ -105,6 +109,23 @@ def open_for_read(root: Path, path: str) -> tuple[IO[bytes], int]:
     Raises PathRejectedError (outside), NotFoundError (missing inside),
     RequestError (not a regular file).
     """
+    handle, size, _ = _open_regular(root, path)
+    return handle, size
+
+
+def locate_file(root: Path, path: str) -> Path:
+    """The real path of a regular file inside *root*, checked as ``open_for_read`` does.
+
+    For handlers that serve a file by name (Tornado's StaticFileHandler): the
+    file is opened component by component below *root* and ``fstat``-ed, then
+    closed. Raises as ``open_for_read``.
+    """
+    handle, _, real = _open_regular(root, path)
+    handle.close()
+    return Path(real)
+
+
+def _open_regular(root: Path, path: str) -> tuple[IO[bytes], int, str]:
     parts = relative_parts(root, path)
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, *parts))
@@ -119,7 +140,7 @@ def open_for_read(root: Path, path: str) -> tuple[IO[bytes], int]:
         if not stat.S_ISREG(info.st_mode):
             raise RequestError("Path does not refer to a file.")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), info.st_size
+        return os.fdopen(fd, "rb"), info.st_size, real
     except BaseException:
         os.close(fd)
         raise
