@@ -88,16 +88,16 @@ def relative_parts(root: Path, path: str) -> list[str]:
 
 
 def write_parts(
-    root: Path, path: str, area: str | None = None, also: frozenset[str] = frozenset()
+    root: Path, path: str, area: str | None = None, top_level_files: frozenset[str] = frozenset()
 ) -> list[str]:
     """``relative_parts`` for a write: with *area*, only below ``root/area/`` or to
-    one of the top-level files named in *also*."""
+    one of the files at the top of *root* named in *top_level_files*."""
     try:
         parts = relative_parts(root, path)
     except PathRejectedError:
         raise PathRejectedError(OUTSIDE_WRITE) from None
     if area is not None and (len(parts) < 2 or parts[0] != area):
-        if not (len(parts) == 1 and parts[0] in also):
+        if not (len(parts) == 1 and parts[0] in top_level_files):
             raise PathRejectedError(OUTSIDE_WRITE)
     return parts
 
@@ -277,12 +277,12 @@ class ConfinedWriter:
         path: str | None = None,
         *,
         area: str | None = None,
-        also: frozenset[str] = frozenset(),
+        top_level_files: frozenset[str] = frozenset(),
         staging_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.area = area
-        self.also = also
+        self.top_level_files = top_level_files
         self.parts: list[str] = []
         self.created: list[int] = []
         self.size = 0
@@ -292,7 +292,7 @@ class ConfinedWriter:
         #: The directory holding the temp file.
         self.dir_fd = -1
         if path is not None:
-            self.parts = write_parts(root, path, area, also)
+            self.parts = write_parts(root, path, area, top_level_files)
             self.dest_fd, self.created = checked_parent(root, self.parts)
             hint = self.parts[-1][:100]
         else:
@@ -338,7 +338,7 @@ class ConfinedWriter:
             if self.staged:
                 if path is None:
                     raise RequestError(MISSING_PATH)
-                self.parts = write_parts(self.root, path, self.area, self.also)
+                self.parts = write_parts(self.root, path, self.area, self.top_level_files)
                 self.dest_fd, self.created = checked_parent(self.root, self.parts)
             self._move()
         except BaseException:

@@ -22,6 +22,7 @@ Rules and errors live in ``jobferry.services.job_files``.
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
@@ -37,11 +38,11 @@ from jobferry.services.job_files import (
     MISSING_PATH,
     NO_FILE,
     JobAccess,
-    UploadReceiver,
+    Upload,
     check_job_id,
     multipart_kind,
 )
-from jobferry.staging.confined import ConfinedWriter
+from jobferry.staging.forms import FormReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ class JobFilesHandler(StreamingUpload, OpenFileSender, GalaxyMixin, tornado.web.
         super().initialize(services)
         self.job_files = services.job_files
         self.access: JobAccess | None = None
-        self.writer: ConfinedWriter | None = None
-        self.receiver: UploadReceiver | None = None
-        self._committing = False
+        #: Where the file part goes once the key was checked, else ``buffered``.
+        self.upload: Upload | None = None
+        #: The file part of a body whose key only comes in the form, held in memory.
+        self.buffered: io.BytesIO | None = None
+        self.receiver: FormReceiver | None = None
         self._reserved = 0
 
     def compute_etag(self) -> str | None:
@@ -138,21 +141,17 @@ class JobFilesHandler(StreamingUpload, OpenFileSender, GalaxyMixin, tornado.web.
             )
         if self.access is None:
             self._reserved = self.job_files.buffers.reserve(length if length is not None else cap)
-        writer: ConfinedWriter | None = None
         if self.access is not None and multipart_kind(content_type) == "multipart/form-data":
             path = self.query_value("path")
-            writer = await self.core.call(self.job_files.open_writer, self.access, path)
-        self.writer = writer
-        if self.client_gone():  # it left while the key or the writer was being checked
+            self.upload = await self.core.call(self.job_files.begin_upload, self.access, path)
+        if self.client_gone():  # it left while the key or the upload was being checked
             self.drop_upload()
             return
+        self.buffered = io.BytesIO() if self.upload is None else None
+        sink = self.upload or self.buffered
+        assert sink is not None
         try:
-            self.receiver = UploadReceiver(
-                content_type,
-                writer,
-                max_body_bytes=cap,
-                max_field_bytes=server.max_form_kb * 1024,
-            )
+            self.receiver = self.job_files.body_receiver(content_type, sink, max_body_bytes=cap)
         except errors.JobferryError:
             self.drop_upload()
             raise
@@ -162,42 +161,43 @@ class JobFilesHandler(StreamingUpload, OpenFileSender, GalaxyMixin, tornado.web.
         if self._finished or receiver is None:
             return
         receiver.finish()
-        key = self.query_value("job_key") or receiver.field("job_key")
+        key = self.query_value("job_key") or receiver.single_field("job_key")
         access = self.access
         if access is None:
             if not key:
                 raise errors.AttributeMissingError(MISSING_KEY)
             access = await self.core.call(self.job_files.authorize, job_id, key)
         self.job_files.refuse_form_sources(receiver.fields)
-        if not receiver.has_file:
+        if not receiver.has_content:
             raise errors.ParameterMissingError(NO_FILE)
-        path = self.query_value("path") or receiver.field("path")
+        path = self.query_value("path") or receiver.single_field("path")
         if not path:
             raise errors.AttributeMissingError(MISSING_PATH)
-        if self.writer is None:  # held in memory until the form's key was checked
-            content, receiver.content = bytes(receiver.content), bytearray()
+        upload, self.upload = self.upload, None  # from here on, finish owns it
+        if upload is None:  # held in memory until the form's key was checked
+            assert self.buffered is not None
+            content = self.buffered.getvalue()
             self._release()
-            await self.core.call(self.job_files.write_buffered, access, path, content)
+            await self.core.call(self.job_files.store_buffered, access, path, content)
         else:
-            writer, self.writer = self.writer, None
-            self._committing = True
-            await self.core.call(self.job_files.commit, access, writer, path)
+            await self.core.call(upload.finish, path)
         self.send_json({"message": "ok"})
 
     def drop_upload(self) -> None:
-        """Remove a half-received upload (never one being committed on a worker thread)
+        """Remove a half-received upload (never one being finished on a worker thread)
         and let go of a body held in memory."""
-        if self.writer is not None and not self._committing:
-            self.writer.abort()
-        self.writer = None
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
         self._release()
 
     def _release(self) -> None:
         if self._reserved:
             self.job_files.buffers.release(self._reserved)
             self._reserved = 0
-        if self.receiver is not None:
-            self.receiver.content = bytearray()
+        if self.buffered is not None:
+            self.buffered.close()  # frees its buffer (the receiver still refers to it)
+            self.buffered = None
 
     def on_finish(self) -> None:
         self._release()
