@@ -27,6 +27,7 @@ from jobferry.errors import (
     ConflictError,
     MalformedIdError,
     NotFoundError,
+    RequestError,
 )
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService, JobView
@@ -40,7 +41,7 @@ from jobferry.services.records import (
     tool_version,
 )
 from jobferry.services.states import FINISHED_STATES
-from jobferry.staging.paths import confine
+from jobferry.staging import confined
 from jobferry.store.models import Base, Job, JobFile, JobState, Script, ScriptVersion, User
 
 logger = logging.getLogger(__name__)
@@ -397,10 +398,10 @@ class GalaxyService:
                     select(Job.job_dir).where(Job.id == job_file.job_id)
                 ).scalar_one()
         base = Path(job_dir) / ("work" if job_file.kind == "output" else "inputs")
-        path = confine(base, job_file.name)
-        if not path.is_file():
-            raise NotFoundError("The dataset's file is no longer available.")
-        return path
+        try:
+            return confined.locate_file(base, job_file.name)
+        except (NotFoundError, RequestError):
+            raise NotFoundError("The dataset's file is no longer available.") from None
 
     def show_dataset(self, principal: Principal, dataset_id: str) -> DatasetRecord:
         """``GET /api/datasets/{id}``: a job file, to be shown as a history dataset."""

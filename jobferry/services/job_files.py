@@ -19,18 +19,19 @@ complete: a partial upload never sits where outputs are collected, and start-up
 removes what a crash left.
 
 Every method here blocks (SQL, file system): handlers run them through
-``Core.call``. ``UploadReceiver`` is the exception: it is fed request body
-chunks on the event loop and writes file data straight to a ``ConfinedWriter``.
+``Core.call``. The exceptions are fed request body chunks on the event loop:
+``body_receiver`` (the one ``jobferry.staging.forms.FormReceiver``, configured
+for job_files) and the ``Upload`` that ``begin_upload`` hands the handler, which
+writes file data straight to the job's confined writer.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Literal, overload
-from urllib.parse import parse_qsl
 
 from python_multipart.multipart import parse_options_header
 from sqlalchemy import select
@@ -40,7 +41,6 @@ from jobferry.errors import (
     MalformedIdError,
     NotAllowedByConfigError,
     NotFoundError,
-    PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
     TooManyRequestsError,
@@ -48,7 +48,7 @@ from jobferry.errors import (
 from jobferry.services.core import Core
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
-from jobferry.staging.forms import MultipartStream
+from jobferry.staging.forms import ContentSink, FormReceiver
 from jobferry.staging.paths import file_digest, make_job_dir
 from jobferry.staging.uploads import upload_area
 from jobferry.store.models import Job, JobState
@@ -88,7 +88,7 @@ class JobAccess:
     root: Path
     #: The files at the top of the job's directory its wrapper may post (only for
     #: ``staging: remote`` destinations, whose wrapper runs without this disk).
-    also: frozenset[str] = frozenset()
+    wrapper_files: frozenset[str] = frozenset()
 
 
 def check_job_id(job_id: str) -> None:
@@ -177,11 +177,11 @@ class JobFilesService:
         if with_state:
             return str(state)
         dest = self.core.config.destinations.get(destination)
-        also = WRAPPER_FILES if dest is not None and dest.staging == "remote" else frozenset()
+        wrapper = WRAPPER_FILES if dest is not None and dest.staging == "remote" else frozenset()
         here = self.core.config.node.shared_filesystem or home_node in (None, self.core.node_name)
         if state in (JobState.NEW.value, JobState.QUEUED.value) and here:
             make_job_dir(Path(job_dir))  # a submission without uploads did not make it
-        return JobAccess(job_id, Path(job_dir), also)
+        return JobAccess(job_id, Path(job_dir), wrapper)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -199,30 +199,47 @@ class JobFilesService:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def open_writer(self, access: JobAccess, path: str | None) -> ConfinedWriter:
-        """A writer for an authorised upload, its temp file in the daemon's staging area
+    def begin_upload(self, access: JobAccess, path: str | None) -> Upload:
+        """An upload for an authorised job, its temp file in the daemon's staging area
         (swept at start-up: a crash mid-upload leaves nothing in the job's directory).
         With *path* the target is checked now (403 before any byte is read); without,
-        at commit."""
-        return ConfinedWriter(
+        at ``Upload.finish``."""
+        writer = ConfinedWriter(
             access.root,
             path or None,
             area=WRITE_AREA,
-            also=access.also,
+            top_level_files=access.wrapper_files,
             staging_dir=upload_area(self.core.tmp_path),
         )
+        return Upload(self, access, writer)
 
-    def write_buffered(self, access: JobAccess, path: str, data: bytes) -> int:
+    def store_buffered(self, access: JobAccess, path: str, data: bytes) -> int:
         """Store an upload that was held in memory until its form's key was checked."""
-        writer = self.open_writer(access, path)
+        upload = self.begin_upload(access, path)
         try:
-            writer.write(data)
+            upload.write(data)
         except BaseException:
-            writer.abort()
+            upload.abort()
             raise
-        return self.commit(access, writer, None)
+        return upload.finish(None)
 
-    def commit(self, access: JobAccess, writer: ConfinedWriter, path: str | None) -> int:
+    def body_receiver(
+        self, content_type: str, content: ContentSink, *, max_body_bytes: int
+    ) -> FormReceiver:
+        """The receiver of one POST body: its file part (``file``, or ``__file``) goes to
+        *content* as it arrives, other file parts are dropped, the fields (each and all
+        together capped at ``server.max_form_kb``) are kept."""
+        max_fields = self.core.config.server.max_form_kb * 1024
+        return FormReceiver(
+            content_type,
+            max_body_bytes=max_body_bytes,
+            max_field_bytes=max_fields,
+            max_fields_bytes=max_fields,
+            content=content,
+            content_fields=FILE_FIELDS,
+        )
+
+    def _commit(self, access: JobAccess, writer: ConfinedWriter, path: str | None) -> int:
         """Re-check the state gate (the upload may have taken long), then put the
         upload in place; return its size. The writer's temp file is gone afterwards."""
         try:
@@ -230,8 +247,6 @@ class JobFilesService:
         except BaseException:
             writer.abort()
             raise
-        if writer.staged:
-            writer.also = access.also
         size = writer.commit(path) if writer.staged else writer.commit()
         if state not in OPEN_STATES:
             # The job already ended (its outputs were collected): a late upload within
@@ -261,110 +276,34 @@ class JobFilesService:
             raise RequestError("No upload found for session id.")
 
 
-@dataclass
-class _Part:
-    name: str = ""
-    is_content: bool = False
-    buffer: bytearray = field(default_factory=bytearray)
+class Upload:
+    """One job_files upload as its body arrives, handed to the handler by ``begin_upload``.
 
-
-class UploadReceiver(MultipartStream):
-    """One POST body, fed chunk by chunk on the event loop.
-
-    ``multipart/form-data``: the part named ``file`` (or ``__file``) is written
-    to *writer* as it arrives (never held in memory), or, without a writer (the
-    key is not known yet), kept in ``content`` (the caller caps such a body at
-    ``server.form_key_max_kb``); other fields are kept, each
-    and all together capped at *max_field_bytes*; other file parts are dropped.
-    ``application/x-www-form-urlencoded``: buffered (capped) and parsed at the end.
-    The whole body is capped at *max_body_bytes* (PayloadTooLargeError).
+    The handler writes the file part's bytes here as they arrive (``write``, on
+    the event loop), then either ``finish``es it (blocking: through
+    ``Core.call``) or ``abort``s it; it never sees the job's directory, the
+    writer or the rules. Not thread-safe: a handler gives up its upload before
+    it hands ``finish`` to a worker thread.
     """
 
-    def __init__(
-        self,
-        content_type: str,
-        writer: ConfinedWriter | None,
-        *,
-        max_body_bytes: int,
-        max_field_bytes: int,
-    ) -> None:
-        self.writer = writer
-        #: The file part's bytes when there is no writer (a body whose key comes in the
-        #: form: held in memory, capped by *max_body_bytes*, until the key is checked).
-        self.content = bytearray()
-        self.max_body_bytes = max_body_bytes
-        self.max_field_bytes = max_field_bytes
-        self.received = 0
-        self.fields: dict[str, list[str]] = {}
-        self.content_parts = 0
-        self._field_bytes = 0
-        self._raw = bytearray()
-        self._part: _Part | None = None
-        self._start_multipart(content_type)
+    def __init__(self, service: JobFilesService, access: JobAccess, writer: ConfinedWriter) -> None:
+        self._service = service
+        self._access = access
+        self._writer = writer
 
-    @property
-    def has_file(self) -> bool:
-        return self.content_parts > 0
+    def write(self, chunk: bytes) -> None:
+        self._writer.write(chunk)
 
-    def finish(self) -> None:
-        """The body is complete: parse a form body, check a multipart one ended."""
-        if self._parser is not None:
-            self._finish_multipart()
-            return
-        text = self._raw.decode("utf-8", "replace")
-        for key, value in parse_qsl(text, keep_blank_values=True):
-            self.fields.setdefault(key, []).append(value)
+    def finish(self, path: str | None) -> int:
+        """Re-check that the job's files are open, then put the upload in place (at
+        *path*, if none was given when it began); return its size. A late upload (the
+        job ended within ``jobs.files_grace_s``) is recorded as an output. Either way
+        the temp file is gone afterwards."""
+        return self._service._commit(self._access, self._writer, path)
 
-    def field(self, name: str) -> str | None:
-        """A form field's value; two different values of one field are refused
-        (different layers picking different ones is how checks get bypassed)."""
-        values = self.fields.get(name)
-        if not values:
-            return None
-        if any(v != values[0] for v in values):
-            raise RequestError(f"the form gives {name!r} more than once")
-        return values[0]
-
-    # --- multipart callbacks ---------------------------------------------------------------
-
-    def _on_part_begin(self) -> None:
-        self._part = _Part()
-
-    def _on_headers_finished(self) -> None:
-        part = self._part
-        assert part is not None
-        options = self._disposition()
-        part.name = options.get(b"name", b"").decode("utf-8", "replace")
-        if part.name in FILE_FIELDS:
-            self.content_parts += 1
-            if self.content_parts > 1:
-                raise RequestError("Multiple file uploads are not supported.")
-            part.is_content = True
-        elif b"filename" in options:
-            part.name = ""  # another file part: its data is dropped
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        part = self._part
-        assert part is not None
-        if part.is_content:
-            if self.writer is not None:
-                self.writer.write(data[start:end])
-            else:
-                self.content += data[start:end]
-            return
-        if not part.name:
-            return
-        self._field_bytes += end - start
-        if self._field_bytes > self.max_field_bytes:
-            raise PayloadTooLargeError(f"the form fields exceed {self.max_field_bytes} bytes")
-        part.buffer += data[start:end]
-
-    def _on_part_end(self) -> None:
-        part = self._part
-        assert part is not None
-        if not part.is_content and part.name:
-            self.fields.setdefault(part.name, []).append(part.buffer.decode("utf-8", "replace"))
-        self._part = None
+    def abort(self) -> None:
+        """Drop the upload (idempotent)."""
+        self._writer.abort()
 
 
 def multipart_kind(content_type: str) -> str:

@@ -28,6 +28,7 @@ from jobferry.errors import (
     FormError,
     NotFoundError,
     PermissionDeniedError,
+    RequestError,
     ScriptNotFoundError,
     UnsatisfiableError,
     ValidationError,
@@ -36,8 +37,9 @@ from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.routing import ResourceRequest, check_fits
+from jobferry.staging import confined
 from jobferry.staging.forms import UploadedFile
-from jobferry.staging.paths import confine, make_job_dir, safe_filename
+from jobferry.staging.paths import make_job_dir, safe_filename
 from jobferry.store import transitions
 from jobferry.store.models import (
     TERMINAL_STATES,
@@ -394,10 +396,10 @@ class JobService:
         if found is None:
             raise NotFoundError(f"job {job_id} has no file {file_id[:200]!r}")
         base = Path(view.job.job_dir) / ("work" if found.kind == "output" else "inputs")
-        path = confine(base, found.name)
-        if not path.is_file():
-            raise NotFoundError("the file is no longer available")
-        return path, found
+        try:
+            return confined.locate_file(base, found.name), found
+        except (NotFoundError, RequestError):
+            raise NotFoundError("the file is no longer available") from None
 
     # --- cancel ----------------------------------------------------------------------
 

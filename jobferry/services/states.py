@@ -2,7 +2,7 @@
 
 The store keeps Galaxy's vocabulary (``new queued running ok error deleting
 deleted``); the Wooey face reports ``submitted queued running completed FAILURE
-error REVOKED`` (``jobferry.api.wooey.wooey_status``). People copy whichever name
+error REVOKED`` (``jobferry.api.wooey.serialize.wooey_status``). People copy whichever name
 they saw, so input (``jobferry job list --state``) accepts every face's names,
 case-insensitively: all of them lower-case to distinct meanings. The README's
 "Job states" table is this mapping.
@@ -15,16 +15,21 @@ re-exported from the store so that faces (``api/``) never import the store.
 from __future__ import annotations
 
 from jobferry.errors import ValidationError
-from jobferry.store.models import TERMINAL_STATES, JobState
+from jobferry.store.models import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 __all__ = [
+    "ACTIVE_STATES",
     "FINISHED_STATES",
     "GALAXY_JOB_STATES",
     "TERMINAL_STATES",
+    "TERMINAL_VALUES",
     "WOOEY_NAMES",
     "JobState",
     "parse_state",
 ]
+
+#: The final states as stored (strings), for comparing with records' ``state``.
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATES)
 
 #: Galaxy's whole job-state vocabulary (a filter on a state this daemon never uses matches
 #: nothing; anything else is a client error).

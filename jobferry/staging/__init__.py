@@ -1,8 +1,10 @@
-"""Moving bytes in and out of job directories safely.
+"""Files on their way in and out: request bodies, confined paths, the upload area.
 
-``confined.py`` opens every client-named path by a descriptor walk that cannot
-leave its root (its docstring is the threat model); ``forms.py`` and the
-multipart receiver turn request bodies into files; ``uploads.py`` keeps partial
-uploads where a restart sweeps them; ``json_body.py`` parses bounded JSON;
-``paths.py`` holds pure name checks. Staging imports only ``jobferry.errors``.
+``confined`` is the one confinement module (every client-named path inside a
+job's directory is read, located or written through its descriptor walk);
+``forms`` the one streaming receiver of request bodies (python-multipart);
+``json_body`` bounded JSON parsing; ``uploads`` the daemon's staging area and
+its start-up sweep; ``paths`` pure name helpers that open nothing a client
+named. This package imports only ``jobferry.errors`` (and its own modules):
+services and handlers use it, never the other way round.
 """

@@ -1,7 +1,11 @@
-"""Reading and writing files strictly inside a job's directory.
+"""Path confinement: every client-named path goes through here.
 
-Used by the job_files API (a job's wrapper or a Pulsar-style runner fetching
-inputs and posting outputs). Rules (galaxy-contract.md §6):
+Reading and writing files strictly inside a job's directory: the job_files API
+(a job's wrapper or a Pulsar-style runner fetching inputs and posting outputs)
+reads with ``open_for_read`` and writes with ``ConfinedWriter``; downloads of a
+job's recorded files (Wooey assets, Galaxy datasets) find them with
+``locate_file``. Pure name checks that open nothing (``safe_filename``) live in
+``jobferry.staging.paths``. Rules (galaxy-contract.md §6):
 
 - the root comes from the job id on the server side; the client's path is
   absolute (Pulsar's form) or relative to the root, decoded once by the caller,
@@ -84,16 +88,16 @@ def relative_parts(root: Path, path: str) -> list[str]:
 
 
 def write_parts(
-    root: Path, path: str, area: str | None = None, also: frozenset[str] = frozenset()
+    root: Path, path: str, area: str | None = None, top_level_files: frozenset[str] = frozenset()
 ) -> list[str]:
     """``relative_parts`` for a write: with *area*, only below ``root/area/`` or to
-    one of the top-level files named in *also*."""
+    one of the files at the top of *root* named in *top_level_files*."""
     try:
         parts = relative_parts(root, path)
     except PathRejectedError:
         raise PathRejectedError(OUTSIDE_WRITE) from None
     if area is not None and (len(parts) < 2 or parts[0] != area):
-        if not (len(parts) == 1 and parts[0] in also):
+        if not (len(parts) == 1 and parts[0] in top_level_files):
             raise PathRejectedError(OUTSIDE_WRITE)
     return parts
 
@@ -105,6 +109,23 @@ def open_for_read(root: Path, path: str) -> tuple[IO[bytes], int]:
     Raises PathRejectedError (outside), NotFoundError (missing inside),
     RequestError (not a regular file).
     """
+    handle, size, _ = _open_regular(root, path)
+    return handle, size
+
+
+def locate_file(root: Path, path: str) -> Path:
+    """The real path of a regular file inside *root*, checked as ``open_for_read`` does.
+
+    For handlers that serve a file by name (Tornado's StaticFileHandler): the
+    file is opened component by component below *root* and ``fstat``-ed, then
+    closed. Raises as ``open_for_read``.
+    """
+    handle, _, real = _open_regular(root, path)
+    handle.close()
+    return Path(real)
+
+
+def _open_regular(root: Path, path: str) -> tuple[IO[bytes], int, str]:
     parts = relative_parts(root, path)
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, *parts))
@@ -119,7 +140,7 @@ def open_for_read(root: Path, path: str) -> tuple[IO[bytes], int]:
         if not stat.S_ISREG(info.st_mode):
             raise RequestError("Path does not refer to a file.")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), info.st_size
+        return os.fdopen(fd, "rb"), info.st_size, real
     except BaseException:
         os.close(fd)
         raise
@@ -256,12 +277,12 @@ class ConfinedWriter:
         path: str | None = None,
         *,
         area: str | None = None,
-        also: frozenset[str] = frozenset(),
+        top_level_files: frozenset[str] = frozenset(),
         staging_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.area = area
-        self.also = also
+        self.top_level_files = top_level_files
         self.parts: list[str] = []
         self.created: list[int] = []
         self.size = 0
@@ -271,7 +292,7 @@ class ConfinedWriter:
         #: The directory holding the temp file.
         self.dir_fd = -1
         if path is not None:
-            self.parts = write_parts(root, path, area, also)
+            self.parts = write_parts(root, path, area, top_level_files)
             self.dest_fd, self.created = checked_parent(root, self.parts)
             hint = self.parts[-1][:100]
         else:
@@ -317,7 +338,7 @@ class ConfinedWriter:
             if self.staged:
                 if path is None:
                     raise RequestError(MISSING_PATH)
-                self.parts = write_parts(self.root, path, self.area, self.also)
+                self.parts = write_parts(self.root, path, self.area, self.top_level_files)
                 self.dest_fd, self.created = checked_parent(self.root, self.parts)
             self._move()
         except BaseException:

@@ -1,9 +1,8 @@
-"""Path confinement: every client-named path goes through here.
+"""File names and job directories, without opening anything a client named.
 
-``confine`` resolves a relative path below a root with ``realpath`` and refuses
-anything that lands outside it (``..``, absolute paths, escaping symlinks,
-prefix-sibling directories), NUL bytes and percent-encoded forms.
-``safe_filename`` turns an uploaded file's name into one plain file name.
+``safe_filename`` turns an uploaded file's name into one plain file name;
+``file_digest`` sizes and hashes a file; ``make_job_dir`` makes a job's
+directories. Confinement of client-named paths is ``jobferry.staging.confined``'s.
 """
 
 from __future__ import annotations
@@ -13,11 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from jobferry.errors import PathRejectedError
-
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+@=-]+")
-#: Longest relative path accepted, in bytes.
-MAX_PATH_BYTES = 1024
 
 
 def safe_filename(name: str | None, fallback: str = "upload") -> str:
@@ -25,27 +20,6 @@ def safe_filename(name: str | None, fallback: str = "upload") -> str:
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     base = _UNSAFE_CHARS.sub("_", base).strip("._") or fallback
     return base[:200]
-
-
-def confine(root: str | os.PathLike[str], relative: str) -> Path:
-    """Resolve *relative* below *root*; raise PathRejectedError if it would leave it.
-
-    The returned path may not exist. The check uses the resolved real path, so a
-    symlink inside *root* that points outside is refused as well.
-    """
-    if (
-        not relative
-        or "\x00" in relative
-        or len(relative.encode("utf-8", "replace")) > (MAX_PATH_BYTES)
-    ):
-        raise PathRejectedError("The path is not allowed.")
-    if "%" in relative or relative.startswith(("/", "\\")) or "\\" in relative:
-        raise PathRejectedError("The path is not allowed.")
-    real_root = os.path.realpath(root)
-    candidate = os.path.realpath(os.path.join(real_root, relative))
-    if candidate == real_root or not candidate.startswith(real_root + os.sep):
-        raise PathRejectedError("The path is not allowed.")
-    return Path(candidate)
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:

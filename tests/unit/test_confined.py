@@ -11,6 +11,7 @@ from jobferry.errors import NotFoundError, PathRejectedError, RequestError
 from jobferry.staging.confined import (
     ConfinedWriter,
     checked_parent,
+    locate_file,
     open_for_read,
     relative_parts,
     write_parts,
@@ -146,6 +147,24 @@ def test_open_for_read__symlinked_directory_leaving_the_root_is_refused(
         read(root, "work/up/secret")
     with pytest.raises(PathRejectedError):
         read(root, "work/up/no-such-file")
+
+
+def test_locate_file__gives_the_real_path_of_a_file_inside(root: Path) -> None:
+    (root / "work" / "link").symlink_to(root / "stdout")
+    assert locate_file(root, "work/link") == Path(os.path.realpath(root / "stdout"))
+    assert locate_file(root, "inputs/0/in.txt").read_bytes() == b"input data"
+
+
+def test_locate_file__refuses_as_open_for_read_does(root: Path, tmp_path: Path) -> None:
+    (root / "work" / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(PathRejectedError):
+        locate_file(root, "work/link")
+    with pytest.raises(PathRejectedError):
+        locate_file(root, "../abc_evil/secret")
+    with pytest.raises(NotFoundError):
+        locate_file(root, "work/missing")
+    with pytest.raises(RequestError):
+        locate_file(root, "work")
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobferry.api.wooey import wooey_status
+from jobferry.api.wooey.serialize import wooey_status
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.wrapper import read_result
 from jobferry.services.endings import DISK_FULL_REASON, outcome

@@ -323,7 +323,7 @@ def test_job_files_write_to_a_queued_job_without_a_directory__makes_it(core: Cor
         session.execute(update(Job).where(Job.id == job_id).values(job_dir=str(job_dir)))
     files = JobFilesService(core)
     access = files.authorize(job_id, core.job_key(job_id))
-    writer = files.open_writer(access, "work/early.txt")
-    writer.write(b"staged before the job ran")
-    files.commit(access, writer, None)
+    upload = files.begin_upload(access, "work/early.txt")
+    upload.write(b"staged before the job ran")
+    upload.finish(None)
     assert (job_dir / "work" / "early.txt").read_bytes() == b"staged before the job ran"

@@ -6,13 +6,11 @@ import mimetypes
 import os
 from typing import Any
 
-import tornado.web
-
-from jobferry.api.base import Services
+from jobferry.api.downloads import Download, DownloadHandler
 from jobferry.api.galaxy.base import GalaxyMixin
 from jobferry.api.galaxy.common import GalaxyResource, route
 from jobferry.api.galaxy.datasets_json import dataset
-from jobferry.api.galaxy.files import parse_range
+from jobferry.services.core import Principal
 from jobferry.staging.paths import safe_filename
 
 
@@ -23,47 +21,27 @@ class DatasetHandler(GalaxyResource):
         self.send_json(dataset(record))
 
 
-class DatasetDisplayHandler(GalaxyMixin, tornado.web.StaticFileHandler):
+class DatasetDisplayHandler(GalaxyMixin, DownloadHandler):
     """GET/HEAD the content of a dataset, for its owner or an admin, with byte ranges.
 
-    StaticFileHandler does ranges (206/416), HEAD, conditional requests and
-    streaming; the file is found through the service, which confines the path.
     Query parameters (``to_ext``, ``preview``, ...) are ignored.
     """
 
-    def initialize(self, services: Services) -> None:  # type: ignore[override]
-        GalaxyMixin.initialize(self, services)
-        self._sha256 = ""
-        self._content_type = "application/octet-stream"
-        tornado.web.StaticFileHandler.initialize(self, path=os.sep)
-
-    async def get(self, dataset_id: str, include_body: bool = True) -> None:
-        principal = await self.authenticate()
+    async def locate(self, principal: Principal, *args: str) -> Download:
+        (dataset_id,) = args
         path, job_file = await self.call(self.services.galaxy.dataset_path, principal, dataset_id)
-        self.root = str(path.parent)
-        self._sha256 = job_file.sha256
         filename = safe_filename(os.path.basename(job_file.name), "dataset")
         guessed, _ = mimetypes.guess_type(filename)
+        content_type = "application/octet-stream"
         if guessed == "text/plain" or (guessed or "").endswith(("csv", "tab-separated-values")):
-            self._content_type = "text/plain; charset=utf-8"
-        self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
-        self.set_header("Cache-Control", "private, no-cache")
-        # A range past the end answers with the JSON 416 (StaticFileHandler's is empty).
-        parse_range(self.request.headers.get("Range"), job_file.size)
-        await super().get(path.name, include_body=include_body)
-
-    async def head(self, dataset_id: str) -> None:
-        await self.get(dataset_id, include_body=False)
-
-    def compute_etag(self) -> str | None:
-        return f'"{self._sha256}"' if self._sha256 else None
-
-    def get_content_type(self) -> str:
-        return self._content_type
-
-    @classmethod
-    def get_content_version(cls, abspath: str) -> str:
-        return ""
+            content_type = "text/plain; charset=utf-8"
+        return Download(
+            path,
+            job_file.size,
+            job_file.sha256,
+            disposition=f'attachment; filename="{filename}"',
+            content_type=content_type,
+        )
 
 
 def dataset_routes(init: dict[str, Any]) -> list[Any]:

@@ -22,69 +22,38 @@ Rules and errors live in ``jobferry.services.job_files``.
 
 from __future__ import annotations
 
+import io
 import logging
-from typing import IO, Any
+from typing import Any
 
-import tornado.iostream
 import tornado.web
 
 from jobferry import errors
 from jobferry.api.base import Services
+from jobferry.api.downloads import OpenFileSender
 from jobferry.api.galaxy.base import GalaxyMixin
+from jobferry.api.uploads import StreamingUpload
 from jobferry.services.job_files import (
     MISSING_KEY,
     MISSING_PATH,
     NO_FILE,
     JobAccess,
-    UploadReceiver,
+    Upload,
     check_job_id,
     multipart_kind,
 )
-from jobferry.staging.confined import ConfinedWriter
+from jobferry.staging.forms import FormReceiver
 
 logger = logging.getLogger(__name__)
 
-#: Bytes read from disk and handed to the socket at a time, on downloads.
-READ_CHUNK = 1 << 20
 #: Slack above server.max_upload_mb for the transport's own check, so that the
 #: receiver's cap (a JSON 413) is what a client over the limit meets.
 BODY_SLACK = 1 << 20
 FORM_KINDS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The inclusive (start, end) of a single ``bytes=`` range, or None for the whole file.
-
-    A missing, malformed or multi-range header is ignored (RFC 9110 allows
-    serving the whole representation). Raises RangeNotSatisfiableError when the
-    range lies outside the file.
-    """
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash or not (first.isdigit() or (not first and last.isdigit())):
-        return None
-    if last and not last.isdigit():
-        return None
-    if not first:  # suffix: the last N bytes
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise errors.RangeNotSatisfiableError("Requested range not satisfiable.", size=size)
-        return max(0, size - suffix), size - 1
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        raise errors.RangeNotSatisfiableError("Requested range not satisfiable.", size=size)
-    return start, (min(int(last), size - 1) if last else size - 1)
-
-
 @tornado.web.stream_request_body
-class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
+class JobFilesHandler(StreamingUpload, OpenFileSender, GalaxyMixin, tornado.web.RequestHandler):
     """``/api/jobs/{id}/files``: GET, HEAD and streamed POST, job_key only."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST")
@@ -93,17 +62,12 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
         super().initialize(services)
         self.job_files = services.job_files
         self.access: JobAccess | None = None
-        self.writer: ConfinedWriter | None = None
-        self.receiver: UploadReceiver | None = None
-        self._committing = False
+        #: Where the file part goes once the key was checked, else ``buffered``.
+        self.upload: Upload | None = None
+        #: The file part of a body whose key only comes in the form, held in memory.
+        self.buffered: io.BytesIO | None = None
+        self.receiver: FormReceiver | None = None
         self._reserved = 0
-        self._unsatisfiable_size: int | None = None
-
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        size = getattr(self, "_unsatisfiable_size", None)
-        if size is not None:  # survives write_error's clear(): a 416 names the size
-            self.set_header("Content-Range", f"bytes */{size}")
 
     def compute_etag(self) -> str | None:
         return None
@@ -138,45 +102,7 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
         if not key:
             raise errors.AttributeMissingError(MISSING_KEY)
         handle, size = await self.core.call(self.job_files.open_for_read, job_id, key, path)
-        with handle:
-            try:
-                byte_range = parse_range(self.request.headers.get("Range"), size)
-            except errors.RangeNotSatisfiableError:
-                self._unsatisfiable_size = size
-                raise
-            start, end = byte_range if byte_range is not None else (0, size - 1)
-            length = max(0, end - start + 1)
-            if byte_range is not None:
-                self.set_status(206)
-                self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.set_header("Content-Type", "application/octet-stream")
-            self.set_header("Accept-Ranges", "bytes")
-            self.set_header("Content-Length", str(length))
-            if include_body and length:
-                if start:
-                    handle.seek(start)
-                if not await self._stream(handle, length):
-                    return
-            self.finish()
-
-    async def _stream(self, handle: IO[bytes], length: int) -> bool:
-        """Send *length* bytes of *handle*, one chunk in flight; False if the client left.
-
-        Reads happen on the event loop (like StaticFileHandler's): a page-cache
-        read of a chunk costs less than an executor hop.
-        """
-        remaining = length
-        while remaining:
-            chunk = handle.read(min(READ_CHUNK, remaining))
-            if not chunk:
-                raise errors.TransferError("the file shrank while it was being sent")
-            remaining -= len(chunk)
-            self.write(chunk)
-            try:
-                await self.flush()
-            except tornado.iostream.StreamClosedError:
-                return False
-        return True
+        await self.send_open_file(handle, size, include_body=include_body)
 
     # --- POST ------------------------------------------------------------------------------
 
@@ -207,111 +133,74 @@ class JobFilesHandler(GalaxyMixin, tornado.web.RequestHandler):
                 f"exceeds {cap} bytes, the most accepted before the job_key is checked: "
                 "give job_key in the query string (server.form_key_max_kb)"
             )
-        length = self.request.headers.get("Content-Length")
-        if length is not None:
-            if not length.isdigit():
-                raise errors.RequestError("invalid Content-Length")
-            if int(length) > cap:
-                raise errors.PayloadTooLargeError(f"the request body ({length} bytes) {too_large}")
+        length = self.limit_body(cap, too_large, slack=BODY_SLACK)
         content_type = self.request.headers.get("Content-Type", "")
         if multipart_kind(content_type) not in FORM_KINDS:
             raise errors.RequestError(
                 "POST job files as multipart/form-data or application/x-www-form-urlencoded."
             )
-        self.request.connection.set_max_body_size(cap + BODY_SLACK)  # type: ignore[union-attr]
         if self.access is None:
-            self._reserved = self.job_files.buffers.reserve(int(length) if length else cap)
-        writer: ConfinedWriter | None = None
+            self._reserved = self.job_files.buffers.reserve(length if length is not None else cap)
         if self.access is not None and multipart_kind(content_type) == "multipart/form-data":
             path = self.query_value("path")
-            writer = await self.core.call(self.job_files.open_writer, self.access, path)
-        self.writer = writer
-        if self._client_gone():  # it left while the key or the writer was being checked
-            self._drop_upload()
+            self.upload = await self.core.call(self.job_files.begin_upload, self.access, path)
+        if self.client_gone():  # it left while the key or the upload was being checked
+            self.drop_upload()
             return
+        self.buffered = io.BytesIO() if self.upload is None else None
+        sink = self.upload or self.buffered
+        assert sink is not None
         try:
-            self.receiver = UploadReceiver(
-                content_type,
-                writer,
-                max_body_bytes=cap,
-                max_field_bytes=server.max_form_kb * 1024,
-            )
+            self.receiver = self.job_files.body_receiver(content_type, sink, max_body_bytes=cap)
         except errors.JobferryError:
-            self._drop_upload()
+            self.drop_upload()
             raise
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished or self.receiver is None:
-            return
-        try:
-            self.receiver.feed(chunk)
-        except Exception as exc:  # any failure answers (JSON), never a dropped connection
-            self.receiver = None
-            self._drop_upload()
-            self._handle_request_exception(exc)
 
     async def post(self, job_id: str) -> None:
         receiver = self.receiver
         if self._finished or receiver is None:
             return
         receiver.finish()
-        key = self.query_value("job_key") or receiver.field("job_key")
+        key = self.query_value("job_key") or receiver.single_field("job_key")
         access = self.access
         if access is None:
             if not key:
                 raise errors.AttributeMissingError(MISSING_KEY)
             access = await self.core.call(self.job_files.authorize, job_id, key)
         self.job_files.refuse_form_sources(receiver.fields)
-        if not receiver.has_file:
+        if not receiver.has_content:
             raise errors.ParameterMissingError(NO_FILE)
-        path = self.query_value("path") or receiver.field("path")
+        path = self.query_value("path") or receiver.single_field("path")
         if not path:
             raise errors.AttributeMissingError(MISSING_PATH)
-        if self.writer is None:  # held in memory until the form's key was checked
-            content, receiver.content = bytes(receiver.content), bytearray()
+        upload, self.upload = self.upload, None  # from here on, finish owns it
+        if upload is None:  # held in memory until the form's key was checked
+            assert self.buffered is not None
+            content = self.buffered.getvalue()
             self._release()
-            await self.core.call(self.job_files.write_buffered, access, path, content)
+            await self.core.call(self.job_files.store_buffered, access, path, content)
         else:
-            writer, self.writer = self.writer, None
-            self._committing = True
-            await self.core.call(self.job_files.commit, access, writer, path)
+            await self.core.call(upload.finish, path)
         self.send_json({"message": "ok"})
 
-    def _drop_upload(self) -> None:
-        """Remove a half-received upload (never one being committed on a worker thread)
+    def drop_upload(self) -> None:
+        """Remove a half-received upload (never one being finished on a worker thread)
         and let go of a body held in memory."""
-        if self.writer is not None and not self._committing:
-            self.writer.abort()
-        self.writer = None
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
         self._release()
 
     def _release(self) -> None:
         if self._reserved:
             self.job_files.buffers.release(self._reserved)
             self._reserved = 0
-        if self.receiver is not None:
-            self.receiver.content = bytearray()
-
-    def _client_gone(self) -> bool:
-        stream = getattr(self.request.connection, "stream", None)
-        return stream is not None and bool(stream.closed())
-
-    def on_connection_close(self) -> None:
-        # Tornado's own handler ends the request (its body future fails): without
-        # it the handler would wait for a body that never comes, holding all it
-        # has, until the daemon stops.
-        super().on_connection_close()
-        self._drop_upload()
-        self.receiver = None
+        if self.buffered is not None:
+            self.buffered.close()  # frees its buffer (the receiver still refers to it)
+            self.buffered = None
 
     def on_finish(self) -> None:
         self._release()
-
-    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
-        # The temp file goes before the answer does: a client that sees the
-        # answer never sees a half-kept file.
-        self._drop_upload()
-        return super().finish(chunk)
 
 
 def files_routes(services: Services) -> list[Any]:

@@ -1,0 +1,78 @@
+"""Streamed request bodies: what every upload handler does the same way.
+
+Handlers that take files (Wooey's submissions and script uploads, Galaxy's
+job_files POST) are ``@tornado.web.stream_request_body`` handlers built on
+``StreamingUpload``. Their order is always the same: ``prepare`` checks the key
+(and everything else that can refuse the request) before a byte of the body
+is read, then calls ``limit_body`` (413 on a declared length over the cap, and
+the transport's limit raised to it) and sets ``receiver``; ``data_received``
+feeds the receiver, and any failure answers with JSON instead of a dropped
+connection; ``post`` runs once the body is complete.
+
+Whatever ends the request, what a half-received body left behind goes first
+(``drop_upload``, the handler's own): when the answer is sent (a client that
+sees the answer never sees a half-kept file), when feeding fails, and when the
+client goes away mid-body, which also ends the handler at once (Tornado's own
+``on_connection_close`` fails the body future; without it the handler would
+wait for a body that never comes, holding what it has, until the daemon stops).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from jobferry import errors
+from jobferry.api.base import ApiMixin
+
+
+class Receiver(Protocol):
+    """What a request body is fed to, chunk by chunk, on the event loop."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+
+class StreamingUpload(ApiMixin):
+    """The body plumbing of a streaming upload handler (put it before the face's mixin)."""
+
+    receiver: Receiver | None = None
+
+    def limit_body(self, cap: int, too_large: str, *, slack: int = 0) -> int | None:
+        """Refuse a declared body over *cap* bytes (413: "the request body (N bytes)
+        *too_large*") and let the transport take up to *cap* + *slack*. Returns the
+        declared length, if any."""
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                raise errors.RequestError("invalid Content-Length")
+            if int(length) > cap:
+                raise errors.PayloadTooLargeError(f"the request body ({length} bytes) {too_large}")
+        self.request.connection.set_max_body_size(cap + slack)  # type: ignore[union-attr]
+        return int(length) if length is not None else None
+
+    def drop_upload(self) -> None:
+        """Remove what a half-received body left (idempotent)."""
+
+    def client_gone(self) -> bool:
+        """Whether the client already closed the connection (checked after an await)."""
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is not None and bool(stream.closed())
+
+    def data_received(self, chunk: bytes) -> None:
+        receiver = self.receiver
+        if self._finished or receiver is None:
+            return
+        try:
+            receiver.feed(chunk)
+        except Exception as exc:  # any failure answers (JSON), never a dropped connection
+            self.drop_upload()
+            self.receiver = None
+            self._handle_request_exception(exc)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self.drop_upload()
+        self.receiver = None
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
+        self.drop_upload()
+        return super().finish(chunk)
