@@ -57,7 +57,7 @@ def config_of(args: argparse.Namespace, **extra: Any) -> Config:
 
 
 def core_of(args: argparse.Namespace) -> Core:
-    from jobferry.daemon.runners import build_runners
+    from jobferry.runners.registry import build_runners
 
     config = config_of(args)
     node = config.node.name or socket.gethostname()
