@@ -165,7 +165,7 @@ class HandlePayload:
             for name, convert, required in fields:
                 raw = data.get(name)
                 if raw is not None:
-                    kwargs[name] = convert(raw)
+                    kwargs[name] = raw if type(raw) is convert else convert(raw)
                 elif required:
                     raise KeyError(name)
         except (KeyError, TypeError, ValueError) as exc:
@@ -174,7 +174,7 @@ class HandlePayload:
 
     def encode(self) -> dict[str, Any]:
         """The stored form: every field under its own name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dict(vars(self))  # a dataclass's instance attributes are its fields
 
 
 #: Per payload class: (field name, converter, required) for each field, built once.
@@ -236,7 +236,13 @@ class RunStatus:
 
 
 class Runner(abc.ABC):
-    """Starts, watches, stops and re-attaches to jobs of one kind."""
+    """Starts, watches, stops and re-attaches to jobs of one kind.
+
+    Each runner declares the payload its handles carry (a ``HandlePayload``
+    subclass), makes its handles with ``RunHandle.of`` and reads every handle it is
+    given with ``<Payload>.of``, also handles stored by an earlier daemon or an
+    earlier version; a malformed handle raises ``RunnerError``.
+    """
 
     #: The name jobs record as their runner (``local``, ``docker``, ``slurm``).
     name: str = "base"
