@@ -66,7 +66,7 @@ def services_of(args: argparse.Namespace) -> Services:
     data directory is created, and a store whose schema is not at head is refused
     (an empty one is initialised).
     """
-    from jobferry.daemon.runners import build_runners
+    from jobferry.runners.registry import build_runners
 
     config = config_of(args)
     node = config.node.name or socket.gethostname()

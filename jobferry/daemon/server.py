@@ -30,9 +30,9 @@ from jobferry.config import Config
 from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
-from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import ConfigError
+from jobferry.runners.registry import build_runners
 from jobferry.services.container import build as build_services
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import enum
 import json
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
+
+from jobferry.errors import RunnerError
 
 
 class RunState(enum.StrEnum):
@@ -87,12 +93,26 @@ class RunHandle:
     ``external_id`` is the runner's own id (``"<pid>@<start time>"`` for local
     processes, a container id, a Slurm job id); ``data`` holds whatever else the
     runner needs to re-attach. Handles round-trip through JSON (``dumps``/``loads``).
+
+    ``data`` is the stored form of the runner's typed payload (a ``HandlePayload``
+    subclass each runner declares): the daemon and the services carry it without
+    looking inside, and runners never index it by key either. A runner makes its
+    handles with ``RunHandle.of`` and reads them back with ``<Payload>.of(handle)``.
+    The stored form is a flat JSON object of the payload's fields, so handles stored
+    by earlier versions (which wrote the same keys by hand) still load.
     """
 
     runner: str
     external_id: str
     started_at: float
     data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, runner: str, external_id: str, started_at: float, payload: HandlePayload
+    ) -> RunHandle:
+        """A handle carrying *payload* (stored as a flat JSON object of its fields)."""
+        return cls(runner, external_id, started_at, payload.encode())
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -106,6 +126,88 @@ class RunHandle:
             started_at=float(raw["started_at"]),
             data=dict(raw.get("data") or {}),
         )
+
+
+class HandlePayload:
+    """Base of a runner's typed handle payload: what it needs to find a job again.
+
+    A subclass is a frozen dataclass whose fields are ``str``, ``int`` or ``float``,
+    optionally ``| None``. ``encode`` stores every field under its own name;
+    ``of`` decodes a handle's ``data`` back, with these rules, which keep handles
+    stored by earlier versions loadable:
+
+    - a key that is missing or null takes the field's default; a field without a
+      default is required (an optional field must have one);
+    - values are converted with the field's type (``int("12")``, ``float(3)``),
+      as the hand-written decoders of earlier versions did;
+    - keys the payload does not declare are ignored (older or newer writers).
+
+    A required key that is missing, or a value that does not convert, raises
+    ``RunnerError("malformed <runner> run handle ...")`` (``runner`` names it).
+    """
+
+    #: The runner whose handles carry this payload (named in decoding errors).
+    runner: ClassVar[str] = "base"
+    #: Set by ``@dataclass`` on each subclass (declared for the type checker).
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def of(cls, handle: RunHandle) -> Self:
+        """Decode *handle*'s payload. Cheap (one pass over the fields).
+
+        Raises:
+            RunnerError: a required field is missing or a value does not convert.
+        """
+        kwargs: dict[str, Any] = {}
+        data = handle.data
+        fields = _fields_of(cls)
+        try:
+            for name, convert, required in fields:
+                raw = data.get(name)
+                if raw is not None:
+                    kwargs[name] = raw if type(raw) is convert else convert(raw)
+                elif required:
+                    raise KeyError(name)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunnerError(f"malformed {cls.runner} run handle {handle.external_id!r}") from exc
+        return cls(**kwargs)
+
+    def encode(self) -> dict[str, Any]:
+        """The stored form: every field under its own name."""
+        return dict(vars(self))  # a dataclass's instance attributes are its fields
+
+
+#: Per payload class: (field name, converter, required) for each field, built once.
+_FIELDS: dict[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}
+_CONVERTIBLE = (str, int, float)
+
+
+def _fields_of(cls: type[HandlePayload]) -> tuple[tuple[str, Callable[[Any], Any], bool], ...]:
+    known = _FIELDS.get(cls)
+    if known is not None:
+        return known
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        optional = False
+        if isinstance(kind, types.UnionType):
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(kind))
+            if len(args) != 1:
+                raise TypeError(f"{cls.__name__}.{f.name}: one type (or | None) only")
+            kind = args[0]
+        if kind not in _CONVERTIBLE:
+            raise TypeError(f"{cls.__name__}.{f.name}: str, int or float only")
+        has_default = (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        )
+        if optional and not has_default:
+            raise TypeError(f"{cls.__name__}.{f.name}: an optional field needs a default")
+        out.append((f.name, kind, not has_default))
+    fields = tuple(out)
+    _FIELDS[cls] = fields
+    return fields
 
 
 @dataclass(frozen=True)
@@ -134,7 +236,13 @@ class RunStatus:
 
 
 class Runner(abc.ABC):
-    """Starts, watches, stops and re-attaches to jobs of one kind."""
+    """Starts, watches, stops and re-attaches to jobs of one kind.
+
+    Each runner declares the payload its handles carry (a ``HandlePayload``
+    subclass), makes its handles with ``RunHandle.of`` and reads every handle it is
+    given with ``<Payload>.of``, also handles stored by an earlier daemon or an
+    earlier version; a malformed handle raises ``RunnerError``.
+    """
 
     #: The name jobs record as their runner (``local``, ``docker``, ``slurm``).
     name: str = "base"

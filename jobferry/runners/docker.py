@@ -19,120 +19,82 @@ high-water mark of the container's cgroup, page cache included; cgroup v2 only
 reports the current ``usage``). It is sampled by ``wait`` while the container runs
 (first at once, then every 0.25 s growing to 5 s) and kept in memory, so it is
 ``None`` for a job that nobody waited on or that ended before the first sample.
+
+This module holds the runner's policy (when to start, wait, stop and remove, and
+how an ended container becomes a ``RunStatus``); the container's shape is in
+``runners.docker_spec`` and the engine calls in ``runners.docker_engine``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-import math
 import os
-import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-import docker  # type: ignore[import-untyped]
-import docker.errors  # type: ignore[import-untyped]
-import requests
-from docker.types import DeviceRequest, Mount  # type: ignore[import-untyped]
-
-from jobferry.errors import ConfigError, RunnerError, RunnerUnavailableError, SubmitError
-from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
-from jobferry.runners.joblog import job_of
-from jobferry.runners.wrapper import (
-    read_kill,
-    read_result,
-    record_kill,
-    wrapper_argv,
-    wrapper_paths,
+from jobferry.errors import RunnerError, RunnerUnavailableError, SubmitError
+from jobferry.runners.base import (
+    HandlePayload,
+    RunHandle,
+    RunMetrics,
+    Runner,
+    RunSpec,
+    RunState,
+    RunStatus,
 )
+from jobferry.runners.docker_engine import (
+    SAMPLE_FIRST_S,
+    SAMPLE_MAX_S,
+    DockerEngine,
+    epoch,
+    running,
+)
+from jobferry.runners.docker_spec import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_NODE,
+    NOBODY,
+    chown_tree,
+    container_name,
+    create_args,
+    parse_user,
+    shared_dir,
+)
+from jobferry.runners.docker_spec import (
+    LABEL_DESTINATION as LABEL_DESTINATION,  # re-exported: the runner's public names
+)
+from jobferry.runners.joblog import job_of
+from jobferry.runners.wrapper import clear_stale, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
 
-LABEL_JOB = "jobferry.job_id"
-LABEL_ATTEMPT = "jobferry.attempt"
-LABEL_NODE = "jobferry.node"
-LABEL_DESTINATION = "jobferry.destination"
-
-#: The uid:gid jobs run as when neither configured nor inherited from a non-root daemon.
-NOBODY = "65534:65534"
-
 _LOST_REASON = "container ended without recording a result"
 _GONE_REASON = "container is gone and no result was recorded"
-_RUNNING_STATES = frozenset({"created", "running", "paused", "restarting"})
-_SAMPLE_FIRST_S = 0.25
-_SAMPLE_MAX_S = 5.0
 _STALE_SUFFIXES = ("", ".tmp", ".killed", ".killed.tmp", ".pid")
 
 
 @dataclass(frozen=True)
-class _Job:
-    """The fields of a handle's ``data`` this runner relies on."""
+class DockerPayload(HandlePayload):
+    """What a docker handle carries besides the container id (its ``external_id``).
 
-    container_id: str
+    Handles from ``leftovers`` carry none: they only go to ``cleanup``.
+    """
+
+    runner: ClassVar[str] = "docker"
+
     name: str
     result_path: str
-    walltime_s: float | None
-    memory_mb: int | None
-    user: str
-
-    @classmethod
-    def of(cls, handle: RunHandle) -> _Job:
-        try:
-            data = handle.data
-            walltime = data.get("walltime_s")
-            memory = data.get("memory_mb")
-            return cls(
-                container_id=handle.external_id,
-                name=str(data["name"]),
-                result_path=str(data["result_path"]),
-                walltime_s=None if walltime is None else float(walltime),
-                memory_mb=None if memory is None else int(memory),
-                user=str(data.get("user") or NOBODY),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunnerError(f"malformed docker run handle {handle.external_id!r}") from exc
-
-
-def container_name(job_id: str, attempt: int) -> str:
-    """The deterministic container name of a job's attempt (only Docker-legal characters)."""
-    return f"jobferry-{re.sub(r'[^A-Za-z0-9_.-]', '_', job_id)}-{attempt}"
-
-
-def _parse_user(user: str) -> tuple[int, int]:
-    """``"uid:gid"`` or ``"uid"`` (gid -1: leave the group) as numbers."""
-    uid, _, gid = user.partition(":")
-    try:
-        return int(uid), int(gid) if gid else -1
-    except ValueError as exc:
-        raise ConfigError(f"runners.docker.user must be numeric uid[:gid], not {user!r}") from exc
-
-
-def _epoch(text: str | None) -> float | None:
-    """An engine timestamp (RFC 3339, nanoseconds) as epoch seconds; None if unset."""
-    if not text or text.startswith("0001-01-01"):
-        return None
-    # Python's fromisoformat takes at most microseconds: cut the fraction to 6 digits.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def _chown_tree(root: str, uid: int, gid: int) -> None:
-    """Give *root* and everything under it to uid:gid, never following symlinks."""
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
+    stdout_path: str = ""
+    stderr_path: str = ""
+    walltime_s: float | None = None
+    memory_mb: int | None = None
+    user: str = NOBODY
 
 
 class DockerRunner(Runner):
@@ -171,7 +133,7 @@ class DockerRunner(Runner):
         self.base_url = base_url
         self.pull = pull
         if user is not None:
-            _parse_user(user)
+            parse_user(user)
         elif os.geteuid() != 0:
             user = f"{os.geteuid()}:{os.getegid()}"
         self.user = user or NOBODY
@@ -180,76 +142,12 @@ class DockerRunner(Runner):
         self.kill_grace_s = kill_grace_s
         self.pids_limit = pids_limit
         self.max_waiters = max_waiters
-        self._client_obj: Any = None
+        self.engine = DockerEngine(base_url, timeout_s, max_pool_size=max(10, max_waiters + 4))
         self._executor: ThreadPoolExecutor | None = None
         self._killed: dict[str, str] = {}  # container id -> cancel reason
         self._final: dict[str, RunStatus] = {}  # container id -> final status once known
         self._peak: dict[str, int] = {}  # container id -> highest memory sample (bytes)
         self._lock = threading.Lock()
-
-    # --- the engine -------------------------------------------------------------
-
-    def _client(self) -> Any:
-        """The engine client, created on first use. Raises RunnerUnavailableError."""
-        with self._lock:
-            if self._client_obj is not None:
-                return self._client_obj
-            # The SDK leaks its socket when a unix socket does not answer: try it first.
-            if self.base_url.startswith("unix://"):
-                path = self.base_url[len("unix://") :]
-                try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                        sock.settimeout(self.timeout_s)
-                        sock.connect(path)
-                except OSError as exc:
-                    raise RunnerUnavailableError(
-                        f"docker engine at {self.base_url} is unreachable: {exc}"
-                    ) from exc
-            # Ask for the server's API version ourselves, for the same reason
-            # (DockerClient(version="auto") does not close what it opened on failure).
-            probe = docker.DockerClient(
-                base_url=self.base_url,
-                version=docker.constants.MINIMUM_DOCKER_API_VERSION,
-                timeout=self.timeout_s,
-            )
-            try:
-                version = str(probe.api.version(api_version=False)["ApiVersion"])
-            except (requests.RequestException, docker.errors.DockerException, KeyError) as exc:
-                raise RunnerUnavailableError(
-                    f"docker engine at {self.base_url} is unreachable: {exc}"
-                ) from exc
-            finally:
-                probe.close()
-            self._client_obj = docker.DockerClient(
-                base_url=self.base_url,
-                version=version,
-                timeout=self.timeout_s,
-                max_pool_size=max(10, self.max_waiters + 4),
-            )
-            return self._client_obj
-
-    @contextlib.contextmanager
-    def _engine(self, what: str) -> Iterator[Any]:
-        """Yield the low-level API client; connection trouble becomes RunnerUnavailableError."""
-        api = self._client().api
-        try:
-            yield api
-        except docker.errors.APIError:  # an HTTPError too, but the engine did answer
-            raise
-        except requests.RequestException as exc:
-            raise RunnerUnavailableError(
-                f"docker engine at {self.base_url} failed to {what}: {exc}"
-            ) from exc
-
-    def _inspect(self, ref: str) -> dict[str, Any] | None:
-        """The container's inspect data; None if it does not exist."""
-        with self._engine("inspect a container") as api:
-            try:
-                return dict(api.inspect_container(ref))
-            except docker.errors.NotFound:
-                return None
-            except docker.errors.APIError as exc:
-                raise RunnerError(f"cannot inspect container {ref}: {_explain(exc)}") from exc
 
     # --- submit / find / adopt ----------------------------------------------------
 
@@ -269,129 +167,33 @@ class DockerRunner(Runner):
         remote = spec.staging == "remote"
         if remote and not spec.remote_dir:
             raise SubmitError(f"job {spec.job_id}: remote staging needs a remote_dir")
-        job_dir = "" if remote else self._shared_dir(spec)
-        for suffix in _STALE_SUFFIXES:
-            stale = spec.result_path + suffix
-            try:
-                os.unlink(stale)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise SubmitError(f"cannot remove stale {stale}: {exc}") from exc
-        self._ensure_image(spec.image)
+        job_dir = "" if remote else shared_dir(spec)
+        clear_stale(spec.result_path, _STALE_SUFFIXES)
+        self.engine.ensure_image(spec.image, self.pull)
         if job_dir and os.geteuid() == 0:
-            uid, gid = _parse_user(self.user)
+            uid, gid = parse_user(self.user)
             try:
-                _chown_tree(job_dir, uid, gid)
+                chown_tree(job_dir, uid, gid)
             except OSError as exc:
                 raise SubmitError(f"cannot hand {job_dir} to {self.user}: {exc}") from exc
-        workdir = wrapper_paths(spec)[0]
-        argv = wrapper_argv(spec)
-        labels = {
-            LABEL_JOB: spec.job_id,
-            LABEL_ATTEMPT: str(spec.attempt),
-            LABEL_NODE: self.node,
-            LABEL_DESTINATION: spec.destination,
-        }
-        host: dict[str, Any] = {
-            "network_mode": "host" if spec.network else "none",
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "privileged": False,
-            "pids_limit": self.pids_limit,
-            "nano_cpus": max(1, spec.cores) * 1_000_000_000,
-        }
-        if spec.memory_mb:
-            host["mem_limit"] = host["memswap_limit"] = f"{spec.memory_mb}m"
-        if spec.gpus > 0:
-            host["device_requests"] = [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
-        if job_dir:
-            host["mounts"] = [Mount(target=job_dir, source=job_dir, type="bind")]
         name = container_name(spec.job_id, spec.attempt)
-        client = self._client()
-        try:
-            with self._engine("create a container"):
-                container = client.containers.create(
-                    spec.image,
-                    command=argv[1:],
-                    entrypoint=argv[:1],
-                    name=name,
-                    labels=labels,
-                    environment={"HOME": workdir, **spec.env},
-                    user=self.user,
-                    working_dir=None if remote else spec.workdir,
-                    stdin_open=False,
-                    tty=False,
-                    **host,
-                )
-        except docker.errors.ImageNotFound as exc:
-            raise SubmitError(f"image {spec.image} is not available locally") from exc
-        except docker.errors.APIError as exc:
-            raise SubmitError(f"cannot create container {name}: {_explain(exc)}") from exc
-        started_at = time.time()
-        try:
-            with self._engine("start a container"):
-                container.start()
-        except (docker.errors.APIError, RunnerUnavailableError) as exc:
-            with contextlib.suppress(docker.errors.APIError, requests.RequestException):
-                container.remove(force=True)
-            if isinstance(exc, RunnerUnavailableError):
-                raise
-            raise SubmitError(f"cannot start container {name}: {_explain(exc)}") from exc
-        data: dict[str, Any] = {
-            "name": name,
-            "result_path": spec.result_path,
-            "stdout_path": spec.stdout_path,
-            "stderr_path": spec.stderr_path,
-            "walltime_s": spec.walltime_s,
-            "memory_mb": spec.memory_mb,
-            "user": self.user,
-        }
-        logger.info("started job %s in container %s (%s)", spec.job_id, name, container.id[:12])
-        return RunHandle(self.name, str(container.id), started_at, data)
-
-    @staticmethod
-    def _shared_dir(spec: RunSpec) -> str:
-        """The directory to bind-mount: ``job_dir``, else the common parent of the job's paths."""
-        paths = [spec.workdir, spec.stdout_path, spec.stderr_path, spec.result_path]
-        if not all(os.path.isabs(p) for p in paths):
-            raise SubmitError(f"job {spec.job_id}: paths must be absolute for docker")
-        job_dir = os.path.normpath(
-            spec.job_dir or os.path.commonpath([spec.workdir] + [os.path.dirname(p) for p in paths])
+        create = create_args(
+            spec, job_dir=job_dir, user=self.user, node=self.node, pids_limit=self.pids_limit
         )
-        if job_dir == "/" or not os.path.isabs(job_dir):
-            raise SubmitError(f"job {spec.job_id}: refusing to mount {job_dir!r} into a container")
-        if not os.path.isdir(spec.workdir):
-            raise SubmitError(f"working directory {spec.workdir} does not exist")
-        for path in paths:
-            if os.path.commonpath([job_dir, os.path.normpath(path)]) != job_dir:
-                raise SubmitError(f"{path} is outside the job directory {job_dir}")
-            if path != spec.workdir and not os.path.isdir(os.path.dirname(path)):
-                raise SubmitError(f"directory for {path} does not exist")
-        return job_dir
+        container_id, started_at = self.engine.run(spec.image, name, create)
+        logger.info("started job %s in container %s (%s)", spec.job_id, name, container_id[:12])
+        return RunHandle.of(self.name, container_id, started_at, self._payload(spec, self.user))
 
-    def _ensure_image(self, image: str) -> None:
-        """Make sure *image* is present, pulling it if allowed."""
-        client = self._client()
-        with self._engine("look up an image"):
-            try:
-                client.images.get(image)
-                return
-            except docker.errors.ImageNotFound:
-                pass
-            except docker.errors.APIError as exc:
-                raise SubmitError(f"cannot look up image {image}: {_explain(exc)}") from exc
-        if not self.pull:
-            raise SubmitError(
-                f"image {image} is not available locally and pulling is disabled"
-                " (runners.docker.pull)"
-            )
-        logger.info("pulling image %s", image)
-        with self._engine("pull an image"):
-            try:
-                client.images.pull(image)
-            except docker.errors.APIError as exc:
-                raise SubmitError(f"cannot pull image {image}: {_explain(exc)}") from exc
+    def _payload(self, spec: RunSpec, user: str) -> DockerPayload:
+        return DockerPayload(
+            name=container_name(spec.job_id, spec.attempt),
+            result_path=spec.result_path,
+            stdout_path=spec.stdout_path,
+            stderr_path=spec.stderr_path,
+            walltime_s=spec.walltime_s,
+            memory_mb=spec.memory_mb,
+            user=user,
+        )
 
     def find(self, spec: RunSpec) -> RunHandle | None:
         """Find this node's container for (job id, attempt) by its labels. Blocking.
@@ -403,37 +205,24 @@ class DockerRunner(Runner):
         Raises:
             RunnerUnavailableError: the engine does not answer.
         """
-        filters = {
-            "label": [
-                f"{LABEL_JOB}={spec.job_id}",
-                f"{LABEL_ATTEMPT}={spec.attempt}",
-                f"{LABEL_NODE}={self.node}",
-            ]
-        }
-        with self._engine("list containers") as api:
-            found = api.containers(all=True, filters=filters)
-        data: dict[str, Any] = {
-            "name": container_name(spec.job_id, spec.attempt),
-            "result_path": spec.result_path,
-            "stdout_path": spec.stdout_path,
-            "stderr_path": spec.stderr_path,
-            "walltime_s": spec.walltime_s,
-            "memory_mb": spec.memory_mb,
-            "user": self.user,
-        }
-        for row in found:
+        labels = [
+            f"{LABEL_JOB}={spec.job_id}",
+            f"{LABEL_ATTEMPT}={spec.attempt}",
+            f"{LABEL_NODE}={self.node}",
+        ]
+        for row in self.engine.listed(labels):
             cid = str(row["Id"])
-            attrs = self._inspect(cid)
+            attrs = self.engine.inspect(cid)
             if attrs is None:
                 continue
             state = attrs.get("State") or {}
             if state.get("Status") == "created":
                 logger.info("removing never-started container %s of job %s", cid[:12], spec.job_id)
-                self._remove(cid)
+                self.engine.remove(cid)
                 continue
-            data["user"] = (attrs.get("Config") or {}).get("User") or self.user
-            started_at = _epoch(state.get("StartedAt")) or float(row.get("Created") or 0)
-            return RunHandle(self.name, cid, started_at, data)
+            user = (attrs.get("Config") or {}).get("User") or self.user
+            started_at = epoch(state.get("StartedAt")) or float(row.get("Created") or 0)
+            return RunHandle.of(self.name, cid, started_at, self._payload(spec, user))
         return None
 
     def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
@@ -448,9 +237,9 @@ class DockerRunner(Runner):
         """
         if handle.runner != self.name:
             raise RunnerError(f"cannot adopt a {handle.runner!r} handle in the docker runner")
-        job = _Job.of(handle)
+        job = DockerPayload.of(handle)
         try:
-            if self._inspect(job.container_id) is None:
+            if self.engine.inspect(handle.external_id) is None:
                 logger.warning("container %s of job %s is gone", job.name, spec.job_id)
         except RunnerUnavailableError as exc:
             logger.warning("cannot check container %s now: %s", job.name, exc.message)
@@ -461,10 +250,8 @@ class DockerRunner(Runner):
         Raises:
             RunnerUnavailableError: the engine does not answer.
         """
-        with self._engine("list containers") as api:
-            rows = api.containers(all=True, filters={"label": [f"{LABEL_NODE}={self.node}"]})
         out = []
-        for row in rows:
+        for row in self.engine.listed([f"{LABEL_NODE}={self.node}"]):
             labels = row.get("Labels") or {}
             try:
                 out.append((str(labels[LABEL_JOB]), int(labels[LABEL_ATTEMPT]), str(row["Id"])))
@@ -474,15 +261,13 @@ class DockerRunner(Runner):
 
     def leftovers(self) -> list[tuple[str, RunHandle]]:
         """(job id, handle) of every container of this node, for ``cleanup`` of those
-        whose job already ended (e.g. while the daemon was down). Blocking.
+        whose job already ended (e.g. while the daemon was down). Blocking. The
+        handles carry no payload: ``cleanup`` needs only the container id.
 
         Raises:
             RunnerUnavailableError: the engine does not answer.
         """
-        return [
-            (job_id, RunHandle(self.name, cid, 0.0, {"name": container_name(job_id, attempt)}))
-            for job_id, attempt, cid in self.containers()
-        ]
+        return [(job_id, RunHandle(self.name, cid, 0.0)) for job_id, _, cid in self.containers()]
 
     # --- status -------------------------------------------------------------------
 
@@ -493,30 +278,32 @@ class DockerRunner(Runner):
             RunnerUnavailableError: the engine does not answer.
             RunnerError: the handle is malformed.
         """
-        job = _Job.of(handle)
+        job = DockerPayload.of(handle)
         with self._lock:
-            final = self._final.get(job.container_id)
+            final = self._final.get(handle.external_id)
         if final is not None:
             return final
-        attrs = self._inspect(job.container_id)
-        if attrs is not None and _running(attrs):
+        attrs = self.engine.inspect(handle.external_id)
+        if attrs is not None and running(attrs):
             return RunStatus(RunState.RUNNING)
         return self._conclude(handle, job, attrs)
 
-    def _conclude(self, handle: RunHandle, job: _Job, attrs: dict[str, Any] | None) -> RunStatus:
+    def _conclude(
+        self, handle: RunHandle, job: DockerPayload, attrs: dict[str, Any] | None
+    ) -> RunStatus:
         """Build and cache the final status from the ended (or gone) container and files."""
         state = (attrs or {}).get("State") or {}
         result = read_result(job.result_path)
         with self._lock:
-            killed = self._killed.get(job.container_id)
+            killed = self._killed.get(handle.external_id)
         if killed is None:
             killed = read_kill(job.result_path)
         container_code = state.get("ExitCode") if attrs is not None else None
         exit_code = None if result is None else result.exit_code
         if exit_code is None and isinstance(container_code, int):
             exit_code = container_code
-        started = _epoch(state.get("StartedAt")) or handle.started_at
-        finished = _epoch(state.get("FinishedAt"))
+        started = epoch(state.get("StartedAt")) or handle.started_at
+        finished = epoch(state.get("FinishedAt"))
         if finished is None:
             finished = result.mtime if result is not None else time.time()
         reason: str | None
@@ -537,7 +324,7 @@ class DockerRunner(Runner):
             if isinstance(container_code, int):
                 reason += f" (container exit code {container_code})"
         with self._lock:
-            peak = self._peak.get(job.container_id)
+            peak = self._peak.get(handle.external_id)
         known = attrs is not None or result is not None
         metrics = RunMetrics(
             wall_s=max(0.0, finished - started) if known else None,
@@ -547,7 +334,7 @@ class DockerRunner(Runner):
         )
         final = RunStatus(status, exit_code, reason, finished, metrics)
         with self._lock:
-            self._final[job.container_id] = final
+            self._final[handle.external_id] = final
         logger.info(
             "job %s ended: %s exit=%s%s (container %s)",
             job_of(job.result_path),
@@ -568,54 +355,20 @@ class DockerRunner(Runner):
                 )
             return self._executor
 
-    def _sample(self, job: _Job) -> None:
-        """Record the container's memory high-water mark from the engine's stats."""
-        with self._engine("read container stats") as api:
-            try:
-                stats = api.stats(job.container_id, stream=False, one_shot=True)
-            except docker.errors.APIError:
-                return
-        memory = (stats or {}).get("memory_stats") or {}
-        value = max(int(memory.get("max_usage") or 0), int(memory.get("usage") or 0))
-        if value > 0:
-            with self._lock:
-                self._peak[job.container_id] = max(value, self._peak.get(job.container_id, 0))
+    def _note_peak(self, container_id: str, value: int) -> None:
+        with self._lock:
+            self._peak[container_id] = max(value, self._peak.get(container_id, 0))
 
-    def _sample_loop(self, job: _Job, stop: threading.Event) -> None:
-        """Sample memory until *stop* (at once, then every 0.25 s doubling to 5 s). In
-        its own thread: a stats call can take a second, and must never delay
-        noticing the end of the container."""
-        delay = _SAMPLE_FIRST_S
-        while not stop.is_set():
-            try:
-                self._sample(job)
-            except RunnerUnavailableError:
-                pass
-            stop.wait(delay)
-            delay = min(delay * 2, _SAMPLE_MAX_S)
-
-    def _wait_step(self, job: _Job, timeout: float) -> bool:
+    def _wait_step(self, container_id: str, job: DockerPayload, timeout: float) -> bool:
         """Block on the engine up to *timeout*; True once it has ended."""
         try:
-            with self._engine("wait for a container") as api:
-                api.wait(job.container_id, timeout=max(0.01, timeout))
-            return True
-        except docker.errors.NotFound:
-            return True
-        except RunnerUnavailableError as exc:
-            # A read timeout looks just like an engine that went away: either way, again later.
-            if "timed out" not in str(exc):
-                logger.warning(
-                    "job %s: waiting for %s: %s", job_of(job.result_path), job.name, exc.message
-                )
-                time.sleep(timeout)
-            return False
-        except docker.errors.APIError as exc:
+            return self.engine.wait(container_id, timeout)
+        except RunnerError as exc:  # the engine went away or refused: again later
             logger.warning(
-                "job %s: waiting for %s: %s", job_of(job.result_path), job.name, _explain(exc)
+                "job %s: waiting for %s: %s", job_of(job.result_path), job.name, exc.message
             )
-            time.sleep(timeout)
-            return False
+        time.sleep(timeout)
+        return False
 
     async def wait(self, handle: RunHandle) -> RunStatus:
         """Wait for the container to end, enforce the walltime, return the final status.
@@ -628,12 +381,14 @@ class DockerRunner(Runner):
         Raises:
             RunnerError: the handle is malformed.
         """
-        job = _Job.of(handle)
+        job = DockerPayload.of(handle)
         loop = asyncio.get_running_loop()
         deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
-        step = _SAMPLE_FIRST_S
+        step = SAMPLE_FIRST_S
         stop = threading.Event()
-        sampler = loop.run_in_executor(self._waiters(), self._sample_loop, job, stop)
+        note = functools.partial(self._note_peak, handle.external_id)
+        follow = self.engine.follow_memory
+        sampler = loop.run_in_executor(self._waiters(), follow, handle.external_id, stop, note)
         try:
             return await self._wait_end(handle, job, deadline, step)
         finally:
@@ -641,7 +396,7 @@ class DockerRunner(Runner):
             sampler.cancel()
 
     async def _wait_end(
-        self, handle: RunHandle, job: _Job, deadline: float | None, step: float
+        self, handle: RunHandle, job: DockerPayload, deadline: float | None, step: float
     ) -> RunStatus:
         loop = asyncio.get_running_loop()
         while True:
@@ -663,8 +418,10 @@ class DockerRunner(Runner):
                         await asyncio.sleep(step)
                     continue
                 timeout = min(timeout, remaining)
-            ended = await loop.run_in_executor(self._waiters(), self._wait_step, job, timeout)
-            step = min(step * 2, _SAMPLE_MAX_S)
+            ended = await loop.run_in_executor(
+                self._waiters(), self._wait_step, handle.external_id, job, timeout
+            )
+            step = min(step * 2, SAMPLE_MAX_S)
             if not ended:
                 continue
             try:
@@ -695,51 +452,19 @@ class DockerRunner(Runner):
             RunnerUnavailableError: the engine does not answer.
             RunnerError: the handle is malformed.
         """
-        job = _Job.of(handle)
-        attrs = self._inspect(job.container_id)
-        if attrs is None or not _running(attrs) or os.path.exists(job.result_path):
+        job = DockerPayload.of(handle)
+        cid = handle.external_id
+        attrs = self.engine.inspect(cid)
+        if attrs is None or not running(attrs) or os.path.exists(job.result_path):
             return
         with self._lock:
-            self._killed.setdefault(job.container_id, reason)
+            self._killed.setdefault(cid, reason)
         record_kill(job.result_path, reason)
-        logger.info("job %s: stopping container %s: %s", job_of(job.result_path), job.name, reason)
-        with self._engine("stop a container") as api:
-            # The wrapper is PID 1 and ignores SIGTERM until the job ends, so signal
-            # every other process of the container from inside, as the job's user.
-            try:
-                exec_id = api.exec_create(
-                    job.container_id, ["/bin/sh", "-c", "kill -TERM -1"], user=job.user
-                )
-                api.exec_start(exec_id)
-            except docker.errors.APIError as exc:  # not running any more, or no /bin/sh
-                logger.debug(
-                    "job %s: SIGTERM to %s failed: %s",
-                    job_of(job.result_path),
-                    job.name,
-                    _explain(exc),
-                )
-            try:
-                api.wait(job.container_id, timeout=max(0.01, self.kill_grace_s))
-            except docker.errors.APIError:  # gone already
-                pass
-            except requests.RequestException:  # still running after the grace time
-                with contextlib.suppress(docker.errors.APIError):
-                    api.kill(job.container_id)
-                with contextlib.suppress(docker.errors.APIError):
-                    api.wait(job.container_id, timeout=math.ceil(self.timeout_s))
-        attrs = self._inspect(job.container_id)
-        self._conclude(handle, job, attrs)
-        self._remove(job.container_id)
-
-    def _remove(self, ref: str) -> None:
-        with self._engine("remove a container") as api:
-            try:
-                api.remove_container(ref, force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # removal already in progress
-                    raise RunnerError(f"cannot remove container {ref}: {_explain(exc)}") from exc
+        what = f"job {job_of(job.result_path)}: container {job.name}"
+        logger.info("%s: stopping: %s", what, reason)
+        self.engine.stop(cid, job.user, self.kill_grace_s, what)
+        self._conclude(handle, job, self.engine.inspect(cid))
+        self.engine.remove(cid)
 
     def cleanup(self, handle: RunHandle) -> None:
         """Remove the finished job's container and forget it. Idempotent.
@@ -752,7 +477,7 @@ class DockerRunner(Runner):
         if handle.runner != self.name:
             raise RunnerError(f"cannot clean up a {handle.runner!r} handle in the docker runner")
         cid = handle.external_id
-        self._remove(cid)
+        self.engine.remove(cid)
         with self._lock:
             self._final.pop(cid, None)
             self._killed.pop(cid, None)
@@ -760,25 +485,12 @@ class DockerRunner(Runner):
 
     def remove(self, container_id: str) -> None:
         """Remove one container by id (running or not), e.g. one from ``containers()``."""
-        self._remove(container_id)
+        self.engine.remove(container_id)
 
     def close(self) -> None:
         """Stop the wait threads and close the engine client (containers keep running)."""
         with self._lock:
             executor, self._executor = self._executor, None
-            client, self._client_obj = self._client_obj, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-        if client is not None:
-            client.close()
-
-
-def _running(attrs: dict[str, Any]) -> bool:
-    state = attrs.get("State") or {}
-    return bool(state.get("Running")) or state.get("Status") in _RUNNING_STATES
-
-
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    return str(exc)
+        self.engine.close()

@@ -20,13 +20,25 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 from jobferry.errors import JobferryError, RunnerError
-from jobferry.runners.base import RunHandle, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.base import HandlePayload, RunHandle, Runner, RunSpec, RunState, RunStatus
 
 logger = logging.getLogger(__name__)
 
 EXITED_OK = RunStatus(RunState.EXITED, exit_code=0)
+
+
+@dataclass(frozen=True)
+class FakePayload(HandlePayload):
+    """What a fake handle carries: the job id (empty in handles made by hand; the
+    fake then names the job by the handle's external id)."""
+
+    runner: ClassVar[str] = "fake"
+
+    job_id: str = ""
 
 
 class FakeJobs:
@@ -129,7 +141,7 @@ class FakeRunner(Runner):
         return outcome
 
     def _job_id(self, handle: RunHandle) -> str:
-        return str(handle.data.get("job_id", handle.external_id))
+        return FakePayload.of(handle).job_id or handle.external_id
 
     def submit(self, spec: RunSpec) -> RunHandle:
         """Record the job and give it its scripted status. Instant; not idempotent.
@@ -143,7 +155,8 @@ class FakeRunner(Runner):
             if error is not None:
                 raise error
             external_id = f"fake-{next(self.jobs.ids)}"
-            handle = RunHandle(self.name, external_id, time.time(), {"job_id": spec.job_id})
+            payload = FakePayload(job_id=spec.job_id)
+            handle = RunHandle.of(self.name, external_id, time.time(), payload)
             self.specs[spec.job_id] = spec
             self.handles[spec.job_id] = handle
             self.jobs.handles[external_id] = handle

@@ -20,15 +20,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
 from jobferry.errors import RunnerError, SubmitError
-from jobferry.runners.base import RunHandle, RunMetrics, Runner, RunSpec, RunState, RunStatus
+from jobferry.runners.base import (
+    HandlePayload,
+    RunHandle,
+    RunMetrics,
+    Runner,
+    RunSpec,
+    RunState,
+    RunStatus,
+)
 from jobferry.runners.joblog import job_of
 from jobferry.runners.proctree import signal_tree, start_ticks, tree_peak_rss_kb, wait_gone
-from jobferry.runners.wrapper import WRAPPER, read_kill, read_result, record_kill
+from jobferry.runners.wrapper import WRAPPER, clear_stale, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
 
@@ -40,32 +48,22 @@ SAMPLE_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
-class _Job:
-    """The fields of a handle's ``data`` this runner relies on."""
+class LocalPayload(HandlePayload):
+    """What a local handle carries: the wrapper process and its files.
 
-    external_id: str
+    ``pid`` with ``start_ticks`` (or, where those are unknown, ``create_time``)
+    identifies the wrapper even after its pid is reused.
+    """
+
+    runner: ClassVar[str] = "local"
+
     pid: int
     create_time: float
-    start_ticks: int | None
     result_path: str
-    walltime_s: float | None
-
-    @classmethod
-    def of(cls, handle: RunHandle) -> _Job:
-        try:
-            data = handle.data
-            ticks = data.get("start_ticks")
-            walltime = data.get("walltime_s")
-            return cls(
-                external_id=handle.external_id,
-                pid=int(data["pid"]),
-                create_time=float(data["create_time"]),
-                start_ticks=None if ticks is None else int(ticks),
-                result_path=str(data["result_path"]),
-                walltime_s=None if walltime is None else float(walltime),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunnerError(f"malformed local run handle {handle.external_id!r}") from exc
+    start_ticks: int | None = None
+    stdout_path: str = ""
+    stderr_path: str = ""
+    walltime_s: float | None = None
 
 
 class LocalRunner(Runner):
@@ -107,14 +105,7 @@ class LocalRunner(Runner):
         for path in (spec.stdout_path, spec.stderr_path, spec.result_path):
             if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise SubmitError(f"directory for {path} does not exist")
-        stale_files = [spec.result_path + suffix for suffix in ("", ".tmp", ".killed", ".pid")]
-        for stale in stale_files:
-            try:
-                os.unlink(stale)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise SubmitError(f"cannot remove stale {stale}: {exc}") from exc
+        clear_stale(spec.result_path, ("", ".tmp", ".killed", ".pid"))
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -143,17 +134,17 @@ class LocalRunner(Runner):
             self._spawn_rss_kb[pid] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         # Our unreaped child cannot vanish, so these lookups cannot race with pid reuse.
         create_time = psutil.Process(pid).create_time()
-        data: dict[str, Any] = {
-            "pid": pid,
-            "create_time": create_time,
-            "start_ticks": start_ticks(pid),
-            "result_path": spec.result_path,
-            "stdout_path": spec.stdout_path,
-            "stderr_path": spec.stderr_path,
-            "walltime_s": spec.walltime_s,
-        }
+        payload = LocalPayload(
+            pid=pid,
+            create_time=create_time,
+            start_ticks=start_ticks(pid),
+            result_path=spec.result_path,
+            stdout_path=spec.stdout_path,
+            stderr_path=spec.stderr_path,
+            walltime_s=spec.walltime_s,
+        )
         logger.info("started job %s as pid %d", spec.job_id, pid)
-        return RunHandle(self.name, f"{pid}@{create_time}", started_at, data)
+        return RunHandle.of(self.name, f"{pid}@{create_time}", started_at, payload)
 
     def find(self, spec: RunSpec) -> RunHandle | None:
         """Find a wrapper started for *spec* whose handle was never stored. Blocking.
@@ -174,17 +165,17 @@ class LocalRunner(Runner):
                 create_time, ticks = proc.create_time(), start_ticks(pid) or -1
         except psutil.Error:
             pass
-        data: dict[str, Any] = {
-            "pid": pid,
-            "create_time": create_time,
-            "start_ticks": ticks,
-            "result_path": spec.result_path,
-            "stdout_path": spec.stdout_path,
-            "stderr_path": spec.stderr_path,
-            "walltime_s": spec.walltime_s,
-        }
+        payload = LocalPayload(
+            pid=pid,
+            create_time=create_time,
+            start_ticks=ticks,
+            result_path=spec.result_path,
+            stdout_path=spec.stdout_path,
+            stderr_path=spec.stderr_path,
+            walltime_s=spec.walltime_s,
+        )
         started_at = create_time or os.path.getmtime(spec.result_path + ".pid")
-        return RunHandle(self.name, f"{pid}@{create_time}", started_at, data)
+        return RunHandle.of(self.name, f"{pid}@{create_time}", started_at, payload)
 
     def adopt(self, handle: RunHandle, spec: RunSpec) -> None:
         """Check that *handle* is a well-formed local handle. Blocking; idempotent.
@@ -194,11 +185,11 @@ class LocalRunner(Runner):
         """
         if handle.runner != self.name:
             raise RunnerError(f"cannot adopt a {handle.runner!r} handle in the local runner")
-        _Job.of(handle)
+        LocalPayload.of(handle)
 
     # --- status -----------------------------------------------------------------
 
-    def _process(self, job: _Job) -> psutil.Process | None:
+    def _process(self, job: LocalPayload) -> psutil.Process | None:
         """Return the job's wrapper process if it still exists and is the same process."""
         try:
             proc = psutil.Process(job.pid)
@@ -210,7 +201,7 @@ class LocalRunner(Runner):
         except psutil.Error:
             return None
 
-    def _alive(self, job: _Job) -> bool:
+    def _alive(self, job: LocalPayload) -> bool:
         """True while the wrapper runs (a zombie that is not ours counts as ended)."""
         proc = self._process(job)
         try:
@@ -220,9 +211,9 @@ class LocalRunner(Runner):
 
     def poll(self, handle: RunHandle) -> RunStatus:
         """Return the job's status, reaping it if it is our ended child. Blocking; idempotent."""
-        job = _Job.of(handle)
+        job = LocalPayload.of(handle)
         with self._lock:
-            final = self._final.get(job.external_id)
+            final = self._final.get(handle.external_id)
             if final is not None:
                 return final
             if job.pid in self._children:
@@ -243,14 +234,14 @@ class LocalRunner(Runner):
     def _conclude(
         self,
         handle: RunHandle,
-        job: _Job,
+        job: LocalPayload,
         wait_status: int | None,
         rusage: Any,
     ) -> RunStatus:
         """Build and cache the final status from the wait status and/or the files."""
         now = time.time()
         result = read_result(job.result_path)
-        killed = self._killed.get(job.external_id)
+        killed = self._killed.get(handle.external_id)
         if killed is None:
             killed = read_kill(job.result_path)
         exit_code = None if result is None else result.exit_code
@@ -272,7 +263,7 @@ class LocalRunner(Runner):
             if wait_status is not None and os.WIFSIGNALED(wait_status):
                 lost += f" (wrapper killed by signal {os.WTERMSIG(wait_status)})"
             reason = lost
-        sampled = self._peak_kb.get(job.external_id)
+        sampled = self._peak_kb.get(handle.external_id)
         if rusage is not None:
             floor = self._spawn_rss_kb.pop(job.pid, 0)
             measured = rusage.ru_maxrss if rusage.ru_maxrss > floor else None
@@ -290,20 +281,20 @@ class LocalRunner(Runner):
                 peak_rss_kb=sampled,
             )
         status = RunStatus(state, exit_code, reason, finished_at, metrics)
-        self._final[job.external_id] = status
+        self._final[handle.external_id] = status
         logger.info(
             "job %s ended: %s exit=%s%s (process %s)",
             job_of(job.result_path),
             state,
             exit_code,
             f" {reason}" if reason else "",
-            job.external_id,
+            handle.external_id,
         )
         return status
 
     # --- waiting ----------------------------------------------------------------
 
-    def _pidfd(self, job: _Job) -> int | None:
+    def _pidfd(self, job: LocalPayload) -> int | None:
         """Open a pidfd on the wrapper; -1 if it is already gone, None if unsupported."""
         try:
             fd = os.pidfd_open(job.pid)
@@ -337,7 +328,7 @@ class LocalRunner(Runner):
         Raises:
             RunnerError: the handle is malformed.
         """
-        job = _Job.of(handle)
+        job = LocalPayload.of(handle)
         loop = asyncio.get_running_loop()
         deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
         fd = self._pidfd(job)
@@ -361,7 +352,7 @@ class LocalRunner(Runner):
                         return status
                     timeout, delay = delay, min(delay * 2, 2.0)
                 if time.monotonic() >= next_sample:
-                    await loop.run_in_executor(None, self._sample, job)
+                    await loop.run_in_executor(None, self._sample, handle, job)
                     sample_every = min(sample_every * 2, SAMPLE_MAX_S)
                     next_sample = time.monotonic() + sample_every
                 until_sample = max(0.0, next_sample - time.monotonic())
@@ -391,15 +382,15 @@ class LocalRunner(Runner):
             status = await loop.run_in_executor(None, self.poll, handle)
         return status
 
-    def _sample(self, job: _Job) -> None:
+    def _sample(self, handle: RunHandle, job: LocalPayload) -> None:
         """Note the peak memory of the job's processes so far (blocking; cheap)."""
         if self._process(job) is None:
             return  # ended (or the pid is someone else's now)
         peak = tree_peak_rss_kb(job.pid)
         if peak is not None:
             with self._lock:
-                if peak > self._peak_kb.get(job.external_id, 0):
-                    self._peak_kb[job.external_id] = peak
+                if peak > self._peak_kb.get(handle.external_id, 0):
+                    self._peak_kb[handle.external_id] = peak
 
     # --- cancel -----------------------------------------------------------------
 
@@ -411,7 +402,7 @@ class LocalRunner(Runner):
         ``<result_path>.killed`` so later ``poll``/``wait`` (also in a restarted
         daemon) report ``KILLED``.
         """
-        job = _Job.of(handle)
+        job = LocalPayload.of(handle)
         wrapper = self._process(job)
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
@@ -423,14 +414,14 @@ class LocalRunner(Runner):
         if os.path.exists(job.result_path):  # it ended by itself just now
             return
         with self._lock:
-            self._killed.setdefault(job.external_id, reason)
+            self._killed.setdefault(handle.external_id, reason)
         record_kill(job.result_path, reason)
-        self._kill(job, wrapper, procs, reason)
+        self._kill(handle, job, wrapper, procs, reason)
 
     def stop_stale(self, handle: RunHandle) -> None:
         """Kill an attempt another node took over, writing no ``.killed`` marker: the
         job directory (and so the result path) is the newer attempt's now."""
-        job = _Job.of(handle)
+        job = LocalPayload.of(handle)
         wrapper = self._process(job)
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
@@ -440,16 +431,21 @@ class LocalRunner(Runner):
         except psutil.Error:
             return
         with self._lock:
-            self._killed.setdefault(job.external_id, "taken over by another node")
-        self._kill(job, wrapper, procs, "taken over by another node")
+            self._killed.setdefault(handle.external_id, "taken over by another node")
+        self._kill(handle, job, wrapper, procs, "taken over by another node")
 
     def _kill(
-        self, job: _Job, wrapper: psutil.Process, procs: list[psutil.Process], reason: str
+        self,
+        handle: RunHandle,
+        job: LocalPayload,
+        wrapper: psutil.Process,
+        procs: list[psutil.Process],
+        reason: str,
     ) -> None:
         logger.info(
             "job %s: killing process %s (%d processes): %s",
             job_of(job.result_path),
-            job.external_id,
+            handle.external_id,
             len(procs) + 1,
             reason,
         )
@@ -464,7 +460,7 @@ class LocalRunner(Runner):
             wait_gone(survivors, 2.0)
 
     @staticmethod
-    def _wait_started(wrapper: psutil.Process, job: _Job, timeout: float = 1.0) -> None:
+    def _wait_started(wrapper: psutil.Process, job: LocalPayload, timeout: float = 1.0) -> None:
         """Wait (briefly) until the wrapper's child has exec'd the job, or the job ended.
 
         A SIGTERM sent earlier is lost: the wrapper's ``trap`` takes it before the
@@ -488,8 +484,8 @@ class LocalRunner(Runner):
 
     def cleanup(self, handle: RunHandle) -> None:
         """Forget what this runner remembers about a finished job. Idempotent; cheap."""
-        job = _Job.of(handle)
+        LocalPayload.of(handle)  # a malformed handle is refused, as by every other call
         with self._lock:
-            self._final.pop(job.external_id, None)
-            self._killed.pop(job.external_id, None)
-            self._peak_kb.pop(job.external_id, None)
+            self._final.pop(handle.external_id, None)
+            self._killed.pop(handle.external_id, None)
+            self._peak_kb.pop(handle.external_id, None)

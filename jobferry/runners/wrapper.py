@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from jobferry.errors import SubmitError
 from jobferry.runners.base import RunSpec
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,23 @@ def record_kill(result_path: str, reason: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         logger.warning("cannot record the kill in %s: %s", path, exc)
+
+
+def clear_stale(result_path: str, suffixes: tuple[str, ...]) -> None:
+    """Remove what an earlier attempt left at *result_path* + each suffix (its result,
+    kill marker, pid file ...), before a new attempt starts.
+
+    Raises:
+        SubmitError: one of them exists and cannot be removed.
+    """
+    for suffix in suffixes:
+        stale = result_path + suffix
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SubmitError(f"cannot remove stale {stale}: {exc}") from exc
 
 
 def read_kill(result_path: str) -> str | None:

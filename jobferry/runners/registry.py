@@ -1,4 +1,14 @@
-"""The runners a daemon serves, built from the configuration, with their slots."""
+"""The runner registry: the runners a node serves, built from the configuration.
+
+``build_runners`` turns ``config.runners`` into runner instances by name, and the
+number of jobs each may run at once on this node (its slots). The daemon calls it
+once at start-up; the admin command line calls it to reach a job's runner (e.g. to
+stop a Docker or Slurm job on cancel).
+
+This is the one module of ``jobferry.runners`` that may import ``jobferry.config``:
+everything else in the package knows only ``jobferry.errors`` and its own modules,
+and receives its settings as plain constructor arguments from here.
+"""
 
 from __future__ import annotations
 
