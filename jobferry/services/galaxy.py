@@ -614,7 +614,7 @@ class GalaxyService:
     def dataset_path(self, principal: Principal, dataset_id: str) -> tuple[Path, JobFile]:
         """The file behind ``GET /api/datasets/{id}/display`` (owner or admin)."""
         job_file, job = self._dataset(principal, dataset_id)
-        self.core.files_here(job.home_node)
+        self.core.require_files_here(job.home_node)
         return self.dataset_file(job_file, job.job_dir), job_file
 
 
