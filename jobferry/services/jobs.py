@@ -130,8 +130,8 @@ class JobService:
         job_id = new_id()
         planned = PlannedUploads.of(self.core.job_dir(job_id), uploads)
         job, param_of = self._job_row(job_id, principal, request, name, version, placement, planned)
-        # A free slot and nothing waiting: the job is stored already claimed by this
-        # node and started by this thread (daemon.dispatch), saving a claim round.
+        # A free slot and nothing waiting (the dispatcher's call): the job is stored
+        # already claimed by this node and started by this thread, saving a claim round.
         reservation = self._reserve(placement, job)
         # Store: the uploads moved in and the job inserted, or neither.
         row = self._store(job, planned, param_of, reservation)
