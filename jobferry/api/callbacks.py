@@ -1,9 +1,9 @@
 """``POST /api/jobs/{id}/state``: a job's wrapper reporting its state (job_key only).
 
 Thin: the body is JSON, the key comes from the ``job_key`` query parameter or
-the ``X-Job-Key`` header; rules live in ``jobferry.services.callbacks``. A report
-that ended the job tells the scheduler at once (it stops waiting on the runner)
-and wakes status long-polls.
+the ``X-Job-Key`` header; rules live in ``jobferry.services.callbacks``, which
+also tells the scheduler at once of a report that ended the job (it stops
+waiting on the runner) and wakes status long-polls.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ class JobStateHandler(ApiMixin, tornado.web.RequestHandler):
     async def post(self, job_id: str) -> None:
         key = self.get_query_argument("job_key", None) or self.request.headers.get("X-Job-Key")
         payload: Any = parse_json(self.request.body, max_bytes=MAX_BODY, what="a state report")
-        answer = await self.call(self.services.callbacks.report, job_id, key, payload)
-        if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
-            self.core.on_job_callback(job_id)
-            self.core.job_changed(job_id)
-        self.send_json(answer)
+        self.send_json(await self.services.callbacks.receive(job_id, key, payload))
 
 
 def callback_routes(services: Services) -> list[Any]:

@@ -10,15 +10,22 @@ claimed by this node (state ``running``, attempt 1) in its own insert and
 spawns it right away, and the scheduler takes it over from there (storing the
 handle, following it to its end) exactly as if it had claimed it.
 
-The scheduler publishes an *opening* (on the event loop) after each claim
-round and whenever a slot frees: per runner the free slots, and the node's free
-cores, memory and GPUs, for destinations whose runner starts jobs quickly
+The scheduler publishes an *offer* (``SlotOffer``, on the event loop) after each
+claim round and whenever a slot frees: per runner the free slots, and the node's
+free cores, memory and GPUs, for destinations whose runner starts jobs quickly
 (``Runner.quick_submit``), that share this node's disk and have no
 ``max_concurrent``. A submission ``reserve``\\ s from it under a lock (from any
 thread); the reservation counts as used in the scheduler's own sums until the
 scheduler takes the started job over, so a claim round can never hand the same
-slot out twice. While a round runs, or anything may wait, there is no opening:
-submissions queue as usual and keep their order.
+slot out twice. While a round runs, or anything may wait, there is no offer:
+submissions queue as usual (``queued`` wakes the scheduler) and keep their order.
+
+``DirectStart`` is the daemon's side of ``services.ports.Dispatcher``: the job
+service is given it through its constructor and knows nothing of the daemon.
+Nor does ``DirectStart`` know the scheduler: the scheduler builds it with what
+it needs (the runners, how to build a job's spec, and callbacks to take a
+started job over, to ask whether the node is drained and to wake up), so this
+module imports nothing of ``daemon.scheduler``.
 
 If the daemon dies after the insert and before the spawn, the next start finds
 the job claimed without a handle and no trace of a process, and queues it
@@ -30,21 +37,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from jobferry.runners.base import RunHandle
+from jobferry.runners.base import RunHandle, Runner, RunSpec
 from jobferry.services.execution import ClaimedJob
 from jobferry.store.models import Job
 
-if TYPE_CHECKING:
-    from jobferry.daemon.scheduler import Scheduler
-
 
 @dataclass(frozen=True)
-class Start:
-    """A claimed job; spawned already (``handle`` or ``error`` set) when its runner
-    has ``quick_submit`` (by the claim's own call, or by a direct start)."""
+class StartingJob:
+    """A claimed job on its way to running; spawned already (``handle`` or ``error``
+    set) when its runner has ``quick_submit`` (by the claim's own call, or by a
+    direct start)."""
 
     claimed: ClaimedJob
     handle: RunHandle | None = None
@@ -57,7 +62,7 @@ class Start:
 
 @dataclass(eq=False)
 class Reservation:
-    """A slot (and the resources) a submission took from the opening."""
+    """A slot (and the resources) a submission took from the offer."""
 
     runner: str
     destination: str
@@ -67,7 +72,7 @@ class Reservation:
 
 
 @dataclass
-class Opening:
+class SlotOffer:
     """What a submission may take without a claim round (see the module's docstring)."""
 
     #: destination -> its runner, for the destinations that may start directly.
@@ -80,64 +85,102 @@ class Opening:
 
 
 class DirectStart:
-    """The scheduler's side door for submissions (``Core.dispatcher``).
+    """The scheduler's side door for submissions (the daemon's
+    ``services.ports.Dispatcher``): a submission takes a free slot and starts its
+    job itself, or queues it and wakes the scheduler.
 
-    ``publish`` and ``reserved`` run on the event loop; ``reserve``, ``release``
-    and ``start`` in the submitting worker thread.
+    ``publish`` and ``reserved`` run on the event loop; ``reserve``, ``release``,
+    ``start`` and ``queued`` in the submitting worker thread (``queued`` in any
+    thread).
     """
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
+    def __init__(
+        self,
+        *,
+        runners: Mapping[str, Runner],
+        spec: Callable[[Job], RunSpec],
+        node: str,
+        take_over: Callable[[StartingJob | None], None],
+        drained: Callable[[], bool],
+        wake: Callable[[], None],
+    ) -> None:
+        """*spec* builds a job's run spec (``ExecutionService.spec``); *take_over*
+        (on the loop) follows a job a submission started (None: a reservation was
+        given back); *drained* says whether the node claims nothing new; *wake* (on
+        the loop) asks the scheduler for a claim round."""
+        self._runners = runners
+        self._spec = spec
+        self._node = node
+        self._take_over_start = take_over
+        self._drained = drained
+        self._wake = wake
         self._lock = threading.Lock()
-        self._opening: Opening | None = None
+        self._offer: SlotOffer | None = None
         self._reserved: list[Reservation] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: A wake is on its way to the loop: a burst of submissions sends one.
+        self._wake_pending = threading.Event()
 
     # --- on the event loop -----------------------------------------------------------
 
-    def publish(self, opening: Opening | None) -> None:
-        """Offer *opening* to submissions (None: submissions queue)."""
+    def publish(self, offer: SlotOffer | None) -> None:
+        """Offer *offer* to submissions (None: submissions queue)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         with self._lock:
-            self._opening = opening
+            self._offer = offer
 
     def reserved(self) -> list[Reservation]:
         """Reservations whose jobs the scheduler has not taken over yet."""
         with self._lock:
             return list(self._reserved)
 
-    def _take_over(self, reservation: Reservation, start: Start | None) -> None:
+    def _take_over(self, reservation: Reservation, start: StartingJob | None) -> None:
         with self._lock:
             self._reserved.remove(reservation)
-        self._scheduler.take_over(start)
+        self._take_over_start(start)
+
+    def _woken(self) -> None:
+        self._wake_pending.clear()
+        self._wake()
 
     # --- in the submitting thread ----------------------------------------------------
+
+    def queued(self) -> None:
+        """A job was queued (here, or elsewhere: PostgreSQL NOTIFY): wake the scheduler.
+
+        Before the scheduler's first round (no loop known yet) there is nothing to
+        wake: that round, which begins by publishing, claims the job."""
+        loop = self._loop
+        if loop is not None and not self._wake_pending.is_set():
+            self._wake_pending.set()
+            loop.call_soon_threadsafe(self._woken)
 
     def reserve(
         self, destination: str, cores: int, memory_mb: int | None, gpus: int
     ) -> Reservation | None:
-        """Take a slot for a job of *destination* if one is open, else None (queue it)."""
+        """Take a slot for a job of *destination* if one is offered, else None (queue it)."""
         memory = memory_mb or 0
         with self._lock:
-            opening = self._opening
-            if opening is None or self._loop is None or self._scheduler.drained:
+            offer = self._offer
+            if offer is None or self._loop is None or self._drained():
                 return None
-            runner = opening.destinations.get(destination)
-            if runner is None or opening.slots.get(runner, 0) < 1:
+            runner = offer.destinations.get(destination)
+            if runner is None or offer.slots.get(runner, 0) < 1:
                 return None
-            if cores > opening.cores or memory > opening.memory_mb or gpus > opening.gpus:
+            if cores > offer.cores or memory > offer.memory_mb or gpus > offer.gpus:
                 return None
-            opening.slots[runner] -= 1
-            opening.cores -= cores
-            opening.memory_mb -= memory
-            opening.gpus -= gpus
+            offer.slots[runner] -= 1
+            offer.cores -= cores
+            offer.memory_mb -= memory
+            offer.gpus -= gpus
             reservation = Reservation(runner, destination, cores, memory, gpus)
             self._reserved.append(reservation)
             return reservation
 
     def release(self, reservation: Reservation) -> None:
-        """Give back a reservation whose job was not stored (the submission failed)."""
+        """Give back a reservation whose job was not stored (the submission failed)
+        or was stored queued (the node was drained meanwhile)."""
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._take_over, reservation, None)
 
@@ -148,13 +191,10 @@ class DirectStart:
         reason, as for any job that could not start.
         """
         assert self._loop is not None
-        scheduler = self._scheduler
-        spec = scheduler.execution.spec(job)
-        claimed = ClaimedJob(
-            job.id, job.attempt, job.runner, spec, node=scheduler.core.node_name, more=False
-        )
+        spec = self._spec(job)
+        claimed = ClaimedJob(job.id, job.attempt, job.runner, spec, node=self._node)
         try:
-            start = Start(claimed, handle=scheduler.runners[job.runner].submit(spec))
+            start = StartingJob(claimed, handle=self._runners[job.runner].submit(spec))
         except Exception as exc:  # handled on the loop, like any failed start
-            start = Start(claimed, error=exc)
+            start = StartingJob(claimed, error=exc)
         self._loop.call_soon_threadsafe(self._take_over, reservation, start)

@@ -47,7 +47,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from jobferry.daemon.dispatch import DirectStart, Opening, Start
+from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
 from jobferry.daemon.endings import record_end
 from jobferry.errors import (
     ConflictError,
@@ -81,6 +81,15 @@ class _Use:
     gpus: int
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    """One claim of a round (``Scheduler._claim``): the job to start (None: nothing
+    claimed) and whether queued jobs may still wait (``Claim.backlog``)."""
+
+    start: StartingJob | None
+    backlog: bool
+
+
 #: Runners whose jobs use this node's cores, memory and GPUs.
 NODE_RUNNERS = frozenset({"local", "docker"})
 #: Longest pause of a runner's claims after it reported itself unavailable, seconds.
@@ -112,7 +121,14 @@ class Scheduler:
         #: Whether queued jobs may wait that a freed slot could take (see ``run``).
         self._backlog = True
         #: Submissions start their jobs themselves while nothing waits (daemon.dispatch).
-        self.direct = DirectStart(self)
+        self.direct = DirectStart(
+            runners=runners,
+            spec=execution.spec,
+            node=core.node_name,
+            take_over=self.take_over,
+            drained=lambda: self.drained,
+            wake=self.wake,
+        )
         self._in_round = False
         self._closed = False
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
@@ -153,7 +169,7 @@ class Scheduler:
             timer.cancel()
             self._sleeper = None
 
-    def take_over(self, start: Start | None) -> None:
+    def take_over(self, start: StartingJob | None) -> None:
         """Follow a job a submission started itself (None: its reservation was given
         back). On the event loop, in the same step that drops its reservation."""
         if start is not None:
@@ -177,8 +193,8 @@ class Scheduler:
             return
         fit = self._fit()
         slots = {runner: self._free(runner) for runner in set(destinations.values())}
-        opening = Opening(destinations, slots, fit.free_cores, fit.free_memory_mb, fit.free_gpus)
-        self.direct.publish(opening)
+        offer = SlotOffer(destinations, slots, fit.free_cores, fit.free_memory_mb, fit.free_gpus)
+        self.direct.publish(offer)
 
     def job_callback(self, job_id: str) -> None:
         """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
@@ -202,11 +218,11 @@ class Scheduler:
         ]
         return [*self._use.values(), *reserved]
 
-    def _fit(self) -> transitions.Fit:
+    def _fit(self) -> transitions.NodeResources:
         cap = self.core.node_capacity
         used = [u for u in self._uses() if u.runner in NODE_RUNNERS]
         cores, memory, gpus = cap.cores or 1, cap.memory_mb or 0, cap.gpus or 0
-        return transitions.Fit(
+        return transitions.NodeResources(
             total_cores=cores,
             total_memory_mb=memory,
             total_gpus=gpus,
@@ -319,12 +335,11 @@ class Scheduler:
                     logger.error("claiming jobs failed: %s", exc)
                     backlog = True
                     break
-                if isinstance(got, Start):
-                    self._start(got)
+                if got.start is not None:
+                    self._start(got.start)
                     started += 1
-                    backlog = backlog or got.claimed.more
-                elif got is False:  # the head job is reserved, or a destination is full
-                    backlog = True
+                # More left, the head job reserved, or a destination full: jobs wait.
+                backlog = backlog or got.backlog
             self._backlog = backlog
             self._in_round = False
             self._publish()
@@ -344,18 +359,20 @@ class Scheduler:
             for name, dest in self.core.config.destinations.items()
         )
 
-    def _claim(self, destinations: list[str], fit: transitions.Fit | None) -> Start | None | bool:
+    def _claim(self, destinations: list[str], fit: transitions.NodeResources | None) -> _Claimed:
         """Blocking: claim a job; spawn it at once if its runner starts jobs quickly."""
-        claimed = self.execution.claim_next(destinations, fit)
-        if not isinstance(claimed, ClaimedJob):
-            return claimed
+        claim = self.execution.claim_next(destinations, fit)
+        claimed = claim.job
+        if claimed is None:
+            return _Claimed(None, claim.backlog)
         runner = self.runners[claimed.runner]
         if not runner.quick_submit:
-            return Start(claimed)
+            return _Claimed(StartingJob(claimed), claim.backlog)
         try:
-            return Start(claimed, handle=runner.submit(claimed.spec))
+            start = StartingJob(claimed, handle=runner.submit(claimed.spec))
         except Exception as exc:  # handled on the loop, like a failed start in _begin
-            return Start(claimed, error=exc)
+            start = StartingJob(claimed, error=exc)
+        return _Claimed(start, claim.backlog)
 
     def _pause(self, runner: str, message: str) -> None:
         """Back off claims for *runner* (unavailable); log once per outage."""
@@ -370,7 +387,7 @@ class Scheduler:
         if self._paused.pop(runner, None) is not None:
             logger.warning("runner %s is available again", runner)
 
-    def _start(self, start: Start) -> None:
+    def _start(self, start: StartingJob) -> None:
         self._account(start.claimed)
         self.running[start.claimed.job_id] = asyncio.ensure_future(self._launch(start))
 
@@ -391,7 +408,7 @@ class Scheduler:
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
         )
 
-    async def _launch(self, start: Start) -> None:
+    async def _launch(self, start: StartingJob) -> None:
         claimed = start.claimed
         try:
             # Shielded: cancelling this task (daemon stop) must not lose a started process.
@@ -408,7 +425,7 @@ class Scheduler:
         finally:
             self._done(claimed)
 
-    async def _begin(self, start: Start) -> RunHandle | None:
+    async def _begin(self, start: StartingJob) -> RunHandle | None:
         """Start the job's process (unless ``_claim`` did) and store its handle; None
         if it did not start.
 

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 from pathlib import Path
 from typing import IO
 
@@ -109,7 +108,14 @@ class Daemon:
         await core.call(check_schema, core.engine)
         await core.call(lambda: core.secret)
         sweep_partial_uploads(core.tmp_path)  # uploads cut off by a crash
-        services = build_services(core)
+        # The scheduler before the services: they are given its side door for
+        # submissions and its ear for callbacks (nothing runs until ``run``).
+        self.port = sockets[0].getsockname()[1]
+        host = self.config.server.host
+        self.url = self.config.server.base_url or f"http://{host}:{self.port}"
+        execution = ExecutionService(core, base_url=self.url)
+        self.scheduler = Scheduler(core, execution, self.runners, slots=self.slots)
+        services = build_services(core, dispatcher=self.scheduler.direct, job_events=self.scheduler)
         admin_key_path = await core.call(services.auth.ensure_admin)
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
@@ -130,29 +136,8 @@ class Daemon:
             min_body_rate=limits.min_body_rate_kbps * 1024,
             body_grace_s=limits.body_grace_s,
         )
-        self.port = sockets[0].getsockname()[1]
-        host = self.config.server.host
-        self.url = self.config.server.base_url or f"http://{host}:{self.port}"
-        execution = ExecutionService(core, base_url=self.url)
-        self.scheduler = Scheduler(core, execution, self.runners, slots=self.slots)
-        core.on_job_callback = self.scheduler.job_callback
-        loop = asyncio.get_running_loop()
-
-        pending = threading.Event()  # a wake is on its way to the loop: no second one
-
-        def wake() -> None:
-            pending.clear()
-            self.scheduler.wake()
-
-        def wake_from_any_thread() -> None:
-            if not pending.is_set():
-                pending.set()
-                loop.call_soon_threadsafe(wake)
-
-        core.on_job_queued = wake_from_any_thread
-        core.dispatcher = self.scheduler.direct
         # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
-        self.listener = Listener(core.engine, wake_from_any_thread)
+        self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
         self.heartbeat = Heartbeat(core, NodeService(core), self.scheduler)
         await self.heartbeat.register(self.url)

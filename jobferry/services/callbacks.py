@@ -37,6 +37,7 @@ from jobferry.runners.wrapper import read_kill
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.job_files import INVALID_KEY, MISSING_KEY, check_job_id
+from jobferry.services.ports import NO_JOB_EVENTS, JobEvents
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState
 
@@ -93,9 +94,22 @@ def parse_report(payload: Any) -> tuple[str, int, int | None, str | None, RunMet
 
 
 class CallbackService:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, events: JobEvents = NO_JOB_EVENTS) -> None:
+        """*events* hears of the jobs a report ended (``services.ports``: the daemon's
+        scheduler, which stops waiting on their runners; or nobody)."""
         self.core = core
+        self.events = events
         self.execution = ExecutionService(core, base_url="")
+
+    async def receive(self, job_id: str, job_key: str | None, payload: Any) -> dict[str, Any]:
+        """Apply one report (``report``, in the worker pool); if it ended the job, tell
+        whoever follows the job's runner and wake whoever waits on the job. On the
+        event loop."""
+        answer = await self.core.call(self.report, job_id, job_key, payload)
+        if answer["accepted"] and not answer.get("deferred") and answer["state"] != "running":
+            self.events.job_callback(job_id)
+            self.core.job_changed(job_id)
+        return answer
 
     def report(self, job_id: str, job_key: str | None, payload: Any) -> dict[str, Any]:
         """Apply one report; return ``{"state", "accepted"}``. Blocking.

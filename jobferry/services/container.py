@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobferry.services.admin import AdminService
 from jobferry.services.auth import AuthService
@@ -20,6 +21,7 @@ from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import JobService
 from jobferry.services.nodes import NodeService
+from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobEvents
 from jobferry.services.scripts import ScriptService
 from jobferry.services.users import UserService
 
@@ -43,10 +45,20 @@ class Services:
     started: int = field(default_factory=lambda: int(time.time()))
 
 
-def build(core: Core) -> Services:
-    """Wire every service of *core*'s process (cheap: nothing touches the store)."""
+def build(
+    core: Core,
+    *,
+    dispatcher: Dispatcher[Any] = NO_DISPATCH,
+    job_events: JobEvents = NO_JOB_EVENTS,
+) -> Services:
+    """Wire every service of *core*'s process (cheap: nothing touches the store).
+
+    The daemon passes what services need of it (``services.ports``): its
+    *dispatcher* starts or queues submissions, *job_events* hears of jobs that
+    callbacks ended. Without a daemon (the CLI, tests) submissions are queued
+    and nobody is told."""
     auth = AuthService(core)
-    jobs = JobService(core)
+    jobs = JobService(core, dispatcher)
     galaxy = GalaxyService(core, jobs)
     return Services(
         core=core,
@@ -56,7 +68,7 @@ def build(core: Core) -> Services:
         jobs=jobs,
         nodes=NodeService(core),
         job_files=JobFilesService(core),
-        callbacks=CallbackService(core),
+        callbacks=CallbackService(core, job_events),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),

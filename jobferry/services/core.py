@@ -2,7 +2,10 @@
 
 Services receive a ``Core``; the daemon, the API and the CLI each build one.
 Blocking work (SQL, file copies, process control) runs through ``Core.call``,
-which hands it to a thread pool so the event loop never waits on it.
+which hands it to a thread pool so the event loop never waits on it. What a
+service needs from the daemon (starting or queueing a submission, hearing of a
+callback) is no hook on the core: it is given through the service's constructor
+as a protocol of ``jobferry.services.ports``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import psutil
 from sqlalchemy import Engine, select
@@ -32,7 +35,7 @@ from jobferry.config import Config
 from jobferry.runners.base import Capacity, Runner
 from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
-from jobferry.store.models import Job, Setting, utcnow
+from jobferry.store.models import Setting, utcnow
 from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
@@ -61,18 +64,6 @@ class Principal:
     is_admin: bool
 
 
-class Dispatcher(Protocol):
-    """Lets a submission start its job itself (``jobferry.daemon.dispatch``)."""
-
-    def reserve(
-        self, destination: str, cores: int, memory_mb: int | None, gpus: int
-    ) -> object | None: ...
-
-    def release(self, reservation: Any) -> None: ...
-
-    def start(self, reservation: Any, job: Job) -> None: ...
-
-
 class Core:
     """Shared state of one jobferry process (daemon or CLI)."""
 
@@ -97,12 +88,6 @@ class Core:
         self.executor = ThreadPoolExecutor(
             max_workers=config.database.pool_size + 2, thread_name_prefix="jobferry-worker"
         )
-        #: Called (from any thread) when a job was queued; the daemon wakes its scheduler.
-        self.on_job_queued: Callable[[], None] = lambda: None
-        #: Called on the event loop when a wrapper's callback ended a job in the store.
-        self.on_job_callback: Callable[[str], None] = lambda job_id: None
-        #: Starts a submission's job at once when nothing waits (the daemon's scheduler).
-        self.dispatcher: Dispatcher | None = None
         self._secret: bytes | None = None
         self._job_waiters: dict[str, list[asyncio.Future[JobEnd | None]]] = {}
         #: Bumped whenever this process changes scripts, to drop cached versions.
@@ -164,7 +149,7 @@ class Core:
         found = self.runners.get(runner)
         return found.capacity() if found is not None else None
 
-    def files_here(self, home_node: str | None) -> None:
+    def require_files_here(self, home_node: str | None) -> None:
         """Check that a job's files can be served by this node; else raise
         ElsewhereError (the live node holding them) or NodeDownError. Blocking.
 

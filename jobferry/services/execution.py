@@ -67,8 +67,22 @@ class ClaimedJob:
     #: The node that claimed (or adopted) it: later writes are fenced by it too. None
     #: for writers that are not a node (a wrapper's callback): fenced by attempt only.
     node: str | None = None
-    #: Set by a claim: whether other queued jobs this node could run were left.
-    more: bool = True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim's outcome (``ExecutionService.claim_next``)."""
+
+    #: The job claimed; None: nothing could be claimed now.
+    job: ClaimedJob | None
+    #: Whether queued jobs this node could run may still wait: more were left after
+    #: the claimed job, or, with none claimed, the head job is reserved or a
+    #: destination is at its ``max_concurrent``. A freed slot then claims again.
+    backlog: bool
+
+
+#: A claim that found nothing queued for it (or ran on a drained node).
+NOTHING_TO_CLAIM = Claim(None, backlog=False)
 
 
 class ExecutionService:
@@ -146,16 +160,14 @@ class ExecutionService:
             stage_in=stage_in,
         )
 
-    def claim_next(
-        self, destinations: list[str], fit: transitions.Fit | None
-    ) -> ClaimedJob | None | bool:
-        """Claim one job (see ``transitions.claim_next_job``). None: nothing is queued
-        for *destinations* on this node. False: nothing can be claimed now but jobs
-        may be waiting (the head job is reserved and does not fit yet, or a
-        destination is at its ``max_concurrent``, counted in the claim's own
-        transaction). A claimed job says whether more were left (``more``). A
-        drained node (its ``nodes.drained`` flag, set by an admin from anywhere)
-        claims nothing."""
+    def claim_next(self, destinations: list[str], fit: transitions.NodeResources | None) -> Claim:
+        """Claim one job (see ``transitions.claim_next_job``). ``NOTHING_TO_CLAIM``:
+        nothing is queued for *destinations* on this node. No job but a backlog:
+        nothing can be claimed now but jobs may be waiting (the head job is reserved
+        and does not fit yet, or a destination is at its ``max_concurrent``, counted
+        in the claim's own transaction). A claimed job comes with whether more were
+        left. A drained node (its ``nodes.drained`` flag, set by an admin from
+        anywhere) claims nothing."""
         self.core.secret  # noqa: B018 - load outside the claim's write transaction
         node = self.core.node_name
         limits = {
@@ -167,14 +179,14 @@ class ExecutionService:
         anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
         with self.core.sessions.begin() as session:
             if session.execute(select(Node.drained).where(Node.name == node)).scalar():
-                return None
+                return NOTHING_TO_CLAIM
             held_back = False
             if limits:
                 running = transitions.running_per_destination(session, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
                 held_back = bool(full)
                 destinations = [d for d in destinations if d not in full]
-            job = transitions.claim_next_job(
+            found = transitions.claim_next_job(
                 session,
                 destinations=destinations,
                 node=node,
@@ -182,8 +194,9 @@ class ExecutionService:
                 home=home,
                 anywhere=anywhere,
             )
-            if not isinstance(job, Job):
-                return False if held_back else job
+            job = found.job
+            if job is None:
+                return Claim(None, backlog=held_back or found.held_back)
             more = held_back or transitions.more_queued(
                 session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
             )
@@ -200,7 +213,8 @@ class ExecutionService:
                 reason = f"requeued: its directory could not be made ({exc.strerror})"
                 transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
             raise
-        return ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node, more=more)
+        claimed = ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node)
+        return Claim(claimed, backlog=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
         self.core.secret  # noqa: B018 - load outside the claim's write transaction

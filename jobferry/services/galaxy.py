@@ -411,6 +411,6 @@ class GalaxyService:
     def dataset_path(self, principal: Principal, dataset_id: str) -> tuple[Path, FileRecord]:
         """The file behind ``GET /api/datasets/{id}/display`` (owner or admin)."""
         job_file, job = self._visible_file(principal, dataset_id)
-        self.core.files_here(job.home_node)
+        self.core.require_files_here(job.home_node)
         record = file_record(job_file)
         return self.dataset_file(record, job.job_dir), record

@@ -3,6 +3,10 @@
 A submission is validated completely before anything is stored; then its
 uploads are moved into the job's directory and the job row is inserted in one
 transaction, so an invalid or interrupted submission leaves no job and no file.
+Then the job is started at once in a free slot or queued, through the
+``Dispatcher`` the service was given (``services.ports``): the service never
+reaches for the daemon. The steps that need no service (the form, the script
+version, where uploads go) live in ``services.submission``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,25 +24,28 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobferry.argspec.bounded import CommandChecker, CommandLimits
-from jobferry.argspec.introspect import ScriptSpec
 from jobferry.argspec.tokens import arg_budget
 from jobferry.errors import (
     ConflictError,
-    FormError,
     NotFoundError,
     PermissionDeniedError,
     RequestError,
-    ScriptNotFoundError,
     UnsatisfiableError,
-    ValidationError,
 )
 from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
 from jobferry.services.nodes import fits_a_live_node
-from jobferry.services.routing import ResourceRequest, check_fits
+from jobferry.services.ports import NO_DISPATCH, Dispatcher
+from jobferry.services.routing import Placement, ResourceRequest, check_fits
+from jobferry.services.submission import (
+    PlannedUploads,
+    ResolvedVersion,
+    ScriptVersions,
+    check_form,
+)
 from jobferry.staging import confined
 from jobferry.staging.forms import UploadedFile
-from jobferry.staging.paths import make_job_dir, safe_filename
+from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import (
     TERMINAL_STATES,
@@ -58,18 +64,6 @@ logger = logging.getLogger(__name__)
 
 #: Most bytes of stdout/stderr returned inline in job details.
 LOG_INLINE_BYTES = 1024 * 1024
-
-
-#: How long a resolved script version is reused by submissions, seconds.
-VERSION_CACHE_S = 2.0
-
-
-@dataclass(frozen=True)
-class ResolvedVersion:
-    id: str
-    path: str
-    spec: ScriptSpec
-    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +98,12 @@ class JobView:
 
 
 class JobService:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, dispatcher: Dispatcher[Any] = NO_DISPATCH) -> None:
+        """*dispatcher* starts a submission's job at once in a free slot, or is told
+        it was queued (``services.ports``: the daemon's scheduler, or nobody)."""
         self.core = core
-        self._versions: dict[tuple[Any, ...], tuple[float, ResolvedVersion]] = {}
+        self.dispatcher = dispatcher
+        self.versions = ScriptVersions(core)
         self._inserter = GroupInserter(core.sessions)
         scripts = core.config.scripts
         # A third of the worker threads at most wait on long commands' checks.
@@ -124,23 +121,38 @@ class JobService:
     def submit(
         self, principal: Principal, request: SubmitRequest, uploads: Sequence[UploadedFile]
     ) -> str:
-        """Validate and queue a job; return its id. Raises FormError, ScriptNotFoundError,
-        ValidationError, TooManyRequestsError (every slot for checking long commands is
-        taken). The caller still owns (and must discard) the uploads on error."""
-        name = (request.job_name or "").strip()
-        if not name:
-            raise FormError(errors={"job_name": ["This field is required."]})
-        if len(name) > 255:
-            raise FormError(errors={"job_name": ["Ensure this value has at most 255 characters."]})
-        iteration: int | None = None
-        if request.iteration not in (None, ""):
-            try:
-                iteration = int(str(request.iteration))
-            except ValueError:
-                raise FormError(errors={"iteration": ["Enter a whole number."]}) from None
-            if not 0 <= iteration < 2**31:
-                raise FormError(errors={"iteration": ["Enter a number below 2147483648."]})
-        version = self._resolve_version(request.slug, request.version or None, iteration)
+        """Validate and queue (or start) a job; return its id. Raises FormError,
+        ScriptNotFoundError, ValidationError, UnsatisfiableError, TooManyRequestsError
+        (every slot for checking long commands is taken). The caller still owns (and
+        must discard) the uploads on error."""
+        # Validate: the form, the script version, where it goes, the command.
+        name, iteration = check_form(request.job_name, request.iteration)
+        version = self.versions.resolve(request.slug, request.version or None, iteration)
+        placement = self._place(principal, request, version)
+        job_id = new_id()
+        planned = PlannedUploads.of(self.core.job_dir(job_id), uploads)
+        job, param_of = self._job_row(job_id, principal, request, name, version, placement, planned)
+        # A free slot and nothing waiting (the dispatcher's call): the job is stored
+        # already claimed by this node and started by this thread, saving a claim round.
+        reservation = self._reserve(placement, job)
+        # Store: the uploads moved in and the job inserted, or neither.
+        row = self._store(job, planned, param_of, reservation)
+        logger.info(
+            "job %s submitted by user %s: script %s, %s, %d file(s)",
+            job_id,
+            principal.user_id,
+            request.slug,
+            placement.destination,
+            len(planned.placed),
+        )
+        self._start_or_queue(row, reservation)
+        return job_id
+
+    def _place(
+        self, principal: Principal, request: SubmitRequest, version: ResolvedVersion
+    ) -> Placement:
+        """Where the job goes (routing rules, the client's request). Raises
+        UnsatisfiableError when no node sharing the store could ever run it."""
         placement = self.core.router.place(
             request.resources,
             slug=request.slug,
@@ -157,24 +169,27 @@ class JobService:
                 self.core, r.cores, r.memory_mb, r.gpus
             ):
                 raise
-        job_id = new_id()
-        job_dir = self.core.job_dir(job_id)
-        inputs_dir = job_dir / "inputs"
-        # Every upload gets its final path now; the command refers to those paths.
-        placed: list[tuple[UploadedFile, str]] = []
-        by_field: dict[str, str] = {}
-        for index, upload in enumerate(uploads):
-            rel = f"{index}/{safe_filename(upload.filename)}"
-            placed.append((upload, rel))
-            by_field.setdefault(upload.field, str(inputs_dir / rel))
+        return placement
+
+    def _job_row(
+        self,
+        job_id: str,
+        principal: Principal,
+        request: SubmitRequest,
+        name: str,
+        version: ResolvedVersion,
+        placement: Placement,
+        planned: PlannedUploads,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The job's row, its command checked and built into argv (ValidationError,
+        TooManyRequestsError); and which script parameter each upload's path went to."""
         interpreter = self.core.config.interpreter
         built = self.checker.check(
             version.spec,
             request.command or "",
-            by_field,
+            planned.by_field,
             arg_budget=arg_budget([interpreter, version.path]),
         )
-        argv = [interpreter, version.path, *built.args]
         param_of = {path: dest for dest, paths in built.input_files.items() for path in paths}
         r = placement.resources
         job: dict[str, Any] = {
@@ -185,7 +200,7 @@ class JobService:
             "name": name,
             "description": request.job_description,
             "command": request.command or "",
-            "argv": argv,
+            "argv": [interpreter, version.path, *built.args],
             "params": built.values,
             "home_node": self.core.node_name,
             "runner": placement.runner,
@@ -194,15 +209,16 @@ class JobService:
             "memory_mb": r.memory_mb,
             "gpus": r.gpus,
             "walltime_s": r.walltime_s,
-            "job_dir": str(job_dir),
+            "job_dir": str(planned.job_dir),
             "history_id": request.history_id,
         }
-        # A free slot and nothing waiting: the job is stored already claimed by this
-        # node and started by this thread (daemon.dispatch), saving a claim round.
-        dispatcher = self.core.dispatcher
-        reservation = None
-        if dispatcher is not None:
-            reservation = dispatcher.reserve(placement.destination, r.cores, r.memory_mb, r.gpus)
+        return job, param_of
+
+    def _reserve(self, placement: Placement, job: dict[str, Any]) -> Any:
+        """A slot to start the job in at once, if the dispatcher has one free (None:
+        the job is queued); with one, *job* becomes claimed by this node."""
+        r = placement.resources
+        reservation = self.dispatcher.reserve(placement.destination, r.cores, r.memory_mb, r.gpus)
         if reservation is not None:
             now = utcnow()
             job.update(
@@ -213,91 +229,38 @@ class JobService:
                 created_at=now,
                 updated_at=now,
             )
+        return reservation
+
+    def _store(
+        self,
+        job: dict[str, Any],
+        planned: PlannedUploads,
+        param_of: dict[str, str],
+        reservation: Any,
+    ) -> dict[str, Any]:
+        """Move the uploads into the job's directory and insert the job with its input
+        files; return its row. On any failure nothing is left (and the reservation is
+        given back)."""
         try:
-            if placed or reservation is not None:
-                make_job_dir(job_dir)  # else when the job is claimed (or its files written)
-            for upload, rel in placed:
-                target = inputs_dir / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(upload.path, target)
-            row = self._inserter.insert(
-                job,
-                [
-                    {
-                        "kind": "input",
-                        "name": rel,
-                        "param": param_of.get(str(inputs_dir / rel)),
-                        "size": upload.size,
-                        "sha256": upload.sha256,
-                    }
-                    for upload, rel in placed
-                ],
-            )
+            if planned.placed or reservation is not None:
+                # Else made when the job is claimed (or its files written).
+                make_job_dir(planned.job_dir)
+            planned.move_in()
+            return self._inserter.insert(job, planned.file_rows(param_of))
         except BaseException:
-            shutil.rmtree(job_dir, ignore_errors=True)
-            if dispatcher is not None and reservation is not None:
-                dispatcher.release(reservation)
+            shutil.rmtree(planned.job_dir, ignore_errors=True)
+            if reservation is not None:
+                self.dispatcher.release(reservation)
             raise
-        logger.info(
-            "job %s submitted by user %s: script %s, %s, %d file(s)",
-            job_id,
-            principal.user_id,
-            request.slug,
-            placement.destination,
-            len(placed),
-        )
-        if dispatcher is not None and reservation is not None:
+
+    def _start_or_queue(self, row: dict[str, Any], reservation: Any) -> None:
+        """Start the stored job in its reserved slot, or tell the dispatcher it queued."""
+        if reservation is not None:
             if row["state"] == JobState.RUNNING.value:
-                dispatcher.start(reservation, Job(**row))
-                return job_id
-            dispatcher.release(reservation)  # queued after all: this node was drained
-        self.core.on_job_queued()
-        return job_id
-
-    def _resolve_version(
-        self, slug: str, version: str | None, iteration: int | None
-    ) -> ResolvedVersion:
-        """The script version a submission runs, cached for VERSION_CACHE_S.
-
-        Registering a script through this process clears the cache at once; a
-        change made by another process (the CLI) is seen within VERSION_CACHE_S.
-        """
-        key = (slug, version, iteration, self.core.scripts_generation)
-        now = time.monotonic()
-        cached = self._versions.get(key)
-        if cached is not None and now - cached[0] < VERSION_CACHE_S:
-            return cached[1]
-        row, group = self._choose_version(slug, version, iteration)
-        resolved = ResolvedVersion(row.id, row.path, ScriptSpec.from_dict(row.spec), group)
-        if len(self._versions) > 1000:
-            self._versions.clear()
-        self._versions[key] = (now, resolved)
-        return resolved
-
-    def _choose_version(
-        self, slug: str, version: str | None, iteration: int | None
-    ) -> tuple[ScriptVersion, str | None]:
-        with self.core.sessions.begin() as session:
-            stmt = (
-                select(ScriptVersion, Script.group_name)
-                .join(Script, Script.id == ScriptVersion.script_id)
-                .where(Script.slug == slug, Script.is_active, ScriptVersion.is_active)
-            )
-            if version is None and iteration is None:
-                stmt = stmt.where(ScriptVersion.is_default)
-            if version is not None:
-                stmt = stmt.where(ScriptVersion.version == version)
-            if iteration is not None:
-                stmt = stmt.where(ScriptVersion.iteration == iteration)
-            rows = session.execute(stmt.limit(2)).all()
-        if not rows:
-            raise ScriptNotFoundError(errors={"script": "Unable to find script."})
-        if len(rows) > 1:
-            raise ValidationError(
-                "more than one version matches; give both version and iteration",
-                errors={"version": ["More than one version matches; give iteration as well."]},
-            )
-        return rows[0][0], rows[0][1]
+                self.dispatcher.start(reservation, Job(**row))
+                return
+            self.dispatcher.release(reservation)  # queued after all: this node was drained
+        self.dispatcher.queued()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -369,7 +332,7 @@ class JobService:
 
     def read_log(self, view: JobView, stream: str, limit: int = LOG_INLINE_BYTES) -> str | None:
         """The job's stdout or stderr (the last *limit* bytes), or None if it never ran."""
-        self.core.files_here(view.job.home_node)
+        self.core.require_files_here(view.job.home_node)
         path = Path(view.job.job_dir) / stream
         try:
             with open(path, "rb") as handle:
@@ -389,7 +352,7 @@ class JobService:
         A name only resolves among the job's recorded outputs, never to another path.
         """
         view = self.get(principal, job_id)
-        self.core.files_here(view.job.home_node)
+        self.core.require_files_here(view.job.home_node)
         found = next((f for f in view.files if f.id == file_id), None)
         if found is None:
             found = next((f for f in view.files if f.kind == "output" and f.name == file_id), None)

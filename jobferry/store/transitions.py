@@ -267,9 +267,10 @@ def is_active(state: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Fit:
-    """Resources a claim must fit in: ``total`` (could it ever run here?) and ``free``
-    (does it fit now?). None for destinations that use no node resources (Slurm)."""
+class NodeResources:
+    """The node's cores, memory and GPUs a claim must fit in: ``total`` (could the job
+    ever run here?) and ``free`` (does it fit now?). None for destinations that use
+    no node resources (Slurm)."""
 
     total_cores: int
     total_memory_mb: int
@@ -277,6 +278,23 @@ class Fit:
     free_cores: int
     free_memory_mb: int
     free_gpus: int
+
+
+@dataclass(frozen=True)
+class NextJob:
+    """What ``claim_next_job`` found: the job it claimed, or why it claimed none."""
+
+    #: The claimed job (its attempt incremented; not attached to the session).
+    job: Job | None = None
+    #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
+    #: fit what is free now). False with no job: nothing is queued for the claim.
+    held_back: bool = False
+
+
+#: ``claim_next_job`` found nothing queued for it.
+NOTHING_QUEUED = NextJob()
+#: ``claim_next_job`` claimed nothing: the head job is reserved until it fits.
+HEAD_RESERVED = NextJob(held_back=True)
 
 
 class _ClaimSql(NamedTuple):
@@ -353,7 +371,7 @@ def _claim_sql(
 def _claim_statements(
     session: Session,
     destinations: Sequence[str],
-    fit: Fit | None,
+    fit: NodeResources | None,
     home: str | None,
     anywhere: Sequence[str],
 ) -> _ClaimSql:
@@ -362,7 +380,7 @@ def _claim_statements(
     return _claim_sql(dialect, *shape)
 
 
-def _claim_params(fit: Fit | None, home: str | None) -> dict[str, Any]:
+def _claim_params(fit: NodeResources | None, home: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"home": home}
     if fit is not None:
         params.update(
@@ -378,20 +396,20 @@ def claim_next_job(
     *,
     destinations: Sequence[str],
     node: str,
-    fit: Fit | None = None,
+    fit: NodeResources | None = None,
     home: str | None = None,
     anywhere: Sequence[str] = (),
     now: datetime | None = None,
-) -> Job | None | bool:
+) -> NextJob:
     """Claim the next queued job of *destinations* for *node*: best priority, then the
     user with the fewest running jobs (fair share), then oldest.
 
     With *fit*, only jobs that could ever run on this node are considered, and
     the head job among them is *reserved*: if it does not fit what is free now,
-    nothing is claimed and False is returned, so a stream of small jobs cannot
+    nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (its attempt incremented; not attached to the session), or None
-    when nothing is queued. On PostgreSQL the candidate row is locked with
+    claimed job (``NextJob.job``: its attempt incremented; not attached to the
+    session), or ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
     ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
     are serialised. Either way the claim is a conditional UPDATE whose row count
     is checked. With *home* (nodes share no filesystem), only jobs whose
@@ -399,7 +417,7 @@ def claim_next_job(
     (remote staging).
     """
     if not destinations:
-        return None
+        return NOTHING_QUEUED
     sql = _claim_statements(session, destinations, fit, home, anywhere)
     conn = session.connection()
     params = _claim_params(fit, home)
@@ -407,23 +425,23 @@ def claim_next_job(
     for _ in range(5):  # a candidate taken between our read and our update: try the next
         row = conn.execute(sql.candidate, params).first()
         if row is None:
-            return None
+            return NOTHING_QUEUED
         job_id, cores, memory_mb, gpus = row
         if fit is not None and (
             cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
         ):
-            return False
+            return HEAD_RESERVED
         claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return Job(**claimed._mapping)
-    return None
+            return NextJob(Job(**claimed._mapping))
+    return NOTHING_QUEUED
 
 
 def more_queued(
     session: Session,
     *,
     destinations: Sequence[str],
-    fit: Fit | None = None,
+    fit: NodeResources | None = None,
     home: str | None = None,
     anywhere: Sequence[str] = (),
 ) -> bool:

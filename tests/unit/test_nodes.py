@@ -149,9 +149,9 @@ def test_drained_node_claims_nothing(cores: tuple[Core, Core]) -> None:
     queued = add_job(n1, node=None, attempt=0, state=JobState.QUEUED.value)
     execution = ExecutionService(n1, base_url="")
     NodeService(n1).set_drained(ADMIN, "n1", True)
-    assert execution.claim_next(["local"], None) is None
+    assert execution.claim_next(["local"], None).job is None
     NodeService(n1).set_drained(ADMIN, "n1", False)
-    claimed = execution.claim_next(["local"], None)
+    claimed = execution.claim_next(["local"], None).job
     assert isinstance(claimed, ClaimedJob) and claimed.job_id == queued
     assert claimed.node == "n1" and claimed.attempt == 1
 
@@ -193,7 +193,7 @@ def test_reaper__declares_a_silent_node_dead_and_recovers_its_jobs(
     assert not reaper.reap(adopt_runners={"local"})  # nothing left to do
 
     # The requeued job's next claim is attempt 2, wherever it runs.
-    claimed = ExecutionService(n2, base_url="").claim_next(["local"], None)
+    claimed = ExecutionService(n2, base_url="").claim_next(["local"], None).job
     assert isinstance(claimed, ClaimedJob) and (claimed.job_id, claimed.attempt) == (requeue, 2)
 
 
@@ -220,11 +220,11 @@ def test_stale_node__cannot_finish_or_requeue_an_attempt_that_moved_on(
     NodeService(n1).register(url="u1")
     NodeService(n2).register(url="u2")
     job_id = add_job(n1, node=None, attempt=0, state=JobState.QUEUED.value)
-    stale = ExecutionService(n1, base_url="").claim_next(["local"], None)
+    stale = ExecutionService(n1, base_url="").claim_next(["local"], None).job
     assert isinstance(stale, ClaimedJob)
     age(n1, "n1", 10)
     assert NodeService(n2).reap(adopt_runners=set()).requeued == [job_id]
-    fresh = ExecutionService(n2, base_url="").claim_next(["local"], None)
+    fresh = ExecutionService(n2, base_url="").claim_next(["local"], None).job
     assert isinstance(fresh, ClaimedJob) and fresh.attempt == 2
 
     old = ExecutionService(n1, base_url="")

@@ -20,7 +20,7 @@ from jobferry.services.routing import (
     parse_request,
 )
 from jobferry.store.models import Job, JobState, User
-from jobferry.store.transitions import Fit, claim_next_job, running_per_destination
+from jobferry.store.transitions import NodeResources, claim_next_job, running_per_destination
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -183,16 +183,20 @@ def add(
         return job.id
 
 
-def fit(free_cores: int, total_cores: int = 4, free_memory: int = 1000) -> Fit:
-    return Fit(total_cores, 1000, 0, free_cores, free_memory, 0)
+def fit(free_cores: int, total_cores: int = 4, free_memory: int = 1000) -> NodeResources:
+    return NodeResources(total_cores, 1000, 0, free_cores, free_memory, 0)
 
 
 def claim_one(
-    sessions: sessionmaker[Session], destinations: list[str], f: Fit | None
+    sessions: sessionmaker[Session], destinations: list[str], f: NodeResources | None
 ) -> str | None | bool:
+    """The claimed job's id; None: nothing queued; False: the head job is reserved."""
     with sessions.begin() as session:
         got = claim_next_job(session, destinations=destinations, node="n1", fit=f)
-        return got.id if isinstance(got, Job) else got
+        if got.job is not None:
+            assert not got.held_back
+            return got.job.id
+        return False if got.held_back else None
 
 
 def test_claim_next__priority_then_age_and_only_named_destinations(

@@ -18,9 +18,9 @@ from jobferry.daemon.scheduler import TICK_S, Scheduler
 from jobferry.errors import JobferryError, SubmitError
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
-from jobferry.services.container import build as build_services
+from jobferry.services.container import build
 from jobferry.services.core import Core, Principal
-from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.services.execution import NOTHING_TO_CLAIM, Claim, ClaimedJob, ExecutionService
 from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import SubmitRequest
 from jobferry.services.nodes import NodeService
@@ -40,7 +40,7 @@ class CountingExecution(ExecutionService):
         super().__init__(core, base_url="http://127.0.0.1:1")
         self.claims = 0
 
-    def claim_next(self, destinations: list[str], fit: Any) -> ClaimedJob | None | bool:
+    def claim_next(self, destinations: list[str], fit: Any) -> Claim:
         self.claims += 1
         return super().claim_next(destinations, fit)
 
@@ -183,9 +183,9 @@ def test_claim__says_whether_more_jobs_were_left(core: Core) -> None:
     queue(core), queue(core)
     first = execution.claim_next(["local"], None)
     second = execution.claim_next(["local"], None)
-    assert isinstance(first, ClaimedJob) and first.more
-    assert isinstance(second, ClaimedJob) and not second.more
-    assert execution.claim_next(["local"], None) is None
+    assert isinstance(first.job, ClaimedJob) and first.backlog
+    assert isinstance(second.job, ClaimedJob) and not second.backlog
+    assert execution.claim_next(["local"], None) == NOTHING_TO_CLAIM
 
 
 def test_claim__a_destination_at_its_limit_holds_jobs_back(tmp_path: Path) -> None:
@@ -204,9 +204,9 @@ def test_claim__a_destination_at_its_limit_holds_jobs_back(tmp_path: Path) -> No
         execution = ExecutionService(core, base_url="")
         queue(core), queue(core)
         first = execution.claim_next(["local"], None)
-        assert isinstance(first, ClaimedJob)
-        # Nothing claimable now, but a job waits: False (not None) keeps the backlog.
-        assert execution.claim_next(["local"], None) is False
+        assert isinstance(first.job, ClaimedJob)
+        # Nothing claimable now, but a job waits: no job, yet the backlog is kept.
+        assert execution.claim_next(["local"], None) == Claim(None, backlog=True)
     finally:
         core.close()
 
@@ -302,7 +302,7 @@ def test_direct_start_on_a_node_drained_in_the_store__stores_the_job_queued(core
 def test_submission_without_uploads__makes_its_directory_only_when_claimed(
     core: Core, tmp_path: Path
 ) -> None:
-    services = build_services(core)
+    services = build(core)
     admin = Principal("u1", "admin", True)
     copy = tmp_path / "noop.py"
     copy.write_bytes((Path(__file__).parent.parent / "data" / "jobs" / "noop.py").read_bytes())
@@ -310,7 +310,7 @@ def test_submission_without_uploads__makes_its_directory_only_when_claimed(
     job_id = services.jobs.submit(admin, SubmitRequest(slug=slug, job_name="j"), [])
     job_dir = core.job_dir(job_id)
     assert not job_dir.exists()
-    claimed = ExecutionService(core, base_url="").claim_next(["local"], None)
+    claimed = ExecutionService(core, base_url="").claim_next(["local"], None).job
     assert isinstance(claimed, ClaimedJob) and claimed.job_id == job_id
     assert (job_dir / "work").is_dir() and claimed.spec.workdir == str(job_dir / "work")
 

@@ -1,0 +1,83 @@
+"""What services need from the process that runs them, as narrow protocols.
+
+A submission may start its job at once or must wake whoever claims queued
+jobs; a wrapper's callback that ended a job must tell whoever waits on that
+job's runner. Both are the daemon's business (``jobferry.daemon.dispatch``,
+``jobferry.daemon.scheduler``), but services must not know the daemon exists:
+they are given these small interfaces through their constructors
+(``services.container.build``), and the daemon passes its implementations. The
+CLI and tests, which run no scheduler, get the do-nothing ones below: every
+submission is queued, and nothing is told.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+from jobferry.store.models import Job
+
+#: What a dispatcher hands out for a free slot (opaque to services).
+R = TypeVar("R")
+
+
+class Dispatcher(Protocol[R]):
+    """Where submissions go: started at once in a free slot, or queued.
+
+    ``reserve``, ``release``, ``start`` and ``queued`` are called in the
+    submitting worker thread.
+    """
+
+    def reserve(self, destination: str, cores: int, memory_mb: int | None, gpus: int) -> R | None:
+        """A free slot for a job of *destination* (None: queue the job)."""
+        ...
+
+    def release(self, reservation: R) -> None:
+        """Give back a reservation whose job was not stored, or was stored queued."""
+        ...
+
+    def start(self, reservation: R, job: Job) -> None:
+        """Start *job*, stored as claimed by this node, in its reserved slot."""
+        ...
+
+    def queued(self) -> None:
+        """A job was queued: wake whoever claims jobs."""
+        ...
+
+
+class JobEvents(Protocol):
+    """What a job's wrapper told the service, for whoever follows the job's runner."""
+
+    def job_callback(self, job_id: str) -> None:
+        """A wrapper's callback ended *job_id* in the store (called on the event loop):
+        stop waiting on its runner."""
+        ...
+
+
+class NoDispatch:
+    """No scheduler in this process: every submission is queued (the CLI, tests)."""
+
+    def reserve(
+        self, destination: str, cores: int, memory_mb: int | None, gpus: int
+    ) -> object | None:
+        return None
+
+    def release(self, reservation: object) -> None:
+        pass
+
+    def start(self, reservation: object, job: Job) -> None:
+        raise AssertionError("NoDispatch never reserves a slot")
+
+    def queued(self) -> None:
+        pass
+
+
+class NoJobEvents:
+    """No runner followed in this process: nobody to tell."""
+
+    def job_callback(self, job_id: str) -> None:
+        pass
+
+
+#: The defaults ``services.container.build`` uses without a daemon.
+NO_DISPATCH: Dispatcher[Any] = NoDispatch()
+NO_JOB_EVENTS: JobEvents = NoJobEvents()
