@@ -69,24 +69,24 @@ class Heartbeat:
     async def beat(self, stop: asyncio.Event) -> None:
         """One round: heartbeat, drain flag, lost jobs, reaper."""
         scheduler = self.scheduler
-        beat = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
-        if beat.reregistered is not None:
+        report = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
+        if report.reregistered is not None:
             logger.warning("node %s: its row had gone; registered again", self.nodes.name)
-            self.incarnation = beat.reregistered
-        if beat.superseded:
+            self.incarnation = report.reregistered
+        if report.superseded:
             logger.error(
                 "node %s: another daemon (pid %s) started with this node name; stopping",
                 self.nodes.name,
-                beat.superseded_by_pid,
+                report.superseded_by_pid,
             )
             stop.set()
             return
-        if beat.drained != scheduler.drained:
-            logger.info("node %s %s", self.nodes.name, "drained" if beat.drained else "undrained")
-            scheduler.drained = beat.drained
-            if not beat.drained:
+        if report.drained != scheduler.drained:
+            logger.info("node %s %s", self.nodes.name, "drained" if report.drained else "undrained")
+            scheduler.drained = report.drained
+            if not report.drained:
                 scheduler.wake()
-        if beat.was_dead:
+        if report.was_dead:
             logger.warning(
                 "node %s had been declared dead by another node; up again, dropping the "
                 "jobs taken over meanwhile",

@@ -57,7 +57,7 @@ from jobferry.errors import (
 from jobferry.runners.base import RunHandle, Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
-from jobferry.services.nodes import Free
+from jobferry.services.nodes import NodeUsage
 from jobferry.store import transitions
 from jobferry.store.models import JobState
 from jobferry.store.records import JobEnd
@@ -73,7 +73,10 @@ START_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
-class _Use:
+class HeldResources:
+    """What one job this node follows (or a submission's reservation) holds: a slot of
+    its runner and, for ``NODE_RUNNERS``, the node's cores, memory and GPUs."""
+
     runner: str
     destination: str
     cores: int
@@ -103,7 +106,7 @@ class Scheduler:
         self.running: dict[str, asyncio.Task[None]] = {}
         #: The attempt followed for each job in ``running`` (with its handle once known).
         self._claims: dict[str, ClaimedJob] = {}
-        self._use: dict[str, _Use] = {}
+        self._use: dict[str, HeldResources] = {}
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
         #: Set by ``wake`` (and a freed slot with a backlog) until the next round begins.
@@ -194,10 +197,10 @@ class Scheduler:
         used = sum(1 for u in self._uses() if u.runner == runner)
         return max(0, self.slots.get(runner, 0) - used)
 
-    def _uses(self) -> list[_Use]:
+    def _uses(self) -> list[HeldResources]:
         """What the jobs this node follows use, and what submissions reserved."""
         reserved = [
-            _Use(r.runner, r.destination, r.cores, r.memory_mb, r.gpus)
+            HeldResources(r.runner, r.destination, r.cores, r.memory_mb, r.gpus)
             for r in self.direct.reserved()
         ]
         return [*self._use.values(), *reserved]
@@ -215,10 +218,10 @@ class Scheduler:
             free_gpus=gpus - sum(u.gpus for u in used),
         )
 
-    def usage(self) -> Free:
+    def usage(self) -> NodeUsage:
         """What this node has left for local and Docker jobs, and the jobs it follows."""
         fit = self._fit()
-        return Free(fit.free_cores, fit.free_memory_mb, fit.free_gpus, len(self._use))
+        return NodeUsage(fit.free_cores, fit.free_memory_mb, fit.free_gpus, len(self._use))
 
     def _claimable(self, now: float) -> tuple[list[str], list[str]]:
         """Destinations to claim from now: (using node resources, not using them)."""
@@ -387,7 +390,7 @@ class Scheduler:
             self._drop(old, kill=True)
         self._claims[claimed.job_id] = claimed
         spec = claimed.spec
-        self._use[claimed.job_id] = _Use(
+        self._use[claimed.job_id] = HeldResources(
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
         )
 

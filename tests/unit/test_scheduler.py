@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from jobferry.api.app import make_services
 from jobferry.config import parse_config
 from jobferry.daemon.dispatch import Reservation
 from jobferry.daemon.scheduler import TICK_S, Scheduler
 from jobferry.errors import JobferryError, SubmitError
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
+from jobferry.services.container import build as make_services
 from jobferry.services.core import Core, Principal
 from jobferry.services.execution import ClaimedJob, ExecutionService
 from jobferry.services.job_files import JobFilesService
