@@ -1,4 +1,11 @@
-"""Recording a job's end: never given up while the daemon runs.
+"""A running job's end: learned, recorded (never given up while the daemon runs),
+and cleaned up after.
+
+``follow_to_end`` waits for the first of the job's runner (``Runner.wait``) and
+its wrapper's callback (which records the end itself and says so), then records
+what the runner said (``record_end``), tells the core (``Core.job_changed``) and
+lets the runner release what it holds for the job. The scheduler runs it as one
+task per job it follows, and frees the job's slot when it returns.
 
 The end is collected once (outputs scanned, whether the disk was full) and kept
 in memory; recording it is retried with back-off, capped at a few seconds
@@ -17,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from jobferry.errors import ConflictError, StoreUnavailableError
-from jobferry.runners.base import RunStatus
+from jobferry.errors import ConflictError, JobferryError, StoreUnavailableError
+from jobferry.runners.base import Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.store.models import JobState
 from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
@@ -31,6 +39,60 @@ FINISH_RETRY_FIRST_S = 0.25
 FINISH_RETRY_MAX_S = 2.0
 #: While an end cannot be recorded, a log line at most this often, seconds.
 FINISH_LOG_EVERY_S = 60.0
+
+
+async def follow_to_end(
+    core: Core,
+    execution: ExecutionService,
+    runner: Runner,
+    claimed: ClaimedJob,
+    told: asyncio.Event,
+) -> None:
+    """Follow *claimed* (started, with a handle) until its end is recorded: by this
+    node from *runner*, or by its callback (*told* is set then). Errors are logged;
+    cancelling (a daemon stop) leaves the job running."""
+    assert claimed.handle is not None
+    try:
+        if claimed.state == JobState.DELETING.value:
+            # Re-attached while being cancelled: the kill may never have happened.
+            await _cancel(core, runner, claimed)
+        waiting = asyncio.ensure_future(runner.wait(claimed.handle))
+        told_task = asyncio.ensure_future(told.wait())
+        try:
+            await asyncio.wait({waiting, told_task}, return_when="FIRST_COMPLETED")
+        finally:
+            told_task.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        ended: JobEnd | None = None
+        if waiting.done() and not waiting.cancelled():
+            status = waiting.result()
+            try:
+                ended = await record_end(core, execution, claimed, status)
+                logger.debug("job %s ended %s", claimed.job_id, ended.state)
+            except ConflictError as exc:  # e.g. a callback recorded the end first
+                logger.debug("job %s: %s", claimed.job_id, exc.message)
+        else:
+            logger.debug("job %s ended by its callback", claimed.job_id)
+        core.job_changed(claimed.job_id, ended)
+        await core.call(runner.cleanup, claimed.handle)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("following job %s failed", claimed.job_id)
+
+
+async def _cancel(core: Core, runner: Runner, claimed: ClaimedJob) -> None:
+    """Kill the job again (a failure is logged: the job is still followed)."""
+    assert claimed.handle is not None
+    try:
+        await core.call(runner.cancel, claimed.handle, "cancelled")
+    except asyncio.CancelledError:
+        raise
+    except JobferryError as exc:
+        logger.error("%s", exc)
+    except Exception:
+        logger.exception("unexpected error")
 
 
 async def record_end(

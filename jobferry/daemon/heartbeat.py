@@ -92,7 +92,7 @@ class Heartbeat:
                 "jobs taken over meanwhile",
                 self.nodes.name,
             )
-        await scheduler.drop_lost()
+        await scheduler.recovery.drop_lost()
         reaped = await self.core.call(self.nodes.reap, adopt_runners=set(scheduler.runners))
         if reaped:
             logger.warning(
@@ -104,7 +104,7 @@ class Heartbeat:
                 reaped.adopted or "-",
             )
         if reaped.adopted:
-            await scheduler.follow_adopted()
+            await scheduler.recovery.follow_adopted()
         if reaped.requeued:
             scheduler.wake()
 
