@@ -31,6 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
+from jobferry.daemon.logcontext import job_context
 from jobferry.errors import JobferryError
 from jobferry.runners.base import Runner
 from jobferry.services.core import Core
@@ -77,12 +78,17 @@ class Recovery:
                     "job %s runs on runner %r, which this daemon does not have; left as is",
                     claimed.job_id,
                     claimed.runner,
+                    extra=job_context(claimed, self.core.node_name),
                 )
                 continue
             try:
                 await self._recover(claimed)
             except Exception:
-                logger.exception("recovering job %s failed", claimed.job_id)
+                logger.exception(
+                    "recovering job %s failed",
+                    claimed.job_id,
+                    extra=job_context(claimed, self.core.node_name),
+                )
         for runner in self.runners.values():
             try:
                 await self.core.call(self._sweep, runner)
@@ -98,15 +104,23 @@ class Recovery:
         ended = self.execution.ended({job_id for job_id, _ in leftovers})
         for job_id, handle in leftovers:
             if job_id in ended:
-                logger.info("removing what is left of ended job %s (%s)", job_id, runner.name)
+                logger.info(
+                    "removing what is left of ended job %s (%s)",
+                    job_id,
+                    runner.name,
+                    extra=job_context(job_id, self.core.node_name),
+                )
                 runner.cleanup(handle)
 
     async def _recover(self, claimed: ClaimedJob) -> None:
+        context = job_context(claimed, self.core.node_name)
         if claimed.handle is None:
             found = await self.core.call(self.runners[claimed.runner].find, claimed.spec)
             if found is None:
                 state = await self.core.call(self.execution.recover_unstarted, claimed)
-                logger.info("job %s had no process handle: now %s", claimed.job_id, state)
+                logger.info(
+                    "job %s had no process handle: now %s", claimed.job_id, state, extra=context
+                )
                 return
             await self.core.call(self.execution.record_handle, claimed, found)
             claimed = dataclasses.replace(claimed, handle=found)
@@ -115,12 +129,14 @@ class Recovery:
         try:
             await self.core.call(self.runners[claimed.runner].adopt, handle, claimed.spec)
         except JobferryError as exc:
-            logger.warning("job %s could not be re-attached: %s", claimed.job_id, exc.message)
+            logger.warning(
+                "job %s could not be re-attached: %s", claimed.job_id, exc.message, extra=context
+            )
             await self.core.call(
                 self.execution.abandon, claimed, f"could not re-attach to the job: {exc.message}"
             )
             return
-        logger.info("re-attached job %s (%s)", claimed.job_id, handle.external_id)
+        logger.info("re-attached job %s (%s)", claimed.job_id, handle.external_id, extra=context)
         self.follower.watch(claimed)
 
     async def drop_lost(self) -> list[str]:
@@ -145,12 +161,16 @@ class Recovery:
                     job_id,
                     claimed.attempt,
                     how,
+                    extra=job_context(claimed, me),
                 )
                 self.follower.drop(claimed, kill=True)
                 lost.append(job_id)
             elif node != me:
                 logger.warning(
-                    "job %s was adopted by node %s; no longer following it", job_id, node
+                    "job %s was adopted by node %s; no longer following it",
+                    job_id,
+                    node,
+                    extra=job_context(claimed, me),
                 )
                 self.follower.drop(claimed, kill=False)
                 lost.append(job_id)
@@ -166,4 +186,8 @@ class Recovery:
             try:
                 await self._recover(claimed)
             except Exception:
-                logger.exception("following adopted job %s failed", claimed.job_id)
+                logger.exception(
+                    "following adopted job %s failed",
+                    claimed.job_id,
+                    extra=job_context(claimed, self.core.node_name),
+                )

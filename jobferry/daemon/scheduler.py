@@ -50,6 +50,7 @@ from collections.abc import Mapping
 
 from jobferry.daemon.dispatch import DirectStart, Opening, Start
 from jobferry.daemon.endings import follow_to_end
+from jobferry.daemon.logcontext import job_context
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
 from jobferry.errors import (
@@ -357,12 +358,14 @@ class Scheduler:
                 state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
-            logger.info("job %s stays queued: %s", claimed.job_id, exc.message)
+            extra = job_context(claimed, self.core.node_name)
+            logger.info("job %s stays queued: %s", claimed.job_id, exc.message, extra=extra)
             await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
             return None
         except Exception as exc:
             message = exc.message if isinstance(exc, JobferryError) else f"{exc!r}"
-            logger.warning("job %s could not start: %s", claimed.job_id, message)
+            extra = job_context(claimed, self.core.node_name)
+            logger.warning("job %s could not start: %s", claimed.job_id, message, extra=extra)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
         self._resume(runner.name)
@@ -387,7 +390,8 @@ class Scheduler:
             return "gone"
         except Exception:
             # Follow it anyway: its end is recorded by attempt, not by handle.
-            logger.exception("job %s: storing its handle failed", claimed.job_id)
+            extra = job_context(claimed, self.core.node_name)
+            logger.exception("job %s: storing its handle failed", claimed.job_id, extra=extra)
             return JobState.RUNNING.value
 
     async def _follow(self, claimed: ClaimedJob) -> None:

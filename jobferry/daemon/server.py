@@ -30,6 +30,7 @@ from jobferry.config import Config
 from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
+from jobferry.daemon.logcontext import ContextFormatter
 from jobferry.daemon.runners import build_runners
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import ConfigError
@@ -48,10 +49,10 @@ STATE_FILE = "daemon.json"
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, config.logging.level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Job lines end with their job_id, attempt and node (``daemon.logcontext``).
+    handler = logging.StreamHandler()
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, config.logging.level), handlers=[handler])
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
     # noise at each start. A migration that runs is logged by jobferry.store.engine.
