@@ -1,4 +1,11 @@
-"""Recording a job's end: never given up while the daemon runs.
+"""A running job's end: learned, recorded (never given up while the daemon runs),
+and cleaned up after.
+
+``follow_to_end`` waits for the first of the job's runner (``Runner.wait``) and
+its wrapper's callback (which records the end itself and says so), then records
+what the runner said (``record_end``), tells the core (``Core.job_changed``) and
+lets the runner release what it holds for the job. The scheduler runs it as one
+task per job it follows, and frees the job's slot when it returns.
 
 The end is collected once (outputs scanned, whether the disk was full) and kept
 in memory; recording it is retried with back-off, capped at a few seconds
@@ -16,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from jobferry.errors import ConflictError, StoreUnavailableError
-from jobferry.runners.base import RunStatus
+from jobferry.daemon.logcontext import job_context
+from jobferry.errors import ConflictError, JobferryError, StoreUnavailableError
+from jobferry.runners.base import Runner, RunStatus
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending
 from jobferry.services.execution import ClaimedJob, ExecutionService
+from jobferry.store.models import JobState
 from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
@@ -31,6 +41,61 @@ FINISH_RETRY_FIRST_S = 0.25
 FINISH_RETRY_MAX_S = 2.0
 #: While an end cannot be recorded, a log line at most this often, seconds.
 FINISH_LOG_EVERY_S = 60.0
+
+
+async def follow_to_end(
+    core: Core,
+    execution: ExecutionService,
+    runner: Runner,
+    claimed: ClaimedJob,
+    told: asyncio.Event,
+) -> None:
+    """Follow *claimed* (started, with a handle) until its end is recorded: by this
+    node from *runner*, or by its callback (*told* is set then). Errors are logged;
+    cancelling (a daemon stop) leaves the job running."""
+    assert claimed.handle is not None
+    context = job_context(claimed, core.node_name)
+    try:
+        if claimed.state == JobState.DELETING.value:
+            # Re-attached while being cancelled: the kill may never have happened.
+            await _cancel(core, runner, claimed, context)
+        waiting = asyncio.ensure_future(runner.wait(claimed.handle))
+        told_task = asyncio.ensure_future(told.wait())
+        try:
+            await asyncio.wait({waiting, told_task}, return_when="FIRST_COMPLETED")
+        finally:
+            told_task.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        ended: JobEnd | None = None
+        if waiting.done() and not waiting.cancelled():
+            status = waiting.result()
+            try:
+                ended = await record_end(core, execution, claimed, status)
+                logger.debug("job %s ended %s", claimed.job_id, ended.state, extra=context)
+            except ConflictError as exc:  # e.g. a callback recorded the end first
+                logger.debug("job %s: %s", claimed.job_id, exc.message, extra=context)
+        else:
+            logger.debug("job %s ended by its callback", claimed.job_id, extra=context)
+        core.job_changed(claimed.job_id, ended)
+        await core.call(runner.cleanup, claimed.handle)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("following job %s failed", claimed.job_id, extra=context)
+
+
+async def _cancel(core: Core, runner: Runner, claimed: ClaimedJob, context: dict[str, Any]) -> None:
+    """Kill the job again (a failure is logged: the job is still followed)."""
+    assert claimed.handle is not None
+    try:
+        await core.call(runner.cancel, claimed.handle, "cancelled")
+    except asyncio.CancelledError:
+        raise
+    except JobferryError as exc:
+        logger.error("%s", exc, extra=context)
+    except Exception:
+        logger.exception("unexpected error", extra=context)
 
 
 async def record_end(
@@ -58,20 +123,24 @@ async def record_end(
             failures += 1
             if loop.time() - logged_at >= FINISH_LOG_EVERY_S:
                 logged_at = loop.time()
-                _log_failure(claimed.job_id, exc, failures)
+                _log_failure(claimed, core.node_name, exc, failures)
             await asyncio.sleep(delay)
             delay = min(delay * 2, FINISH_RETRY_MAX_S)
             continue
         if failures:
             logger.warning(
-                "job %s: its end is recorded, after %d failed attempts", claimed.job_id, failures
+                "job %s: its end is recorded, after %d failed attempts",
+                claimed.job_id,
+                failures,
+                extra=job_context(claimed, core.node_name),
             )
         return end
 
 
-def _log_failure(job_id: str, exc: Exception, failures: int) -> None:
+def _log_failure(claimed: ClaimedJob, node: str, exc: Exception, failures: int) -> None:
     """One line per outage (then one per ``FINISH_LOG_EVERY_S``); a traceback only for
     what is not an outage (a bug, retried all the same)."""
+    job_id, context = claimed.job_id, job_context(claimed, node)
     if isinstance(exc, StoreUnavailableError):
         logger.warning(
             "job %s ended but the store cannot take its end (%s); keeping it, retrying "
@@ -79,10 +148,12 @@ def _log_failure(job_id: str, exc: Exception, failures: int) -> None:
             job_id,
             exc.details.get("reason", exc.message),
             failures,
+            extra=context,
         )
         return
     logger.exception(
         "recording the end of job %s failed; keeping it, retrying (%d attempts so far)",
         job_id,
         failures,
+        extra=context,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from jobferry.daemon.logcontext import node_context
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.errors import JobferryError
 from jobferry.services.core import Core
@@ -31,13 +32,20 @@ class Heartbeat:
         self.scheduler = scheduler
         self.incarnation = 0
         self._failing = False
+        #: ``extra=`` of every line: the node's name as a field (``daemon.logcontext``).
+        self._context = node_context(nodes.name)
 
     async def register(self, url: str) -> None:
         """Register this node (a new incarnation) before recovery and claims."""
         self.incarnation = await self.core.call(
             self.nodes.register, url=url, free=self.scheduler.usage()
         )
-        logger.info("registered node %s (incarnation %d)", self.nodes.name, self.incarnation)
+        logger.info(
+            "registered node %s (incarnation %d)",
+            self.nodes.name,
+            self.incarnation,
+            extra=self._context,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until *stop* is set; set *stop* if a newer daemon took this node's name."""
@@ -60,39 +68,55 @@ class Heartbeat:
                         if isinstance(exc, JobferryError)
                         else repr(exc)
                     )
-                    logger.error("node %s: heartbeat failed: %s", self.nodes.name, reason)
+                    logger.error(
+                        "node %s: heartbeat failed: %s",
+                        self.nodes.name,
+                        reason,
+                        extra=self._context,
+                    )
                 continue
             if self._failing:
                 self._failing = False
-                logger.warning("node %s: heartbeat works again", self.nodes.name)
+                logger.warning(
+                    "node %s: heartbeat works again", self.nodes.name, extra=self._context
+                )
 
     async def beat(self, stop: asyncio.Event) -> None:
         """One round: heartbeat, drain flag, lost jobs, reaper."""
         scheduler = self.scheduler
-        beat = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
-        if beat.reregistered is not None:
-            logger.warning("node %s: its row had gone; registered again", self.nodes.name)
-            self.incarnation = beat.reregistered
-        if beat.superseded:
+        report = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
+        if report.reregistered is not None:
+            logger.warning(
+                "node %s: its row had gone; registered again", self.nodes.name, extra=self._context
+            )
+            self.incarnation = report.reregistered
+        if report.superseded:
             logger.error(
                 "node %s: another daemon (pid %s) started with this node name; stopping",
                 self.nodes.name,
-                beat.superseded_by_pid,
+                report.superseded_by_pid,
+                extra=self._context,
             )
             stop.set()
             return
-        if beat.drained != scheduler.drained:
-            logger.info("node %s %s", self.nodes.name, "drained" if beat.drained else "undrained")
-            scheduler.drained = beat.drained
-            if not beat.drained:
+        if report.drained != scheduler.drained:
+            logger.info(
+                "node %s %s",
+                self.nodes.name,
+                "drained" if report.drained else "undrained",
+                extra=self._context,
+            )
+            scheduler.drained = report.drained
+            if not report.drained:
                 scheduler.wake()
-        if beat.was_dead:
+        if report.was_dead:
             logger.warning(
                 "node %s had been declared dead by another node; up again, dropping the "
                 "jobs taken over meanwhile",
                 self.nodes.name,
+                extra=self._context,
             )
-        await scheduler.drop_lost()
+        await scheduler.recovery.drop_lost()
         reaped = await self.core.call(self.nodes.reap, adopt_runners=set(scheduler.runners))
         if reaped:
             logger.warning(
@@ -102,9 +126,10 @@ class Heartbeat:
                 reaped.failed or "-",
                 reaped.deleted or "-",
                 reaped.adopted or "-",
+                extra=self._context,
             )
         if reaped.adopted:
-            await scheduler.follow_adopted()
+            await scheduler.recovery.follow_adopted()
         if reaped.requeued:
             scheduler.wake()
 
@@ -113,4 +138,6 @@ class Heartbeat:
         try:
             await self.core.call(self.nodes.stopped, self.incarnation)
         except Exception as exc:
-            logger.warning("node %s: could not record the stop: %s", self.nodes.name, exc)
+            logger.warning(
+                "node %s: could not record the stop: %s", self.nodes.name, exc, extra=self._context
+            )

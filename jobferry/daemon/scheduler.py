@@ -12,10 +12,11 @@ claims one job at a time, from the destinations whose runner has a free slot
 (and whose ``max_concurrent`` is not reached): local and Docker jobs must fit
 the node's remaining cores, memory and GPUs, and the head job is reserved (see
 ``transitions.claim_next_job``) so large jobs do not starve; Slurm jobs use no
-node resources. A runner that reports itself unavailable (engine or controller
-down) pauses claims for its destinations with back-off; its jobs stay queued and
-the outage is logged once. A job's end is learned from ``Runner.wait`` or, first,
-from its wrapper's callback (``job_callback``), whichever comes first.
+node resources (what jobs hold and what is left: ``daemon.resources``). A runner
+that reports itself unavailable (engine or controller down) pauses claims for its
+destinations with back-off; its jobs stay queued and the outage is logged once. A
+job's end is learned from ``Runner.wait`` or, first, from its wrapper's callback
+(``job_callback``), whichever comes first (``daemon.endings``).
 
 Claim rounds happen only when they can find something: after a submission
 (``wake``), on the tick, or when a slot frees while jobs may be waiting (a claim
@@ -32,35 +33,36 @@ Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
 next daemon can re-attach to every process this one started.
 
-With other nodes on the store (``daemon.heartbeat``): a drained node claims
-nothing; jobs another node took over while this one was declared dead are
-dropped (``drop_lost``: the local process of a requeued attempt is killed, an
-adopted Slurm job is just no longer followed); Slurm jobs this node adopted from
-a dead node are followed (``follow_adopted``).
+A drained node claims nothing (``daemon.heartbeat``). Jobs followed without a claim
+(re-attached at start, adopted from a dead node) and those to let go (taken over
+while this node was declared dead) are ``daemon.recovery``'s, through ``watch``,
+``followed`` and ``drop``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
-from jobferry.daemon.endings import record_end
+from jobferry.daemon.endings import follow_to_end
+from jobferry.daemon.logcontext import job_context
+from jobferry.daemon.recovery import Recovery
+from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
 from jobferry.errors import (
     ConflictError,
     JobferryError,
     RunnerUnavailableError,
 )
-from jobferry.runners.base import RunHandle, Runner, RunStatus
+from jobferry.runners.base import RunHandle, Runner
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
-from jobferry.services.nodes import Free
+from jobferry.services.nodes import NodeUsage
 from jobferry.store import transitions
 from jobferry.store.models import JobState
-from jobferry.store.records import JobEnd
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +75,6 @@ START_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
-class _Use:
-    runner: str
-    destination: str
-    cores: int
-    memory_mb: int
-    gpus: int
-
-
-@dataclass(frozen=True)
 class _Claimed:
     """One claim of a round (``Scheduler._claim``): the job to start (None: nothing
     claimed) and whether queued jobs may still wait (``Claim.backlog``)."""
@@ -90,8 +83,6 @@ class _Claimed:
     backlog: bool
 
 
-#: Runners whose jobs use this node's cores, memory and GPUs.
-NODE_RUNNERS = frozenset({"local", "docker"})
 #: Longest pause of a runner's claims after it reported itself unavailable, seconds.
 MAX_PAUSE_S = 30.0
 
@@ -112,7 +103,7 @@ class Scheduler:
         self.running: dict[str, asyncio.Task[None]] = {}
         #: The attempt followed for each job in ``running`` (with its handle once known).
         self._claims: dict[str, ClaimedJob] = {}
-        self._use: dict[str, _Use] = {}
+        self._use: dict[str, HeldResources] = {}
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
         #: Set by ``wake`` (and a freed slot with a backlog) until the next round begins.
@@ -136,6 +127,8 @@ class Scheduler:
         self._paused: dict[str, tuple[float, float]] = {}
         self._finished_elsewhere: dict[str, asyncio.Event] = {}
         self._stopping: set[asyncio.Future[None]] = set()
+        #: Jobs followed without a claim: re-attached at start, adopted, or lost.
+        self.recovery = Recovery(core, execution, runners, self)
 
     def wake(self) -> None:
         """Ask for a claim round soon (jobs were queued). Call on the event loop."""
@@ -210,31 +203,21 @@ class Scheduler:
         used = sum(1 for u in self._uses() if u.runner == runner)
         return max(0, self.slots.get(runner, 0) - used)
 
-    def _uses(self) -> list[_Use]:
+    def _uses(self) -> list[HeldResources]:
         """What the jobs this node follows use, and what submissions reserved."""
         reserved = [
-            _Use(r.runner, r.destination, r.cores, r.memory_mb, r.gpus)
+            HeldResources(r.runner, r.destination, r.cores, r.memory_mb, r.gpus)
             for r in self.direct.reserved()
         ]
         return [*self._use.values(), *reserved]
 
     def _fit(self) -> transitions.NodeResources:
-        cap = self.core.node_capacity
-        used = [u for u in self._uses() if u.runner in NODE_RUNNERS]
-        cores, memory, gpus = cap.cores or 1, cap.memory_mb or 0, cap.gpus or 0
-        return transitions.NodeResources(
-            total_cores=cores,
-            total_memory_mb=memory,
-            total_gpus=gpus,
-            free_cores=cores - sum(u.cores for u in used),
-            free_memory_mb=memory - sum(u.memory_mb for u in used),
-            free_gpus=gpus - sum(u.gpus for u in used),
-        )
+        return node_fit(self.core.node_capacity, self._uses())
 
-    def usage(self) -> Free:
+    def usage(self) -> NodeUsage:
         """What this node has left for local and Docker jobs, and the jobs it follows."""
         fit = self._fit()
-        return Free(fit.free_cores, fit.free_memory_mb, fit.free_gpus, len(self._use))
+        return NodeUsage(fit.free_cores, fit.free_memory_mb, fit.free_gpus, len(self._use))
 
     def _claimable(self, now: float) -> tuple[list[str], list[str]]:
         """Destinations to claim from now: (using node resources, not using them)."""
@@ -248,60 +231,6 @@ class Scheduler:
                 continue
             (node if runner in NODE_RUNNERS else cluster).append(name)
         return node, cluster
-
-    async def recover(self) -> None:
-        """Re-attach to this node's jobs left running by an earlier daemon."""
-        for claimed in await self.core.call(self.execution.in_flight):
-            if claimed.runner not in self.runners:
-                logger.warning(
-                    "job %s runs on runner %r, which this daemon does not have; left as is",
-                    claimed.job_id,
-                    claimed.runner,
-                )
-                continue
-            try:
-                await self._recover(claimed)
-            except Exception:
-                logger.exception("recovering job %s failed", claimed.job_id)
-        for runner in self.runners.values():
-            try:
-                await self.core.call(self._sweep, runner)
-            except Exception:
-                logger.exception("cleaning up after runner %s failed", runner.name)
-
-    def _sweep(self, runner: Runner) -> None:
-        """Release what a runner still holds for jobs that already ended (e.g. containers
-        of jobs that finished while the daemon was down). Blocking."""
-        leftovers = runner.leftovers()
-        if not leftovers:
-            return
-        ended = self.execution.ended({job_id for job_id, _ in leftovers})
-        for job_id, handle in leftovers:
-            if job_id in ended:
-                logger.info("removing what is left of ended job %s (%s)", job_id, runner.name)
-                runner.cleanup(handle)
-
-    async def _recover(self, claimed: ClaimedJob) -> None:
-        if claimed.handle is None:
-            found = await self.core.call(self.runners[claimed.runner].find, claimed.spec)
-            if found is None:
-                state = await self.core.call(self.execution.recover_unstarted, claimed)
-                logger.info("job %s had no process handle: now %s", claimed.job_id, state)
-                return
-            await self.core.call(self.execution.record_handle, claimed, found)
-            claimed = dataclasses.replace(claimed, handle=found)
-        handle = claimed.handle
-        assert handle is not None
-        try:
-            await self.core.call(self.runners[claimed.runner].adopt, handle, claimed.spec)
-        except JobferryError as exc:
-            logger.warning("job %s could not be re-attached: %s", claimed.job_id, exc.message)
-            await self.core.call(
-                self.execution.abandon, claimed, f"could not re-attach to the job: {exc.message}"
-            )
-            return
-        logger.info("re-attached job %s (%s)", claimed.job_id, handle.external_id)
-        self._watch(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and start jobs until *stop* is set."""
@@ -391,7 +320,8 @@ class Scheduler:
         self._account(start.claimed)
         self.running[start.claimed.job_id] = asyncio.ensure_future(self._launch(start))
 
-    def _watch(self, claimed: ClaimedJob) -> None:
+    def watch(self, claimed: ClaimedJob) -> None:
+        """Follow *claimed*, a job with a handle, to its end (``daemon.recovery``)."""
         assert claimed.handle is not None
         self._account(claimed)
         self.running[claimed.job_id] = asyncio.ensure_future(self._follow(claimed))
@@ -401,10 +331,10 @@ class Scheduler:
         if old is not None and old.attempt != claimed.attempt:
             # A newer attempt of a job this node still followed (it was requeued while
             # this node was declared dead, and came back here): drop the old one.
-            self._drop(old, kill=True)
+            self.drop(old, kill=True)
         self._claims[claimed.job_id] = claimed
         spec = claimed.spec
-        self._use[claimed.job_id] = _Use(
+        self._use[claimed.job_id] = HeldResources(
             claimed.runner, spec.destination, spec.cores, spec.memory_mb or 0, spec.gpus
         )
 
@@ -418,7 +348,7 @@ class Scheduler:
             handle = await asyncio.shield(begin)
             if handle is not None:
                 current = self._claims.get(claimed.job_id)
-                claimed = dataclasses.replace(claimed, handle=handle)
+                claimed = replace(claimed, handle=handle)
                 if current is not None and current.attempt == claimed.attempt:
                     self._claims[claimed.job_id] = claimed
                 await self._follow(claimed)
@@ -444,12 +374,14 @@ class Scheduler:
                 state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
-            logger.info("job %s stays queued: %s", claimed.job_id, exc.message)
+            extra = job_context(claimed, self.core.node_name)
+            logger.info("job %s stays queued: %s", claimed.job_id, exc.message, extra=extra)
             await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
             return None
         except Exception as exc:
             message = exc.message if isinstance(exc, JobferryError) else f"{exc!r}"
-            logger.warning("job %s could not start: %s", claimed.job_id, message)
+            extra = job_context(claimed, self.core.node_name)
+            logger.warning("job %s could not start: %s", claimed.job_id, message, extra=extra)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
         self._resume(runner.name)
@@ -474,48 +406,19 @@ class Scheduler:
             return "gone"
         except Exception:
             # Follow it anyway: its end is recorded by attempt, not by handle.
-            logger.exception("job %s: storing its handle failed", claimed.job_id)
+            extra = job_context(claimed, self.core.node_name)
+            logger.exception("job %s: storing its handle failed", claimed.job_id, extra=extra)
             return JobState.RUNNING.value
 
     async def _follow(self, claimed: ClaimedJob) -> None:
-        assert claimed.handle is not None
-        runner = self.runners[claimed.runner]
+        """Until its end is recorded (``daemon.endings``); then its slot is free."""
         elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Event())
         try:
-            if claimed.state == JobState.DELETING.value:
-                # Re-attached while being cancelled: the kill may never have happened.
-                await self._guard(self.core.call(runner.cancel, claimed.handle, "cancelled"))
-            waiting = asyncio.ensure_future(runner.wait(claimed.handle))
-            told = asyncio.ensure_future(elsewhere.wait())
-            try:
-                await asyncio.wait({waiting, told}, return_when="FIRST_COMPLETED")
-            finally:
-                told.cancel()
-                if not waiting.done():
-                    waiting.cancel()
-            ended: JobEnd | None = None
-            if waiting.done() and not waiting.cancelled():
-                status = waiting.result()
-                try:
-                    ended = await self._finish(claimed, status)
-                    logger.debug("job %s ended %s", claimed.job_id, ended.state)
-                except ConflictError as exc:  # e.g. a callback recorded the end first
-                    logger.debug("job %s: %s", claimed.job_id, exc.message)
-            else:
-                logger.debug("job %s ended by its callback", claimed.job_id)
-            self.core.job_changed(claimed.job_id, ended)
-            await self.core.call(runner.cleanup, claimed.handle)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("following job %s failed", claimed.job_id)
+            runner = self.runners[claimed.runner]
+            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
         finally:
             self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed)
-
-    async def _finish(self, claimed: ClaimedJob, status: RunStatus) -> JobEnd:
-        """Record the job's end, retrying until the store takes it (``daemon.endings``)."""
-        return await record_end(self.core, self.execution, claimed, status)
 
     def _done(self, claimed: ClaimedJob) -> None:
         job_id = claimed.job_id
@@ -527,9 +430,13 @@ class Scheduler:
         self._use.pop(job_id, None)
         self._slot_freed()
 
-    # --- other nodes ----------------------------------------------------------------------
+    # --- what recovery needs (daemon.recovery) ---------------------------------------------
 
-    def _drop(self, claimed: ClaimedJob, *, kill: bool) -> None:
+    def followed(self) -> Mapping[str, ClaimedJob]:
+        """The attempt followed for each job this node follows (live, not a copy)."""
+        return self._claims
+
+    def drop(self, claimed: ClaimedJob, *, kill: bool) -> None:
         """Stop following *claimed* (another node has it now); *kill*: stop its process."""
         job_id = claimed.job_id
         task = self.running.get(job_id)
@@ -551,49 +458,6 @@ class Scheduler:
         future = asyncio.ensure_future(self._guard(self.core.call(stop)))
         self._stopping.add(future)
         future.add_done_callback(self._stopping.discard)
-
-    async def drop_lost(self) -> list[str]:
-        """Stop following the jobs that are no longer this node's: requeued as a newer
-        attempt (their processes are killed: another node runs them now) or adopted by
-        another node (followed there; left running). Returns their ids."""
-        followed = dict(self._claims)
-        if not followed:
-            return []
-        owners = await self.core.call(self.execution.owners, set(followed))
-        me = self.core.node_name
-        lost: list[str] = []
-        for job_id, claimed in followed.items():
-            if self._claims.get(job_id) is not claimed or job_id not in owners:
-                continue
-            node, attempt, state = owners[job_id]
-            if attempt != claimed.attempt or state == JobState.QUEUED.value:
-                how = "requeued" if state == JobState.QUEUED.value else f"attempt {attempt}"
-                logger.warning(
-                    "job %s attempt %d is no longer this node's (%s); stopping it",
-                    job_id,
-                    claimed.attempt,
-                    how,
-                )
-                self._drop(claimed, kill=True)
-                lost.append(job_id)
-            elif node != me:
-                logger.warning(
-                    "job %s was adopted by node %s; no longer following it", job_id, node
-                )
-                self._drop(claimed, kill=False)
-                lost.append(job_id)
-        return lost
-
-    async def follow_adopted(self) -> None:
-        """Follow this node's in-flight jobs it does not follow yet (adopted from a dead
-        node by the reaper): like ``recover`` does for each job at start."""
-        for claimed in await self.core.call(self.execution.in_flight):
-            if claimed.job_id in self._claims or claimed.runner not in self.runners:
-                continue
-            try:
-                await self._recover(claimed)
-            except Exception:
-                logger.exception("following adopted job %s failed", claimed.job_id)
 
     async def _guard(self, awaitable: asyncio.Future[None] | object) -> None:
         try:

@@ -29,7 +29,9 @@ from jobferry.config import Config
 from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
+from jobferry.daemon.logcontext import ContextFormatter
 from jobferry.daemon.scheduler import Scheduler
+from jobferry.daemon.supervisor import Supervisor
 from jobferry.errors import ConfigError
 from jobferry.runners.registry import build_runners
 from jobferry.services.container import build as build_services
@@ -47,10 +49,10 @@ STATE_FILE = "daemon.json"
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, config.logging.level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Job lines end with their job_id, attempt and node (``daemon.logcontext``).
+    handler = logging.StreamHandler()
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, config.logging.level), handlers=[handler])
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
     # noise at each start. A migration that runs is logged by jobferry.store.engine.
@@ -141,7 +143,7 @@ class Daemon:
         self.listener.start()
         self.heartbeat = Heartbeat(core, NodeService(core), self.scheduler)
         await self.heartbeat.register(self.url)
-        await self.scheduler.recover()
+        await self.scheduler.recovery.recover()
         server.add_sockets(sockets)
         self._write_state()
         logger.info(
@@ -159,31 +161,45 @@ class Daemon:
         tmp.write_text(json.dumps({"pid": os.getpid(), "url": self.url, "port": self.port}))
         tmp.replace(path)
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, or until a background task or thread dies
+        (``daemon.supervisor``); the process's exit status (non-zero after a crash)."""
         server = await self.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        scheduling = asyncio.ensure_future(self.scheduler.run(self.stop_event))
-        beating = asyncio.ensure_future(self.heartbeat.run(self.stop_event))
+        supervisor = Supervisor(self.stop_event)
+        supervisor.watch_threads()
+        supervisor.start("scheduler", self.scheduler.run(self.stop_event))
+        supervisor.start("heartbeat", self.heartbeat.run(self.stop_event))
         await self.stop_event.wait()
         logger.info("stopping: no new work accepted; running jobs keep running")
         server.stop()
-        await scheduling
-        await beating
+        await supervisor.join()
         await self.scheduler.detach()
         await self.heartbeat.stopped()
-        await asyncio.get_running_loop().run_in_executor(None, self.listener.stop)
+        await loop.run_in_executor(None, self.listener.stop)
+        supervisor.close()
         try:
             await asyncio.wait_for(server.close_all_connections(), timeout=5)
         except TimeoutError:
             logger.warning("some connections did not close in time")
         (self.core.data_path / STATE_FILE).unlink(missing_ok=True)
         self.core.close()
-        logger.info("stopped")
+        if supervisor.crashed:
+            logger.critical(
+                "stopped after the crash of %s; exit status %d",
+                ", ".join(supervisor.crashed),
+                supervisor.exit_status,
+            )
+        else:
+            logger.info("stopped")
+        return supervisor.exit_status
 
 
 def serve(config: Config) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
+    """Run the daemon until SIGTERM/SIGINT; exit non-zero if a background task crashed."""
     configure_logging(config)
-    asyncio.run(Daemon(config).run())
+    status = asyncio.run(Daemon(config).run())
+    if status:
+        raise SystemExit(status)

@@ -64,8 +64,9 @@ def read_db_now(session: Session) -> datetime:
 
 
 @dataclass(frozen=True)
-class Free:
-    """What a node has left for local and Docker jobs, and how many jobs it follows."""
+class NodeUsage:
+    """What a node has left for local and Docker jobs, and how many jobs it follows
+    (published in its row at each heartbeat)."""
 
     cores: int
     memory_mb: int
@@ -74,7 +75,7 @@ class Free:
 
 
 @dataclass(frozen=True)
-class Beat:
+class HeartbeatReport:
     """What a heartbeat learned about this node's own row."""
 
     drained: bool = False
@@ -118,13 +119,13 @@ class NodeService:
 
     # --- this node's own row --------------------------------------------------------------
 
-    def register(self, *, url: str, free: Free | None = None) -> int:
+    def register(self, *, url: str, free: NodeUsage | None = None) -> int:
         """Upsert this node's row as a new start (state up); return its incarnation."""
         self._url = url = url or self._url
         cap = self.core.node_capacity
         node_cfg = self.core.config.node
         cores, memory, gpus = cap.cores or 1, cap.memory_mb or 0, cap.gpus or 0
-        free = free or Free(cores, memory, gpus, 0)
+        free = free or NodeUsage(cores, memory, gpus, 0)
         values: dict[str, Any] = {
             "url": node_cfg.url or url,
             "labels": dict(node_cfg.labels),
@@ -177,7 +178,7 @@ class NodeService:
                 continue
         raise ConflictError(f"could not register node {self.name}")
 
-    def heartbeat(self, incarnation: int, free: Free) -> Beat:
+    def heartbeat(self, incarnation: int, free: NodeUsage) -> HeartbeatReport:
         """Write this node's heartbeat (database clock) and free resources.
 
         The row is read under a row lock first, so a reaper that declares this node
@@ -193,7 +194,7 @@ class NodeService:
             if row is None:  # deleted behind our back: register again
                 pass
             elif int(row.incarnation) != incarnation:
-                return Beat(superseded=True, superseded_by_pid=row.pid)
+                return HeartbeatReport(superseded=True, superseded_by_pid=row.pid)
             else:
                 drained = bool(row.drained)
                 state = NodeState.DRAINING if drained else NodeState.UP
@@ -209,8 +210,8 @@ class NodeService:
                         running_jobs=free.running_jobs,
                     )
                 )
-                return Beat(drained=drained, was_dead=row.state == NodeState.DEAD.value)
-        return Beat(reregistered=self.register(url="", free=free))
+                return HeartbeatReport(drained=drained, was_dead=row.state == NodeState.DEAD.value)
+        return HeartbeatReport(reregistered=self.register(url="", free=free))
 
     def stopped(self, incarnation: int) -> None:
         """A clean stop: state ``stopped`` (its jobs keep running; the next start re-attaches)."""

@@ -17,7 +17,7 @@ from jobferry.errors import AdminRequiredError, ConflictError, NotFoundError
 from jobferry.runners.base import RunSpec, RunState, RunStatus
 from jobferry.services.core import Core, Principal
 from jobferry.services.execution import ClaimedJob, ExecutionService
-from jobferry.services.nodes import Free, NodeService, read_db_now
+from jobferry.services.nodes import NodeService, NodeUsage, read_db_now
 from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, Node, User
 from jobferry.store.records import insert_job
@@ -115,18 +115,18 @@ def test_heartbeat__database_clock_free_resources_drain_flag_and_superseded(
     incarnation = nodes.register(url="u")
     age(n1, "n1", 100)
     assert nodes.get(ADMIN, "n1")["alive"] is False
-    beat = nodes.heartbeat(incarnation, Free(1, 200, 0, 3))
+    beat = nodes.heartbeat(incarnation, NodeUsage(1, 200, 0, 3))
     assert not beat.drained and not beat.was_dead and not beat.superseded
     shown = nodes.get(ADMIN, "n1")
     assert shown["alive"] is True and shown["heartbeat_age_s"] < 3
     assert shown["free"] == {"cores": 1, "memory_mb": 200, "gpus": 0}
     assert shown["running_jobs"] == 3
     nodes.set_drained(ADMIN, "n1", True)
-    assert nodes.heartbeat(incarnation, Free(4, 1000, 0, 0)).drained
+    assert nodes.heartbeat(incarnation, NodeUsage(4, 1000, 0, 0)).drained
     nodes.set_drained(ADMIN, "n1", False)
     assert nodes.get(ADMIN, "n1")["state"] == "up"
     nodes.register(url="u")  # another daemon started with this name
-    assert nodes.heartbeat(incarnation, Free(4, 1000, 0, 0)).superseded
+    assert nodes.heartbeat(incarnation, NodeUsage(4, 1000, 0, 0)).superseded
 
 
 def test_admin_only_and_unknown_node(cores: tuple[Core, Core]) -> None:
@@ -268,7 +268,7 @@ def test_heartbeat__a_vanished_row_is_registered_again(cores: tuple[Core, Core])
     incarnation = nodes.register(url="u")
     with n1.sessions.begin() as session:
         session.query(Node).filter(Node.name == "n1").delete()
-    beat = nodes.heartbeat(incarnation, Free(4, 1000, 0, 0))
+    beat = nodes.heartbeat(incarnation, NodeUsage(4, 1000, 0, 0))
     assert beat.reregistered == 1
-    assert not nodes.heartbeat(beat.reregistered, Free(4, 1000, 0, 0)).superseded
+    assert not nodes.heartbeat(beat.reregistered, NodeUsage(4, 1000, 0, 0)).superseded
     assert nodes.get(ADMIN, "n1")["url"] == "u"
