@@ -27,34 +27,29 @@ target is met, 1 otherwise, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlencode
 
 import psutil
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-SLEEPER = ROOT / "tests" / "data" / "jobs" / "sleeper.py"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MB = 1024 * 1024
+if not __package__:  # run as a script: bench/ is sys.path[0], the repository root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common.daemons import JOB_SCRIPTS, Daemon, Managed, ScriptServer, bench_run
+from bench.common.report import MB, ROOT, BenchError, log, write_results
+from bench.common.stats import RssSampler
+
+SLEEPER = JOB_SCRIPTS / "sleeper.py"
 
 TARGET_UPLOAD_RATIO = 0.7
 TARGET_DOWNLOAD_RATIO = 0.8
@@ -109,192 +104,26 @@ asyncio.run(main())
 """
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on."""
+def long_job(daemon: Daemon) -> tuple[str, str, Path]:
+    """Register sleeper, submit a job that outlives the benchmark; (id, key, job dir).
+
+    The daemon cancels it before it stops (``Daemon.jobs``).
+    """
+    daemon.register(SLEEPER, "sleeper")
+    body = {"job_name": "bench job_files", "command": "36000"}
+    answer = daemon.api("POST", "/api/scripts/v1/sleeper/submit/", data=body).json()
+    job_id = str(answer["job_id"])
+    daemon.jobs.append(job_id)
+    key = daemon.cli("job", "key", job_id)
+    return job_id, key, daemon.data_dir / "jobs" / job_id[:2] / job_id
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFERRY_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Managed:
-    """A subprocess this benchmark started; stopped by its pid, never by name."""
-
-    registry: list[Managed] = []
-
-    def __init__(self, name: str, log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        Managed.registry.append(self)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} (pid {proc.pid}) ignored SIGTERM: killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    @classmethod
-    def stop_all(cls) -> None:
-        for managed in reversed(cls.registry):
-            try:
-                managed.stop()
-            except Exception as exc:  # keep stopping the others
-                log(f"could not stop {managed.name}: {exc}")
-
-
-class Daemon(Managed):
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        super().__init__("daemon", workdir / "daemon.log")
-        self.data_dir = workdir / "data"
-        self.config_path = workdir / "daemon.yml"
-        self.config_path.write_text(json.dumps(config))  # JSON is YAML
-        self.url = ""
-        self.key = ""
-        self.jobs: list[str] = []
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Cancel the benchmark's jobs (they would outlive a stopped daemon), then stop it."""
-        for job_id in self.jobs:
-            try:
-                self.cli("job", "cancel", job_id)
-            except (BenchError, subprocess.SubprocessError) as exc:
-                log(f"could not cancel job {job_id}: {exc}")
-        self.jobs = []
-        super().stop(timeout_s)
-
-    def cli(self, *args: str) -> str:
-        cmd = [sys.executable, "-m", "jobferry.cli", *args]
-        cmd += ["--data-dir", str(self.data_dir), "--config", str(self.config_path)]
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=60, env=child_env(), cwd=ROOT
-        )
-        if result.returncode != 0:
-            raise BenchError(f"{' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout.strip()
-
-    def start(self, timeout_s: float = 60.0) -> Daemon:
-        cmd = [sys.executable, "-m", "jobferry.cli", "serve", "--port", "0"]
-        cmd += ["--data-dir", str(self.data_dir), "--config", str(self.config_path)]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
-            )
-        state = self.data_dir / "daemon.json"
-        limit = time.monotonic() + timeout_s
-        while time.monotonic() < limit:
-            if self.proc.poll() is not None:
-                raise BenchError(f"the daemon exited at start: {self.log_tail()}")
-            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-                info = json.loads(state.read_text())
-                if info["pid"] == self.proc.pid:
-                    self.url = info["url"]
-                    self.key = (self.data_dir / "admin-api-key").read_text().strip()
-                    return self
-            time.sleep(0.05)
-        raise BenchError(f"the daemon did not start in {timeout_s:.0f}s: {self.log_tail()}")
-
-    def api(self, method: str, path: str, **kw: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        response = requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
-        if response.status_code != 200:
-            raise BenchError(f"{method} {path}: {response.status_code} {response.text[:200]}")
-        return response
-
-    def long_job(self) -> tuple[str, str, Path]:
-        """Register sleeper, submit a job that outlives the benchmark; (id, key, job dir)."""
-        with open(SLEEPER, "rb") as handle:
-            self.api("POST", "/api/scripts/v1/add-or-update/", files={"sleeper": handle})
-        body = {"job_name": "bench job_files", "command": "36000"}
-        job_id = str(
-            self.api("POST", "/api/scripts/v1/sleeper/submit/", data=body).json()["job_id"]
-        )
-        self.jobs.append(job_id)
-        key = self.cli("job", "key", job_id)
-        return job_id, key, self.data_dir / "jobs" / job_id[:2] / job_id
-
-
-class ReferenceServer(Managed):
-    def __init__(self, workdir: Path) -> None:
-        super().__init__("reference", workdir / "reference.log")
-        self.root = workdir / "reference-files"
-        self.root.mkdir()
-        self.script = workdir / "reference_server.py"
-        self.script.write_text(REFERENCE_SERVER)
-        self.url = ""
-
-    def start(self, timeout_s: float = 30.0) -> ReferenceServer:
-        with open(self.log_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(self.script), str(self.root)],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=child_env(),
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = b""
-        while time.monotonic() < deadline and not line:
-            line = self.proc.stdout.readline()
-            if self.proc.poll() is not None:
-                raise BenchError(f"the reference server exited: {self.log_tail()}")
-        if not line.strip().isdigit():
-            raise BenchError(f"the reference server did not start: {self.log_tail()}")
-        self.url = f"http://127.0.0.1:{int(line)}"
-        return self
-
-
-class RssSampler:
-    """Peak RSS of one process while the block runs (sampled every 5 ms)."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def reference_server(workdir: Path) -> tuple[ScriptServer, Path]:
+    """The reference server (not started) and the directory it serves."""
+    root = workdir / "reference-files"
+    root.mkdir()
+    server = ScriptServer("reference", REFERENCE_SERVER, [str(root)], workdir / "reference.log")
+    return server, root
 
 
 @dataclass
@@ -359,7 +188,7 @@ def measure(
     os.sync()  # start each transfer with no dirty pages from the last one being written back
     time.sleep(0.5)  # let the server settle (and its last response be freed)
     process = psutil.Process(server.pid)
-    idle = server.rss()
+    idle = server.rss_bytes()
     cpu_before = sum(process.cpu_times()[:2])
     with RssSampler(server.pid) as sampler:
         seconds = curl(args, timeout_s)
@@ -399,11 +228,12 @@ def run(args: argparse.Namespace, workdir: Path) -> Summary:
     log(f"making a {size_mb} MiB source file")
     source_sha = make_source(source, size_mb)
 
-    daemon = Daemon(workdir, {"server": {"max_upload_mb": size_mb + 64}}).start()
+    daemon = Daemon("data", workdir, {"server": {"max_upload_mb": size_mb + 64}}).start()
     log(f"daemon pid {daemon.pid} at {daemon.url}")
-    reference = ReferenceServer(workdir).start()
+    reference, reference_root = reference_server(workdir)
+    reference.start()
     log(f"reference server pid {reference.pid} at {reference.url}")
-    job_id, key, job_dir = daemon.long_job()
+    job_id, key, job_dir = long_job(daemon)
     files_url = f"{daemon.url}/api/jobs/{job_id}/files"
     target = f"{job_dir}/work/bench.bin"
     query = urlencode({"job_key": key, "path": target, "file_type": "output_workdir"})
@@ -421,7 +251,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Summary:
     transfers: list[Transfer] = []
     for round_index in range(args.repeat):
         log(f"round {round_index + 1}/{args.repeat}")
-        order = [("reference", reference), ("job_files", daemon)]
+        order: list[tuple[str, Managed]] = [("reference", reference), ("job_files", daemon)]
         if round_index % 2:
             order.reverse()
         for name, server in order:
@@ -442,7 +272,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Summary:
                     raise BenchError("job_files: the downloaded file differs from the source")
                 download.unlink()
             (job_dir / "work" / "bench.bin").unlink(missing_ok=True)
-            (reference.root / "bench.bin").unlink(missing_ok=True)
+            (reference_root / "bench.bin").unlink(missing_ok=True)
 
     summary.runs = [{**asdict(t), "rss_above_idle_mb": t.rss_above_idle_mb} for t in transfers]
 
@@ -510,28 +340,6 @@ def print_summary(summary: Summary) -> None:
     print("(cpu s: daemon/reference process CPU per transfer; RSS: daemon peak above idle)")
 
 
-def git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
-        )
-        if result.returncode == 0:
-            return result.stdout.strip()
-    return None
-
-
-@contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="jobferry-bench-files-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            log(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="file size in MiB")
@@ -541,16 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.size_mb < 1 or args.repeat < 1:
         parser.error("--size-mb and --repeat must be at least 1")
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        with workspace(args.keep) as workdir:
-            try:
-                summary = run(args, workdir)
-            finally:
-                Managed.stop_all()
+        with bench_run("jobferry-bench-files-", args.keep) as bench:
+            summary = run(args, bench.workdir)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -558,13 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"benchmark failed: {exc}")
         return 1
     print_summary(summary)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = RESULTS_DIR / f"job_files-{stamp}.json"
-    data = asdict(summary)
-    data["git_commit"] = git_commit()
-    data["timestamp"] = stamp
-    out.write_text(json.dumps(data, indent=2))
+    out = write_results("job_files", bench.stamp, asdict(summary))
     log(f"wrote {out.relative_to(ROOT)}")
     return 0 if summary.passed else 1
 

@@ -31,17 +31,11 @@ the last schema measured.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -49,21 +43,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: bench/ is sys.path[0], the repository root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobferry.config import load_config  # noqa: E402
-from jobferry.services.auth import AuthService  # noqa: E402
-from jobferry.services.core import Core, Principal  # noqa: E402
-from jobferry.services.scripts import ScriptService, ScriptUpload  # noqa: E402
-from jobferry.store.engine import check_schema  # noqa: E402
-from jobferry.store.models import Base, new_id  # noqa: E402
+from bench.common.daemons import JOB_SCRIPTS, Daemon, bench_run
+from bench.common.report import CPUS, log, table, write_results
+from bench.common.stats import LoadMeter, own_cpu_s, percentile, process_cpu_s
+from jobferry.config import load_config
+from jobferry.services.container import build
+from jobferry.services.core import Core, Principal
+from jobferry.services.scripts import ScriptUpload
+from jobferry.store.engine import check_schema
+from jobferry.store.models import Base, new_id
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCRIPTS = [ROOT / "tests" / "data" / "jobs" / n for n in ("wordcount.py", "sleeper.py", "noop.py")]
+SCRIPTS = [JOB_SCRIPTS / n for n in ("wordcount.py", "sleeper.py", "noop.py")]
 TARGET_P99_MS = 50.0
 WARMUP = 20
 
@@ -91,18 +86,6 @@ STATES = [
 ]
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    data = sorted(values)
-    rank = (len(data) - 1) * pct / 100.0
-    low = int(rank)
-    high = min(low + 1, len(data) - 1)
-    return data[low] + (data[high] - data[low]) * (rank - low)
-
-
 # --- seeding ------------------------------------------------------------------------------------
 
 
@@ -123,7 +106,8 @@ def seed(data_dir: Path, jobs: int, rng: random.Random) -> Seeded:
     try:
         core.ensure_dirs()
         check_schema(core.engine)  # a fresh store: creates the schema
-        auth = AuthService(core)
+        services = build(core)
+        auth = services.auth
         admin_info, admin_key = auth.create_user("admin", is_admin=True)
         (data_dir / "admin-api-key").write_text(admin_key + "\n")
         keys: dict[str, str] = {}
@@ -132,7 +116,7 @@ def seed(data_dir: Path, jobs: int, rng: random.Random) -> Seeded:
             info, key = auth.create_user(name, email=f"{name}@example.org")
             keys[name], ids[name] = key, info.id
         principal = Principal(admin_info.id, "admin", True)
-        scripts = ScriptService(core)
+        scripts = services.scripts
         versions: list[tuple[str, str]] = []
         for path in SCRIPTS:
             copy = core.tmp_path / path.name
@@ -233,50 +217,6 @@ def add_indexes(data_dir: Path) -> None:
         db.execute("ANALYZE")
 
 
-# --- the daemon ---------------------------------------------------------------------------------
-
-
-class Daemon:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.log_path = data_dir.parent / "daemon.log"
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        state = self.data_dir / "daemon.json"
-        state.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFERRY_")}
-        env["PYTHONPATH"] = str(ROOT)
-        cmd = [sys.executable, "-m", "jobferry.cli", "serve", "--port", "0"]
-        cmd += ["--data-dir", str(self.data_dir)]
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                info = json.loads(state.read_text())
-                if info["pid"] == self.proc.pid:
-                    self.url = info["url"]
-                    return
-            except (FileNotFoundError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("daemon did not start in time")
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
 # --- measuring ----------------------------------------------------------------------------------
 
 
@@ -307,38 +247,18 @@ class Measured:
     passed: bool | None  # None: informational
 
 
-class Load:
-    """Busy cores of everything else on the machine (not this client, not the daemon)."""
-
-    def __init__(self, daemon_pid: int) -> None:
-        self.own = [psutil.Process(), psutil.Process(daemon_pid)]
-        self.start()
-
-    def _own_cpu(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self.own)
-
-    def start(self) -> None:
-        self.machine = psutil.cpu_times()
-        self.own_cpu = self._own_cpu()
-        self.wall = time.monotonic()
-
-    def others(self) -> float:
-        after = psutil.cpu_times()
-        wall = time.monotonic() - self.wall
-        busy = (sum(after) - after.idle - getattr(after, "iowait", 0.0)) - (
-            sum(self.machine) - self.machine.idle - getattr(self.machine, "iowait", 0.0)
-        )
-        mine = self._own_cpu() - self.own_cpu
-        return max(0.0, (busy - mine) / wall) if wall > 0 else 0.0
+def other_load(daemon: Daemon) -> LoadMeter:
+    """Other work on the machine: not this client, not the daemon."""
+    return LoadMeter(lambda: own_cpu_s() + process_cpu_s(daemon.pid))
 
 
-def wait_idle(load: Load, limit_s: float, threshold: float = 0.3) -> float:
+def wait_idle(daemon: Daemon, limit_s: float, threshold: float = 0.3) -> float:
     """Wait (up to *limit_s*) until other work uses fewer than *threshold* cores."""
     deadline = time.monotonic() + limit_s
     while True:
-        load.start()
+        load = other_load(daemon)
         time.sleep(1.0)
-        others = load.others()
+        others = load.stop()["other_cores"]
         if others < threshold or time.monotonic() >= deadline:
             return others
 
@@ -389,8 +309,6 @@ def scenarios(seeded: Seeded) -> list[Scenario]:
 def measure(
     daemon: Daemon, seeded: Seeded, schema: str, count: int, idle_s: float
 ) -> list[Measured]:
-    assert daemon.proc is not None
-    load = Load(daemon.proc.pid)
     sessions: dict[str, requests.Session] = {}
     for who, key in [("admin", seeded.admin_key), *seeded.user_keys.items()]:
         session = requests.Session()
@@ -406,10 +324,10 @@ def measure(
         results = []
         for scenario in scenarios(seeded):
             if idle_s > 0:
-                wait_idle(load, idle_s)
-            load.start()
+                wait_idle(daemon, idle_s)
+            load = other_load(daemon)
             samples, body = time_requests(sessions[scenario.who], daemon.url + scenario.path, count)
-            busy = load.others()
+            busy = load.stop()["other_cores"]
             median, p99 = statistics.median(samples), percentile(samples, 99)
             log(f"[{schema}] {scenario.name}: median {median:.2f} ms, p99 {p99:.2f} ms")
             results.append(
@@ -434,7 +352,7 @@ def measure(
             session.close()
 
 
-def table(rows: list[Measured]) -> str:
+def summary_table(rows: list[Measured]) -> str:
     header = (
         "schema",
         "scenario",
@@ -453,16 +371,12 @@ def table(rows: list[Measured]) -> str:
             f"{r.median_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.reference_median_ms:.2f} / {r.reference_p99_ms:.2f}",
-            f"{r.other_busy_cores:.2f} / {os.cpu_count()} cores",
+            f"{r.other_busy_cores:.2f} / {CPUS} cores",
             "info" if r.passed is None else "PASS" if r.passed else "FAIL",
         )
         for r in rows
     ]
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
+    return table(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,57 +394,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="jobferry-jobs-list-"))
-    data_dir = workdir / "data"
-    daemon = Daemon(data_dir)
     rows: list[Measured] = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    try:
-        log(f"seeding {args.jobs:,} jobs into {data_dir}")
-        seeded = seed(data_dir, args.jobs, random.Random(args.seed))
-        log(f"seeded in {seeded.seconds:.1f} s")
-        schemas = {"none": ["baseline"], "proposed": ["proposed"], "both": ["baseline", "proposed"]}
-        for schema in schemas[args.indexes]:
-            if schema == "proposed":
-                add_indexes(data_dir)
-                log(f"added {', '.join(PROPOSED_INDEXES)}")
-            daemon.start()
-            try:
-                rows += measure(daemon, seeded, schema, args.requests, args.wait_idle)
-            finally:
-                daemon.stop()
-    except KeyboardInterrupt:
-        daemon.stop()
-        return 130
-    finally:
-        daemon.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir}")
+    with bench_run("jobferry-jobs-list-", args.keep) as run:
+        daemon = Daemon("data", run.workdir)
+        data_dir = daemon.data_dir
+        try:
+            log(f"seeding {args.jobs:,} jobs into {data_dir}")
+            seeded = seed(data_dir, args.jobs, random.Random(args.seed))
+            log(f"seeded in {seeded.seconds:.1f} s")
+            schemas = {
+                "none": ["baseline"],
+                "proposed": ["proposed"],
+                "both": ["baseline", "proposed"],
+            }
+            for schema in schemas[args.indexes]:
+                if schema == "proposed":
+                    add_indexes(data_dir)
+                    log(f"added {', '.join(PROPOSED_INDEXES)}")
+                daemon.start()
+                try:
+                    rows += measure(daemon, seeded, schema, args.requests, args.wait_idle)
+                finally:
+                    daemon.stop()
+        except KeyboardInterrupt:
+            return 130
     print()
-    print(table(rows))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"jobs_list-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "when": stamp,
-                "jobs": args.jobs,
-                "requests_per_scenario": args.requests,
-                "target_p99_ms": TARGET_P99_MS,
-                "proposed_indexes": PROPOSED_INDEXES,
-                "machine": {
-                    "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                    "sqlite": sqlite3.sqlite_version,
-                    "loadavg_at_end": os.getloadavg(),
-                },
-                "seed_seconds": seeded.seconds,
-                "results": [asdict(r) for r in rows],
-            },
-            indent=2,
-        )
+    print(summary_table(rows))
+    out = write_results(
+        "jobs_list",
+        run.stamp,
+        {
+            "jobs": args.jobs,
+            "requests_per_scenario": args.requests,
+            "target_p99_ms": TARGET_P99_MS,
+            "proposed_indexes": PROPOSED_INDEXES,
+            "sqlite": sqlite3.sqlite_version,
+            "seed_seconds": seeded.seconds,
+            "results": [asdict(r) for r in rows],
+        },
     )
     print(f"\nresults: {out}")
     last = rows[-1].schema if rows else None

@@ -26,32 +26,30 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: bench/ is sys.path[0], the repository root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import DaemonProcess  # noqa: E402
+from bench.common.daemons import Daemon, Managed, bench_run, key_session
+from bench.common.report import CPUS, log, write_results
+from bench.common.stats import nearest_rank
 
 PG_URL = os.environ.get(
     "JOBFERRY_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/jobferry"
 )
-RESULTS = Path(__file__).resolve().parent / "results"
-SLOTS = os.cpu_count() or 1
+SLOTS = CPUS
 JOB = """import argparse, os
 p = argparse.ArgumentParser(description="Record one run.")
 p.add_argument("--log", required=True)
@@ -59,15 +57,6 @@ a = p.parse_args()
 with open(a.log, "a") as f:
     f.write(os.environ.get("JOBFERRY_JOB_ID", "?") + "\\n")
 """
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def sql(url: str, statement: str) -> list[Any]:
@@ -104,7 +93,7 @@ def drop_database(url: str) -> None:
 class Layout:
     def __init__(self, base: Path, name: str, nodes: int, url: str | None) -> None:
         self.name, self.url = name, url
-        self.daemons: list[DaemonProcess] = []
+        self.daemons: list[Daemon] = []
         for i in range(1, nodes + 1):
             config: dict[str, Any] = {
                 "node": {"name": f"{name}-n{i}"},
@@ -113,7 +102,7 @@ class Layout:
             }
             if url:
                 config["database"] = {"url": url, "pool_size": 4}
-            self.daemons.append(DaemonProcess(base / name / f"n{i}", config))
+            self.daemons.append(Daemon(f"n{i}", base / name, config))
         self.script = base / "record.py"
         #: Jobs already run in this layout (the claim-latency part counts on from there).
         self.offset = 0
@@ -125,26 +114,17 @@ class Layout:
         except BaseException:
             self.__exit__()
             raise
-        key = self.daemons[0].admin_key
-        self.sessions = []
-        for daemon in self.daemons:
-            s = requests.Session()
-            s.headers["Authorization"] = f"Bearer {key}"
-            self.sessions.append((daemon.url, s))
-        url, s = self.sessions[0]
-        with open(self.script, "rb") as handle:
-            r = s.post(f"{url}/api/scripts/v1/add-or-update/", files={"record": handle})
-        r.raise_for_status()
+        first = self.daemons[0]
+        # One store: the first node's admin key is every node's.
+        self.sessions = [(d.url, key_session(first.key)) for d in self.daemons]
+        first.register(self.script, "record")
         if self.url is None:
             self.url = f"sqlite:///{self.daemons[0].data_dir / 'jobferry.db'}"
         return self
 
     def __exit__(self, *exc: object) -> None:
         for daemon in self.daemons:
-            try:
-                daemon.stop()
-            except Exception:
-                daemon.kill()
+            daemon.stop()  # SIGTERM, SIGKILL after a bound
 
     def submit(self, i: int, run_log: Path) -> str:
         url, s = self.sessions[i % len(self.sessions)]
@@ -208,7 +188,10 @@ def claim_latency(layout: Layout, count: int, tmp: Path) -> dict[str, Any]:
         if isinstance(created, str):
             created, started = datetime.fromisoformat(created), datetime.fromisoformat(started)
         values.append((started - created).total_seconds() * 1000)
-    return {"median_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 99), 1)}
+    return {
+        "median_ms": round(statistics.median(values), 1),
+        "p99_ms": round(nearest_rank(values, 99), 1),
+    }
 
 
 def bare(jobs: int, tmp: Path) -> float:
@@ -231,33 +214,39 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.claim_jobs = 200, 20
-    tmp = Path(tempfile.mkdtemp(prefix="jobferry-bench-nodes-"))
-    (tmp / "record.py").write_text(JOB)
-    results: dict[str, Any] = {"slots_per_node": SLOTS, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"slots_per_node": SLOTS, "cpus": CPUS}
     databases: list[str] = []
-    try:
-        log(f"bare reference: {args.jobs} spawns of the job, {SLOTS} at a time")
-        results["bare_jobs_per_s"] = round(bare(args.jobs, tmp), 2)
-        log(f"bare: {results['bare_jobs_per_s']} jobs/s")
-        layouts = [("sqlite-1", 1, None), ("pg-1", 1, "pg"), ("pg-2", 2, "pg"), ("pg-3", 3, "pg")]
-        for name, count, engine in layouts:
-            url = fresh_database(name.replace("-", "_")) if engine else None
-            if url:
-                databases.append(url)
-            with Layout(tmp, name, count, url) as layout:
-                log(f"{name}: {args.jobs} jobs over {count} node(s)")
-                figures = throughput(layout, args.jobs, tmp)
-                layout.offset = args.jobs
-                figures["claim_latency"] = claim_latency(layout, args.claim_jobs, tmp)
-                figures["ratio_to_bare"] = round(
-                    figures["jobs_per_s"] / results["bare_jobs_per_s"], 2
-                )
-                results[name] = figures
-                log(f"{name}: {json.dumps(figures)}")
-    finally:
-        for url in databases:
-            drop_database(url)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bench_run("jobferry-bench-nodes-") as run:
+        tmp = run.workdir
+        (tmp / "record.py").write_text(JOB)
+        try:
+            log(f"bare reference: {args.jobs} spawns of the job, {SLOTS} at a time")
+            results["bare_jobs_per_s"] = round(bare(args.jobs, tmp), 2)
+            log(f"bare: {results['bare_jobs_per_s']} jobs/s")
+            layouts = [
+                ("sqlite-1", 1, None),
+                ("pg-1", 1, "pg"),
+                ("pg-2", 2, "pg"),
+                ("pg-3", 3, "pg"),
+            ]
+            for name, count, engine in layouts:
+                url = fresh_database(name.replace("-", "_")) if engine else None
+                if url:
+                    databases.append(url)
+                with Layout(tmp, name, count, url) as layout:
+                    log(f"{name}: {args.jobs} jobs over {count} node(s)")
+                    figures = throughput(layout, args.jobs, tmp)
+                    layout.offset = args.jobs
+                    figures["claim_latency"] = claim_latency(layout, args.claim_jobs, tmp)
+                    figures["ratio_to_bare"] = round(
+                        figures["jobs_per_s"] / results["bare_jobs_per_s"], 2
+                    )
+                    results[name] = figures
+                    log(f"{name}: {json.dumps(figures)}")
+        finally:
+            Managed.stop_all()  # before their databases go
+            for url in databases:
+                drop_database(url)
     print()
     print(
         f"{'layout':<10} {'jobs/s':>8} {'÷ bare':>7} {'claim med':>10} {'claim p99':>10} "
@@ -271,10 +260,7 @@ def main() -> int:
             f"{f['duplicates']:>4} {f['lost']:>5}  {f['per_node']}"
         )
     print(f"bare spawn, {SLOTS} at a time: {results['bare_jobs_per_s']} jobs/s")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"nodes-{stamp}.json"
-    out.write_text(json.dumps(results, indent=2, default=str))
+    out = write_results("nodes", run.stamp, results)
     print(f"results: {out}")
     ok = all(
         results[n]["duplicates"] == 0 and results[n]["lost"] == 0

@@ -30,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -38,9 +37,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
+if not __package__:  # run as a script: bench/ is sys.path[0], the repository root is not
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common.daemons import Daemon, bench_run, daemon_env, key_session
+from bench.common.report import ROOT
+from bench.common.stats import nearest_rank
+
 SCRIPT = ROOT / "tests" / "data" / "scripts" / "all_actions.py"
 SLUG = "all-actions"
 #: Target of the issue: loaded p99 within this factor of the idle p99.
@@ -57,15 +60,9 @@ def oversized_command(tokens: int) -> str:
     return head + " --mark" * (tokens - 6) + " --level 9"
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def poll(url: str, key: str, job_id: str, seconds: float, at_least: int = 200) -> list[float]:
     """Latencies (s) of back-to-back status polls for *seconds* (and at least *at_least*)."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
+    session = key_session(key)
     target = f"{url}/api/jobs/v1/{job_id}/status/"
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
@@ -80,8 +77,7 @@ def poll(url: str, key: str, job_id: str, seconds: float, at_least: int = 200) -
 
 def attack(url: str, key: str, tokens: int, log: Path) -> None:
     """One attacker (its own process): submit oversized commands until killed."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
+    session = key_session(key)
     command = oversized_command(tokens)
     with open(log, "a", buffering=1) as out:
         while True:
@@ -108,7 +104,7 @@ def attackers(
         subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "attack", url, key, str(tokens)]
             + [str(log)],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=daemon_env(),
         )
         for log in logs
     ]
@@ -172,16 +168,16 @@ def measure(
     during = seen[before:]
     statuses = Counter(str(r["status"]) for r in during)
     checked = [r["s"] for r in during if r["status"] == 400]
-    result = {
+    result: dict[str, Any] = {
         "attackers": count,
         "tokens": tokens,
         "rounds": rounds,
         "idle_polls": len(idle),
         "idle_p50_ms": round(statistics.median(idle) * 1000, 2),
-        "idle_p99_ms": round(percentile(idle, 0.99) * 1000, 2),
+        "idle_p99_ms": round(nearest_rank(idle, 99) * 1000, 2),
         "loaded_polls": len(loaded),
         "loaded_p50_ms": round(statistics.median(loaded) * 1000, 2),
-        "loaded_p99_ms": round(percentile(loaded, 0.99) * 1000, 2),
+        "loaded_p99_ms": round(nearest_rank(loaded, 99) * 1000, 2),
         "attack_statuses": dict(statuses),
         "attack_check_s_median": round(statistics.median(checked), 3) if checked else None,
     }
@@ -189,36 +185,9 @@ def measure(
     return result
 
 
-def _start_daemon(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    state = data_dir / "daemon.json"
-    log = open(data_dir.parent / "daemon.log", "ab")  # noqa: SIM115 - closed below
-    cmd = [sys.executable, "-m", "jobferry.cli", "serve", "--port", "0"]
-    proc = subprocess.Popen(
-        [*cmd, "--data-dir", str(data_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"daemon exited; see {data_dir.parent / 'daemon.log'}")
-        try:
-            info = json.loads(state.read_text())
-            if info["pid"] == proc.pid:
-                return proc, str(info["url"])
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    raise SystemExit("daemon did not start within 60 s")
-
-
 def prepare(url: str, key: str) -> str:
     """Register the script and submit one small job; its id is what gets polled."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {key}"
+    session = key_session(key)
     with open(SCRIPT, "rb") as handle:
         added = session.post(
             f"{url}/api/scripts/v1/add-or-update/", files={SLUG: handle}, timeout=120
@@ -246,42 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="idle/loaded alternations")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     options = parser.parse_args(args)
-    workdir = Path(tempfile.mkdtemp(prefix="jobferry-validation-load-"))
-    data_dir = workdir / "data"
-    proc, url = _start_daemon(data_dir)
-    try:
-        key = (data_dir / "admin-api-key").read_text().strip()
-        job_id = prepare(url, key)
+    with bench_run("jobferry-validation-load-", options.keep) as run:
+        daemon = Daemon("data", run.workdir).start()
+        job_id = prepare(daemon.url, daemon.key)
         result = measure(
-            url,
-            key,
+            daemon.url,
+            daemon.key,
             job_id,
-            workdir,
+            run.workdir,
             count=options.attackers,
             tokens=options.tokens,
             seconds=options.seconds,
             rounds=options.rounds,
         )
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     print(json.dumps(result, indent=2))
     print(
         f"status p99: idle {result['idle_p99_ms']} ms, with {options.attackers} oversized "
         f"commands being validated {result['loaded_p99_ms']} ms "
         f"(ratio {result['ratio_p99']}, target <= {TARGET_RATIO})"
     )
-    if options.keep:
-        print(f"kept {workdir}")
-    else:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if result["ratio_p99"] <= TARGET_RATIO else 1
 
 
