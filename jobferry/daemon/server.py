@@ -37,7 +37,6 @@ from jobferry.runners.registry import build_runners
 from jobferry.services.container import build as build_services
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
-from jobferry.services.nodes import NodeService
 from jobferry.staging.uploads import sweep_partial_uploads
 from jobferry.store.engine import check_schema
 from jobferry.store.notify import Listener
@@ -117,7 +116,9 @@ class Daemon:
         self.url = self.config.server.base_url or f"http://{host}:{self.port}"
         execution = ExecutionService(core, base_url=self.url)
         self.scheduler = Scheduler(core, execution, self.runners, slots=self.slots)
-        services = build_services(core, dispatcher=self.scheduler.direct, job_events=self.scheduler)
+        services = build_services(
+            core, dispatcher=self.scheduler.direct, job_events=self.scheduler, execution=execution
+        )
         admin_key_path = await core.call(services.auth.ensure_admin)
         if admin_key_path is not None:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
@@ -141,7 +142,7 @@ class Daemon:
         # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
         self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
-        self.heartbeat = Heartbeat(core, NodeService(core), self.scheduler)
+        self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
         await self.heartbeat.register(self.url)
         await self.scheduler.recovery.recover()
         server.add_sockets(sockets)

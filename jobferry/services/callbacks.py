@@ -94,12 +94,15 @@ def parse_report(payload: Any) -> tuple[str, int, int | None, str | None, RunMet
 
 
 class CallbackService:
-    def __init__(self, core: Core, events: JobEvents = NO_JOB_EVENTS) -> None:
-        """*events* hears of the jobs a report ended (``services.ports``: the daemon's
-        scheduler, which stops waiting on their runners; or nobody)."""
+    def __init__(
+        self, core: Core, execution: ExecutionService, events: JobEvents = NO_JOB_EVENTS
+    ) -> None:
+        """*execution* records the ends reports bring; *events* hears of the jobs a
+        report ended (``services.ports``: the daemon's scheduler, which stops waiting
+        on their runners; or nobody)."""
         self.core = core
         self.events = events
-        self.execution = ExecutionService(core, base_url="")
+        self.execution = execution
 
     async def receive(self, job_id: str, job_key: str | None, payload: Any) -> dict[str, Any]:
         """Apply one report (``report``, in the worker pool); if it ended the job, tell

@@ -16,6 +16,7 @@ from jobferry.services.admin import AdminService
 from jobferry.services.auth import AuthService
 from jobferry.services.callbacks import CallbackService
 from jobferry.services.core import Core
+from jobferry.services.execution import ExecutionService
 from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.job_files import JobFilesService
@@ -50,13 +51,15 @@ def build(
     *,
     dispatcher: Dispatcher[Any] = NO_DISPATCH,
     job_events: JobEvents = NO_JOB_EVENTS,
+    execution: ExecutionService | None = None,
 ) -> Services:
     """Wire every service of *core*'s process (cheap: nothing touches the store).
 
     The daemon passes what services need of it (``services.ports``): its
     *dispatcher* starts or queues submissions, *job_events* hears of jobs that
-    callbacks ended. Without a daemon (the CLI, tests) submissions are queued
-    and nobody is told."""
+    callbacks ended, and its *execution* (which knows the daemon's URL) records job
+    ends. Without a daemon (the CLI, tests) submissions are queued and nobody is
+    told."""
     auth = AuthService(core)
     jobs = JobService(core, dispatcher)
     galaxy = GalaxyService(core, jobs)
@@ -68,7 +71,9 @@ def build(
         jobs=jobs,
         nodes=NodeService(core),
         job_files=JobFilesService(core),
-        callbacks=CallbackService(core, job_events),
+        callbacks=CallbackService(
+            core, execution or ExecutionService(core, base_url=""), job_events
+        ),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
