@@ -280,8 +280,8 @@ def test_contract__daemon_killed_and_restarted_jobs_end_with_their_true_outcome_
         assert client.wait(ends_while_down, timeout_s=120)["is_complete"]
         assert client.wait(outlives, timeout_s=120)["is_complete"]
         first, second = other.job(ends_while_down), other.job(outlives)
-        assert (first["state"], first["exit_code"]) == ("error", 3), first
-        assert (second["state"], second["exit_code"]) == ("ok", 0), second
+        assert (first["state"], first["exit_code"]) == ("error", 3), _ending(first, daemon)
+        assert (second["state"], second["exit_code"]) == ("ok", 0), _ending(second, daemon)
         for job_id, shown in ((ends_while_down, first), (outlives, second)):
             assert shown["attempt"] == 1
             runs = other.job_dir(job_id) / "work" / "runs.txt"
@@ -381,3 +381,12 @@ def test_slurm_controller_down__jobs_stay_queued_and_run_once_it_is_back(
         assert "runner slurm is available again" in daemon.log_path.read_text()
     finally:
         daemon.stop()
+
+
+def _ending(job: dict[str, Any], daemon: DaemonProcess) -> str:
+    """What a failed assertion on a job's end shows: the fields that say how it ended
+    and the daemon's log lines about it (the job dict alone is cut off by pytest)."""
+    fields = {k: job.get(k) for k in ("state", "exit_code", "reason", "attempt", "node")}
+    log = daemon.log_path.read_text(errors="replace")
+    lines = [line for line in log.splitlines() if job["id"] in line]
+    return f"{fields}\n" + "\n".join(lines[-40:])
