@@ -1,7 +1,7 @@
 """The developer scripts a new user runs first: ``scripts/test`` and ``scripts/services``.
 
 ``scripts/test`` is run for real, as a copy in a scratch tree whose ``.venv`` holds
-stand-ins for python/ruff/mypy (a pytest that passes or fails per engine as told),
+stand-ins for python/ruff/mypy/lint-imports (a pytest that passes or fails per engine as told),
 so its control flow is exercised without running the suite. ``scripts/services``
 must not stop anything while other tests use the services: only its ``--dry-run``
 and its syntax are checked here.
@@ -46,7 +46,7 @@ def tree(tmp_path: Path) -> Path:
     venv = tmp_path / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").write_text(FAKE_PYTHON)
-    for tool in ("ruff", "mypy"):
+    for tool in ("ruff", "mypy", "lint-imports"):
         (venv / tool).write_text('#!/usr/bin/env bash\nexit "${FAKE_LINT_RC:-0}"\n')
     (tmp_path / ".venv" / ".jobferry-installed").touch()  # nothing to install
     for path in (services, *venv.iterdir()):
@@ -110,7 +110,8 @@ def test_scripts_test__summary_and_exit_status_of_both_passes(tree: Path) -> Non
     assert calls == ["fake pytest on sqlite: -x"]
     assert result.returncode == 2
 
-    result, calls = run_test_script(tree, FAKE_LINT_RC="1")  # ruff/mypy still stop early
+    # ruff, mypy and the import rules still stop early
+    result, calls = run_test_script(tree, FAKE_LINT_RC="1")
     assert calls == [] and result.returncode != 0
 
     result, _ = run_test_script(tree, FAKE_PG_DOWN="1", CI="true")
