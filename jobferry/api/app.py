@@ -12,8 +12,10 @@ import tornado.web
 from jobferry.api.base import NotFoundHandler
 from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
+from jobferry.api.health import health_routes
 from jobferry.api.nodes import node_routes
 from jobferry.api.openapi import openapi_routes
+from jobferry.api.route_names import SETTING, route_table
 from jobferry.api.wooey import wooey_routes
 from jobferry.services.container import Services
 
@@ -22,6 +24,7 @@ access_log = logging.getLogger("jobferry.access")
 
 def make_app(services: Services) -> tornado.web.Application:
     routes = [
+        *health_routes(services),
         *wooey_routes(services),
         *openapi_routes(services),
         *callback_routes(services),
@@ -40,10 +43,12 @@ def make_app(services: Services) -> tornado.web.Application:
                 1000.0 * handler.request.request_time(),
             )
 
-    return tornado.web.Application(
+    app = tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},
         log_function=log_function,
         xheaders=services.core.config.server.xheaders,
     )
+    app.settings[SETTING] = route_table(routes)
+    return app

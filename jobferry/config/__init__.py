@@ -16,9 +16,16 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from jobferry.config.base import _Section, _section_of
+from jobferry.config.operations import (
+    LoggingConfig,
+    MetricsConfig,
+    RetentionConfig,
+    StorageConfig,
+)
 from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
 
@@ -26,33 +33,6 @@ from jobferry.errors import ConfigError
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Environment variable naming the configuration file when --config is not given.
 CONFIG_ENV = "JOBFERRY_CONFIG"
-
-
-class _Section(BaseModel):
-    # strict: YAML already gives ints, floats, bools and strings, so nothing needs
-    # coercing; a quoted "80" or a `true` where a number belongs is a mistake.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections(cls, data: Any) -> Any:
-        """A section whose keys are all commented out (``server:`` alone) is empty."""
-        if isinstance(data, dict):
-            return {
-                key: value
-                for key, value in data.items()
-                if not (value is None and _section_of(cls, key) is not None)
-            }
-        return data
-
-
-def _section_of(model: type[BaseModel], key: Any) -> type[_Section] | None:
-    """The section model of *model*'s field *key*, if that field is a section."""
-    field = model.model_fields.get(key) if isinstance(key, str) else None
-    annotation = field.annotation if field is not None else None
-    if isinstance(annotation, type) and issubclass(annotation, _Section):
-        return annotation
-    return None
 
 
 class ServerConfig(_Section):
@@ -325,13 +305,11 @@ class JobsConfig(_Section):
         description="How long a job's files stay open to its job_key after it ends, so that "
         "late output uploads land.",
     )
-
-
-class LoggingConfig(_Section):
-    """Logging."""
-
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    access_log: bool = Field(False, description="Log every HTTP request.")
+    max_log_mb: Annotated[int, Field(ge=0)] = Field(
+        100,
+        description="Cap of a job's stdout and of its stderr, MiB: beyond it the head and the "
+        "tail are kept, with a marker saying how many bytes were dropped (0: no cap).",
+    )
 
 
 class Config(_Section):
@@ -353,6 +331,9 @@ class Config(_Section):
     node: NodeConfig = NodeConfig()
     jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    storage: StorageConfig = StorageConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:
