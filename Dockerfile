@@ -13,24 +13,23 @@
 #   docker run --init -d -p 127.0.0.1:8080:8080 -v jobferry-data:/var/lib/jobferry jobferry
 ARG BASE=python:3.11-slim
 
-# ---- build: a virtualenv at /opt/jobferry, installed offline from the wheelhouse.
+# ---- build: a virtualenv at /opt/jobferry with the dependencies, installed offline
+# from the wheelhouse; the engine reuses this stage while they stay the same.
 FROM ${BASE} AS build
 ENV PATH=/opt/jobferry/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
-# The dependencies first: this layer is reused while they stay the same.
 COPY wheels/deps /wheels/deps
 RUN python3 -m venv --without-pip /opt/jobferry \
     && pip_wheel=$(echo /wheels/deps/pip-*.whl) \
     && /opt/jobferry/bin/python "$pip_wheel/pip" install --no-deps /wheels/deps/*.whl
-COPY wheels/app /wheels/app
-RUN pip install --no-deps /wheels/app/jobferry-*.whl && pip check
 
 # ---- the image: the virtualenv, a user, a configuration, a volume.
 FROM ${BASE}
 ARG UID=10001
 ENV PATH=/opt/jobferry/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
-    JOBFERRY_CONFIG=/etc/jobferry/jobferry.yml
+    JOBFERRY_CONFIG=/etc/jobferry/jobferry.yml \
+    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
 RUN groupadd --system --gid "$UID" jobferry \
     && useradd --system --uid "$UID" --gid jobferry --home-dir /var/lib/jobferry \
         --no-create-home --shell /usr/sbin/nologin jobferry \
@@ -39,6 +38,9 @@ RUN groupadd --system --gid "$UID" jobferry \
     && chmod 0750 /var/lib/jobferry
 COPY --from=build /opt/jobferry /opt/jobferry
 COPY conf/docker/jobferry.yml /etc/jobferry/jobferry.yml
+# jobferry itself last: a code change rebuilds only this small layer.
+COPY wheels/app /wheels/app
+RUN pip install --no-deps /wheels/app/jobferry-*.whl && pip check && rm -rf /wheels
 USER jobferry
 WORKDIR /var/lib/jobferry
 # The store (SQLite unless database.url says otherwise), job directories, the secret

@@ -36,6 +36,8 @@ def _ok(*argv: str) -> bool:
 def available(name: str) -> bool:
     if name == "docker":
         return _ok("docker", "image", "inspect", BUSYBOX_IMAGE, PYTHON_IMAGE)
+    if name == "nginx":
+        return _ok("nginx", "-v") and _ok("openssl", "version")
     if name == "slurm":
         return _ok("scontrol", "ping") and _ok("sbatch", "--version")
     if name == "postgres":
