@@ -169,7 +169,6 @@ class Daemon:
         """Serve until SIGTERM/SIGINT, or until a background task or thread dies
         (``daemon.supervisor``); the process's exit status (non-zero after a crash)."""
         server = await self.start()
-        self.notifier.notify(f"READY=1\nSTATUS=serving on {self.url}")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
@@ -179,6 +178,8 @@ class Daemon:
         supervisor.start("heartbeat", self.heartbeat.run(self.stop_event))
         if self.notifier.watchdog_s is not None:
             supervisor.start("watchdog", self.notifier.watchdog(self.stop_event))
+        # Once it serves and SIGTERM is handled (systemd may stop it at once).
+        self.notifier.notify(f"READY=1\nSTATUS=serving on {self.url}")
         await self.stop_event.wait()
         self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         logger.info("stopping: no new work accepted; running jobs keep running")
