@@ -117,6 +117,7 @@ class HealthService:
         self._lock = threading.Lock()
         self._failing: dict[str, str] = {}
         self._head: str | None = None
+        self._store_down: str | None = None
 
     # --- the store's checks (blocking) ----------------------------------------------
 
@@ -129,8 +130,12 @@ class HealthService:
             if schema.current_revision(self.core.engine) != self._head:
                 schema.check_schema(self.core.engine, initialize_empty=False)  # says why
         except SQLAlchemyError as exc:
-            logger.debug("readiness: the store does not answer: %s", describe(exc))
+            reason = describe(exc)
+            if reason != self._store_down:  # once per outage (and cause), not per probe
+                logger.warning("readiness: the store does not answer: %s", reason)
+            self._store_down = reason
             return STORE_DOWN
+        self._store_down = None
         return OK
 
     def check_drain(self) -> str:

@@ -47,6 +47,7 @@ def test_readyz__postgres_outage_is_503_naming_the_store_then_ready_again(
         assert down["checks"]["local"] == "ok"
         assert str(cluster.port) not in str(down)  # the driver's words stay in the log
         assert daemon.proc is not None and daemon.proc.poll() is None
+        assert "readiness: the store does not answer" in daemon.log_path.read_text()
 
         cluster.start()
         back = wait_for("ready again", lambda: _body(requests.get(url, timeout=DEADLINE_S), 200))
