@@ -178,7 +178,7 @@ class HandlePayload:
 
 
 #: How long a runner's ``check_usable`` may wait on an engine or controller, at most.
-USABLE_TIMEOUT_S = 3.0
+USABLE_TIMEOUT_S = 2.0
 
 #: Per payload class: (field name, converter, required) for each field, built once.
 _FIELDS: dict[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}

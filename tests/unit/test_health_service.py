@@ -8,6 +8,7 @@ answers are held to the contract in tests/integration/test_runner_contract_suite
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,9 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.httpserver
+import tornado.netutil
+from tornado.httpclient import AsyncHTTPClient
 
+from jobferry.api.app import make_app
 from jobferry.config import parse_config
 from jobferry.runners.fake import FakeRunner
+from jobferry.services.container import build
 from jobferry.services.core import Core, Principal
 from jobferry.services.health import OK, STORE_DOWN, HealthService
 from jobferry.services.nodes import NodeService
@@ -173,3 +179,45 @@ def test_readiness__a_hung_check_is_reported_and_not_started_again(core: Core) -
     service.timeout_s = DEADLINE_S
     [after] = readiness(service)
     assert after.checks["hung"] == OK and len(calls) == 2
+
+
+def get_readyz(core: Core, **checks: Any) -> tuple[int, Any]:
+    """``GET /readyz`` (no key) from the app in-process, built with extra *checks*."""
+
+    async def main() -> tuple[int, Any]:
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server = tornado.httpserver.HTTPServer(make_app(build(core, health_checks=checks)))
+        server.add_sockets(sockets)
+        client = AsyncHTTPClient()
+        try:
+            url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/readyz"
+            response = await client.fetch(url, raise_error=False, request_timeout=DEADLINE_S)
+            return response.code, json.loads(response.body)
+        finally:
+            client.close()
+            server.stop()
+            await server.close_all_connections()
+
+    return asyncio.run(main())
+
+
+def test_readyz__an_extra_failing_check_gives_503_with_its_entry(core: Core) -> None:
+    status, body = get_readyz(core, disk=lambda: "12 MB free on /data, 1024 MB required")
+
+    assert status == 503
+    assert body == {
+        "status": "not ready",
+        "checks": {
+            "store": OK,
+            "drain": OK,
+            "fake": OK,
+            "disk": "12 MB free on /data, 1024 MB required",
+        },
+    }
+
+
+def test_readyz__every_check_ok_gives_200(core: Core) -> None:
+    status, body = get_readyz(core, disk=lambda: OK)
+
+    assert status == 200
+    assert body == {"status": "ready", "checks": {"store": OK, "drain": OK, "fake": OK, "disk": OK}}
