@@ -101,6 +101,8 @@ class DaemonProcess:
         DAEMON_LOGS.add(self.log_path)
         #: Put before the daemon's command line (e.g. ``["prlimit", "--nofile=300"]``).
         self.command_prefix: list[str] = []
+        #: Extra environment of the daemon (e.g. systemd's ``NOTIFY_SOCKET``).
+        self.env: dict[str, str] = {}
 
     def cli_command(self, *args: str) -> list[str]:
         """``jobferry ARGS`` on this daemon's data dir and config (so: on its store)."""
@@ -138,7 +140,8 @@ class DaemonProcess:
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        env = {**_env(), **self.env}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,8 +1,8 @@
 """Liveness and readiness, for load balancers, systemd and container health checks.
 
 ``GET /healthz`` answers from memory: no authentication, no store, no runner.
-``GET /readyz`` says whether this node should be sent work; see
-``services.health`` for the checks.
+``GET /readyz`` says whether this node should be sent work; the checks, their
+cache and their time bound are ``services.health``'s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import tornado.web
 
 from jobferry import __version__
 from jobferry.api.base import ApiHandler, Services
-from jobferry.errors import JobferryError
 
 
 class HealthzHandler(ApiHandler):
@@ -33,16 +32,9 @@ class ReadyzHandler(ApiHandler):
     """``GET /readyz``: 200 when this node can take work, else 503 with each check."""
 
     async def get(self) -> None:
-        checks: dict[str, str] = {}
-        try:
-            await self.call(self.services.admin.check_schema)
-            checks["store"] = "ok"
-        except JobferryError as exc:
-            checks["store"] = exc.message
-        ready = all(value == "ok" for value in checks.values())
-        self.send_json(
-            {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
-        )
+        readiness = await self.services.health.readiness()
+        # 503 is this route's answer, not an error: the body names each check.
+        self.send_json(readiness.as_json(), 200 if readiness.ready else 503)
 
 
 def health_routes(services: Services) -> list[tuple[str, type[tornado.web.RequestHandler], Any]]:

@@ -31,6 +31,7 @@ from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.logcontext import ContextFormatter
 from jobferry.daemon.scheduler import Scheduler
+from jobferry.daemon.sdnotify import Notifier
 from jobferry.daemon.supervisor import Supervisor
 from jobferry.errors import ConfigError
 from jobferry.runners.registry import build_runners
@@ -91,6 +92,8 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # systemd's variables, out of the environment before anything spawns a job.
+        self.notifier = Notifier.from_environment()
         # The port first: a daemon that cannot listen must not leave a new data dir,
         # database and admin key behind (connections queue until we serve).
         self._sockets = _listen(config.server.host, config.server.port)
@@ -173,7 +176,12 @@ class Daemon:
         supervisor.watch_threads()
         supervisor.start("scheduler", self.scheduler.run(self.stop_event))
         supervisor.start("heartbeat", self.heartbeat.run(self.stop_event))
+        if self.notifier.watchdog_s is not None:
+            supervisor.start("watchdog", self.notifier.watchdog(self.stop_event))
+        # Once it serves and SIGTERM is handled (systemd may stop it at once).
+        self.notifier.notify(f"READY=1\nSTATUS=serving on {self.url}")
         await self.stop_event.wait()
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         logger.info("stopping: no new work accepted; running jobs keep running")
         server.stop()
         await supervisor.join()

@@ -177,6 +177,9 @@ class HandlePayload:
         return dict(vars(self))  # a dataclass's instance attributes are its fields
 
 
+#: How long a runner's ``check_usable`` may wait on an engine or controller, at most.
+USABLE_TIMEOUT_S = 2.0
+
 #: Per payload class: (field name, converter, required) for each field, built once.
 _FIELDS: dict[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}
 _CONVERTIBLE = (str, int, float)
@@ -275,6 +278,13 @@ class Runner(abc.ABC):
         in the job's directory that the newer attempt could mistake for its own. The
         default cancels."""
         self.cancel(handle, "taken over by another node")
+
+    @abc.abstractmethod
+    def check_usable(self) -> str | None:
+        """Whether this runner could start a job now (readiness). Blocking, bounded
+        in time (a few seconds at most: an engine ping, a controller ping), never
+        raises: None when usable, else one line saying why not (e.g. ``engine not
+        answering: ...``)."""
 
     def capacity(self) -> Capacity | None:
         """The largest job this runner could ever run, if it knows (Slurm: its

@@ -487,6 +487,9 @@ class DockerRunner(Runner):
         """Remove one container by id (running or not), e.g. one from ``containers()``."""
         self.engine.remove(container_id)
 
+    def check_usable(self) -> str | None:  # the engine answers a ping, quickly
+        return self.engine.ping()
+
     def close(self) -> None:
         """Stop the wait threads and close the engine client (containers keep running)."""
         with self._lock:

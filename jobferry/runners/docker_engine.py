@@ -27,6 +27,7 @@ import docker.errors  # type: ignore[import-untyped]
 import requests
 
 from jobferry.errors import RunnerError, RunnerUnavailableError, SubmitError
+from jobferry.runners.base import USABLE_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,20 @@ class DockerEngine:
             raise RunnerUnavailableError(
                 f"docker engine at {self.base_url} failed to {what}: {exc}"
             ) from exc
+
+    def ping(self, timeout_s: float = USABLE_TIMEOUT_S) -> str | None:
+        """None when the engine answers ``/_ping`` within *timeout_s*, else why not.
+        Blocking; never raises."""
+        try:
+            api = self.client().api
+            response = api.get(f"{api.base_url}/_ping", timeout=min(timeout_s, self.timeout_s))
+        except RunnerUnavailableError as exc:
+            return f"engine not answering: {exc.message}"
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            return f"engine not answering: {self.base_url}: {exc}"
+        if response.status_code != 200:
+            return f"engine not answering: {self.base_url}: /_ping said {response.status_code}"
+        return None
 
     def close(self) -> None:
         """Close the client (a later call makes a new one)."""

@@ -119,6 +119,8 @@ class FakeRunner(Runner):
         self.specs: dict[str, RunSpec] = {}
         self.handles: dict[str, RunHandle] = {}
         self._lock = self.jobs.lock
+        #: What ``check_usable`` says: None (usable), or why not.
+        self.unusable: str | None = None
 
     @property
     def running(self) -> list[str]:
@@ -262,6 +264,10 @@ class FakeRunner(Runner):
             self.calls.append(("cancel", self._job_id(handle)))
             self._get(handle)
             self.jobs.end(handle.external_id, RunStatus(RunState.KILLED, reason=reason))
+
+    def check_usable(self) -> str | None:
+        """``unusable``: None (usable) unless a test set a reason."""
+        return self.unusable
 
     def cleanup(self, handle: RunHandle) -> None:
         """Record the call; the fake keeps statuses for assertions. Idempotent."""

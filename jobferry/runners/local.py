@@ -482,6 +482,13 @@ class LocalRunner(Runner):
 
     # --- cleanup ----------------------------------------------------------------
 
+    def check_usable(self) -> str | None:
+        """Usable while the shell and the wrapper are there (slots are the scheduler's)."""
+        for path, mode in ((self.shell, os.X_OK), (str(WRAPPER), os.R_OK)):
+            if not os.access(path, mode):
+                return f"cannot run jobs: {path} is missing or not accessible"
+        return None
+
     def cleanup(self, handle: RunHandle) -> None:
         """Forget what this runner remembers about a finished job. Idempotent; cheap."""
         LocalPayload.of(handle)  # a malformed handle is refused, as by every other call

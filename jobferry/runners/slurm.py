@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from jobferry.errors import RunnerError, SubmitError
 from jobferry.runners.base import (
+    USABLE_TIMEOUT_S,
     Capacity,
     HandlePayload,
     RunHandle,
@@ -186,6 +187,9 @@ class SlurmRunner(Runner):
             node=self.node,
         )
         return RunHandle.of(self.name, external_id, submitted_at, payload)
+
+    def check_usable(self) -> str | None:  # the controller answers scontrol ping, quickly
+        return self.cli.ping(min(USABLE_TIMEOUT_S, self.command_timeout_s))
 
     def capacity(self) -> Capacity | None:
         """The largest node of the cluster (``sinfo``), cached for a minute; None

@@ -171,8 +171,11 @@ class SlurmCli:
         #: sacct said accounting is off: it is asked no more.
         self.no_accounting = False
 
-    def run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm command; raise RunnerUnavailableError if it cannot be run or hangs."""
+    def run(
+        self, argv: list[str], stdin: str | None = None, timeout_s: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm command (within *timeout_s*, else the default); raise
+        RunnerUnavailableError if it cannot be run or hangs."""
         argv = [os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0], *argv[1:]]
         try:
             return subprocess.run(
@@ -182,7 +185,7 @@ class SlurmCli:
                 capture_output=True,
                 text=True,
                 errors="replace",
-                timeout=self.timeout_s,
+                timeout=self.timeout_s if timeout_s is None else timeout_s,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
@@ -196,6 +199,17 @@ class SlurmCli:
                 command=argv[0],
                 error=str(exc),
             ) from exc
+
+    def ping(self, timeout_s: float) -> str | None:
+        """None when ``scontrol ping`` says the controller is UP within *timeout_s*,
+        else why not. Blocking; never raises."""
+        try:
+            proc = self.run(["scontrol", "ping"], timeout_s=timeout_s)
+        except RunnerUnavailableError as exc:
+            return f"controller not answering: {exc.message}"
+        if proc.returncode != 0 or "UP" not in proc.stdout.split():
+            return f"controller not answering: {self.message(proc)}"
+        return None
 
     @staticmethod
     def message(proc: subprocess.CompletedProcess[str]) -> str:

@@ -9,6 +9,7 @@ one function tells how the services depend on each other.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
 from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
+from jobferry.services.health import HealthService
 from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import JobService
 from jobferry.services.nodes import NodeService
@@ -42,6 +44,7 @@ class Services:
     galaxy: GalaxyService
     galaxy_tools: GalaxyToolService
     admin: AdminService
+    health: HealthService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -52,6 +55,7 @@ def build(
     dispatcher: Dispatcher[Any] = NO_DISPATCH,
     job_events: JobEvents = NO_JOB_EVENTS,
     execution: ExecutionService | None = None,
+    health_checks: Mapping[str, Callable[[], str]] | None = None,
 ) -> Services:
     """Wire every service of *core*'s process (cheap: nothing touches the store).
 
@@ -59,7 +63,8 @@ def build(
     *dispatcher* starts or queues submissions, *job_events* hears of jobs that
     callbacks ended, and its *execution* (which knows the daemon's URL) records job
     ends. Without a daemon (the CLI, tests) submissions are queued and nobody is
-    told."""
+    told. *health_checks* are readiness checks besides the store, the drain flag and
+    the runners (``services.health``), by name."""
     auth = AuthService(core)
     jobs = JobService(core, dispatcher)
     galaxy = GalaxyService(core, jobs)
@@ -77,4 +82,5 @@ def build(
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
+        health=HealthService(core, extra=health_checks),
     )

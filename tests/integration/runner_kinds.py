@@ -124,6 +124,11 @@ class Kind:
         script = (_EXITS, "exits", behaviour.stdout, behaviour.stderr, str(behaviour.code))
         return self.spec(("/bin/sh", "-c", *script), **kwargs)
 
+    def unusable(self) -> Runner:
+        """A runner of this kind configured so that it cannot run jobs (its engine,
+        controller or shell is not there)."""
+        raise NotImplementedError
+
     def started(self, spec: RunSpec) -> bool:
         """True once a ``Blocks`` job's program runs."""
         return os.path.exists(os.path.join(spec.workdir, "started"))
@@ -150,6 +155,9 @@ class LocalKind(Kind):
     def _new(self) -> Runner:
         return LocalRunner(kill_grace_s=1.0)
 
+    def unusable(self) -> Runner:
+        return LocalRunner(shell=str(self.tmp_path / "no-such-shell"))
+
 
 class DockerKind(Kind):
     """Containers of a node label of this test's own, all removed at teardown."""
@@ -163,6 +171,11 @@ class DockerKind(Kind):
 
     def _new(self) -> Runner:
         return DockerRunner(base_url=SOCKET, node=self.node, kill_grace_s=1.0, timeout_s=30)
+
+    def unusable(self) -> Runner:
+        runner = DockerRunner(base_url=f"unix://{self.tmp_path}/no-docker.sock", node=self.node)
+        self.made.append(runner)
+        return runner
 
     def spec(self, argv: tuple[str, ...] = ("true",), **kwargs: Any) -> RunSpec:
         kwargs.setdefault("image", BUSYBOX_IMAGE)
@@ -193,6 +206,11 @@ class SlurmKind(Kind):
 
     def _new(self) -> Runner:
         return SlurmRunner(poll_interval_s=0.5, command_timeout_s=20, node="contract")
+
+    def unusable(self) -> Runner:
+        empty = self.tmp_path / "no-slurm-bin"  # no scontrol there
+        empty.mkdir(exist_ok=True)
+        return SlurmRunner(bin_dir=str(empty), node="contract")
 
     def spec(self, argv: tuple[str, ...] = ("true",), **kwargs: Any) -> RunSpec:
         kwargs.setdefault("memory_mb", 32)  # else a job takes the node's whole memory
@@ -235,6 +253,11 @@ class FakeKind(Kind):
         else:
             self.codes[spec.job_id] = behaviour.code
         return spec
+
+    def unusable(self) -> Runner:
+        runner = FakeRunner(jobs=self.jobs)
+        runner.unusable = "fake runner switched off"
+        return runner
 
     def started(self, spec: RunSpec) -> bool:
         return True

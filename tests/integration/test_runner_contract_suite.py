@@ -293,3 +293,20 @@ def test_capacity__is_unknown_or_a_capacity(kind: Kind) -> None:
     capacity = kind.make().capacity()
 
     assert capacity is None or isinstance(capacity, Capacity)
+
+
+# --- readiness ------------------------------------------------------------------------
+
+
+def test_check_usable__a_working_runner_is_usable(kind: Kind) -> None:
+    assert kind.make().check_usable() is None
+
+
+def test_check_usable__an_unusable_runner_says_why_without_raising(kind: Kind) -> None:
+    runner = kind.unusable()
+
+    reason = runner.check_usable()
+
+    assert isinstance(reason, str) and reason.strip(), reason
+    assert "\n" not in reason  # one line, for /readyz
+    assert runner.check_usable() == reason  # and again, the same way
