@@ -30,6 +30,7 @@ from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.logcontext import ContextFormatter
+from jobferry.daemon.retention import RetentionTask
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.daemon.supervisor import Supervisor
 from jobferry.errors import ConfigError
@@ -143,6 +144,7 @@ class Daemon:
         self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
         self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
+        self.retention = RetentionTask(core, services.retention)
         await self.heartbeat.register(self.url)
         await self.scheduler.recovery.recover()
         server.add_sockets(sockets)
@@ -173,6 +175,8 @@ class Daemon:
         supervisor.watch_threads()
         supervisor.start("scheduler", self.scheduler.run(self.stop_event))
         supervisor.start("heartbeat", self.heartbeat.run(self.stop_event))
+        if self.retention.retention.enabled:
+            supervisor.start("retention", self.retention.run(self.stop_event))
         await self.stop_event.wait()
         logger.info("stopping: no new work accepted; running jobs keep running")
         server.stop()
