@@ -36,10 +36,10 @@ class RetentionTask:
         """Sweep leftovers, then a round now and every ``retention.interval_s`` until *stop*."""
         cfg = self.core.config.retention
         logger.info(
-            "retention: files after %s days, rows after %s days; a round of at most %d jobs "
-            "every %gs",
-            cfg.files_days if cfg.files_days is not None else "never (no)",
-            cfg.rows_days if cfg.rows_days is not None else "never (no)",
+            "retention: job files kept %s, job rows kept %s after the end; rounds of at most "
+            "%d jobs every %gs",
+            _days(cfg.files_days),
+            _days(cfg.rows_days),
             cfg.batch,
             cfg.interval_s,
         )
@@ -69,6 +69,10 @@ class RetentionTask:
             self._failing = False
             logger.warning("retention: rounds work again")
         _log(done)
+
+
+def _days(days: float | None) -> str:
+    return "forever" if days is None else f"{days:g} day(s)"
 
 
 def _log(done: Round) -> None:

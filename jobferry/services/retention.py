@@ -296,7 +296,7 @@ class RetentionService:
             return 0
         freed = tree_bytes(aside[1])
         _remove(aside[1])
-        logger.info("retention: %s of job %s purged (%d bytes)", kind.value, job_id, freed)
+        logger.debug("retention: %s of job %s purged (%d bytes)", kind.value, job_id, freed)
         return freed
 
     def _move_aside(self, job_id: str, job_dir: Path) -> tuple[Path, Path] | None:
