@@ -77,6 +77,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "cpu_sys_s": job.cpu_sys_s,
         "peak_rss_kb": job.peak_rss_kb,
         "job_dir": job.job_dir,
+        "files_expired_at": job.files_expired_at,
         "files": [
             {"id": f.id, "kind": f.kind, "name": f.name, "size": f.size, "sha256": f.sha256}
             for f in view.files
