@@ -91,6 +91,8 @@ class Purged:
     bytes_freed: int = 0
     #: Selected, then left alone: they no longer qualified when their turn came.
     skipped: list[str] = field(default_factory=list)
+    #: Their directory could not be moved (logged): left as they were, tried again later.
+    failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,7 @@ class Purged:
             "job_ids": list(self.job_ids),
             "bytes_freed": self.bytes_freed,
             "skipped": list(self.skipped),
+            "failed": list(self.failed),
         }
 
 
@@ -235,16 +238,24 @@ class RetentionService:
         return conditions
 
     def select_candidates(
-        self, kind: PurgeKind, cutoff: datetime, *, state: str | None = None, limit: int
+        self,
+        kind: PurgeKind,
+        cutoff: datetime,
+        *,
+        state: str | None = None,
+        limit: int,
+        exclude: Sequence[str] = (),
     ) -> list[tuple[str, str]]:
-        """Up to *limit* purgeable jobs, oldest end first, as (id, job_dir): one range of
-        ``ix_jobs_files_expiry`` (files) or ``ix_jobs_finished`` (rows)."""
+        """Up to *limit* purgeable jobs (but *exclude*), oldest end first, as (id, job_dir):
+        one range of ``ix_jobs_files_expiry`` (files) or ``ix_jobs_finished`` (rows)."""
         stmt = (
             select(Job.id, Job.job_dir)
             .where(*self._conditions(kind, cutoff, state))
             .order_by(Job.finished_at, Job.id)
             .limit(limit)
         )
+        if exclude:
+            stmt = stmt.where(Job.id.not_in(list(exclude)))
         with self.core.sessions.begin() as session:
             return [(job_id, job_dir) for job_id, job_dir in session.execute(stmt).all()]
 
@@ -260,10 +271,17 @@ class RetentionService:
         into: Purged | None = None,
     ) -> Purged:
         """Purge each of *job_ids* that still qualifies (each in its own transaction,
-        every condition checked again there); the others are left alone (``skipped``)."""
+        every condition checked again there); the others are left alone (``skipped``),
+        as are those whose directory could not be moved aside (``failed``: the purge
+        rolled back, so nothing points at files that are still there)."""
         result = into or Purged(kind, cutoff)
         for job_id in job_ids:
-            freed = self._purge_one(kind, job_id, cutoff, state)
+            try:
+                freed = self._purge_one(kind, job_id, cutoff, state)
+            except OSError as exc:
+                logger.warning("retention: job %s left as it was: %s", job_id, exc)
+                result.failed.append(job_id)
+                continue
             if freed is None:
                 result.skipped.append(job_id)
             else:
@@ -390,7 +408,9 @@ class RetentionService:
                     result.job_ids.append(job_id)
                     result.bytes_freed += tree_bytes(Path(job_dir))
                 return result
-            while picked := self.select_candidates(kind, result.cutoff, state=state, limit=batch):
+            while picked := self.select_candidates(
+                kind, result.cutoff, state=state, limit=batch, exclude=result.failed
+            ):
                 self.apply(
                     kind, [job_id for job_id, _ in picked], result.cutoff, state=state, into=result
                 )

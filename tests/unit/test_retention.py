@@ -223,6 +223,20 @@ def test_apply__jobs_that_became_active_after_selection_are_left_alone(core: Cor
     assert rows.job_ids == [] and job(core, resumed) is not None
 
 
+def test_purge__a_directory_that_cannot_be_moved_leaves_its_job_as_it_was(core: Core) -> None:
+    stuck, fine = add_job(core), add_job(core)
+    # Something in the way of the rename: a non-empty directory where it would go.
+    blocker = core.job_dir(stuck).with_name(TRASH_PREFIX + stuck)
+    blocker.mkdir()
+    (blocker / "x").write_bytes(b"x")
+    done = RetentionService(core).purge(5)
+    assert done.job_ids == [fine] and done.failed == [stuck]
+    assert untouched(core, stuck) and expired(core, fine)  # rolled back: no 410, files there
+    blocker.joinpath("x").unlink()
+    blocker.rmdir()
+    assert RetentionService(core).purge(5).job_ids == [stuck]  # the next purge takes it
+
+
 def test_run_round__an_idle_round_is_one_indexed_query(tmp_path: Path) -> None:
     core = new_store(make_core(tmp_path / "data", retention={"files_days": 5}))
     statements: list[tuple[str, Any]] = []
