@@ -172,6 +172,16 @@ class ConflictError(JobferryError):
     code = "conflict"
 
 
+class GoneError(JobferryError):
+    """The requested files are gone: they expired under the retention policy.
+
+    Details say ``files_expired: true`` (and the job and when, where known): the job's
+    row remains, its directory was deleted (``retention.files_days``, ``job purge``).
+    """
+
+    code = "gone"
+
+
 class ElsewhereError(JobferryError):
     """The job's files live on another node: ask it (``node_url``; answered 307)."""
 

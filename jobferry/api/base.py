@@ -38,6 +38,7 @@ STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
     errors.PathRejectedError: 403,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
+    errors.GoneError: 410,
     errors.TooManyRequestsError: 429,
     errors.InsufficientStorageError: 507,
     errors.StoreFullError: 507,  # before StoreUnavailableError (its other base)
@@ -77,6 +78,7 @@ GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
     errors.PermissionDeniedError: 403002,
     errors.NotFoundError: 404001,
     errors.ConflictError: 409001,
+    errors.GoneError: 410001,
     errors.PayloadTooLargeError: 413001,
     errors.RangeNotSatisfiableError: 416001,
     errors.TooManyRequestsError: 429001,
@@ -185,6 +187,8 @@ class ApiMixin(_HandlerBase):
         }
         if isinstance(exc, errors.ValidationError):
             body["errors"] = exc.errors
+        if isinstance(exc, errors.GoneError):
+            body["details"] = exc.details  # files_expired: true, the job, when
         return body
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -256,6 +260,7 @@ def _http_code(status: int) -> str:
         404: "not_found",
         405: "method_not_allowed",
         413: "payload_too_large",
+        410: "gone",
         416: "range_not_satisfiable",
         429: "too_many_requests",
         507: "insufficient_storage",

@@ -1,5 +1,6 @@
-"""``jobferry job list|show|cancel|logs|key``: any user's jobs, acting as the first
-admin, through ``services.jobs``. A job's logs are read from its directory."""
+"""``jobferry job list|show|cancel|logs|key|purge``: any user's jobs, acting as the first
+admin, through ``services.jobs`` (``purge``: ``services.retention``). A job's logs are
+read from its directory."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "cpu_sys_s": job.cpu_sys_s,
         "peak_rss_kb": job.peak_rss_kb,
         "job_dir": job.job_dir,
+        "files_expired_at": job.files_expired_at,
         "files": [
             {"id": f.id, "kind": f.kind, "name": f.name, "size": f.size, "sha256": f.sha256}
             for f in view.files
@@ -120,6 +122,33 @@ def cmd_job_key(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Job ids a purge prints at most (``--json`` prints them all).
+PURGE_SHOWN = 10
+
+
+def cmd_job_purge(args: argparse.Namespace) -> int:
+    state = parse_state(args.state) if args.state else None
+    services = services_of(args)
+    done = services.retention.purge(
+        args.older_than, rows=args.rows, state=state, dry_run=args.dry_run
+    )
+    if args.json:
+        print(json.dumps(done.as_dict(), indent=2))
+        return 0
+    what = "jobs (rows and files)" if args.rows else "the files of"
+    verb = "would remove" if args.dry_run else "removed"
+    ids = done.job_ids
+    more = f" (+{len(ids) - PURGE_SHOWN} more)" if len(ids) > PURGE_SHOWN else ""
+    print(
+        f"{verb} {what} {len(ids)} job(s) that ended before "
+        f"{done.cutoff.isoformat(timespec='seconds')}; "
+        f"{'would free' if args.dry_run else 'freed'} {done.bytes_freed} bytes"
+    )
+    if ids:
+        print(" ".join(ids[:PURGE_SHOWN]) + more)
+    return 0
+
+
 def register(top: Any) -> None:
     job = group(top, "job", "jobs")
     p = add_command(job, "list", "job.list", cmd_job_list, "list jobs, newest first")
@@ -137,3 +166,16 @@ def register(top: Any) -> None:
     p.add_argument("--stderr", action="store_true")
     p = add_command(job, "key", "job.key", cmd_job_key, "print a job's job_key (admins)")
     p.add_argument("id")
+    p = add_command(
+        job,
+        "purge",
+        "job.purge",
+        cmd_job_purge,
+        "delete the files (or, with --rows, the rows too) of jobs that ended DAYS ago",
+    )
+    p.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    p.add_argument("--state", help="only jobs in this terminal state (ok, error, deleted)")
+    p.add_argument(
+        "--rows", action="store_true", help="delete the jobs' rows too (they then answer 404)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would go; remove nothing")

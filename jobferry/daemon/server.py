@@ -30,6 +30,7 @@ from jobferry.daemon import redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.logcontext import ContextFormatter
+from jobferry.daemon.retention import RetentionTask
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.daemon.sdnotify import Notifier
 from jobferry.daemon.supervisor import Supervisor
@@ -146,6 +147,7 @@ class Daemon:
         self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
         self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
+        self.retention = RetentionTask(core, services.retention)
         await self.heartbeat.register(self.url)
         await self.scheduler.recovery.recover()
         server.add_sockets(sockets)
@@ -178,6 +180,8 @@ class Daemon:
         supervisor.start("heartbeat", self.heartbeat.run(self.stop_event))
         if self.notifier.watchdog_s is not None:
             supervisor.start("watchdog", self.notifier.watchdog(self.stop_event))
+        if self.retention.retention.enabled:
+            supervisor.start("retention", self.retention.run(self.stop_event))
         # Once it serves and SIGTERM is handled (systemd may stop it at once).
         self.notifier.notify(f"READY=1\nSTATUS=serving on {self.url}")
         await self.stop_event.wait()

@@ -25,6 +25,7 @@ from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import JobService
 from jobferry.services.nodes import NodeService
 from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobEvents
+from jobferry.services.retention import RetentionService
 from jobferry.services.scripts import ScriptService
 from jobferry.services.users import UserService
 
@@ -45,6 +46,7 @@ class Services:
     galaxy_tools: GalaxyToolService
     admin: AdminService
     health: HealthService
+    retention: RetentionService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -83,4 +85,5 @@ def build(
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
         health=HealthService(core, extra=health_checks),
+        retention=RetentionService(core),
     )

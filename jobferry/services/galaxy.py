@@ -40,6 +40,7 @@ from jobferry.services.records import (
     JobSummary,
     tool_version,
 )
+from jobferry.services.retention import require_files
 from jobferry.services.states import FINISHED_STATES
 from jobferry.staging import confined
 from jobferry.store.models import Base, Job, JobFile, JobState, Script, ScriptVersion, User
@@ -327,6 +328,7 @@ class GalaxyService:
             full=full,
             stdout=stdout,
             stderr=stderr,
+            files_expired=view.files_expired,
         )
 
     def job_files(self, principal: Principal, job_id: str) -> list[FileRecord]:
@@ -391,12 +393,14 @@ class GalaxyService:
         return [file_record(self._visible_file(principal, i)[0]) for i in dataset_ids]
 
     def dataset_file(self, job_file: FileRecord, job_dir: str | None = None) -> Path:
-        """Where a job file lies, confined to its job's directory."""
+        """Where a job file lies, confined to its job's directory (GoneError if its files
+        expired; given *job_dir*, the caller checked that)."""
         if job_dir is None:
             with self.core.sessions.begin() as session:
-                job_dir = session.execute(
-                    select(Job.job_dir).where(Job.id == job_file.job_id)
-                ).scalar_one()
+                job_dir, expired_at = session.execute(
+                    select(Job.job_dir, Job.files_expired_at).where(Job.id == job_file.job_id)
+                ).one()
+            require_files(job_file.job_id, expired_at)
         base = Path(job_dir) / ("work" if job_file.kind == "output" else "inputs")
         try:
             return confined.locate_file(base, job_file.name)
@@ -406,11 +410,16 @@ class GalaxyService:
     def show_dataset(self, principal: Principal, dataset_id: str) -> DatasetRecord:
         """``GET /api/datasets/{id}``: a job file, to be shown as a history dataset."""
         job_file, job = self._visible_file(principal, dataset_id)
-        return DatasetRecord(file=file_record(job_file), history_id=job.history_id)
+        return DatasetRecord(
+            file=file_record(job_file),
+            history_id=job.history_id,
+            files_expired=job.files_expired_at is not None,
+        )
 
     def dataset_path(self, principal: Principal, dataset_id: str) -> tuple[Path, FileRecord]:
         """The file behind ``GET /api/datasets/{id}/display`` (owner or admin)."""
         job_file, job = self._visible_file(principal, dataset_id)
+        require_files(job.id, job.files_expired_at)  # 410, on any node
         self.core.require_files_here(job.home_node)
         record = file_record(job_file)
         return self.dataset_file(record, job.job_dir), record

@@ -46,6 +46,7 @@ from jobferry.errors import (
     TooManyRequestsError,
 )
 from jobferry.services.core import Core
+from jobferry.services.retention import require_files
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
 from jobferry.staging.forms import ContentSink, FormReceiver
@@ -137,7 +138,8 @@ class JobFilesService:
 
         Raises MalformedIdError (400), RequestError (400, no key),
         PermissionDeniedError (403: wrong key, or the job ended more than
-        ``jobs.files_grace_s`` ago), NotFoundError (404, valid key, no job).
+        ``jobs.files_grace_s`` ago), NotFoundError (404, valid key, no job),
+        GoneError (410: retention deleted the job's files).
         """
         check_job_id(job_id)
         if not job_key:
@@ -164,11 +166,13 @@ class JobFilesService:
                     Job.job_dir,
                     Job.destination,
                     Job.home_node,
+                    Job.files_expired_at,
                 ).where(Job.id == job_id)
             ).first()
         if row is None:
             raise NotFoundError("Job not found.")
-        state, finished_at, updated_at, job_dir, destination, home_node = row
+        state, finished_at, updated_at, job_dir, destination, home_node, expired_at = row
+        require_files(job_id, expired_at)  # retention deleted them: 410
         if state not in OPEN_STATES:
             ended = finished_at or updated_at
             grace = timedelta(seconds=self.core.config.jobs.files_grace_s)

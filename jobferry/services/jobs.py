@@ -36,6 +36,7 @@ from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.ports import NO_DISPATCH, Dispatcher
+from jobferry.services.retention import require_files
 from jobferry.services.routing import Placement, ResourceRequest, check_fits
 from jobferry.services.submission import (
     PlannedUploads,
@@ -95,6 +96,11 @@ class JobView:
     @property
     def is_terminal(self) -> bool:
         return self.job.state in {s.value for s in TERMINAL_STATES}
+
+    @property
+    def files_expired(self) -> bool:
+        """Retention deleted the job's directory: its files answer 410 Gone."""
+        return self.job.files_expired_at is not None
 
 
 class JobService:
@@ -331,7 +337,10 @@ class JobService:
             return [(job, uname) for job, uname in session.execute(stmt).all()]
 
     def read_log(self, view: JobView, stream: str, limit: int = LOG_INLINE_BYTES) -> str | None:
-        """The job's stdout or stderr (the last *limit* bytes), or None if it never ran."""
+        """The job's stdout or stderr (the last *limit* bytes), or None if it never ran
+        (or its files expired)."""
+        if view.files_expired:
+            return None
         self.core.require_files_here(view.job.home_node)
         path = Path(view.job.job_dir) / stream
         try:
@@ -352,12 +361,13 @@ class JobService:
         A name only resolves among the job's recorded outputs, never to another path.
         """
         view = self.get(principal, job_id)
-        self.core.require_files_here(view.job.home_node)
         found = next((f for f in view.files if f.id == file_id), None)
         if found is None:
             found = next((f for f in view.files if f.kind == "output" and f.name == file_id), None)
         if found is None:
             raise NotFoundError(f"job {job_id} has no file {file_id[:200]!r}")
+        require_files(job_id, view.job.files_expired_at)  # 410, on any node
+        self.core.require_files_here(view.job.home_node)
         base = Path(view.job.job_dir) / ("work" if found.kind == "output" else "inputs")
         try:
             return confined.locate_file(base, found.name), found

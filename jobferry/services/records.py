@@ -49,6 +49,8 @@ class DatasetRecord:
 
     file: FileRecord
     history_id: str | None
+    #: Retention deleted the file (its job's directory): shown purged, display is 410.
+    files_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class JobDetail:
     full: bool = False
     stdout: str = ""
     stderr: str = ""
+    #: Retention deleted the job's files: its datasets are purged, their display is 410.
+    files_expired: bool = False
 
 
 @dataclass(frozen=True)

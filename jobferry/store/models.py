@@ -174,6 +174,10 @@ class Job(Base):
             "id",
         ),
         Index("ix_jobs_user_created", "user_id", "created_at"),
+        # Retention (services.retention): ended jobs whose files are still there, oldest
+        # end first (an idle round reads one short index range), and ended jobs by end.
+        Index("ix_jobs_files_expiry", "files_expired_at", "finished_at"),
+        Index("ix_jobs_finished", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -219,6 +223,8 @@ class Job(Base):
     cpu_user_s: Mapped[float | None] = mapped_column(Float)
     cpu_sys_s: Mapped[float | None] = mapped_column(Float)
     peak_rss_kb: Mapped[int | None] = mapped_column(Integer)
+    #: When retention deleted the job's directory: its files answer 410 Gone since.
+    files_expired_at: Mapped[datetime | None]
 
 
 class JobFile(Base):

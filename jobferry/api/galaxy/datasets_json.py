@@ -1,8 +1,9 @@
 """Galaxy's dataset shape: a job file as a history dataset (``HistoryDatasetAssociation``).
 
 Built from the services' ``DatasetRecord``. This daemon has no histories of
-datasets, only jobs' files: every one is ``ok``, visible, never deleted, its
-extension taken from its name (``data`` when it has none that looks like one).
+datasets, only jobs' files: every one is ``ok``, visible, its extension taken from
+its name (``data`` when it has none that looks like one); deleted and purged only
+once retention deleted its job's files (its display then answers 410 Gone).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def dataset(record: DatasetRecord) -> dict[str, Any]:
         "file_size": job_file.size,
         "create_time": iso(job_file.created_at),
         "update_time": iso(job_file.created_at),
-        "deleted": False,
-        "purged": False,
+        "deleted": record.files_expired,
+        "purged": record.files_expired,
         "visible": True,
         "hda_ldda": "hda",
         "download_url": f"/api/datasets/{job_file.id}/display",
         "creating_job": job_file.job_id,
         "genome_build": "?",
-        "misc_info": "",
+        "misc_info": "files expired (retention)" if record.files_expired else "",
         "misc_blurb": human_bytes(job_file.size),
         "peek": None,
         "uuid": None,

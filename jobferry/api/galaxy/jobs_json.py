@@ -108,6 +108,8 @@ def job_element(detail: JobDetail) -> dict[str, Any]:
             "output_collections": {},
         }
     )
+    if detail.files_expired:  # jobferry's extension: its datasets are purged (410)
+        data["files_expired"] = True
     if detail.full:
         data.update(
             {

@@ -46,10 +46,12 @@ def job_details(
 ) -> dict[str, Any]:
     """``GET /api/jobs/v1/<id>/details/``; *asset_url* (job id, file id) gives a download link.
 
-    Assets are listed once the job is complete: its outputs, never its inputs.
+    Assets are listed once the job is complete: its outputs, never its inputs; none once
+    retention deleted its files (``files_expired``, jobferry's extension: its asset URLs
+    answer 410 Gone).
     """
     assets = []
-    if view.is_terminal:
+    if view.is_terminal and not view.files_expired:
         for job_file in view.files:
             if job_file.kind != "output":
                 continue
@@ -77,4 +79,5 @@ def job_details(
         "destination": job.destination,
         "runner": job.runner,
         "node": job.node,
+        "files_expired": view.files_expired,
     }
