@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
 from jobferry.daemon.endings import follow_to_end
-from jobferry.daemon.logcontext import job_context
+from jobferry.daemon.logcontext import job_context, job_scope
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
 from jobferry.errors import (
@@ -339,6 +339,10 @@ class Scheduler:
         )
 
     async def _launch(self, start: StartingJob) -> None:
+        with job_scope(start.claimed, self.core.node_name):  # its lines are about the job
+            await self._launch_job(start)
+
+    async def _launch_job(self, start: StartingJob) -> None:
         claimed = start.claimed
         try:
             # Shielded: cancelling this task (daemon stop) must not lose a started process.
@@ -415,7 +419,8 @@ class Scheduler:
         elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Event())
         try:
             runner = self.runners[claimed.runner]
-            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
+            with job_scope(claimed, self.core.node_name):
+                await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
         finally:
             self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed)
@@ -455,7 +460,8 @@ class Scheduler:
                 runner.poll(handle)  # reap it if it is our child
             runner.cleanup(handle)
 
-        future = asyncio.ensure_future(self._guard(self.core.call(stop)))
+        with job_scope(claimed, self.core.node_name):  # the task copies the context
+            future = asyncio.ensure_future(self._guard(self.core.call(stop)))
         self._stopping.add(future)
         future.add_done_callback(self._stopping.discard)
 

@@ -26,7 +26,7 @@ import tornado.netutil
 
 from jobferry.api.app import make_app
 from jobferry.config import Config
-from jobferry.daemon import redact
+from jobferry.daemon import logformat, redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
 from jobferry.daemon.logcontext import ContextFormatter
@@ -48,9 +48,12 @@ STATE_FILE = "daemon.json"
 
 
 def configure_logging(config: Config) -> None:
-    # Job lines end with their job_id, attempt and node (``daemon.logcontext``).
+    # Job lines end with their job_id, attempt, node and destination, request lines with
+    # their request id (``daemon.logcontext``); or JSON lines (``daemon.logformat``).
     handler = logging.StreamHandler()
     handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    node = config.node.name or socket.gethostname()
+    logformat.install(handler, json_lines=config.logging.format == "json", node=node)
     logging.basicConfig(level=getattr(logging, config.logging.level), handlers=[handler])
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
