@@ -24,15 +24,19 @@ did, so start-up and heartbeat lines are not cluttered.
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from jobferry.api.access_log import REQUEST_ID
 from jobferry.services.execution import ClaimedJob
 from jobferry.services.logfields import job_fields
+
+T = TypeVar("T")
 
 #: The record attributes of a job line, in the order the text format shows them.
 FIELDS = ("job_id", "attempt", "node", "destination")
@@ -71,6 +75,17 @@ def job_scope(job: ClaimedJob, node: str) -> Iterator[None]:
     finally:
         REQUEST_ID.reset(request_token)
         JOB.reset(job_token)
+
+
+class ContextExecutor(ThreadPoolExecutor):
+    """A thread pool whose tasks run in a copy of the submitter's context.
+
+    ``loop.run_in_executor`` copies no context; the daemon makes this its event
+    loop's default executor, so what a runner logs from ``run_in_executor(None,
+    ...)`` (a job's end, found by a poll) is still about the job it follows."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 class ContextFormatter(logging.Formatter):

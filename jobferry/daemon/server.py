@@ -29,7 +29,7 @@ from jobferry.config import Config
 from jobferry.daemon import logformat, redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
-from jobferry.daemon.logcontext import ContextFormatter
+from jobferry.daemon.logcontext import ContextExecutor, ContextFormatter
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.daemon.supervisor import Supervisor
 from jobferry.errors import ConfigError
@@ -107,6 +107,8 @@ class Daemon:
     async def start(self) -> tornado.httpserver.HTTPServer:
         core = self.core
         sockets = self._sockets
+        # Runners' run_in_executor(None, ...) calls log in their caller's context.
+        asyncio.get_running_loop().set_default_executor(ContextExecutor())
         core.ensure_dirs()
         self._lock = _lock_data_dir(core.data_path)
         await core.call(check_schema, core.engine)

@@ -146,7 +146,7 @@ class JobService:
             placement.destination,
             len(planned.placed),
             extra=job_fields(
-                job_id, row.get("attempt"), self.core.node_name, placement.destination
+                job_id, row.get("attempt", 0), self.core.node_name, placement.destination
             ),
         )
         self._start_or_queue(row, reservation)
