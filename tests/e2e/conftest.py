@@ -97,8 +97,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"secrets watch: {len(DAEMON_LOGS)} daemon logs searched for "
-            f"{len(ISSUED_SECRETS)} issued keys and job_keys: {len(found)} lines hold one"
+            f"secrets watch: {len(DAEMON_LOGS)} daemon logs searched for {len(ISSUED_SECRETS)} "
+            f"issued keys, job_keys and passwords: {len(found)} lines hold one"
         )
     if found:
         if reporter is not None:
