@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,31 @@ def test_job_lines__carry_job_id_attempt_node_and_destination(
     # The submission was logged while serving its request (in a worker thread).
     [submitted] = [r for r in lines if "submitted by user" in r["message"]]
     assert submitted["request_id"] == response.headers["X-Request-Id"]
+
+
+def test_json_logs__tornados_malformed_message_warnings_carry_no_key_or_job_key(
+    daemon: DaemonProcess, admin: Client
+) -> None:
+    key = daemon.admin_key
+    job_key = "0123456789abcdef" * 4
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    heads = (
+        f"GET /api/jobs/{'e' * 16}/files?job_key={job_key}&path=x HTTP/1.1\r\nBad header\r\n",
+        f"GET /api/whoami?key={key} HTTP/1.1\r\nAuthorization: Bearer {key}\x01\r\n",
+    )
+    for head in heads:
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(f"{head}Host: x\r\n\r\n".encode())
+            while conn.recv(65536):
+                pass
+    requests.get(f"{daemon.url}/api/jobs/{'e' * 16}/files?job_key={job_key}&path=x", timeout=60)
+
+    def malformed() -> list[dict[str, Any]]:
+        return [r for r in records(daemon) if "Malformed HTTP" in r["message"]]
+
+    wait_for("Tornado's two warnings", lambda: len(malformed()) >= 2)
+    text = daemon.log_path.read_text()
+    assert job_key not in text and key not in text and key[3:20] not in text
 
 
 def test_secrets_watch__finds_a_key_job_key_or_password_in_a_json_line(tmp_path: Path) -> None:
