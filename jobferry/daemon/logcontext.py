@@ -9,9 +9,10 @@ Heartbeat lines carry ``node`` only (``node_context``).
 
 Lines logged about a job by code that knows nothing of jobs' context (a runner's
 "started job ... as pid ...", a store write in a worker thread) get the same
-fields from ``JOB``, a context variable: ``job_scope`` sets it around the work
-of each task that starts or follows one job (and around a direct start in a
-submitting thread), and ``daemon.logformat.ContextFilter`` copies it onto every record
+fields from ``JOB``, a context variable: each task that starts or follows one job
+runs in a context of its own where it is set (``job_task``), and ``job_scope``
+sets it around other work for one job (a direct start in a submitting thread,
+a recovery), and ``daemon.logformat.ContextFilter`` copies it onto every record
 logged in that context, including in the worker threads of ``Core.call``, which
 runs its function in a copy of the caller's context.
 
@@ -24,9 +25,10 @@ did, so start-up and heartbeat lines are not cluttered.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -75,6 +77,19 @@ def job_scope(job: ClaimedJob, node: str) -> Iterator[None]:
     finally:
         REQUEST_ID.reset(request_token)
         JOB.reset(job_token)
+
+
+def job_task(job: ClaimedJob, node: str, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """*coro* as a task of its own whose lines are about *job* (``job_scope``'s context,
+    for the task's whole life)."""
+    context = contextvars.copy_context()
+    context.run(_enter_job, job, node)
+    return asyncio.get_running_loop().create_task(coro, context=context)
+
+
+def _enter_job(job: ClaimedJob, node: str) -> None:
+    JOB.set(job_context(job, node))
+    REQUEST_ID.set(None)
 
 
 class ContextExecutor(ThreadPoolExecutor):
