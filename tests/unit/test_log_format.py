@@ -19,7 +19,7 @@ import pytest
 from jobferry.api.access_log import REQUEST_ID, SANE_ID
 from jobferry.config import parse_config
 from jobferry.daemon import logformat, redact
-from jobferry.daemon.logcontext import ContextFormatter, job_scope
+from jobferry.daemon.logcontext import ContextExecutor, ContextFormatter, job_scope, job_task
 from jobferry.runners.base import RunSpec
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob
@@ -146,6 +146,34 @@ def test_context_filter__reaches_the_worker_threads_of_core_call(
     request_line, job_line = lines(stream)
     assert request_line["request_id"] == "req-2"
     assert job_line["job_id"] == "fedcba9876543210" and "request_id" not in job_line
+
+
+def test_job_task_and_default_executor__lines_of_a_jobs_task_and_its_threads_are_about_it(
+    logged: Any,
+) -> None:
+    """A job's task (``job_task``), and what it runs with ``run_in_executor(None, ...)``
+    (a runner's poll) on the daemon's ``ContextExecutor``, log about the job."""
+    logger, stream = logged
+
+    async def follow() -> None:
+        logger.info("in the job's task")
+        await asyncio.get_running_loop().run_in_executor(None, logger.info, "in a poll")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(ContextExecutor())
+        REQUEST_ID.set("req-3")  # the submitting request's: not the job's lines
+        await job_task(claimed("00000000000000aa"), "n1", follow())
+        logger.info("back in the request")
+
+    asyncio.run(main())
+    task_line, poll_line, request_line = lines(stream)
+    for line in (task_line, poll_line):
+        assert (line["job_id"], line["destination"], line.get("request_id")) == (
+            "00000000000000aa",
+            "gpu",
+            None,
+        )
+    assert request_line["request_id"] == "req-3" and "job_id" not in request_line
 
 
 def test_text_format__shows_the_request_id_of_a_line_served_for_a_request() -> None:
