@@ -23,6 +23,7 @@ from jobferry.daemon.logcontext import ContextExecutor, ContextFormatter, job_sc
 from jobferry.runners.base import RunSpec
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob
+from tests.helpers import log_text
 
 pytestmark = pytest.mark.engine_independent
 
@@ -198,3 +199,24 @@ def test_text_format__shows_the_request_id_of_a_line_served_for_a_request() -> N
 )
 def test_request_id__a_sane_incoming_one_is_kept(incoming: str, kept: bool) -> None:
     assert bool(SANE_ID.fullmatch(incoming)) is kept
+
+
+def test_log_text__renders_json_lines_as_the_text_format_writes_them(
+    logged: Any, tmp_path: Path
+) -> None:
+    """Tests that read a daemon's log as text (``tests.helpers.log_text``) read a JSON
+    one alike: every second e2e daemon writes JSON."""
+    logger, stream = logged
+    logger.info("plain")
+    try:
+        raise KeyError("k")
+    except KeyError:
+        logger.exception("failed")
+    log = tmp_path / "daemon.log"
+    log.write_text("not json\n" + stream.getvalue())
+    text = log_text(log).splitlines()
+    assert text[0] == "not json"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(stamp + " INFO jobferry.test_log_format: plain", text[1]), text[1]
+    assert re.fullmatch(stamp + " ERROR jobferry.test_log_format: failed", text[2]), text[2]
+    assert text[3] == "Traceback (most recent call last):" and text[-1] == "KeyError: 'k'"
