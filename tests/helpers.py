@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -36,6 +37,10 @@ API_KEY = re.compile(r"jf_[A-Za-z0-9_\-]{20,}")
 #: A job_key: 64 hex digits (an HMAC-SHA256), like a file's checksum, so only
 #: values known to be job_keys are noted as such.
 JOB_KEY = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+#: Shorter passwords (tests' deliberately bad ones) could match innocent log text.
+MIN_NOTED_PASSWORD = 8
+#: How many watched daemons were made: every second one logs JSON lines.
+_WATCHED = itertools.count()
 
 
 def note_secrets(text: str | None, *, job_key: bool = False) -> None:
@@ -47,6 +52,31 @@ def note_secrets(text: str | None, *, job_key: bool = False) -> None:
         ISSUED_SECRETS.update(JOB_KEY.findall(text))
         return
     ISSUED_SECRETS.update(API_KEY.findall(text))
+
+
+def note_password(password: str | None) -> None:
+    """Remember *password* (set for a user, or sent to baseauth) when watched."""
+    if password and len(password) >= MIN_NOTED_PASSWORD and os.environ.get(WATCH_SECRETS_ENV):
+        ISSUED_SECRETS.add(password)
+
+
+def log_text(path: Path) -> str:
+    """A daemon's log as text: JSON lines (``logging.format: json``) rendered as the
+    text format writes them (``time LEVEL logger: message``, then the traceback)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "message" not in record:
+            out.append(line)
+            continue
+        when = str(record.get("time", "")).replace("T", " ").rstrip("Z").replace(".", ",")
+        out.append(f"{when} {record.get('level')} {record.get('logger')}: {record['message']}")
+        if record.get("exception"):
+            out.append(record["exception"])
+    return "\n".join(out) + "\n"
 
 
 def eventually(check: Any, timeout_s: float = DEADLINE_S) -> bool:
@@ -87,7 +117,9 @@ class DaemonProcess:
             config = with_database(config or {}, data_dir)
         if os.environ.get(WATCH_SECRETS_ENV):
             config = dict(config or {})
-            config.setdefault("logging", {"level": "DEBUG", "access_log": True})
+            # Every second daemon logs JSON lines, so both formats are watched.
+            fmt = "json" if next(_WATCHED) % 2 else "text"
+            config.setdefault("logging", {"level": "DEBUG", "access_log": True, "format": fmt})
         #: 0: any free port (a new one at each start); the config's server.port if given.
         self.port = int(((config or {}).get("server") or {}).get("port") or 0)
         self.config_path: Path | None = None
@@ -119,6 +151,8 @@ class DaemonProcess:
             cmd, input=input, capture_output=True, text=True, timeout=2 * DEADLINE_S, env=_env()
         )
         note_secrets(result.stdout, job_key=args[:2] == ("job", "key"))
+        if args[:2] == ("user", "passwd") and input and result.returncode == 0:
+            note_password(input.splitlines()[0] if input.strip() else None)
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
         return result
@@ -163,6 +197,10 @@ class DaemonProcess:
         key = (self.data_dir / "admin-api-key").read_text().strip()
         note_secrets(key)
         return key
+
+    def log_text(self) -> str:
+        """This daemon's log, in the text format whichever format it was written in."""
+        return log_text(self.log_path)
 
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, self.admin_key if key is None else key)

@@ -5,10 +5,9 @@ The daemon and the tests both call ``make_app``.
 
 from __future__ import annotations
 
-import logging
-
 import tornado.web
 
+from jobferry.api.access_log import RequestIdApplication, log_access
 from jobferry.api.base import NotFoundHandler
 from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
@@ -18,8 +17,6 @@ from jobferry.api.openapi import openapi_routes
 from jobferry.api.route_names import SETTING, route_table
 from jobferry.api.wooey import wooey_routes
 from jobferry.services.container import Services
-
-access_log = logging.getLogger("jobferry.access")
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -36,14 +33,9 @@ def make_app(services: Services) -> tornado.web.Application:
     def log_function(handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()
         if log_requests or status >= 500:
-            access_log.info(
-                "%d %s %.1fms",
-                status,
-                handler._request_summary(),
-                1000.0 * handler.request.request_time(),
-            )
+            log_access(handler, status)
 
-    app = tornado.web.Application(
+    app = RequestIdApplication(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},

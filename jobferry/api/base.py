@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from jobferry import errors
+from jobferry.api.access_log import HEADER as REQUEST_ID_HEADER
+from jobferry.api.access_log import request_id
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 
@@ -130,6 +132,8 @@ class ApiMixin(_HandlerBase):
 
     services: Services
     principal: Principal | None
+    #: Body bytes written for the answer (the access log's ``bytes``).
+    bytes_written = 0
     #: Handlers of the Galaxy face answer with Galaxy's statuses and error JSON.
     galaxy_face = False
 
@@ -145,6 +149,18 @@ class ApiMixin(_HandlerBase):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        self.set_header(REQUEST_ID_HEADER, request_id(self.request))
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes_written = 0
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        super().write(chunk)
+        if isinstance(chunk, bytes):
+            self.bytes_written += len(chunk)
+        elif isinstance(chunk, str):  # (a dict is rare here: its size is not counted)
+            self.bytes_written += len(chunk) if chunk.isascii() else len(chunk.encode())
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.core.call(fn, *args, **kwargs)

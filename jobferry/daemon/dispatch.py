@@ -40,6 +40,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from jobferry.daemon.logcontext import job_scope
 from jobferry.runners.base import RunHandle, Runner, RunSpec
 from jobferry.services.execution import ClaimedJob
 from jobferry.store.models import Job
@@ -193,8 +194,9 @@ class DirectStart:
         assert self._loop is not None
         spec = self._spec(job)
         claimed = ClaimedJob(job.id, job.attempt, job.runner, spec, node=self._node)
-        try:
-            start = StartingJob(claimed, handle=self._runners[job.runner].submit(spec))
-        except Exception as exc:  # handled on the loop, like any failed start
-            start = StartingJob(claimed, error=exc)
+        with job_scope(claimed, self._node):  # the runner's lines are about the job
+            try:
+                start = StartingJob(claimed, handle=self._runners[job.runner].submit(spec))
+            except Exception as exc:  # handled on the loop, like any failed start
+                start = StartingJob(claimed, error=exc)
         self._loop.call_soon_threadsafe(self._take_over, reservation, start)

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
-from jobferry.daemon.logcontext import job_context
+from jobferry.daemon.logcontext import job_context, job_scope
 from jobferry.errors import JobferryError
 from jobferry.runners.base import Runner
 from jobferry.services.core import Core
@@ -82,7 +82,8 @@ class Recovery:
                 )
                 continue
             try:
-                await self._recover(claimed)
+                with job_scope(claimed, self.core.node_name):
+                    await self._recover(claimed)
             except Exception:
                 logger.exception(
                     "recovering job %s failed",
@@ -184,7 +185,8 @@ class Recovery:
             if claimed.job_id in following or claimed.runner not in self.runners:
                 continue
             try:
-                await self._recover(claimed)
+                with job_scope(claimed, self.core.node_name):
+                    await self._recover(claimed)
             except Exception:
                 logger.exception(
                     "following adopted job %s failed",

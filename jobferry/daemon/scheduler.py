@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
 from jobferry.daemon.endings import follow_to_end
-from jobferry.daemon.logcontext import job_context
+from jobferry.daemon.logcontext import job_context, job_task
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
 from jobferry.errors import (
@@ -317,14 +317,15 @@ class Scheduler:
             logger.warning("runner %s is available again", runner)
 
     def _start(self, start: StartingJob) -> None:
-        self._account(start.claimed)
-        self.running[start.claimed.job_id] = asyncio.ensure_future(self._launch(start))
+        claimed = start.claimed  # its task's lines are about it (``daemon.logcontext``)
+        self._account(claimed)
+        self.running[claimed.job_id] = job_task(claimed, self.core.node_name, self._launch(start))
 
     def watch(self, claimed: ClaimedJob) -> None:
         """Follow *claimed*, a job with a handle, to its end (``daemon.recovery``)."""
         assert claimed.handle is not None
         self._account(claimed)
-        self.running[claimed.job_id] = asyncio.ensure_future(self._follow(claimed))
+        self.running[claimed.job_id] = job_task(claimed, self.core.node_name, self._follow(claimed))
 
     def _account(self, claimed: ClaimedJob) -> None:
         old = self._claims.get(claimed.job_id)
@@ -398,8 +399,7 @@ class Scheduler:
         return handle, self._record(claimed, handle)
 
     def _record(self, claimed: ClaimedJob, handle: RunHandle) -> str:
-        """Blocking: store a started job's handle; the job's state ("gone": not this
-        attempt's any more)."""
+        """Blocking: store a started job's handle; the job's state ("gone": no longer ours)."""
         try:
             return self.execution.record_handle(claimed, handle)
         except ConflictError:
@@ -455,7 +455,7 @@ class Scheduler:
                 runner.poll(handle)  # reap it if it is our child
             runner.cleanup(handle)
 
-        future = asyncio.ensure_future(self._guard(self.core.call(stop)))
+        future = job_task(claimed, self.core.node_name, self._guard(self.core.call(stop)))
         self._stopping.add(future)
         future.add_done_callback(self._stopping.discard)
 

@@ -26,10 +26,10 @@ import tornado.netutil
 
 from jobferry.api.app import make_app
 from jobferry.config import Config
-from jobferry.daemon import redact
+from jobferry.daemon import logformat, redact
 from jobferry.daemon.connections import GuardedHTTPServer
 from jobferry.daemon.heartbeat import Heartbeat
-from jobferry.daemon.logcontext import ContextFormatter
+from jobferry.daemon.logcontext import ContextExecutor, ContextFormatter
 from jobferry.daemon.retention import RetentionTask
 from jobferry.daemon.scheduler import Scheduler
 from jobferry.daemon.sdnotify import Notifier
@@ -50,9 +50,12 @@ STATE_FILE = "daemon.json"
 
 
 def configure_logging(config: Config) -> None:
-    # Job lines end with their job_id, attempt and node (``daemon.logcontext``).
+    # Job lines end with their job_id, attempt, node and destination, request lines with
+    # their request id (``daemon.logcontext``); or JSON lines (``daemon.logformat``).
     handler = logging.StreamHandler()
     handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    node = config.node.name or socket.gethostname()
+    logformat.install(handler, json_lines=config.logging.format == "json", node=node)
     logging.basicConfig(level=getattr(logging, config.logging.level), handlers=[handler])
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # Alembic says "Context impl ..." / "Will assume ... DDL" on every schema check:
@@ -108,6 +111,8 @@ class Daemon:
     async def start(self) -> tornado.httpserver.HTTPServer:
         core = self.core
         sockets = self._sockets
+        # Runners' run_in_executor(None, ...) calls log in their caller's context.
+        asyncio.get_running_loop().set_default_executor(ContextExecutor())
         core.ensure_dirs()
         self._lock = _lock_data_dir(core.data_path)
         await core.call(check_schema, core.engine)

@@ -11,6 +11,7 @@ as a protocol of ``jobferry.services.ports``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import hmac
@@ -99,9 +100,13 @@ class Core:
         self.data_path.chmod(0o700)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking *fn* in the worker pool and await its result."""
+        """Run blocking *fn* in the worker pool and await its result.
+
+        *fn* runs in a copy of the caller's context (``run_in_executor`` copies none),
+        so what it logs carries the caller's request id or job (context variables)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, call)
 
     # --- waiting for a job to change -------------------------------------------------
 

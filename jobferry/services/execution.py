@@ -32,6 +32,7 @@ from jobferry.runners.wrapper import read_result
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
+from jobferry.services.logfields import job_fields
 from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
@@ -394,7 +395,13 @@ class ExecutionService:
                     continue
                 found.append(dataclasses.replace(claimed, handle=handle))
         for claimed in unreadable:
-            logger.error("job %s has an unreadable run handle; ending it", claimed.job_id)
+            logger.error(
+                "job %s has an unreadable run handle; ending it",
+                claimed.job_id,
+                extra=job_fields(
+                    claimed.job_id, claimed.attempt, self.core.node_name, claimed.spec.destination
+                ),
+            )
             self.abandon(claimed, "its run handle is unreadable; the job was lost")
         return found
 

@@ -34,6 +34,7 @@ from jobferry.errors import (
 )
 from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
+from jobferry.services.logfields import job_fields
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.ports import NO_DISPATCH, Dispatcher
 from jobferry.services.retention import require_files
@@ -150,6 +151,9 @@ class JobService:
             request.slug,
             placement.destination,
             len(planned.placed),
+            extra=job_fields(
+                job_id, row.get("attempt", 0), self.core.node_name, placement.destination
+            ),
         )
         self._start_or_queue(row, reservation)
         return job_id

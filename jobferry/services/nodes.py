@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from jobferry.errors import AdminRequiredError, ConflictError, NotFoundError
 from jobferry.services.core import Core, Principal
+from jobferry.services.logfields import job_fields
 from jobferry.store import transitions
 from jobferry.store.engine import is_postgres
 from jobferry.store.models import Job, JobState, Node, NodeState, UTCDateTime, utcnow
@@ -277,7 +278,12 @@ class NodeService:
                         adopt_runners,
                     )
                 except ConflictError as exc:  # it moved on meanwhile: nothing to recover
-                    logger.debug("reaper: job %s: %s", job_id, exc.message)
+                    logger.debug(
+                        "reaper: job %s: %s",
+                        job_id,
+                        exc.message,
+                        extra=job_fields(job_id, attempt, self.core.node_name, None),
+                    )
         return done
 
     def _recover_job(

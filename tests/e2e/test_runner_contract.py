@@ -211,11 +211,12 @@ def test_contract__remote_staging_moves_files_only_over_http(contract: Contract)
         job_dir = contract.job_dir(job_id)
         where = (job_dir / "work" / "where.txt").read_text().strip()
         assert where.startswith(str(contract.scratch) + "/") and str(job_dir) not in where
-        log = contract.daemon.log_path.read_text()
-        fetched = f"GET /api/jobs/{job_id}/files?job_key=***&path=inputs%2F0%2Fdoc.txt"
-        assert fetched in log or f"GET /api/jobs/{job_id}/files?" in log
-        assert f"POST /api/jobs/{job_id}/files?" in log
-        assert f"POST /api/jobs/{job_id}/state?" in log
+        # Access lines name the route template, never the path (it holds the job id):
+        # that the wrapper fetched and posted over HTTP shows as those routes' lines.
+        log = contract.daemon.log_text()
+        assert "GET /api/jobs/{}/files" in log
+        assert "POST /api/jobs/{}/files" in log
+        assert "POST /api/jobs/{}/state" in log
         # The wrapper removes its scratch directory right after its last report.
         deadline = time.monotonic() + 60
         while list(contract.scratch.glob(f"{job_id}.*")) and time.monotonic() < deadline:

@@ -433,7 +433,7 @@ def test_every_documented_operation_was_exercised(request: pytest.FixtureRequest
 def test_daemon_logged_no_unexpected_error(daemon: DaemonProcess) -> None:
     """No traceback in the daemon's log but the deliberate 501s (runs after test_api)."""
     found: dict[str, tuple[int, str]] = {}
-    entries = re.split(r"\n(?=\d{4}-\d{2}-\d{2} )", daemon.log_path.read_text())
+    entries = re.split(r"\n(?=\d{4}-\d{2}-\d{2} )", daemon.log_text())
     for entry in entries:
         first, *rest = entry.rstrip().splitlines()
         if " ERROR " not in first or not rest:

@@ -60,7 +60,7 @@ def test_crashed_task__daemon_exits_non_zero_saying_which_and_jobs_keep_running(
     assert crashing.proc is not None
     os.kill(crashing.proc.pid, signal.SIGUSR1)
     assert crashing.proc.wait(DEADLINE_S) == EXIT_CRASHED
-    log = crashing.log_path.read_text()
+    log = crashing.log_text()  # either format (tests.helpers)
     assert f"CRITICAL jobferry.daemon.supervisor: background task {task} crashed" in log
     assert "InjectedCrash: crash injected into task" in log  # the traceback
     assert "stopping: no new work accepted; running jobs keep running" in log

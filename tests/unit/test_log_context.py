@@ -16,7 +16,7 @@ from tests.unit.test_scheduler import Running, core, queue, scheduling, until
 __all__ = ["core"]  # the store fixture, shared with the scheduler's tests
 
 
-def test_a_job_line__carries_job_id_attempt_and_node(
+def test_a_job_line__carries_job_id_attempt_node_and_destination(
     core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="jobferry.daemon")
@@ -40,8 +40,9 @@ def test_a_job_line__carries_job_id_attempt_and_node(
     assert attempt >= 1
     assert (getattr(record, "job_id", None), getattr(record, "attempt", None)) == (job_id, attempt)
     assert getattr(record, "node", None) == "n1"
+    assert getattr(record, "destination", None) == "local"
     text = ContextFormatter("%(levelname)s %(message)s").format(record)
-    assert text.endswith(f"[job_id={job_id} attempt={attempt} node=n1]")
+    assert text.endswith(f"[job_id={job_id} attempt={attempt} node=n1 destination=local]")
 
 
 def test_text_format__leaves_lines_without_a_job_as_they_are() -> None:
