@@ -1,4 +1,5 @@
-"""The admin command line: ``jobferry serve|db|config|user|key|script|job|node``.
+"""The admin command line: ``jobferry serve|db|config|user|key|script|job|node``,
+and ``jobferry remote ...``, a client for a running daemon (``cli/remote/``).
 
 Every command works on the store named by the configuration (``--config``,
 ``--data-dir``), prints a readable table by default and JSON with ``--json``,
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobferry import __version__
-from jobferry.cli import configuration, jobs, keys, nodes, schema, scripts, serve, users
+from jobferry.cli import configuration, jobs, keys, nodes, remote, schema, scripts, serve, users
 from jobferry.cli.common import COMMANDS, global_options
 from jobferry.errors import JobferryError, StoreUnavailableError, ValidationError
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for noun in (serve, schema, configuration, users, keys, scripts, jobs, nodes):
         noun.register(top)  # in this order in --help
+    remote.register(top, COMMANDS)  # HTTP to a running daemon, never the store
     return parser
 
 
