@@ -68,7 +68,7 @@ def emit(args: argparse.Namespace, data: Any, columns: list[str] | None = None) 
             shown = "" if value is None else value
             if isinstance(value, bool):
                 shown = "yes" if value else "no"
-            print(f"{key:<{width}}  {shown}")
+            print(f"{key:<{width}}  {shown}".rstrip())
     sys.stdout.flush()
 
 
