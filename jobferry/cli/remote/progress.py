@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class Meter(Protocol):
@@ -53,7 +56,7 @@ class Bar:
             TimeRemainingColumn(),
             console=Console(file=sys.stderr),
         )
-        self._task: object | None = None
+        self._task: TaskID | None = None
 
     def start(self, label: str, total: int, done: int = 0) -> None:
         self.finish()
@@ -62,13 +65,13 @@ class Bar:
 
     def advance(self, count: int) -> None:
         if self._task is not None:
-            self._progress.advance(self._task, count)  # type: ignore[arg-type]
+            self._progress.advance(self._task, count)
 
     def finish(self) -> None:
         if self._task is not None:
             self._progress.refresh()
             self._progress.stop()
-            self._progress.remove_task(self._task)  # type: ignore[arg-type]
+            self._progress.remove_task(self._task)
             self._task = None
 
     def __enter__(self) -> Bar:
