@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from tests.e2e.remote_helpers import SCRIPT, Remote, remote_daemon  # noqa: F401 (a fixture)
@@ -27,6 +29,12 @@ def fields(text: str) -> dict[str, str]:
         p[0]: (p[1].strip() if len(p) > 1 else "")
         for p in (x.split(None, 1) for x in text.splitlines())
     }
+
+
+def holds_connection(pid: int, port: int | None) -> bool:
+    """Whether process *pid* has a TCP connection open to *port* on this host."""
+    connections = psutil.Process(pid).net_connections(kind="tcp")
+    return any(c.raddr and c.raddr.port == port and c.status == "ESTABLISHED" for c in connections)
 
 
 def state(remote: Remote, job_id: str) -> str:
@@ -100,11 +108,8 @@ def test_status_and_wait__report_a_gated_job_and_wait_long_polls(remote: Remote,
     assert fields(text) == {"job_id": job_id, "status": "running", "is_complete": "no"}
     with remote.popen("wait", job_id, "--json") as waiting:
         try:
-            log = remote.daemon.log_path
-            wait_for(
-                "the client's long poll",
-                lambda: f"/api/jobs/v1/{job_id}/status/?wait=" in log.read_text(),
-            )
+            port = urlsplit(remote.daemon.url).port
+            wait_for("the client's request to be held", lambda: holds_connection(waiting.pid, port))
             assert waiting.poll() is None  # still waiting: the job is held by its gate
             gate.touch()
             out, err = waiting.communicate(timeout=DEADLINE_S)
@@ -113,6 +118,13 @@ def test_status_and_wait__report_a_gated_job_and_wait_long_polls(remote: Remote,
     assert waiting.returncode == 0, err
     details = json.loads(out)
     assert details["status"] == "completed" and "through the gate" in details["stdout"]
+    # A long poll, not a busy loop: the one held request answered when the job ended.
+    polls = [
+        line
+        for line in remote.daemon.log_path.read_text().splitlines()
+        if f"GET /api/jobs/v1/{job_id}/status/?wait=30.0" in line
+    ]
+    assert 1 <= len(polls) <= 2, polls
     assert fields(remote.ok("status", job_id).stdout)["status"] == "completed"
 
 
