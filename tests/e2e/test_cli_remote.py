@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -29,6 +31,15 @@ def fields(text: str) -> dict[str, str]:
         p[0]: (p[1].strip() if len(p) > 1 else "")
         for p in (x.split(None, 1) for x in text.splitlines())
     }
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Path]:
+    """A file a gated job waits for; opened at the end whatever happened (a job left
+    waiting would outlive the daemon: local jobs are re-attached, not killed, on stop)."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
 
 
 def holds_connection(pid: int, port: int | None) -> bool:
@@ -98,8 +109,9 @@ def test_submit_wait__a_failing_job_exits_3_with_its_details(remote: Remote) -> 
     assert details["status"] == "FAILURE" and details["exit_code"] == 2
 
 
-def test_status_and_wait__report_a_gated_job_and_wait_long_polls(remote: Remote, tmp_path) -> None:
-    gate = tmp_path / "gate"
+def test_status_and_wait__report_a_gated_job_and_wait_long_polls(
+    remote: Remote, gate: Path
+) -> None:
     job_id = submit(remote, "--", "--gate", str(gate))
     wait_for("the job to run", lambda: state(remote, job_id) == "running")
     status = json.loads(remote.ok("status", job_id, "--json").stdout)
@@ -128,8 +140,7 @@ def test_status_and_wait__report_a_gated_job_and_wait_long_polls(remote: Remote,
     assert fields(remote.ok("status", job_id).stdout)["status"] == "completed"
 
 
-def test_wait__timeout_says_what_the_job_still_is(remote: Remote, tmp_path) -> None:
-    gate = tmp_path / "gate"
+def test_wait__timeout_says_what_the_job_still_is(remote: Remote, gate: Path) -> None:
     job_id = submit(remote, "--", "--gate", str(gate))
     try:
         result = remote.run("wait", job_id, "--timeout", "1")
@@ -151,8 +162,7 @@ def test_logs__prints_stdout_stderr_and_json(remote: Remote) -> None:
     assert data["is_complete"] is True and data["job_id"] == job_id
 
 
-def test_logs_follow__prints_a_running_jobs_output_as_it_comes(remote: Remote, tmp_path) -> None:
-    gate = tmp_path / "gate"
+def test_logs_follow__prints_a_running_jobs_output_as_it_comes(remote: Remote, gate: Path) -> None:
     job_id = submit(remote, "--", "--gate", str(gate))
     with remote.popen("logs", job_id, "--follow") as follower:
         try:
@@ -168,8 +178,7 @@ def test_logs_follow__prints_a_running_jobs_output_as_it_comes(remote: Remote, t
     assert rest == "through the gate\n"
 
 
-def test_logs_follow_json__one_json_line_per_new_piece(remote: Remote, tmp_path) -> None:
-    gate = tmp_path / "gate"
+def test_logs_follow_json__one_json_line_per_new_piece(remote: Remote, gate: Path) -> None:
     job_id = submit(remote, "--", "--gate", str(gate))
     with remote.popen("logs", job_id, "--follow", "--json") as follower:
         try:
@@ -184,8 +193,8 @@ def test_logs_follow_json__one_json_line_per_new_piece(remote: Remote, tmp_path)
     assert "".join(pieces) == "through the gate\n"
 
 
-def test_cancel__stops_a_running_job_then_says_it_is_finished(remote: Remote, tmp_path) -> None:
-    job_id = submit(remote, "--", "--gate", str(tmp_path / "never"))
+def test_cancel__stops_a_running_job_then_says_it_is_finished(remote: Remote, gate: Path) -> None:
+    job_id = submit(remote, "--", "--gate", str(gate))
     wait_for("the job to run", lambda: state(remote, job_id) == "running")
     assert remote.ok("cancel", job_id).stdout == f"job {job_id}: cancelled\n"
     wait_for("the job to be revoked", lambda: state(remote, job_id) == "REVOKED")
@@ -194,8 +203,7 @@ def test_cancel__stops_a_running_job_then_says_it_is_finished(remote: Remote, tm
     assert "already finished" in remote.ok("cancel", job_id).stdout
 
 
-def test_jobs__lists_with_a_state_filter_in_either_faces_names(remote: Remote, tmp_path) -> None:
-    gate = tmp_path / "gate"
+def test_jobs__lists_with_a_state_filter_in_either_faces_names(remote: Remote, gate: Path) -> None:
     running = submit(remote, "--", "--gate", str(gate))
     done = submit(remote)
     remote.ok("wait", done)
