@@ -1,4 +1,5 @@
-"""The admin command line: ``jobferry serve|db|config|user|key|script|job|node``.
+"""The admin command line: ``jobferry serve|db|config|user|key|script|job|node``,
+and ``jobferry remote ...``, a client for a running daemon (``cli/remote/``).
 
 Every command works on the store named by the configuration (``--config``,
 ``--data-dir``), prints a readable table by default and JSON with ``--json``,
@@ -19,8 +20,6 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobferry import __version__
-from jobferry.cli import configuration, jobs, keys, nodes, schema, scripts, serve, users
-from jobferry.cli.common import COMMANDS, global_options
 from jobferry.errors import JobferryError, StoreUnavailableError, ValidationError
 
 
@@ -32,24 +31,45 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here: `jobferry remote` (below) starts without the services and the store.
+    from jobferry.cli import configuration, jobs, keys, nodes, remote, schema, scripts, serve, users
+    from jobferry.cli.common import COMMANDS, global_options
+
     parser = _Parser(prog="jobferry", description="jobferry job runner daemon and admin tool")
     parser.add_argument("--version", action="version", version=f"jobferry {__version__}")
     global_options(parser, top=True)
     top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for noun in (serve, schema, configuration, users, keys, scripts, jobs, nodes):
         noun.register(top)  # in this order in --help
+    remote.register(top, COMMANDS)  # HTTP to a running daemon, never the store
+    return parser
+
+
+def _remote_parser(registry: dict[str, Any]) -> argparse.ArgumentParser:
+    """``jobferry remote ...`` alone: a laptop's client loads no store, services or runners."""
+    from jobferry.cli import remote
+
+    parser = _Parser(prog="jobferry", description="jobferry job runner daemon and admin tool")
+    top = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    remote.register(top, registry)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = COMMANDS.get(getattr(args, "command_key", ""))
+    words = list(sys.argv[1:] if argv is None else argv)
+    commands: dict[str, Any] = {}
+    if words[:1] == ["remote"]:
+        parser = _remote_parser(commands)
+    else:
+        parser = build_parser()
+        from jobferry.cli.common import COMMANDS
+
+        commands = COMMANDS
+    args = parser.parse_args(words)
+    handler = commands.get(getattr(args, "command_key", ""))
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         return handler(args) or 0
     except JobferryError as exc:
@@ -58,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = f"{line.rstrip('.')}: {_flatten(exc.details['reason'])}"  # an admin sees why
         print(f"jobferry: error: {line}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        db_errors = sys.modules.get("sqlalchemy.exc")  # loaded if the command used the store
+        if db_errors is None or not isinstance(exc, db_errors.SQLAlchemyError):
+            raise
         reason = getattr(exc, "orig", None) or exc
         print(f"jobferry: error: the database failed: {_flatten(reason)}", file=sys.stderr)
         return 1
