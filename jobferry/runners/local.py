@@ -35,7 +35,13 @@ from jobferry.runners.base import (
     RunStatus,
 )
 from jobferry.runners.joblog import job_of
-from jobferry.runners.proctree import signal_tree, start_ticks, tree_peak_rss_kb, wait_gone
+from jobferry.runners.proctree import (
+    descendant_cmdlines,
+    signal_tree,
+    start_ticks,
+    tree_peak_rss_kb,
+    wait_gone,
+)
 from jobferry.runners.wrapper import WRAPPER, clear_stale, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,11 @@ _LOST_REASON = "process ended without recording a result"
 #: First and longest interval between samples of a running job's peak memory, seconds.
 SAMPLE_FIRST_S = 0.25
 SAMPLE_MAX_S = 2.0
+
+
+def _is_log_filter(cmdline: list[str]) -> bool:
+    """A ``dd`` the wrapper runs to cap a log (see wrapper.sh, "Log caps")."""
+    return cmdline[0] == "dd" and "iflag=fullblock" in cmdline
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ class LocalRunner(Runner):
         env.update((k, os.environ[k]) for k in ("TMPDIR", "USER", "LOGNAME") if k in os.environ)
         env.update(spec.env)
         argv = [self.shell, str(WRAPPER), spec.workdir, spec.stdout_path, spec.stderr_path]
-        argv += [spec.result_path, "--", *spec.argv]
+        argv += [spec.result_path, str(spec.max_log_bytes), "--", *spec.argv]
         devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
         started_at = time.time()
         try:
@@ -461,23 +472,22 @@ class LocalRunner(Runner):
 
     @staticmethod
     def _wait_started(wrapper: psutil.Process, job: LocalPayload, timeout: float = 1.0) -> None:
-        """Wait (briefly) until the wrapper's child has exec'd the job, or the job ended.
+        """Wait (briefly) until the wrapper's subshell has exec'd the job, or the job ended.
 
         A SIGTERM sent earlier is lost: the wrapper's ``trap`` takes it before the
-        fork, and the forked subshell still has that handler until it execs. The
-        job would then run on until the SIGKILL after the grace time.
+        fork, and the forked subshell still has that handler (or, with a log cap,
+        ignores it) until it execs. The job would then run on until the SIGKILL after
+        the grace time. The job is the descendant that is neither a shell of the
+        wrapper's nor one of its log filters (``dd ... iflag=fullblock``).
         """
         shell = wrapper.cmdline()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if wrapper.status() == psutil.STATUS_ZOMBIE or os.path.exists(job.result_path):
                 return
-            children = wrapper.children()
-            try:
-                if children and all(c.cmdline() != shell for c in children):
+            for cmdline in descendant_cmdlines(job.pid):
+                if cmdline and cmdline != shell and not _is_log_filter(cmdline):
                     return
-            except psutil.NoSuchProcess:
-                pass
             time.sleep(0.005)
 
     # --- cleanup ----------------------------------------------------------------

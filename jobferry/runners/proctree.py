@@ -38,6 +38,26 @@ def tree_peak_rss_kb(root: int) -> int | None:
     return best
 
 
+def descendant_cmdlines(root: int) -> list[list[str]]:
+    """The command lines of *root*'s descendants (those still readable)."""
+    out: list[list[str]] = []
+    pending = _children(root)
+    seen: set[int] = set()
+    while pending and len(seen) < 10_000:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        out.append([w.decode(errors="replace") for w in raw.split(b"\0")[:-1]])
+        pending.extend(_children(pid))
+    return out
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     try:

@@ -1,9 +1,9 @@
 # jobferry job wrapper (POSIX sh, dash-compatible); used by jobferry.runners.local.
 #
-# Usage: sh wrapper.sh WORKDIR STDOUT STDERR RESULT -- ARGV...
+# Usage: sh wrapper.sh WORKDIR STDOUT STDERR RESULT LOGCAP -- ARGV...
 #
 # Runs ARGV in WORKDIR with stdin from /dev/null and stdout/stderr to the given
-# files. ARGV goes to `exec` as separate words, never through eval or sh -c, and
+# files, each capped at LOGCAP bytes (0: no cap; see "Log caps" below). ARGV goes to `exec` as separate words, never through eval or sh -c, and
 # `exec` only runs programs (never builtins), so hostile strings stay literal.
 # When it ends, RESULT is written as key=value lines: exit_code=N, an optional
 # reason=..., two cpu=<user> <sys> lines from `times` (this shell, then its
@@ -24,14 +24,78 @@
 # runs jobferry's stager (stage.py, pasted in below by jobferry.runners.wrapper)
 # to fetch the inputs first and to post work/*, stdout, stderr and the result
 # back and report the end afterwards. A failed stage-out exits 75 (EX_TEMPFAIL).
+#
+# Log caps (jobs.max_log_mb). Beyond LOGCAP bytes a log keeps its first half and its
+# last half with one marker line between them that says exactly how many bytes were
+# dropped; the disk never holds more than about 1.125 x LOGCAP per log meanwhile. Why
+# this way:
+# - A filter in the pipe, not a watcher of the file: a watcher wakes up now and then
+#   (a `yes` writes GBs between two looks), cannot count exactly what it cut from a
+#   file being written, and costs a fork per look. A pipe bounds the disk at every
+#   write and counts exactly.
+# - dd (GNU coreutils and busybox alike: every image has it, python3 is not needed):
+#   `dd bs=B count=N iflag=fullblock` reads exactly N*B bytes from a pipe and never
+#   more (busybox `head -c` reads ahead and would lose bytes), and its "K+P records"
+#   line says whether the stream ended first. A job with small output therefore pays
+#   two dd processes and a few forks of this shell (about 1-2 ms, measured with
+#   bench/throughput.py); a python3 filter costs 10-20 ms of start-up per job.
+# - Only a log that outgrows its head pays more: the rest goes through a ring of
+#   chunk files (one dd per chunk of LOGCAP/8); at the end the last LOGCAP/2 bytes
+#   are appended after the marker and the chunks removed.
+# - The job's exit status is its own: it comes out of the pipeline through a
+#   command substitution (POSIX sh has no pipefail). The filters ignore SIGTERM, so
+#   a cancel or walltime ends the job, the filters drain and finish the log, and
+#   the result is written as before. SIGKILL (a job that outlives the grace time)
+#   kills the filters too: the log then keeps its head, and chunk files may remain.
+# - On a full disk a filter drains its pipe (the job is not killed by SIGPIPE); the
+#   result then says disk_full=1 as always and the count may be short.
 stage() {
     python3 - "$@" <<'JOBFERRY_STAGE_PY'
 @STAGE_PY@
 JOBFERRY_STAGE_PY
 }
+# cap_log FILE CAP: copy stdin to FILE; beyond CAP bytes keep the head and the tail.
+cap_log() {
+    trap '' TERM
+    exec 5<&0 >/dev/null
+    f=$1 h=$(($2 / 2)) b=65536
+    t=$(($2 - h))
+    while [ $((h % b)) -ne 0 ] || [ $((t % b)) -ne 0 ]; do b=$((b / 2)); done
+    dd bs=$b count=$((h / b)) iflag=fullblock 2>&1 >"$f" | {
+        # dd's first line is "K+P records in", or an error (then drain the pipe).
+        read -r n _
+        case $n in *[!0-9+]* | '') exec cat >/dev/null <&5 ;; esac
+        [ "${n%%+*}" = $((h / b)) ] || exit 0 # the stream ended within the head
+        # The head is full: chunks of c blocks in a ring of k+1 files, k*c*b >= t.
+        c=$(((t / b + 7) / 8)) i=0
+        k=$(((t / b + c - 1) / c))
+        while dd bs=$b count=$c iflag=fullblock of="$f.$((i % (k + 1)))" 2>"$f.n" <&5 &&
+            read -r n _ <"$f.n" && [ "${n%%+*}" = "$c" ]; do
+            i=$((i + 1))
+        done
+        case $n in *[!0-9+]* | '' | "$c"+*) cat >/dev/null <&5 ;; esac
+        p=$(wc -c <"$f.$((i % (k + 1)))") || p=0
+        d=$((i * c * b + p - t))
+        set --
+        j=$((i - k))
+        [ "$j" -ge 0 ] || j=0
+        while [ "$j" -le "$i" ]; do
+            set -- "$@" "$f.$((j % (k + 1)))"
+            j=$((j + 1))
+        done
+        if [ "$d" -gt 0 ]; then
+            printf '\n[jobferry: %s bytes dropped here; this log keeps its first %s and last %s bytes (jobs.max_log_mb)]\n' \
+                "$d" "$h" "$t" >>"$f"
+            cat -- "$@" | tail -c "$t" >>"$f"
+        else
+            cat -- "$@" >>"$f"
+        fi
+        rm -f -- "$@" "$f.n" "$f".[0-9]*
+    }
+}
 trap : TERM
-w=$1 o=$2 e=$3 r=$4
-shift 4
+w=$1 o=$2 e=$3 r=$4 cap=${5:-0}
+shift 5
 m= remote=
 if [ "${JOBFERRY_STAGING:-}" = remote ]; then
     remote=${r%/*}
@@ -44,14 +108,29 @@ echo $$ >"$r.pid"
 if [ "$1" = -- ]; then shift; fi
 if [ -n "$remote" ] && ! stage in "$remote" 2>>"$e.stage"; then
     c=126 m="reason=staging the inputs in failed: $(tail -n 1 "$e.stage" 2>/dev/null)"
-elif cd -- "$w" 2>/dev/null; then
+elif ! cd -- "$w" 2>/dev/null; then
+    c=127 m="reason=cannot change to working directory $w"
+elif [ "$cap" -gt 0 ]; then
+    # The job's status on fd 4 (the substitution), its stdout on fd 3 (a pipe to one
+    # filter), its stderr to the other filter; see "Log caps" above.
+    c=$(
+        trap '' TERM
+        { { {
+            (
+                trap - TERM
+                if [ -n "${JOBFERRY_MEMORY_KB:-}" ]; then ulimit -v "$JOBFERRY_MEMORY_KB"; fi
+                exec "$@"
+            ) </dev/null 2>&1 >&3 3>&- 4>&-
+            echo $? >&4
+        } | cap_log "$e" "$cap" 3>&- 4>&-; } 3>&1 | cap_log "$o" "$cap" 4>&-; } 4>&1
+    )
+    c=${c:-143}
+else
     (
         if [ -n "${JOBFERRY_MEMORY_KB:-}" ]; then ulimit -v "$JOBFERRY_MEMORY_KB"; fi
         exec "$@"
     ) </dev/null >"$o" 2>"$e"
     c=$?
-else
-    c=127 m="reason=cannot change to working directory $w"
 fi
 # The result is the job's only lasting record of its exit code: on a full disk the
 # wrapper keeps trying (each second, while its directory exists and is writable:
