@@ -60,22 +60,41 @@ cap_log() {
     exec 5<&0 >/dev/null
     f=$1 h=$(($2 / 2)) b=65536
     t=$(($2 - h))
-    while [ $((h % b)) -ne 0 ] || [ $((t % b)) -ne 0 ]; do b=$((b / 2)); done
-    dd bs=$b count=$((h / b)) iflag=fullblock 2>&1 >"$f" | {
-        # dd's first line is "K+P records in", or an error (then drain the pipe).
+    while [ $((b * 16)) -gt "$2" ] && [ "$b" -gt 1 ]; do b=$((b / 2)); done
+    c=$((t / b / 8)) # a chunk: c blocks of b bytes, about t/8
+    [ "$c" -gt 0 ] || c=1
+    # The head, written as it comes. busybox dd iflag=count_bytes stops exactly at h
+    # bytes; GNU dd (whose count_bytes counts a short read as a block) stops at h
+    # bytes or h/4096 reads, whichever comes first: the rest of the head is then
+    # taken below, once the log is known to be longer.
+    if [ -n "$bb" ]; then
+        "$bb" dd bs=65536 count="$h" iflag=count_bytes 2>/dev/null
+    else
+        dd bs=4096 count=$((h / 4096 + 1)) 2>/dev/null
+    fi >"$f"
+    # The first chunk after that: most logs have ended before it ("0+0 records").
+    dd bs=$b count=$c iflag=fullblock 2>&1 >>"$f" | {
         read -r n _
-        case $n in *[!0-9+]* | '') exec cat >/dev/null <&5 ;; esac
-        [ "${n%%+*}" = $((h / b)) ] || exit 0 # the stream ended within the head
-        # The head is full: chunks of c blocks in a ring of k+1 files, k*c*b >= t.
-        c=$(((t / b + 7) / 8)) i=0
-        k=$(((t / b + c - 1) / c))
-        while dd bs=$b count=$c iflag=fullblock of="$f.$((i % (k + 1)))" 2>"$f.n" <&5 &&
+        case $n in *[!0-9+]* | '') exec cat >/dev/null <&5 ;; 0+0) exit 0 ;; esac
+        [ "${n%%+*}" = "$c" ] || exit 0 # ended within it: at most h + t bytes, all kept
+        # Longer. Make the log its first h bytes exactly, the overflow the first of a
+        # ring of k+1 chunk files (k*c*b >= t), and read on chunk by chunk.
+        s=$(wc -c <"$f") k=$(((t / b + c - 1) / c)) i=0
+        if [ "$s" -le "$h" ]; then
+            head -c $((h - s)) <&5 >>"$f" && : >"$f.0" || exec cat >/dev/null <&5
+        else
+            tail -c +$((h + 1)) "$f" >"$f.0" &&
+                dd if=/dev/null of="$f" bs=1 seek="$h" 2>/dev/null || exec cat >/dev/null <&5
+        fi
+        r=$(wc -c <"$f.0")
+        while i=$((i + 1)) &&
+            dd bs=$b count=$c iflag=fullblock of="$f.$((i % (k + 1)))" 2>"$f.n" <&5 &&
             read -r n _ <"$f.n" && [ "${n%%+*}" = "$c" ]; do
-            i=$((i + 1))
+            r=$((r + c * b))
         done
-        case $n in *[!0-9+]* | '' | "$c"+*) cat >/dev/null <&5 ;; esac
+        case $n in *[!0-9+]* | '' | "$c"+*) cat >/dev/null <&5 ;; esac # a failed dd: drain
         p=$(wc -c <"$f.$((i % (k + 1)))") || p=0
-        d=$((i * c * b + p - t))
+        d=$((r + p - t)) # r + p bytes after the head, t kept
         set --
         j=$((i - k))
         [ "$j" -ge 0 ] || j=0
@@ -111,6 +130,8 @@ if [ -n "$remote" ] && ! stage in "$remote" 2>>"$e.stage"; then
 elif ! cd -- "$w" 2>/dev/null; then
     c=127 m="reason=cannot change to working directory $w"
 elif [ "$cap" -gt 0 ]; then
+    bb= # a busybox to take the head with (exact and unbuffered), if there is one
+    for x in /bin/busybox /usr/bin/busybox; do [ -x "$x" ] && bb=$x && break; done
     # The job's status on fd 4 (the substitution), its stdout on fd 3 (a pipe to one
     # filter), its stderr to the other filter; see "Log caps" above.
     c=$(

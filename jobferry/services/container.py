@@ -16,6 +16,7 @@ from jobferry.services.admin import AdminService
 from jobferry.services.auth import AuthService
 from jobferry.services.callbacks import CallbackService
 from jobferry.services.core import Core
+from jobferry.services.disk import DiskGuard
 from jobferry.services.execution import ExecutionService
 from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
@@ -42,6 +43,8 @@ class Services:
     galaxy: GalaxyService
     galaxy_tools: GalaxyToolService
     admin: AdminService
+    #: The disk guard (507 below storage.min_free_*); ``check`` is a readiness check.
+    disk: DiskGuard
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -61,7 +64,8 @@ def build(
     ends. Without a daemon (the CLI, tests) submissions are queued and nobody is
     told."""
     auth = AuthService(core)
-    jobs = JobService(core, dispatcher)
+    disk = DiskGuard(core)
+    jobs = JobService(core, dispatcher, disk)
     galaxy = GalaxyService(core, jobs)
     return Services(
         core=core,
@@ -70,11 +74,12 @@ def build(
         scripts=ScriptService(core),
         jobs=jobs,
         nodes=NodeService(core),
-        job_files=JobFilesService(core),
+        job_files=JobFilesService(core, disk),
         callbacks=CallbackService(
             core, execution or ExecutionService(core, base_url=""), job_events
         ),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
+        disk=disk,
     )

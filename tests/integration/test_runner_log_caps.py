@@ -82,7 +82,7 @@ def test_log_cap__a_log_within_the_cap_is_kept_byte_for_byte(kind: Kind, size: i
 def test_log_cap__a_cancelled_runaway_writer_leaves_at_most_the_cap(kind: Kind) -> None:
     runner = kind.make()
     # 40 MiB first (then it says so in its work dir), then `yes` for ever.
-    script = 'yes | head -c 41943040; echo > passed; exec yes'
+    script = "yes | head -c 41943040; echo > passed; exec yes"
     spec = kind.spec(("/bin/sh", "-c", script, "runaway"))
     handle = runner.submit(spec)
     wait_for("the runaway job to pass 40 MiB", lambda: Path(spec.workdir, "passed").exists())
