@@ -42,7 +42,6 @@ class DiskReading:
 
     def details(self) -> dict[str, object]:
         return {
-            "path": self.path,
             "free_mb": round(self.free_mb, 1),
             "required_mb": self.required_mb,
             "free_percent": round(self.free_percent, 2),
@@ -51,7 +50,7 @@ class DiskReading:
 
     def describe(self) -> str:
         return (
-            f"{self.free_mb:.1f} MiB ({self.free_percent:.2f} %) free on {self.path}; "
+            f"{self.free_mb:.1f} MiB ({self.free_percent:.2f} %) free for the data directory; "
             f"at least {self.required_mb} MiB and {self.required_percent:g} % are required "
             "(storage.min_free_mb, storage.min_free_percent)"
         )
