@@ -3,7 +3,8 @@
 # Usage: sh wrapper.sh WORKDIR STDOUT STDERR RESULT LOGCAP -- ARGV...
 #
 # Runs ARGV in WORKDIR with stdin from /dev/null and stdout/stderr to the given
-# files, each capped at LOGCAP bytes (0: no cap; see "Log caps" below). ARGV goes to `exec` as separate words, never through eval or sh -c, and
+# files, each capped at LOGCAP bytes (0: no cap; see "Log caps" below). ARGV goes to
+# `exec` as separate words, never through eval or sh -c, and
 # `exec` only runs programs (never builtins), so hostile strings stay literal.
 # When it ends, RESULT is written as key=value lines: exit_code=N, an optional
 # reason=..., two cpu=<user> <sys> lines from `times` (this shell, then its
@@ -27,28 +28,31 @@
 #
 # Log caps (jobs.max_log_mb). Beyond LOGCAP bytes a log keeps its first half and its
 # last half with one marker line between them that says exactly how many bytes were
-# dropped; the disk never holds more than about 1.125 x LOGCAP per log meanwhile. Why
-# this way:
+# dropped; meanwhile the disk holds at most about 1.125 x LOGCAP per log. Why so:
 # - A filter in the pipe, not a watcher of the file: a watcher wakes up now and then
 #   (a `yes` writes GBs between two looks), cannot count exactly what it cut from a
-#   file being written, and costs a fork per look. A pipe bounds the disk at every
-#   write and counts exactly.
-# - dd (GNU coreutils and busybox alike: every image has it, python3 is not needed):
-#   `dd bs=B count=N iflag=fullblock` reads exactly N*B bytes from a pipe and never
-#   more (busybox `head -c` reads ahead and would lose bytes), and its "K+P records"
-#   line says whether the stream ended first. A job with small output therefore pays
-#   two dd processes and a few forks of this shell (about 1-2 ms, measured with
-#   bench/throughput.py); a python3 filter costs 10-20 ms of start-up per job.
-# - Only a log that outgrows its head pays more: the rest goes through a ring of
-#   chunk files (one dd per chunk of LOGCAP/8); at the end the last LOGCAP/2 bytes
-#   are appended after the marker and the chunks removed.
+#   file that is being written, and costs a fork per look. A pipe bounds the disk at
+#   every write and counts exactly.
+# - Standard tools, no python3 (images may lack it; its start-up alone costs 10-20
+#   ms a job): per stream, one process takes the head as it comes, so a running job's
+#   log can be followed: busybox `dd iflag=count_bytes` where there is a busybox (it
+#   stops exactly at LOGCAP/2 bytes), else GNU dd (its count_bytes counts a short read
+#   as a block: it stops at LOGCAP/2 bytes or so many reads, and the rest of the head
+#   is taken later). busybox `head -c` reads ahead and GNU `head -c` buffers its
+#   output, so neither. Then one `dd iflag=fullblock` reads the first chunk after the
+#   head: "0+0 records in" (nearly every job) ends the filter. So a job with small
+#   output pays two short-lived dd per stream and a few forks of this shell (measured
+#   with bench/throughput.py, see the README's "Disk" section).
+# - Only a log that outgrows the cap pays more: the overflow goes through a ring of
+#   chunk files (one dd per chunk of about LOGCAP/16); at the end the last LOGCAP/2
+#   bytes are appended after the marker, and the chunks are removed.
 # - The job's exit status is its own: it comes out of the pipeline through a
 #   command substitution (POSIX sh has no pipefail). The filters ignore SIGTERM, so
 #   a cancel or walltime ends the job, the filters drain and finish the log, and
 #   the result is written as before. SIGKILL (a job that outlives the grace time)
 #   kills the filters too: the log then keeps its head, and chunk files may remain.
 # - On a full disk a filter drains its pipe (the job is not killed by SIGPIPE); the
-#   result then says disk_full=1 as always and the count may be short.
+#   result then says disk_full=1 as always, and the count may be short.
 stage() {
     python3 - "$@" <<'JOBFERRY_STAGE_PY'
 @STAGE_PY@
