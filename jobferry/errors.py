@@ -217,6 +217,10 @@ class InsufficientStorageError(JobferryError):
     code = "insufficient_storage"
 
 
+#: The details of an InsufficientStorageError that clients see (the disk guard's).
+STORAGE_FIGURES = frozenset({"free_mb", "required_mb", "free_percent", "required_percent"})
+
+
 class BusyError(JobferryError):
     """The daemon is too busy to take this request now: try again later."""
 

@@ -113,6 +113,9 @@ class DaemonProcess:
     def __init__(self, data_dir: Path, config: dict[str, Any] | None = None) -> None:
         self.data_dir = data_dir
         self.database_url = database_url(data_dir)
+        # The disk guard off unless the test sets its own (small tmpfs data dirs).
+        config = dict(config or {})
+        config.setdefault("storage", {"min_free_mb": 0, "min_free_percent": 0})
         if on_postgres():
             config = with_database(config or {}, data_dir)
         if os.environ.get(WATCH_SECRETS_ENV):

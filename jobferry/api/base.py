@@ -205,6 +205,11 @@ class ApiMixin(_HandlerBase):
             body["errors"] = exc.errors
         if isinstance(exc, errors.GoneError):
             body["details"] = exc.details  # files_expired: true, the job, when
+        elif isinstance(exc, errors.InsufficientStorageError):
+            # The disk guard's figures (what is free, what is required); never a path.
+            shown = {k: v for k, v in exc.details.items() if k in errors.STORAGE_FIGURES}
+            if shown:
+                body["details"] = shown
         return body
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

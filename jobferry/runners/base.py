@@ -84,6 +84,9 @@ class RunSpec:
     job_dir: str = ""
     remote_dir: str | None = None
     stage_in: tuple[str, ...] = ()
+    #: Cap of stdout and of stderr, bytes (``jobs.max_log_mb``; 0: none): the wrapper
+    #: keeps the head and the tail of a longer log with a marker between them.
+    max_log_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,13 @@ from jobferry.runners.base import (
     RunStatus,
 )
 from jobferry.runners.joblog import job_of
-from jobferry.runners.proctree import signal_tree, start_ticks, tree_peak_rss_kb, wait_gone
+from jobferry.runners.proctree import (
+    signal_tree,
+    start_ticks,
+    tree_peak_rss_kb,
+    wait_gone,
+    wait_job_exec,
+)
 from jobferry.runners.wrapper import WRAPPER, clear_stale, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
@@ -114,7 +120,7 @@ class LocalRunner(Runner):
         env.update((k, os.environ[k]) for k in ("TMPDIR", "USER", "LOGNAME") if k in os.environ)
         env.update(spec.env)
         argv = [self.shell, str(WRAPPER), spec.workdir, spec.stdout_path, spec.stderr_path]
-        argv += [spec.result_path, "--", *spec.argv]
+        argv += [spec.result_path, str(spec.max_log_bytes), "--", *spec.argv]
         devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
         started_at = time.time()
         try:
@@ -407,7 +413,7 @@ class LocalRunner(Runner):
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
                 return
-            self._wait_started(wrapper, job)
+            wait_job_exec(wrapper, job.pid, job.result_path)
             procs = wrapper.children(recursive=True)
         except psutil.Error:
             return
@@ -426,7 +432,7 @@ class LocalRunner(Runner):
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
                 return
-            self._wait_started(wrapper, job)
+            wait_job_exec(wrapper, job.pid, job.result_path)
             procs = wrapper.children(recursive=True)
         except psutil.Error:
             return
@@ -458,27 +464,6 @@ class LocalRunner(Runner):
             )
             signal_tree(job.pid, survivors, signal.SIGKILL)
             wait_gone(survivors, 2.0)
-
-    @staticmethod
-    def _wait_started(wrapper: psutil.Process, job: LocalPayload, timeout: float = 1.0) -> None:
-        """Wait (briefly) until the wrapper's child has exec'd the job, or the job ended.
-
-        A SIGTERM sent earlier is lost: the wrapper's ``trap`` takes it before the
-        fork, and the forked subshell still has that handler until it execs. The
-        job would then run on until the SIGKILL after the grace time.
-        """
-        shell = wrapper.cmdline()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if wrapper.status() == psutil.STATUS_ZOMBIE or os.path.exists(job.result_path):
-                return
-            children = wrapper.children()
-            try:
-                if children and all(c.cmdline() != shell for c in children):
-                    return
-            except psutil.NoSuchProcess:
-                pass
-            time.sleep(0.005)
 
     # --- cleanup ----------------------------------------------------------------
 

@@ -38,6 +38,26 @@ def tree_peak_rss_kb(root: int) -> int | None:
     return best
 
 
+def descendant_cmdlines(root: int) -> list[list[str]]:
+    """The command lines of *root*'s descendants (those still readable)."""
+    out: list[list[str]] = []
+    pending = _children(root)
+    seen: set[int] = set()
+    while pending and len(seen) < 10_000:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        out.append([w.decode(errors="replace") for w in raw.split(b"\0")[:-1]])
+        pending.extend(_children(pid))
+    return out
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     try:
@@ -105,3 +125,30 @@ def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proces
             return alive
         procs = alive
         time.sleep(0.02)
+
+
+def _is_log_filter(cmdline: list[str]) -> bool:
+    """A ``dd`` the wrapper runs to cap a log (see wrapper.sh, "Log caps")."""
+    return cmdline[0] == "dd" and "iflag=fullblock" in cmdline
+
+
+def wait_job_exec(
+    wrapper: psutil.Process, pid: int, result_path: str, timeout: float = 1.0
+) -> None:
+    """Wait (briefly) until the wrapper (process *pid*) has exec'd the job, or it ended.
+
+    A SIGTERM sent earlier is lost: the wrapper's ``trap`` takes it before the
+    fork, and the forked subshell still has that handler (or, with a log cap,
+    ignores it) until it execs. The job would then run on until the SIGKILL after
+    the grace time. The job is the descendant that is neither a shell of the
+    wrapper's nor one of its log filters (``dd ... iflag=fullblock``).
+    """
+    shell = wrapper.cmdline()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wrapper.status() == psutil.STATUS_ZOMBIE or os.path.exists(result_path):
+            return
+        for cmdline in descendant_cmdlines(pid):
+            if cmdline and cmdline != shell and not _is_log_filter(cmdline):
+                return
+        time.sleep(0.005)

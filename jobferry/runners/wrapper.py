@@ -47,7 +47,8 @@ def wrapper_paths(spec: RunSpec) -> tuple[str, str, str, str]:
 def wrapper_argv(spec: RunSpec, shell: str = "/bin/sh") -> list[str]:
     """The argv that runs *spec*'s command under the wrapper (no file needed)."""
     w, o, e, r = wrapper_paths(spec)
-    return [shell, "-c", wrapper_text(), "jobferry-job", w, o, e, r, "--", *spec.argv]
+    cap = str(spec.max_log_bytes)
+    return [shell, "-c", wrapper_text(), "jobferry-job", w, o, e, r, cap, "--", *spec.argv]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from jobferry.services.admin import AdminService
 from jobferry.services.auth import AuthService
 from jobferry.services.callbacks import CallbackService
 from jobferry.services.core import Core
+from jobferry.services.disk import DiskGuard
 from jobferry.services.execution import ExecutionService
 from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
@@ -47,6 +48,8 @@ class Services:
     admin: AdminService
     health: HealthService
     retention: RetentionService
+    #: The disk guard (507 below storage.min_free_*); ``check`` is a readiness check.
+    disk: DiskGuard
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -68,7 +71,8 @@ def build(
     told. *health_checks* are readiness checks besides the store, the drain flag and
     the runners (``services.health``), by name."""
     auth = AuthService(core)
-    jobs = JobService(core, dispatcher)
+    disk = DiskGuard(core)
+    jobs = JobService(core, dispatcher, disk)
     galaxy = GalaxyService(core, jobs)
     return Services(
         core=core,
@@ -77,13 +81,14 @@ def build(
         scripts=ScriptService(core),
         jobs=jobs,
         nodes=NodeService(core),
-        job_files=JobFilesService(core),
+        job_files=JobFilesService(core, disk),
         callbacks=CallbackService(
             core, execution or ExecutionService(core, base_url=""), job_events
         ),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
-        health=HealthService(core, extra=health_checks),
+        health=HealthService(core, extra={"disk": disk.check, **(health_checks or {})}),
         retention=RetentionService(core),
+        disk=disk,
     )

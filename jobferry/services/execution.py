@@ -159,6 +159,7 @@ class ExecutionService:
             job_dir=str(job_dir),
             remote_dir=remote_dir,
             stage_in=stage_in,
+            max_log_bytes=self.core.config.jobs.max_log_mb << 20,
         )
 
     def claim_next(self, destinations: list[str], fit: transitions.NodeResources | None) -> Claim:

@@ -156,7 +156,9 @@ class GalaxyToolService:
         return uploads
 
     def run_tool(self, principal: Principal, payload: Mapping[str, Any]) -> list[JobSummary]:
-        """``POST /api/tools``: submit one job of the tool; its summary."""
+        """``POST /api/tools``: submit one job of the tool; its summary. The disk guard
+        refuses it (507) before its datasets are staged."""
+        self.jobs.disk.require("new submissions")
         slug = text_field(payload, "tool_id", required=True)
         assert slug is not None
         history_id = text_field(payload, "history_id")

@@ -46,6 +46,7 @@ from jobferry.errors import (
     TooManyRequestsError,
 )
 from jobferry.services.core import Core
+from jobferry.services.disk import DiskGuard
 from jobferry.services.retention import require_files
 from jobferry.staging import confined
 from jobferry.staging.confined import ConfinedWriter
@@ -66,6 +67,8 @@ WRAPPER_FILES = frozenset({"stdout", "stderr", "result"})
 OPEN_STATES = frozenset(
     {JobState.NEW.value, JobState.QUEUED.value, JobState.RUNNING.value, JobState.DELETING.value}
 )
+#: States of a job that has not started: uploads into it wait for disk space.
+NOT_STARTED = frozenset({JobState.NEW.value, JobState.QUEUED.value})
 #: Names of the multipart parts that carry the content (Galaxy's precedence order).
 FILE_FIELDS = ("file", "__file")
 #: How many bodies of ``server.form_key_max_kb`` may be held in memory at once.
@@ -90,6 +93,8 @@ class JobAccess:
     #: The files at the top of the job's directory its wrapper may post (only for
     #: ``staging: remote`` destinations, whose wrapper runs without this disk).
     wrapper_files: frozenset[str] = frozenset()
+    #: The job's state when its key was checked.
+    state: str = ""
 
 
 def check_job_id(job_id: str) -> None:
@@ -127,8 +132,9 @@ class BodyBudget:
 
 
 class JobFilesService:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, disk: DiskGuard | None = None) -> None:
         self.core = core
+        self.disk = disk or DiskGuard(core)
         self.buffers = BodyBudget(BUDGET_BODIES * core.config.server.form_key_max_kb * 1024)
 
     # --- authorisation ---------------------------------------------------------------------
@@ -185,7 +191,7 @@ class JobFilesService:
         here = self.core.config.node.shared_filesystem or home_node in (None, self.core.node_name)
         if state in (JobState.NEW.value, JobState.QUEUED.value) and here:
             make_job_dir(Path(job_dir))  # a submission without uploads did not make it
-        return JobAccess(job_id, Path(job_dir), wrapper)
+        return JobAccess(job_id, Path(job_dir), wrapper, str(state))
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -207,7 +213,13 @@ class JobFilesService:
         """An upload for an authorised job, its temp file in the daemon's staging area
         (swept at start-up: a crash mid-upload leaves nothing in the job's directory).
         With *path* the target is checked now (403 before any byte is read); without,
-        at ``Upload.finish``."""
+        at ``Upload.finish``.
+
+        While the disk is low (the disk guard), uploads into a job that has not started
+        yet (input staging) are refused with 507; a running job's, or a just-ended
+        one's (outputs, logs, its result), are taken: running jobs continue."""
+        if access.state in NOT_STARTED:
+            self.disk.require("uploads into a job that has not started")
         writer = ConfinedWriter(
             access.root,
             path or None,

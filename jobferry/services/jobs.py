@@ -34,6 +34,7 @@ from jobferry.errors import (
 )
 from jobferry.runners.base import RunHandle
 from jobferry.services.core import Core, Principal
+from jobferry.services.disk import DiskGuard
 from jobferry.services.logfields import job_fields
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.ports import NO_DISPATCH, Dispatcher
@@ -105,10 +106,14 @@ class JobView:
 
 
 class JobService:
-    def __init__(self, core: Core, dispatcher: Dispatcher[Any] = NO_DISPATCH) -> None:
+    def __init__(
+        self, core: Core, dispatcher: Dispatcher[Any] = NO_DISPATCH, disk: DiskGuard | None = None
+    ) -> None:
         """*dispatcher* starts a submission's job at once in a free slot, or is told
-        it was queued (``services.ports``: the daemon's scheduler, or nobody)."""
+        it was queued (``services.ports``: the daemon's scheduler, or nobody); *disk*
+        refuses submissions while the data directory's disk is low (507)."""
         self.core = core
+        self.disk = disk or DiskGuard(core)
         self.dispatcher = dispatcher
         self.versions = ScriptVersions(core)
         self._inserter = GroupInserter(core.sessions)
@@ -130,8 +135,9 @@ class JobService:
     ) -> str:
         """Validate and queue (or start) a job; return its id. Raises FormError,
         ScriptNotFoundError, ValidationError, UnsatisfiableError, TooManyRequestsError
-        (every slot for checking long commands is taken). The caller still owns (and
-        must discard) the uploads on error."""
+        (every slot for checking long commands is taken), InsufficientStorageError
+        (the disk guard). The caller still owns (and must discard) the uploads on error."""
+        self.disk.require("new submissions")
         # Validate: the form, the script version, where it goes, the command.
         name, iteration = check_form(request.job_name, request.iteration)
         version = self.versions.resolve(request.slug, request.version or None, iteration)

@@ -12,6 +12,7 @@ without them on a developer's machine, failed under ``CI=true``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,7 @@ def contract(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
     scratch = Path("/tmp/jf-scratch")  # the remote wrappers' scratch (host: Slurm)
     config = {
         "logging": {"access_log": True, "level": "DEBUG"},
+        "jobs": {"max_log_mb": 1},  # the log cap, 1 MiB per stream
         # Jobs here mostly sleep: let several share the two cores of a test machine.
         "node": {"cores": 8},
         "runners": {
@@ -121,6 +123,7 @@ def contract(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
     daemon = DaemonProcess(base / "data", config).start()
     client = daemon.client()
     client.add_script("behave", JOB_SCRIPTS / "behave.py")
+    client.add_script("chatty", JOB_SCRIPTS / "chatty.py")
     try:
         yield Contract(daemon, client, scratch)
     finally:
@@ -158,6 +161,24 @@ def test_contract__same_script_gives_same_outputs_on_every_runner(
     assert shown["destination"] == destination
     assert shown["runner"] == destination.split("-")[0]
     assert shown["exit_code"] == 0 and shown["attempt"] == 1
+
+
+def test_contract__log_cap_keeps_head_marker_and_tail_on_every_runner(
+    contract: Contract, destination: str
+) -> None:
+    job_id = contract.client.submit("chatty", "--mb 3 --exit-code 3", destination=destination)
+    contract.client.wait(job_id, timeout_s=120)
+    shown = contract.job(job_id)
+    assert shown["exit_code"] == 3, shown  # the job's own, not a filter's
+    cap = 1 << 20
+    for name, tag in (("stdout", b"OUT"), ("stderr", b"ERR")):
+        log = (contract.job_dir(job_id) / name).read_bytes()
+        found = re.search(rb"\n\[jobferry: (\d+) bytes dropped here; [^\n]*\]\n", log)
+        assert found is not None, (name, log[:100])
+        written = len(b"FIRST-OUT\n") + (3 << 20) + len(b"LAST-OUT\n")
+        assert int(found.group(1)) == written - cap
+        assert len(log) == cap + len(found.group(0))
+        assert log.startswith(b"FIRST-" + tag + b"\n") and log.endswith(b"LAST-" + tag + b"\n")
 
 
 def test_contract__non_zero_exit_ends_error_with_the_code(

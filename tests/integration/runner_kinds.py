@@ -36,6 +36,8 @@ from tests.services import BUSYBOX_IMAGE, require
 #: Every runner under contract, in the order the suite runs them.
 NAMES = ("local", "docker", "slurm", "fake")
 SOCKET = "unix:///var/run/docker.sock"
+#: The log cap of the suite's jobs, bytes (1 MiB: jobs.max_log_mb = 1).
+LOG_CAP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class Kind:
         job_dir = self.tmp_path / job_id
         (job_dir / "work").mkdir(parents=True)
         kwargs.setdefault("job_dir", str(job_dir))
+        # As the daemon does (jobs.max_log_mb), every job's logs go through the cap.
+        kwargs.setdefault("max_log_bytes", LOG_CAP)
         return RunSpec(
             job_id=job_id,
             argv=argv,

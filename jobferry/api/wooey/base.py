@@ -52,6 +52,8 @@ class StreamingFormHandler(StreamingUpload, WooeyHandler):
         principal = await self.authenticate()
         if self.admin_only and not principal.is_admin:
             raise errors.PermissionDeniedError(MANAGE_SCRIPTS)
+        # The disk guard, before a byte of the body is taken (507 while the disk is low).
+        self.services.disk.require("uploads")
         cap = self.core.config.server.max_upload_mb * 1024 * 1024
         self.limit_body(cap, "exceeds server.max_upload_mb")
         self.receiver = FormReceiver(
