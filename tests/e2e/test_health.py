@@ -47,7 +47,7 @@ def test_readyz__a_working_daemon_is_ready_without_a_key(daemon: DaemonProcess) 
     assert response.headers["Cache-Control"] == "no-store"
     assert response.json() == {
         "status": "ready",
-        "checks": {"store": "ok", "drain": "ok", "local": "ok"},
+        "checks": {"store": "ok", "drain": "ok", "local": "ok", "disk": "ok"},
     }
 
 
@@ -58,7 +58,7 @@ def test_readyz__a_drained_node_is_not_ready_until_undrained(daemon: DaemonProce
 
     assert drained == {
         "status": "not ready",
-        "checks": {"store": "ok", "drain": "draining", "local": "ok"},
+        "checks": {"store": "ok", "drain": "draining", "local": "ok", "disk": "ok"},
     }
     daemon.cli("node", "undrain", "n-health")
     assert wait_for("/readyz to be ready again", lambda: _answer(readyz(daemon), 200))

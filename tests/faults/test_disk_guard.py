@@ -109,6 +109,12 @@ def test_disk_guard__below_the_threshold_new_work_gets_507_running_jobs_continue
     answers = {make.__name__: _is_guard_507(make()) for make in refused}
     print(f"507 details on a 64 MiB filesystem: {answers}")
     assert _files(env.fs) == before  # nothing written
+    # /readyz says why this node should get no new work (its one-second cache aside).
+    ready = wait_for(
+        "/readyz to report the disk",
+        lambda: (r := client.get("/readyz")).status_code == 503 and r.json(),
+    )
+    assert ready["checks"]["disk"].startswith("low on disk space"), ready
 
     # The running job continues: its uploads are taken, its own outputs land.
     assert job_file(running, "late.bin").status_code == 200
@@ -121,6 +127,7 @@ def test_disk_guard__below_the_threshold_new_work_gets_507_running_jobs_continue
 
     filler.unlink()  # space returns; no restart: the guard clears by itself
     wait_for("the guard to clear", lambda: submit_without_file().status_code == 200)
+    wait_for("/readyz to clear", lambda: client.get("/readyz").status_code == 200)
     assert submit_with_file().status_code == 200
     assert upload_script().json()[0]["success"] is True
     assert galaxy_tool_run().status_code == 200
