@@ -143,6 +143,7 @@ class Daemon:
         self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
         self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
+        core.telemetry.node_source = self.heartbeat.figures  # jobferry_node_* at each scrape
         await self.heartbeat.register(self.url)
         await self.scheduler.recovery.recover()
         server.add_sockets(sockets)

@@ -21,6 +21,7 @@ from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import JobService
+from jobferry.services.metrics import MetricsService
 from jobferry.services.nodes import NodeService
 from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobEvents
 from jobferry.services.scripts import ScriptService
@@ -42,6 +43,7 @@ class Services:
     galaxy: GalaxyService
     galaxy_tools: GalaxyToolService
     admin: AdminService
+    metrics: MetricsService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -77,4 +79,5 @@ def build(
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),
         admin=AdminService(core, auth),
+        metrics=MetricsService(core),
     )

@@ -214,6 +214,7 @@ class ExecutionService:
                 transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
             raise
         claimed = ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node)
+        self.core.telemetry.job_started(job.destination, job.created_at)
         return Claim(claimed, backlog=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
@@ -224,6 +225,7 @@ class ExecutionService:
             )
         for job in jobs:
             make_job_dir(Path(job.job_dir))
+            self.core.telemetry.job_started(job.destination, job.created_at)
         node = self.core.node_name
         return [ClaimedJob(j.id, j.attempt, j.runner, self.spec(j), node=node) for j in jobs]
 
@@ -314,6 +316,14 @@ class ExecutionService:
                 ending.metrics,
                 ending.outputs,
             )
+        wall_s = ending.metrics.get("wall_s")
+        self.core.telemetry.job_ended(
+            claimed.spec.destination,
+            claimed.runner,
+            state.value,
+            reason,
+            None if wall_s is None else float(wall_s),
+        )
         return JobEnd(state.value, status.exit_code, reason)
 
     def _finish(
@@ -330,6 +340,9 @@ class ExecutionService:
             self._write_finish(
                 session, claimed, state, reason, exit_code, finished_at, metrics, outputs
             )
+        self.core.telemetry.job_ended(
+            claimed.spec.destination, claimed.runner, state.value, reason, None
+        )
 
     @staticmethod
     def _write_finish(
