@@ -121,6 +121,7 @@ class Scheduler:
             wake=self.wake,
             telemetry=core.telemetry,
         )
+        core.telemetry.declare_runners(runners)
         self._in_round = False
         self._closed = False
         self._starting: set[asyncio.Task[RunHandle | None]] = set()

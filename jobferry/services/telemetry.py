@@ -51,6 +51,12 @@ REASON_CLASSES = (
     "lost",
     "other",
 )
+#: Where store errors are counted (the label ``where``).
+STORE_ERROR_PLACES = ("http", "job_end", "heartbeat", "claim")
+#: What the reaper did with a dead node's job (the label ``action``).
+REAPER_ACTIONS = ("requeued", "failed", "deleted", "adopted")
+#: Kinds of runner errors (the label ``kind``).
+RUNNER_ERROR_KINDS = ("unavailable", "submit_failed")
 #: Seconds: from a second to a day (queue waits and run times).
 JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 86400)
 #: Seconds: an HTTP request, from a millisecond to a minute.
@@ -300,6 +306,8 @@ class Telemetry:
             ["where"],
             registry=registry,
         )
+        for where in STORE_ERROR_PLACES:
+            self._store_errors.labels(where)
         self._store_retries = Counter(
             "jobferry_store_retries",
             "Retries of recording a job's end while the store could not take it.",
@@ -316,11 +324,20 @@ class Telemetry:
             ["action"],
             registry=registry,
         )
+        for action in REAPER_ACTIONS:
+            self._reaper_jobs.labels(action)
         self._dead_nodes = Counter(
             "jobferry_reaper_dead_nodes",
             "Nodes this node's reaper declared dead.",
             registry=registry,
         )
+
+    def declare_runners(self, runners: Iterable[str]) -> None:
+        """Show each runner's error counters from the start, at 0."""
+        if self.enabled:
+            for runner in runners:
+                for kind in RUNNER_ERROR_KINDS:
+                    self._runner_errors.labels(runner, kind)
 
     # --- recording (hot paths: microseconds, no store) ----------------------------------------
 
