@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from jobferry.services.core import Core
@@ -37,6 +37,15 @@ LIVE_JOB_STATES = (
     JobState.RUNNING.value,
     JobState.DELETING.value,
 )
+
+
+def live_jobs_query() -> Select[str | None, str, str, str, int]:
+    """Jobs in non-terminal states by node, state, destination and runner."""
+    return (
+        select(Job.node, Job.state, Job.destination, Job.runner, func.count())
+        .where(Job.state.in_(LIVE_JOB_STATES))
+        .group_by(Job.node, Job.state, Job.destination, Job.runner)
+    )
 
 
 class MetricsService:
@@ -68,11 +77,7 @@ class MetricsService:
 
     def _read(self, session: Session) -> StoreFigures:
         me = self.core.node_name
-        rows = session.execute(
-            select(Job.node, Job.state, Job.destination, Job.runner, func.count())
-            .where(Job.state.in_(LIVE_JOB_STATES))
-            .group_by(Job.node, Job.state, Job.destination, Job.runner)
-        ).all()
+        rows = session.execute(live_jobs_query()).all()
         node_jobs: dict[tuple[str, str, str], int] = {}
         store_jobs: dict[tuple[str, str, str], int] = {}
         for node, state, destination, runner, count in rows:
