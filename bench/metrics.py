@@ -174,8 +174,11 @@ async def scrape_latency(workdir: Path, args: argparse.Namespace) -> dict[str, A
 # --- (b) throughput, metrics on and off ---------------------------------------------------------
 
 
-async def batch(daemon: Daemon, slug: str, n: int, deadline: Deadline, scrape: bool) -> float:
-    """Submit *n* noop jobs over CPUS*2 connections and wait for all; jobs/s."""
+async def batch(
+    daemon: Daemon, slug: str, n: int, deadline: Deadline, scrape: bool
+) -> tuple[float, float]:
+    """Submit *n* noop jobs over CPUS*2 connections and wait for all; (jobs/s, daemon CPU
+    ms per job)."""
     conns = [daemon.conn() for _ in range(2 * CPUS)]
     scraper = HttpConn(daemon.host, daemon.port)
     stop = asyncio.Event()
@@ -190,12 +193,14 @@ async def batch(daemon: Daemon, slug: str, n: int, deadline: Deadline, scrape: b
 
     task = asyncio.ensure_future(scrape_loop()) if scrape else None
     try:
+        cpu0, _ = daemon.cpu()
         t0 = time.perf_counter()
         ids = await deadline.bounded(submit_many(conns, slug, n), "submitting")
         done = await wait_all(conns[:2], ids, deadline, window=4 * CPUS)
         if done.failed:
             raise BenchError(f"{done.failed} jobs did not complete")
-        return n / (done.t_end - t0)
+        cpu1, _ = daemon.cpu()
+        return n / (done.t_end - t0), 1000 * (cpu1 - cpu0) / n
     finally:
         stop.set()
         if task is not None:
@@ -211,15 +216,19 @@ async def throughput(workdir: Path, args: argparse.Namespace, deadline: Deadline
     await off.start_async()
     slugs = {d.name: await asyncio.to_thread(d.register, NOOP) for d in (on, off)}
     rates: dict[str, list[float]] = {on.name: [], off.name: []}
+    cpu_ms: dict[str, list[float]] = {on.name: [], off.name: []}
     try:
         for daemon in (on, off):  # warm-up round, not counted
             await batch(daemon, slugs[daemon.name], max(20, args.jobs // 5), deadline, False)
         for r in range(args.rounds):
             order = (on, off) if r % 2 == 0 else (off, on)
             for daemon in order:
-                rate = await batch(daemon, slugs[daemon.name], args.jobs, deadline, daemon is on)
+                rate, cpu = await batch(
+                    daemon, slugs[daemon.name], args.jobs, deadline, daemon is on
+                )
                 rates[daemon.name].append(rate)
-                log(f"round {r + 1}: {daemon.name} {rate:.1f} jobs/s")
+                cpu_ms[daemon.name].append(cpu)
+                log(f"round {r + 1}: {daemon.name} {rate:.1f} jobs/s, daemon CPU {cpu:.2f} ms/job")
     finally:
         on.stop()
         off.stop()
@@ -229,10 +238,44 @@ async def throughput(workdir: Path, args: argparse.Namespace, deadline: Deadline
         "jobs_per_round": args.jobs,
         "rounds": args.rounds,
         "rates": rates,
+        "daemon_cpu_ms_per_job": cpu_ms,
+        "enabled_median_cpu_ms_per_job": statistics.median(cpu_ms[on.name]),
+        "disabled_median_cpu_ms_per_job": statistics.median(cpu_ms[off.name]),
         "enabled_median_jobs_per_s": on_median,
         "disabled_median_jobs_per_s": off_median,
         "ratio": on_median / off_median,
     }
+
+
+# --- (c) what one job's recording costs, in process ---------------------------------------------
+
+
+def recording_cost(rounds: int = 20000) -> dict[str, Any]:
+    """Seconds per job of the recording calls a job causes (a submission, its start and
+    end, eight HTTP requests), enabled against disabled (the call overhead alone)."""
+    from jobferry.config.operations import MetricsConfig
+    from jobferry.services.telemetry import Telemetry
+
+    created = datetime.now(UTC)
+
+    def per_job(telemetry: Telemetry) -> float:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            telemetry.submitted("wooey")
+            telemetry.job_started("local", created)
+            telemetry.job_ended("local", "local", "ok", None, 0.2)
+            for _ in range(8):
+                telemetry.http_request("/api/jobs/v1/{}/status", "GET", 200, 0.001)
+        return (time.perf_counter() - t0) / rounds
+
+    on = Telemetry(MetricsConfig(enabled=True), "bench")
+    off = Telemetry(MetricsConfig(enabled=False), "bench")
+    per_job(on)  # warm-up
+    on_s = statistics.median(per_job(on) for _ in range(5))
+    off_s = statistics.median(per_job(off) for _ in range(5))
+    figures = {"enabled_us_per_job": 1e6 * on_s, "disabled_us_per_job": 1e6 * off_s}
+    log(json.dumps(figures))
+    return figures
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -253,6 +296,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def run(workdir: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     deadline = Deadline(args.time_limit)
+    out["recording"] = await asyncio.to_thread(recording_cost)
     if not args.skip_scrape:
         out["scrape"] = await deadline.bounded(scrape_latency(workdir, args), "the scrape test")
     if not args.skip_throughput:
@@ -280,6 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"p99 <= {TARGET_P99_MS:.0f} ms: {'ok' if ok else 'MISSED'}",
                 ]
             )
+        r = out["recording"]
+        lines.append(
+            [
+                "recording per job (1 submit, start, end, 8 requests)",
+                f"{r['enabled_us_per_job']:.1f} us",
+                f"disabled {r['disabled_us_per_job']:.1f} us",
+                f"+{r['enabled_us_per_job'] - r['disabled_us_per_job']:.1f} us",
+                "",
+            ]
+        )
         if "throughput" in out:
             t = out["throughput"]
             ok = t["ratio"] >= TARGET_RATIO
@@ -291,6 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"metrics off {t['disabled_median_jobs_per_s']:.1f} jobs/s",
                     f"{t['ratio']:.3f}",
                     f">= {TARGET_RATIO}: {'ok' if ok else 'MISSED'}",
+                ]
+            )
+            lines.append(
+                [
+                    "daemon CPU per job, metrics on",
+                    f"{t['enabled_median_cpu_ms_per_job']:.2f} ms",
+                    f"metrics off {t['disabled_median_cpu_ms_per_job']:.2f} ms",
+                    f"{t['enabled_median_cpu_ms_per_job'] / t['disabled_median_cpu_ms_per_job']:.3f}",  # noqa: E501
+                    "",
                 ]
             )
         path = write_results("metrics", bench.stamp, {**out, "passed": passed})

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -241,6 +242,8 @@ class Telemetry:
         #: The last store figures read (``services.metrics``).
         self.store_figures: StoreFigures | None = None
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._http_children: dict[tuple[str, str, int], Any] = {}
         if not self.enabled:
             return
         registry = self.registry
@@ -351,6 +354,11 @@ class Telemetry:
 
     # --- recording (hot paths: microseconds, no store) ----------------------------------------
 
+    # Each labelled child is looked up once through ``labels()`` (a lock, validation) and
+    # then kept in a plain dict: a dict hit and the child's own update is all a hot-path
+    # call costs. Two threads adding the same key get the same child (labels() is
+    # idempotent), so the dicts need no lock.
+
     def submitted(self, face: str, count: int = 1) -> None:
         if self.enabled:
             self._submissions.labels(face).inc(count)
@@ -360,7 +368,10 @@ class Telemetry:
         if self.enabled:
             created = epoch(created_at)
             wait = 0.0 if created is None else max(0.0, time.time() - created)
-            self._queue_wait.labels(destination).observe(wait)
+            child = self._children.get(("wait", destination))
+            if child is None:
+                child = self._children[("wait", destination)] = self._queue_wait.labels(destination)
+            child.observe(wait)
 
     def job_ended(
         self,
@@ -372,11 +383,19 @@ class Telemetry:
     ) -> None:
         """A job's end was recorded by this process; *run_s*: its run's wall time, if it ran."""
         if self.enabled:
-            self._ends.labels(
-                destination or "unknown", runner or "unknown", state, reason_class(state, reason)
-            ).inc()
+            destination = destination or "unknown"
+            key = ("end", destination, runner or "unknown", state, reason_class(state, reason))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._ends.labels(*key[1:])
+            child.inc()
             if run_s is not None:
-                self._run_time.labels(destination or "unknown").observe(max(0.0, run_s))
+                child = self._children.get(("run", destination))
+                if child is None:
+                    child = self._children[("run", destination)] = self._run_time.labels(
+                        destination
+                    )
+                child.observe(max(0.0, run_s))
 
     def staged(self, channel: str, direction: str, size: int, seconds: float) -> None:
         if self.enabled:
@@ -385,9 +404,13 @@ class Telemetry:
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if self.enabled:
-            self._http.labels(
-                route, method if method in METHODS else "other", f"{status // 100}xx"
-            ).observe(seconds)
+            key = (route, method, status)
+            child = self._http_children.get(key)
+            if child is None:
+                child = self._http_children[key] = self._http.labels(
+                    route, method if method in METHODS else "other", f"{status // 100}xx"
+                )
+            child.observe(seconds)
 
     def runner_error(self, runner: str, kind: str) -> None:
         if self.enabled:

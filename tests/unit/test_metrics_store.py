@@ -72,7 +72,7 @@ def test_store_figures__the_aggregate_reads_the_state_index(engine: Engine) -> N
     query = live_jobs_query()
     with engine.connect() as conn:
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
-        if is_postgres(conn):
+        if is_postgres(engine):
             conn.execute(text("SET enable_seqscan = off"))  # tiny table: ask for the plan
             plan = " ".join(r[0] for r in conn.execute(text(f"EXPLAIN {compiled}")))
             assert "Index" in plan and "ix_jobs_" in plan, plan
