@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 from jobferry.runners.base import RunHandle, Runner, RunSpec
 from jobferry.services.execution import ClaimedJob
-from jobferry.services.telemetry import Telemetry
 from jobferry.store.models import Job
 
 
@@ -104,7 +103,6 @@ class DirectStart:
         take_over: Callable[[StartingJob | None], None],
         drained: Callable[[], bool],
         wake: Callable[[], None],
-        telemetry: Telemetry | None = None,
     ) -> None:
         """*spec* builds a job's run spec (``ExecutionService.spec``); *take_over*
         (on the loop) follows a job a submission started (None: a reservation was
@@ -116,7 +114,6 @@ class DirectStart:
         self._take_over_start = take_over
         self._drained = drained
         self._wake = wake
-        self._telemetry = telemetry
         self._lock = threading.Lock()
         self._offer: SlotOffer | None = None
         self._reserved: list[Reservation] = []
@@ -196,8 +193,6 @@ class DirectStart:
         assert self._loop is not None
         spec = self._spec(job)
         claimed = ClaimedJob(job.id, job.attempt, job.runner, spec, node=self._node)
-        if self._telemetry is not None:
-            self._telemetry.job_started(job.destination, job.created_at)
         try:
             start = StartingJob(claimed, handle=self._runners[job.runner].submit(spec))
         except Exception as exc:  # handled on the loop, like any failed start

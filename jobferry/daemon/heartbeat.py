@@ -19,7 +19,7 @@ import time
 
 from jobferry.daemon.logcontext import node_context
 from jobferry.daemon.scheduler import Scheduler
-from jobferry.errors import JobferryError
+from jobferry.errors import JobferryError, StoreUnavailableError
 from jobferry.services.core import Core
 from jobferry.services.nodes import NodeService
 from jobferry.services.telemetry import NodeFigures
@@ -66,7 +66,8 @@ class Heartbeat:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.core.telemetry.store_error("heartbeat")
+                if isinstance(exc, StoreUnavailableError):
+                    self.core.telemetry.store_error("heartbeat")
                 if not self._failing:
                     self._failing = True
                     reason = (

@@ -119,9 +119,7 @@ class Scheduler:
             take_over=self.take_over,
             drained=lambda: self.drained,
             wake=self.wake,
-            telemetry=core.telemetry,
         )
-        core.telemetry.declare_runners(runners)
         self._in_round = False
         self._closed = False
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
@@ -264,7 +262,6 @@ class Scheduler:
                     got = await self.core.call(self._claim, destinations, fit)
                 except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
-                    self.core.telemetry.store_error("claim")
                     backlog = True
                     break
                 if got.start is not None:
@@ -376,7 +373,6 @@ class Scheduler:
                 handle = start.handle
                 state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
-            self.core.telemetry.runner_error(runner.name, "unavailable")
             self._pause(runner.name, exc.message)
             extra = job_context(claimed, self.core.node_name)
             logger.info("job %s stays queued: %s", claimed.job_id, exc.message, extra=extra)
@@ -384,7 +380,6 @@ class Scheduler:
             return None
         except Exception as exc:
             message = exc.message if isinstance(exc, JobferryError) else f"{exc!r}"
-            self.core.telemetry.runner_error(runner.name, "submit_failed")
             extra = job_context(claimed, self.core.node_name)
             logger.warning("job %s could not start: %s", claimed.job_id, message, extra=extra)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))

@@ -32,6 +32,7 @@ from jobferry.runners.wrapper import read_result
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
+from jobferry.services.telemetry import counts_store_errors
 from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
@@ -160,6 +161,7 @@ class ExecutionService:
             stage_in=stage_in,
         )
 
+    @counts_store_errors("claim")
     def claim_next(self, destinations: list[str], fit: transitions.NodeResources | None) -> Claim:
         """Claim one job (see ``transitions.claim_next_job``). ``NOTHING_TO_CLAIM``:
         nothing is queued for *destinations* on this node. No job but a backlog:
@@ -257,10 +259,12 @@ class ExecutionService:
             return str(state)
 
     def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
+        self.core.telemetry.runner_error(claimed.runner, "submit_failed")
         self._finish(claimed, JobState.ERROR, reason, None, None, {})
 
     def requeue(self, claimed: ClaimedJob, reason: str) -> None:
         """Put a claimed job whose runner could not take it back in the queue."""
+        self.core.telemetry.runner_error(claimed.runner, "unavailable")
         with self.core.sessions.begin() as session:
             transitions.requeue_job(
                 session, claimed.job_id, claimed.attempt, reason, on_node=claimed.node

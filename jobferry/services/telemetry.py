@@ -21,11 +21,12 @@ destinations and runners. No label ever carries a job id, a user or a path.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +42,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from jobferry.config.operations import MetricsConfig
+from jobferry.errors import StoreUnavailableError
 
 #: Faces that submit jobs (the label values of ``jobferry_submissions_total``).
 FACES = ("wooey", "galaxy", "tes")
@@ -71,6 +73,35 @@ JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 
 HTTP_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 1, 5, 30)
 #: Seconds: one staged transfer.
 STAGING_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+
+
+class _HasCore(Protocol):
+    core: Any
+
+
+S = TypeVar("S", bound=_HasCore)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def counts_store_errors(
+    where: str,
+) -> Callable[[Callable[Concatenate[S, P], R]], Callable[Concatenate[S, P], R]]:
+    """Decorate a service method: a StoreUnavailableError it raises is counted in
+    ``jobferry_store_errors_total{where=...}`` (and raised on)."""
+
+    def wrap(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+        @functools.wraps(method)
+        def counted(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreUnavailableError:
+                self.core.telemetry.store_error(where)
+                raise
+
+        return counted
+
+    return wrap
 
 
 def reason_class(state: str, reason: str | None) -> str:
