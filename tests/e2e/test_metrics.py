@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert, select
 
+from jobferry.store.engine import make_engine
+from jobferry.store.models import Job, Node, User
 from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +68,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     config = {
         "server": {"xheaders": True},
         "metrics": {"token": TOKEN, "store_cache_s": 0},
+        "node": {"heartbeat_s": 0.5, "dead_after_s": 5},
     }
     proc = DaemonProcess(base / "data", config).start()
     try:
@@ -196,6 +203,53 @@ def test_metrics__loopback_open_else_token_or_admin_key(run: Run) -> None:
     user = {**REMOTE, "Authorization": f"Bearer {user_key}"}
     refused = requests.get(url, headers=user, timeout=DEADLINE_S)
     assert refused.status_code == 403 and refused.json()["message"]
+
+
+def test_metrics__reaper_round_requeue_and_dead_node_are_counted(run: Run) -> None:
+    """A node silent for an hour, with a running job: this node's reaper declares it dead
+    and requeues the job; the counters say so."""
+    daemon = run.daemon
+    old = datetime.now(UTC) - timedelta(hours=1)
+    job_id = uuid.uuid4().hex[:16]
+    engine = make_engine(daemon.database_url)
+    try:
+        with engine.begin() as conn:
+            admin = conn.execute(select(User.id).where(User.username == "admin")).scalar_one()
+            conn.execute(
+                insert(Node).values(
+                    name="ghost", state="up", incarnation=1, started_at=old, heartbeat_at=old
+                )
+            )
+            conn.execute(
+                insert(Job).values(
+                    id=job_id,
+                    uuid=str(uuid.uuid4()),
+                    user_id=admin,
+                    name="the ghost's job",
+                    argv=[sys.executable, str(JOB_SCRIPTS / "noop.py")],
+                    state="running",
+                    node="ghost",
+                    home_node="ghost",
+                    attempt=1,
+                    runner="local",
+                    destination="local",
+                    job_dir=str(daemon.data_dir / "jobs" / job_id[:2] / job_id),
+                    created_at=old,
+                    updated_at=old,
+                )
+            )
+    finally:
+        engine.dispose()
+
+    def requeued() -> Samples | None:
+        found = samples(scrape(daemon.url))
+        return found if value(found, "jobferry_reaper_jobs_total", action="requeued") else None
+
+    found = wait_for("the reaper's requeue in /metrics", requeued)
+    assert value(found, "jobferry_reaper_jobs_total", action="requeued") == 1
+    assert value(found, "jobferry_reaper_dead_nodes_total") == 1
+    assert value(found, "jobferry_reaper_rounds_total") >= 1
+    assert value(found, "jobferry_store_nodes", state="dead") == 1
 
 
 def test_metrics__disabled_has_no_route(tmp_path: Path) -> None:
