@@ -252,6 +252,36 @@ def test_metrics__reaper_round_requeue_and_dead_node_are_counted(run: Run) -> No
     assert value(found, "jobferry_store_nodes", state="dead") == 1
 
 
+def test_metrics__unreachable_docker_engine_counts_runner_errors(tmp_path: Path) -> None:
+    config = {
+        "runners": {"docker": {"enabled": True, "base_url": "unix:///nonexistent/docker.sock"}},
+        "destinations": {
+            "local": {"runner": "local"},
+            "dock": {"runner": "docker", "image": "jobferry-test/busybox:1"},
+        },
+        "metrics": {"store_cache_s": 0},
+    }
+    daemon = DaemonProcess(tmp_path / "data", config).start()
+    try:
+        client = daemon.client()
+        client.add_script("behave", JOB_SCRIPTS / "behave.py")
+        job_id = client.submit("behave", "", destination="dock")
+
+        def counted() -> Samples | None:
+            found = samples(scrape(daemon.url))
+            errors = value(
+                found, "jobferry_runner_errors_total", job_runner_name="docker", kind="unavailable"
+            )
+            queued = value(found, "jobferry_store_jobs", state="queued", destination_id="dock")
+            return found if errors and queued == 1 else None  # requeued after being counted
+
+        found = wait_for("a runner error and the job queued again in /metrics", counted)
+        assert value(found, "jobferry_runner_errors_total", job_runner_name="local") == 0
+        daemon.cli("job", "cancel", job_id)
+    finally:
+        daemon.stop()
+
+
 def test_metrics__disabled_has_no_route(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path / "data", {"metrics": {"enabled": False}}).start()
     try:
