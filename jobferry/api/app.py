@@ -12,6 +12,7 @@ from jobferry.api.base import NotFoundHandler
 from jobferry.api.callbacks import callback_routes
 from jobferry.api.galaxy import galaxy_routes
 from jobferry.api.health import health_routes
+from jobferry.api.metrics import metrics_routes, observe_request
 from jobferry.api.nodes import node_routes
 from jobferry.api.openapi import openapi_routes
 from jobferry.api.route_names import SETTING, route_table
@@ -22,6 +23,7 @@ from jobferry.services.container import Services
 def make_app(services: Services) -> tornado.web.Application:
     routes = [
         *health_routes(services),
+        *metrics_routes(services),
         *wooey_routes(services),
         *openapi_routes(services),
         *callback_routes(services),
@@ -31,6 +33,7 @@ def make_app(services: Services) -> tornado.web.Application:
     log_requests = services.core.config.logging.access_log
 
     def log_function(handler: tornado.web.RequestHandler) -> None:
+        observe_request(handler)
         status = handler.get_status()
         if log_requests or status >= 500:
             log_access(handler, status)

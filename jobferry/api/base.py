@@ -264,6 +264,7 @@ class ApiMixin(_HandlerBase):
             # An outage, not a bug: one line per request, no traceback.
             reason = value.details.get("reason", value.message)
             logger.warning("%s %s: store unavailable: %s", self.request.method, uri, reason)
+            self.core.telemetry.store_error("http")
             return
         logger.error("error handling %s %s", self.request.method, uri, exc_info=value)
 

@@ -121,6 +121,9 @@ async def record_end(
             raise
         except Exception as exc:
             failures += 1
+            core.telemetry.store_retry()
+            if isinstance(exc, StoreUnavailableError):
+                core.telemetry.store_error("job_end")
             if loop.time() - logged_at >= FINISH_LOG_EVERY_S:
                 logged_at = loop.time()
                 _log_failure(claimed, core.node_name, exc, failures)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from jobferry.daemon.logcontext import node_context
 from jobferry.daemon.scheduler import Scheduler
-from jobferry.errors import JobferryError
+from jobferry.errors import JobferryError, StoreUnavailableError
 from jobferry.services.core import Core
 from jobferry.services.nodes import NodeService
+from jobferry.services.telemetry import NodeFigures
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class Heartbeat:
         self._failing = False
         #: ``extra=`` of every line: the node's name as a field (``daemon.logcontext``).
         self._context = node_context(nodes.name)
+        #: When the last heartbeat was written (monotonic), for jobferry_node_heartbeat_age.
+        self._beat_at: float | None = None
 
     async def register(self, url: str) -> None:
         """Register this node (a new incarnation) before recovery and claims."""
@@ -46,6 +50,7 @@ class Heartbeat:
             self.incarnation,
             extra=self._context,
         )
+        self._beat_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until *stop* is set; set *stop* if a newer daemon took this node's name."""
@@ -61,6 +66,8 @@ class Heartbeat:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, StoreUnavailableError):
+                    self.core.telemetry.store_error("heartbeat")
                 if not self._failing:
                     self._failing = True
                     reason = (
@@ -85,6 +92,7 @@ class Heartbeat:
         """One round: heartbeat, drain flag, lost jobs, reaper."""
         scheduler = self.scheduler
         report = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
+        self._beat_at = time.monotonic()
         if report.reregistered is not None:
             logger.warning(
                 "node %s: its row had gone; registered again", self.nodes.name, extra=self._context
@@ -118,6 +126,16 @@ class Heartbeat:
             )
         await scheduler.recovery.drop_lost()
         reaped = await self.core.call(self.nodes.reap, adopt_runners=set(scheduler.runners))
+        if reaped.ran:
+            self.core.telemetry.reaper_round(
+                dead=len(reaped.dead),
+                actions={
+                    "requeued": len(reaped.requeued),
+                    "failed": len(reaped.failed),
+                    "deleted": len(reaped.deleted),
+                    "adopted": len(reaped.adopted),
+                },
+            )
         if reaped:
             logger.warning(
                 "reaper: dead nodes %s; jobs requeued %s, failed %s, deleted %s, adopted %s",
@@ -132,6 +150,22 @@ class Heartbeat:
             await scheduler.recovery.follow_adopted()
         if reaped.requeued:
             scheduler.wake()
+
+    def figures(self) -> NodeFigures:
+        """What /metrics shows of this node (from memory, on the event loop)."""
+        capacity = self.core.node_capacity
+        usage = self.scheduler.usage()
+        beat = self._beat_at
+        return NodeFigures(
+            cores_total=capacity.cores or 1,
+            cores_free=usage.cores,
+            memory_mb_total=capacity.memory_mb or 0,
+            memory_mb_free=usage.memory_mb,
+            gpus_total=capacity.gpus or 0,
+            gpus_free=usage.gpus,
+            heartbeat_age_s=None if beat is None else time.monotonic() - beat,
+            drained=self.scheduler.drained,
+        )
 
     async def stopped(self) -> None:
         """A clean stop: the node's row says ``stopped``."""

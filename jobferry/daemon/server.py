@@ -153,6 +153,8 @@ class Daemon:
         self.listener.start()
         self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
         self.retention = RetentionTask(core, services.retention)
+        core.telemetry.node_source = self.heartbeat.figures  # jobferry_node_* at each scrape
+        core.telemetry.declare_runners(self.runners)
         await self.heartbeat.register(self.url)
         await self.scheduler.recovery.recover()
         server.add_sockets(sockets)

@@ -129,11 +129,13 @@ class CallbackService:
         state, attempt, exit_code, reason, metrics = parse_report(payload)
         with self.core.sessions.begin() as session:
             row = session.execute(
-                select(Job.state, Job.attempt, Job.job_dir).where(Job.id == job_id)
+                select(Job.state, Job.attempt, Job.job_dir, Job.runner, Job.destination).where(
+                    Job.id == job_id
+                )
             ).first()
         if row is None:
             raise NotFoundError("Job not found.")
-        current, current_attempt, job_dir = row
+        current, current_attempt, job_dir, runner, destination = row
         terminal = {s.value for s in TERMINAL_STATES}
         if current in terminal or attempt != current_attempt:
             return {"state": current, "accepted": False}
@@ -161,7 +163,8 @@ class CallbackService:
             metrics=metrics,
         )
         work = str(Path(job_dir) / "work")
-        claimed = ClaimedJob(job_id, attempt, "", RunSpec(job_id, (), work, "", "", ""))
+        spec = RunSpec(job_id, (), work, "", "", "", destination=destination)
+        claimed = ClaimedJob(job_id, attempt, runner, spec)
         try:
             final = self.execution.finish(claimed, status)
         except ConflictError:

@@ -24,6 +24,7 @@ from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.health import HealthService
 from jobferry.services.job_files import JobFilesService
 from jobferry.services.jobs import JobService
+from jobferry.services.metrics import MetricsService
 from jobferry.services.nodes import NodeService
 from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobEvents
 from jobferry.services.retention import RetentionService
@@ -50,6 +51,7 @@ class Services:
     retention: RetentionService
     #: The disk guard (507 below storage.min_free_*); ``check`` is a readiness check.
     disk: DiskGuard
+    metrics: MetricsService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -91,4 +93,5 @@ def build(
         health=HealthService(core, extra={"disk": disk.check, **(health_checks or {})}),
         retention=RetentionService(core),
         disk=disk,
+        metrics=MetricsService(core),
     )

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 from sqlalchemy import Engine, select
@@ -38,6 +38,9 @@ from jobferry.services.routing import Router
 from jobferry.store.engine import SessionFactory, make_engine, make_session_factory
 from jobferry.store.models import Setting, utcnow
 from jobferry.store.records import JobEnd
+
+if TYPE_CHECKING:
+    from jobferry.services.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +149,14 @@ class Core:
         return Capacity(
             node.cores or os.cpu_count() or 1, memory, gpus, where=f"node {self.node_name}"
         )
+
+    @functools.cached_property
+    def telemetry(self) -> Telemetry:
+        """This process's metrics (``services.telemetry``), made on first use."""
+        from jobferry import __version__
+        from jobferry.services.telemetry import Telemetry
+
+        return Telemetry(self.config.metrics, self.node_name, __version__)
 
     def capacity_for(self, runner: str) -> Capacity | None:
         """The largest job *runner* could ever take (None: unknown, let the runner judge)."""

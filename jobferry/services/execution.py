@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,8 @@ from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
 from jobferry.services.logfields import job_fields
+from jobferry.services.remote_paths import SCRIPT_COPY, copy_script, files_under, relocate
+from jobferry.services.telemetry import counts_store_errors
 from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
@@ -40,9 +41,6 @@ from jobferry.store.records import JOB_FILES, JOBS, JobEnd
 
 logger = logging.getLogger(__name__)
 
-#: Where a job's own copy of its script lives (relative to the job directory), for
-#: runners whose execution host cannot see the daemon's scripts directory.
-SCRIPT_COPY = "script"
 #: A job's state (built once: read at the end of every job).
 _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
 
@@ -133,8 +131,8 @@ class ExecutionService:
         stage_in: tuple[str, ...] = ()
         if dest.staging == "remote":
             remote_dir = f"{dest.scratch_dir.rstrip('/')}/{job.id}.{job.attempt}"
-            argv = [_relocate(a, str(job_dir), remote_dir) for a in argv]
-            stage_in = _files_under(job_dir, ("inputs", SCRIPT_COPY))
+            argv = [relocate(a, str(job_dir), remote_dir) for a in argv]
+            stage_in = files_under(job_dir, ("inputs", SCRIPT_COPY))
             env["JOBFERRY_STAGING"] = "remote"
             env["JOBFERRY_STAGE_IN"] = json.dumps(stage_in)
         return RunSpec(
@@ -162,6 +160,7 @@ class ExecutionService:
             max_log_bytes=self.core.config.jobs.max_log_mb << 20,
         )
 
+    @counts_store_errors("claim")
     def claim_next(self, destinations: list[str], fit: transitions.NodeResources | None) -> Claim:
         """Claim one job (see ``transitions.claim_next_job``). ``NOTHING_TO_CLAIM``:
         nothing is queued for *destinations* on this node. No job but a backlog:
@@ -209,13 +208,14 @@ class ExecutionService:
         try:
             make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
             if job.runner != "local":
-                _copy_script(Path(job.job_dir), job.argv)
+                copy_script(Path(job.job_dir), job.argv)
         except OSError as exc:
             with self.core.sessions.begin() as session:
                 reason = f"requeued: its directory could not be made ({exc.strerror})"
                 transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
             raise
         claimed = ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node)
+        self.core.telemetry.job_started(job.destination, job.created_at)
         return Claim(claimed, backlog=more)
 
     def claim(self, runner: str, limit: int) -> list[ClaimedJob]:
@@ -226,6 +226,7 @@ class ExecutionService:
             )
         for job in jobs:
             make_job_dir(Path(job.job_dir))
+            self.core.telemetry.job_started(job.destination, job.created_at)
         node = self.core.node_name
         return [ClaimedJob(j.id, j.attempt, j.runner, self.spec(j), node=node) for j in jobs]
 
@@ -257,10 +258,12 @@ class ExecutionService:
             return str(state)
 
     def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
+        self.core.telemetry.runner_error(claimed.runner, "submit_failed")
         self._finish(claimed, JobState.ERROR, reason, None, None, {})
 
     def requeue(self, claimed: ClaimedJob, reason: str) -> None:
         """Put a claimed job whose runner could not take it back in the queue."""
+        self.core.telemetry.runner_error(claimed.runner, "unavailable")
         with self.core.sessions.begin() as session:
             transitions.requeue_job(
                 session, claimed.job_id, claimed.attempt, reason, on_node=claimed.node
@@ -316,6 +319,14 @@ class ExecutionService:
                 ending.metrics,
                 ending.outputs,
             )
+        wall_s = ending.metrics.get("wall_s")
+        self.core.telemetry.job_ended(
+            claimed.spec.destination,
+            claimed.runner,
+            state.value,
+            reason,
+            None if wall_s is None else float(wall_s),
+        )
         return JobEnd(state.value, status.exit_code, reason)
 
     def _finish(
@@ -332,6 +343,9 @@ class ExecutionService:
             self._write_finish(
                 session, claimed, state, reason, exit_code, finished_at, metrics, outputs
             )
+        self.core.telemetry.job_ended(
+            claimed.spec.destination, claimed.runner, state.value, reason, None
+        )
 
     @staticmethod
     def _write_finish(
@@ -448,40 +462,3 @@ class ExecutionService:
                 select(Job.id, Job.node, Job.attempt, Job.state).where(Job.id.in_(job_ids))
             ).all()
         return {job_id: (node, attempt, state) for job_id, node, attempt, state in rows}
-
-
-def _relocate(arg: str, prefix: str, target: str) -> str:
-    """*arg* with a leading path under *prefix* moved under *target* (also the value
-    of an ``--option=path`` argument)."""
-    head, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
-    if value == prefix or value.startswith(prefix + "/"):
-        return head + eq + target + value[len(prefix) :]
-    return arg
-
-
-def _files_under(job_dir: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
-    """Regular files under *tops* of the job directory, relative to it, sorted."""
-    found: list[str] = []
-    for top in tops:
-        for root, dirs, files in os.walk(job_dir / top, followlinks=False):
-            dirs.sort()
-            for name in sorted(files):
-                path = Path(root) / name
-                if path.is_file() and not path.is_symlink():
-                    found.append(str(path.relative_to(job_dir)))
-    return tuple(found)
-
-
-def _copy_script(job_dir: Path, argv: list[object]) -> None:
-    """Give a job that runs off this host's interpreter its own copy of the script."""
-    if len(argv) < 2:
-        return
-    source = Path(str(argv[1]))
-    target = job_dir / SCRIPT_COPY / source.name
-    if target.exists() or not source.is_file():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.part")
-    shutil.copyfile(source, partial)
-    partial.chmod(0o644)
-    os.replace(partial, target)

@@ -235,7 +235,8 @@ class JobService:
         the job is queued); with one, *job* becomes claimed by this node."""
         r = placement.resources
         reservation = self.dispatcher.reserve(placement.destination, r.cores, r.memory_mb, r.gpus)
-        if reservation is not None:
+        if reservation is not None:  # started now: no queue wait
+            self.core.telemetry.job_started(placement.destination, None)
             now = utcnow()
             job.update(
                 state=JobState.RUNNING.value,

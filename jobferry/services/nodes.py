@@ -98,6 +98,8 @@ class Reaped:
     failed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
+    #: False when another node held the reaper lock (this round was skipped).
+    ran: bool = True
 
     def __bool__(self) -> bool:
         return bool(self.dead or self.requeued or self.failed or self.deleted or self.adopted)
@@ -239,6 +241,7 @@ class NodeService:
             if is_postgres(session):
                 got = session.execute(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY)))
                 if not got.scalar():
+                    done.ran = False
                     return done
             now = read_db_now(session)
             cutoff = now - timedelta(seconds=node_cfg.dead_after_s)

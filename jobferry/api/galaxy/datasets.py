@@ -27,6 +27,8 @@ class DatasetDisplayHandler(GalaxyMixin, DownloadHandler):
     Query parameters (``to_ext``, ``preview``, ...) are ignored.
     """
 
+    staging = "galaxy_datasets"  # counted in jobferry_staging_bytes_total
+
     async def locate(self, principal: Principal, *args: str) -> Download:
         (dataset_id,) = args
         path, job_file = await self.call(self.services.galaxy.dataset_path, principal, dataset_id)

@@ -56,6 +56,8 @@ FORM_KINDS = ("multipart/form-data", "application/x-www-form-urlencoded")
 class JobFilesHandler(StreamingUpload, OpenFileSender, GalaxyMixin, tornado.web.RequestHandler):
     """``/api/jobs/{id}/files``: GET, HEAD and streamed POST, job_key only."""
 
+    staging = "job_files"  # counted in jobferry_staging_bytes_total
+
     SUPPORTED_METHODS = ("GET", "HEAD", "POST")
 
     def initialize(self, services: Services) -> None:

@@ -30,6 +30,7 @@ class ToolsHandler(GalaxyResource):
         principal = await self.authenticate()
         payload = self.payload()
         jobs = await self.call(self.services.galaxy_tools.run_tool, principal, payload)
+        self.core.telemetry.submitted("galaxy", len(jobs))
         self.send_json(tool_run(jobs))
 
 

@@ -19,6 +19,8 @@ MAX_WAIT_S = 60.0
 
 
 class SubmitHandler(StreamingFormHandler):
+    staging = "wooey"  # the form's files, counted in jobferry_staging_bytes_total
+
     async def post(self, slug: str) -> None:
         form = self.complete_body()
         if form is None:
@@ -34,6 +36,7 @@ class SubmitHandler(StreamingFormHandler):
             resources=parse_request({k: form.field(k) for k in RESOURCE_FIELDS}),
         )
         job_id = await self.call(self.services.jobs.submit, self.principal, request, form.files)
+        self.core.telemetry.submitted("wooey")
         self.send_json({"valid": True, "job_id": job_id})
 
 
@@ -79,6 +82,8 @@ class JobDetailsHandler(WooeyHandler):
 
 class AssetHandler(WooeyMixin, DownloadHandler):
     """GET/HEAD ``/api/jobs/v1/<job>/assets/<file>/``: one job file, for its owner or an admin."""
+
+    staging = "wooey"  # counted in jobferry_staging_bytes_total
 
     async def locate(self, principal: Principal, *args: str) -> Download:
         job_id, file_id = args
