@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,13 @@ class Client:
                 return dict(self.get(f"/api/jobs/v1/{job_id}/details/").json())
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
+
+
+@contextmanager
+def running_daemon(data_dir: Path, config: dict[str, Any] | None = None) -> Iterator[DaemonProcess]:
+    """A started ``DaemonProcess`` on *data_dir*, stopped (SIGTERM, then waited for) on exit."""
+    proc = DaemonProcess(data_dir, config).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

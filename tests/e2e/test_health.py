@@ -15,18 +15,15 @@ import pytest
 import requests
 
 from jobferry import __version__
-from tests.helpers import DEADLINE_S, DaemonProcess, wait_for
+from tests.helpers import DEADLINE_S, DaemonProcess, running_daemon, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    made = DaemonProcess(tmp_path / "data", {"node": {"name": "n-health"}}).start()
-    try:
+    with running_daemon(tmp_path / "data", {"node": {"name": "n-health"}}) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def readyz(daemon: DaemonProcess) -> requests.Response:

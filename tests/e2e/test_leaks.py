@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import DaemonProcess, _env, eventually
+from tests.helpers import DaemonProcess, _env, eventually, running_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +32,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "api": {"baseauth_failures_per_minute": LIMIT, "key_cache_s": 0.0},
         "logging": {"level": "DEBUG", "access_log": True},
     }
-    proc = DaemonProcess(base / "data", config).start()
-    try:
+    with running_daemon(base / "data", config) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def make_user(daemon: DaemonProcess, name: str, *extra: str, password: bool = True) -> str:

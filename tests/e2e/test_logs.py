@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import find_secrets
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,11 +33,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "logging": {"level": "DEBUG", "access_log": True, "format": "json"},
         "node": {"name": "logs-node"},
     }
-    proc = DaemonProcess(base / "data", config).start()
-    try:
+    with running_daemon(base / "data", config) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

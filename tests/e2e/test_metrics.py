@@ -21,7 +21,7 @@ from sqlalchemy import insert, select
 
 from jobferry.store.engine import make_engine
 from jobferry.store.models import Job, Node, User
-from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess, wait_for
+from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client, DaemonProcess, running_daemon, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "scrape-token-for-tests-0123456789"
@@ -70,11 +70,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "metrics": {"token": TOKEN, "store_cache_s": 0},
         "node": {"heartbeat_s": 0.5, "dead_after_s": 5},
     }
-    proc = DaemonProcess(base / "data", config).start()
-    try:
+    with running_daemon(base / "data", config) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import requests
 
 from tests.db import store_sql
 from tests.e2e.cli_helpers import as_json, assert_one_line_error
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +24,8 @@ CONFIG = {"retention": {"files_days": 1, "interval_s": 0.5, "batch": 50}}
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(tmp_path_factory.mktemp("retention") / "data", CONFIG).start()
-    try:
+    with running_daemon(tmp_path_factory.mktemp("retention") / "data", CONFIG) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually, running_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -23,11 +23,8 @@ NOT_AUTHENTICATED = {"__all__": ["Must be authenticated to use this method."]}
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     base = tmp_path_factory.mktemp("wooey")
-    proc = DaemonProcess(base / "data", {"server": {"max_upload_mb": 2}}).start()
-    try:
+    with running_daemon(base / "data", {"server": {"max_upload_mb": 2}}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

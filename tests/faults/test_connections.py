@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import DaemonProcess, eventually
+from tests.helpers import DaemonProcess, eventually, running_daemon
 
 pytestmark = pytest.mark.engine_independent
 
@@ -27,11 +27,8 @@ def address(daemon: DaemonProcess) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def start(tmp_path: Path, server: dict[str, object]) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(tmp_path / "data", {"server": server}).start()
-    try:
+    with running_daemon(tmp_path / "data", {"server": server}) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @contextlib.contextmanager

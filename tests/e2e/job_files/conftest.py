@@ -8,17 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.job_files.support import INPUT_TEXT, JobRef, start_job
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, eventually, running_daemon
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     base = tmp_path_factory.mktemp("jobfiles")
-    proc = DaemonProcess(base / "data", {"server": {"max_upload_mb": 1100}}).start()
-    try:
+    with running_daemon(base / "data", {"server": {"max_upload_mb": 1100}}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
