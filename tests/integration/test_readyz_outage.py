@@ -51,7 +51,10 @@ def test_readyz__postgres_outage_is_503_naming_the_store_then_ready_again(
 
         cluster.start()
         back = wait_for("ready again", lambda: _body(requests.get(url, timeout=DEADLINE_S), 200))
-        assert back == {"status": "ready", "checks": {"store": "ok", "drain": "ok", "local": "ok"}}
+        assert back == {
+            "status": "ready",
+            "checks": {"store": "ok", "drain": "ok", "local": "ok", "disk": "ok"},
+        }
     finally:
         daemon.stop()
 
