@@ -6,28 +6,15 @@ JOBFERRY_TEST_DB says: it is engine-independent in that sense.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.helpers import JOB_SCRIPTS, DaemonProcess, eventually
-from tests.pg_cluster import PrivateCluster, require_cluster_tools
+from tests.pg_cluster import PrivateCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def cluster() -> Iterator[PrivateCluster]:
-    require_cluster_tools()
-    pg = PrivateCluster()
-    try:
-        pg.start()
-        pg.create_database("jobferry")
-        yield pg
-    finally:
-        pg.close()
 
 
 def status_of(daemon: DaemonProcess, job_id: str) -> requests.Response:

@@ -6,7 +6,6 @@ JOBFERRY_TEST_DB says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,9 @@ import pytest
 import requests
 
 from tests.helpers import DEADLINE_S, DaemonProcess, wait_for
-from tests.pg_cluster import PrivateCluster, require_cluster_tools
+from tests.pg_cluster import PrivateCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def cluster() -> Iterator[PrivateCluster]:
-    require_cluster_tools()
-    pg = PrivateCluster()
-    try:
-        pg.start()
-        pg.create_database("jobferry")
-        yield pg
-    finally:
-        pg.close()
 
 
 def test_readyz__postgres_outage_is_503_naming_the_store_then_ready_again(
