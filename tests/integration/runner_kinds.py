@@ -13,6 +13,7 @@ ends outside any one daemon.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -72,7 +73,7 @@ def wait(runner: Runner, handle: RunHandle, timeout_s: float = DEADLINE_S) -> Ru
     return asyncio.run(main())
 
 
-class Kind:
+class Kind(abc.ABC):
     """One runner under contract (subclasses: one per runner)."""
 
     name = "base"
@@ -128,10 +129,10 @@ class Kind:
         script = (_EXITS, "exits", behaviour.stdout, behaviour.stderr, str(behaviour.code))
         return self.spec(("/bin/sh", "-c", *script), **kwargs)
 
+    @abc.abstractmethod
     def unusable(self) -> Runner:
         """A runner of this kind configured so that it cannot run jobs (its engine,
         controller or shell is not there)."""
-        raise NotImplementedError
 
     def started(self, spec: RunSpec) -> bool:
         """True once a ``Blocks`` job's program runs."""
