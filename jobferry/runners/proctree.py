@@ -16,45 +16,46 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import psutil
+
+
+def _descendants(root: int) -> Iterator[int]:
+    """*root*'s descendants (not *root*), each once, read from /proc as the walk goes
+    (at most 10,000: a fork bomb does not make this walk forever)."""
+    pending = _children(root)
+    seen: set[int] = set()
+    while pending and len(seen) < 10_000:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        yield pid
+        pending.extend(_children(pid))
 
 
 def tree_peak_rss_kb(root: int) -> int | None:
     """The largest ``VmHWM`` (KiB) among *root*'s descendants (not *root* itself: the
     job wrapper, a shell); None when none could be read (e.g. they all ended)."""
     best: int | None = None
-    pending = _children(root)
-    seen: set[int] = set()
-    while pending and len(seen) < 10_000:
-        pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    for pid in _descendants(root):
         value = _vm_hwm_kb(pid)
         if value is not None and (best is None or value > best):
             best = value
-        pending.extend(_children(pid))
     return best
 
 
 def descendant_cmdlines(root: int) -> list[list[str]]:
     """The command lines of *root*'s descendants (those still readable)."""
     out: list[list[str]] = []
-    pending = _children(root)
-    seen: set[int] = set()
-    while pending and len(seen) < 10_000:
-        pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    for pid in _descendants(root):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 raw = f.read()
         except OSError:
             continue
         out.append([w.decode(errors="replace") for w in raw.split(b"\0")[:-1]])
-        pending.extend(_children(pid))
     return out
 
 
