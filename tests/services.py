@@ -38,6 +38,8 @@ def available(name: str) -> bool:
         return _ok("docker", "image", "inspect", BUSYBOX_IMAGE, PYTHON_IMAGE)
     if name == "nginx":
         return _ok("nginx", "-v") and _ok("openssl", "version")
+    if name == "chromium":  # Debian's chromium and chromium-driver (tests/browser)
+        return _ok("/usr/bin/chromium", "--version") and _ok("/usr/bin/chromedriver", "--version")
     if name == "slurm":
         return _ok("scontrol", "ping") and _ok("sbatch", "--version")
     if name == "postgres":

@@ -1,9 +1,15 @@
 """The Tornado application: every route of every face, built in one factory.
 
-The daemon and the tests both call ``make_app``.
+The daemon and the tests both call ``make_app``. Routes of faces outside ``api``
+(the browser pages, ``jobferry.web``) come in as *extra_routes*: the daemon
+composes them, since ``api`` and ``web`` never import each other. They get the
+same request ids, access log and metrics as the API's routes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import tornado.web
 
@@ -20,8 +26,11 @@ from jobferry.api.wooey import wooey_routes
 from jobferry.services.container import Services
 
 
-def make_app(services: Services) -> tornado.web.Application:
+def make_app(
+    services: Services, extra_routes: Sequence[tuple[Any, ...]] = ()
+) -> tornado.web.Application:
     routes = [
+        *extra_routes,
         *health_routes(services),
         *metrics_routes(services),
         *wooey_routes(services),

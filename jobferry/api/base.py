@@ -2,7 +2,8 @@
 
 Handlers never set error statuses themselves: they raise (a JobferryError or
 tornado's HTTPError) and ``write_error`` answers with JSON, the status coming
-from ``STATUS_BY_ERROR``. A third-party exception that means the disk is full
+from ``STATUS_BY_ERROR`` (``jobferry.http_status``, the one table, shared with the
+browser face). A third-party exception that means the disk is full
 (ENOSPC/EDQUOT, SQLite "database or disk is full") is turned into
 InsufficientStorageError here (507), wherever in a request it was raised.
 Client errors are logged without a traceback, server errors with one; internal
@@ -22,37 +23,11 @@ import tornado.web
 from jobferry import errors
 from jobferry.api.access_log import HEADER as REQUEST_ID_HEADER
 from jobferry.api.access_log import request_id
+from jobferry.http_status import http_status, lookup_status
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 
 logger = logging.getLogger(__name__)
-
-#: Exception class → HTTP status; the most specific class listed wins.
-STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
-    errors.FormError: 200,  # Wooey answers form errors with 200 and valid=false
-    errors.ScriptNotFoundError: 200,  # ditto for an unknown script on submit
-    errors.ValidationError: 400,
-    errors.PayloadTooLargeError: 413,
-    errors.RangeNotSatisfiableError: 416,
-    errors.RequestError: 400,
-    errors.AuthenticationError: 403,  # Wooey (and Galaxy) answer 403, not 401
-    errors.PermissionDeniedError: 403,
-    errors.PathRejectedError: 403,
-    errors.NotFoundError: 404,
-    errors.ConflictError: 409,
-    errors.GoneError: 410,
-    errors.TooManyRequestsError: 429,
-    errors.InsufficientStorageError: 507,
-    errors.StoreFullError: 507,  # before StoreUnavailableError (its other base)
-    errors.BusyError: 503,
-    errors.ElsewhereError: 307,
-    errors.NodeDownError: 503,
-    errors.IntrospectionError: 400,
-    errors.StoreUnavailableError: 503,
-    errors.RunnerUnavailableError: 503,
-    errors.SchemaOutOfDateError: 503,
-}
-
 
 #: Where the Galaxy face answers differently (galaxy-contract.md §1.2-1.3).
 GALAXY_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
@@ -88,13 +63,6 @@ GALAXY_ERR_CODES: dict[type[errors.JobferryError], int] = {
 }
 
 
-def _lookup(table: dict[type[errors.JobferryError], int], exc: BaseException) -> int | None:
-    for cls in type(exc).__mro__:
-        if cls in table:
-            return table[cls]
-    return None
-
-
 _KEY_IN_URI = re.compile(r"((?:^|[?&])(?:job_key|key)=)[^&]*")
 
 
@@ -106,14 +74,14 @@ def scrub(uri: str) -> str:
 def status_for(exc: BaseException, *, galaxy: bool = False) -> int:
     """The HTTP status for an exception; *galaxy* applies the Galaxy face's differences."""
     if galaxy:
-        found = _lookup(GALAXY_STATUS_BY_ERROR, exc)
+        found = lookup_status(GALAXY_STATUS_BY_ERROR, exc)
         if found is not None:
             return found
-    return _lookup(STATUS_BY_ERROR, exc) or 500
+    return http_status(exc)
 
 
 def galaxy_err_code(exc: BaseException | None, status: int) -> int:
-    found = _lookup(GALAXY_ERR_CODES, exc) if exc is not None else None
+    found = lookup_status(GALAXY_ERR_CODES, exc) if exc is not None else None
     return found or status * 1000 + 1
 
 

@@ -25,6 +25,7 @@ from jobferry.config.operations import (
     MetricsConfig,
     RetentionConfig,
     StorageConfig,
+    WebConfig,
 )
 from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
@@ -334,6 +335,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     storage: StorageConfig = StorageConfig()
     retention: RetentionConfig = RetentionConfig()
+    web: WebConfig = WebConfig()
 
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:

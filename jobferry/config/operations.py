@@ -83,3 +83,23 @@ class RetentionConfig(_Section):
         ):
             raise ValueError("retention.rows_days must not be shorter than retention.files_days")
         return self
+
+
+class WebConfig(_Section):
+    """The browser face (``/ui/``): pages and sign-in sessions."""
+
+    enabled: bool = Field(True, description="Serve the browser pages under /ui/.")
+    session_idle_s: Annotated[float, Field(gt=0)] = Field(
+        8 * 3600.0, description="Sign a browser out after this many seconds without a request."
+    )
+    session_max_s: Annotated[float, Field(gt=0)] = Field(
+        7 * 24 * 3600.0, description="Sign a browser out this many seconds after it signed in."
+    )
+    session_touch_s: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description="Record a session's last request at most this often, seconds (the idle "
+        "clock's resolution; no store write per page).",
+    )
+    sign_in_failures_per_minute: Annotated[int, Field(ge=1)] = Field(
+        10, description="Failed sign-ins allowed per user and per client address in a minute."
+    )

@@ -42,6 +42,7 @@ from jobferry.services.execution import ExecutionService
 from jobferry.staging.uploads import sweep_partial_uploads
 from jobferry.store.engine import check_schema
 from jobferry.store.notify import Listener
+from jobferry.web import web_routes
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Daemon:
             logger.info("created user 'admin'; its API key is in %s (mode 0600)", admin_key_path)
         limits = self.config.server
         server = GuardedHTTPServer(
-            make_app(services),
+            make_app(services, extra_routes=web_routes(services)),
             # Every route that takes no upload buffers its body before its handler runs:
             # by default no more than a form's worth (an anonymous 1 GiB POST to, say,
             # a status route used to be held in memory whole). The streaming upload

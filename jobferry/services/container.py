@@ -30,6 +30,7 @@ from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobE
 from jobferry.services.retention import RetentionService
 from jobferry.services.scripts import ScriptService
 from jobferry.services.users import UserService
+from jobferry.services.web_sessions import WebSessionService
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Services:
     #: The disk guard (507 below storage.min_free_*); ``check`` is a readiness check.
     disk: DiskGuard
     metrics: MetricsService
+    #: Browser sign-ins (the web face's sessions).
+    web_sessions: WebSessionService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -76,10 +79,11 @@ def build(
     disk = DiskGuard(core)
     jobs = JobService(core, dispatcher, disk)
     galaxy = GalaxyService(core, jobs)
+    users = UserService(core, auth)
     return Services(
         core=core,
         auth=auth,
-        users=UserService(core, auth),
+        users=users,
         scripts=ScriptService(core),
         jobs=jobs,
         nodes=NodeService(core),
@@ -94,4 +98,5 @@ def build(
         retention=RetentionService(core),
         disk=disk,
         metrics=MetricsService(core),
+        web_sessions=WebSessionService(core, auth, users),
     )

@@ -119,6 +119,29 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class WebSession(Base):
+    """A browser's sign-in (the web face): the cookie carries the token, the store its
+    sha256 only; revoked by sign-out, ``user logout-all`` or its two lifetimes."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: How the browser signed in: "password" or "api_key".
+    method: Mapped[str] = mapped_column(String(16))
+    #: The key it signed in with (revoking the key ends the session too).
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The last request seen, written at most every ``web.session_touch_s``.
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: ``created_at`` + ``web.session_max_s``: the absolute end.
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class Script(Base):
     __tablename__ = "scripts"
     __table_args__ = (UniqueConstraint("name", "group_name"),)
