@@ -1,4 +1,5 @@
-"""``jobferry user create|list|passwd``: users, through ``services.auth`` and ``.users``."""
+"""``jobferry user create|list|passwd|logout-all``: users, through ``services.auth``,
+``.users`` and ``.web_sessions``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_logout_all(args: argparse.Namespace) -> int:
+    ended = services_of(args).web_sessions.logout_all(args.name)
+    show(args, {"username": args.name, "sessions_ended": ended})
+    return 0
+
+
 def cmd_user_list(args: argparse.Namespace) -> int:
     users = [vars(u) for u in services_of(args).auth.list_users()]
     show(args, users, ["id", "username", "email", "is_admin", "is_active", "created_at"])
@@ -59,5 +66,13 @@ def register(top: Any) -> None:
     add_command(user, "list", "user.list", cmd_user_list, "list users")
     p = add_command(
         user, "passwd", "user.passwd", cmd_user_passwd, "set a user's password (read from stdin)"
+    )
+    p.add_argument("name")
+    p = add_command(
+        user,
+        "logout-all",
+        "user.logout-all",
+        cmd_user_logout_all,
+        "sign a user out of every browser session (API keys stay valid)",
     )
     p.add_argument("name")
