@@ -240,7 +240,7 @@ class WebHandler(tornado.web.RequestHandler):
         elif isinstance(exc, tornado.web.HTTPError):
             status_code = exc.status_code
             message = ""
-            if status_code == 403 and "XSRF" in (exc.log_message or ""):
+            if status_code == 403 and "xsrf" in (exc.log_message or "").lower():
                 message = "This form has expired or came from another site: please try again."
         else:
             message = ""
