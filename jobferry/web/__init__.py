@@ -37,5 +37,5 @@ def web_routes(services: Services) -> list[Route]:
         (rf"{UI}/static/(.*)", StaticHandler, {**s, "path": str(STATIC)}),
         *key_routes(s),
         # Area routes go above this line (one ``<area>_routes(s)`` per module).
-        (rf"{UI}/.*", PageNotFoundHandler, s),
+        (rf"{UI}/(.*)", PageNotFoundHandler, s),  # route template: /ui/{}
     ]

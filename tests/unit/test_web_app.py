@@ -391,3 +391,15 @@ def test_a_stranger_cannot_post_to_a_page(server: Server) -> None:
     token = form_token(session, server)
     response = post(session, server.page("/ui/keys"), data={"_xsrf": token, "name": "x"})
     assert_site_page(response, 403, "Not allowed")
+
+
+def test_pages_are_counted_in_the_metrics_by_route_template(server: Server) -> None:
+    session = requests.Session()
+    sign_in(session, server)
+    get(session, server.page("/ui/keys"))
+    get(session, server.page("/ui/no/such/page/123"))
+    get(session, server.page("/ui/static/site.css"))
+    text = server.services.core.telemetry.exposition().decode()
+    for route in ("/ui/sign-in", "/ui/keys", "/ui/{}", "/ui/static/{}"):
+        assert f'route="{route}"' in text, route
+    assert "no/such/page" not in text
