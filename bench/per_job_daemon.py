@@ -1,0 +1,227 @@
+"""One source tree's daemon in ``per_job.py``: CPU per job, status polls, idle, latency, profile.
+
+A ``TreeDaemon`` is a ``jobferry serve`` (2 local slots, default configuration
+otherwise) running one checkout's code. Every figure is the daemon process's
+own CPU (psutil, user+sys; its children, the jobs, are not counted) over a
+measured stretch of work, divided by the work done:
+
+* ``run_jobs``: N trivial jobs submitted over 16 connections, then waited for
+  with the status long-poll (``?wait=``) on the last jobs only (sparse
+  polling: jobs are claimed oldest first). Daemon CPU per job and jobs/s (first
+  submit to the last job seen complete); every job is then checked once (not
+  counted) so that a failure is not missed.
+* ``poll_cost``: daemon CPU per ``GET .../status/`` of a finished job.
+* ``idle_cpu``: daemon CPU per second with no work at all.
+* ``latency``: sequential jobs, submit then long-poll until complete.
+* ``profiled_run``: ``run_jobs`` under py-spy (see ``per_job_phases``); its
+  figures are not the run's CPU figures (the sampler shares the two cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common.clients import HttpConn, job_status, run_pool, submit, submit_many
+from bench.common.daemons import JOB_SCRIPTS, Daemon
+from bench.common.report import BenchError, log
+from bench.common.stats import Deadline, LoadMeter, own_cpu_s, percentile
+from bench.per_job_phases import Breakdown, Sampler, attribute
+
+#: The trivial job: argparse, no arguments, exits.
+NOOP = JOB_SCRIPTS / "noop.py"
+#: Client connections for submissions and status polls.
+CONNECTIONS = 16
+#: The long-poll's wait (s) in the daemon's status route.
+LONG_POLL_S = 30.0
+
+
+@dataclass
+class Tree:
+    """A checkout of jobferry measured in this run ("current" is this one)."""
+
+    label: str
+    path: Path
+
+
+class TreeDaemon:
+    """The daemon of one tree, started once for the run; its noop script registered."""
+
+    def __init__(self, tree: Tree, workdir: Path, slots: int, noop: Path) -> None:
+        self.tree = tree
+        config = {"runners": {"local": {"slots": slots}}}
+        self.daemon = Daemon(f"daemon-{tree.label}", workdir, config, tree=tree.path)
+        self.noop = noop
+        self.slug = ""
+        self.slots = slots
+        self.last_job = ""
+
+    async def start(self, deadline: Deadline) -> None:
+        await self.daemon.start_async(min(60.0, deadline.remaining()))
+        self.slug = await asyncio.to_thread(self.daemon.register, self.noop)
+        where = f"{self.daemon.url} ({self.tree.path})"
+        log(f"{self.tree.label}: daemon pid {self.daemon.pid} at {where}")
+
+    def cpu_s(self) -> float:
+        return self.daemon.cpu()[0]
+
+    def conns(self, count: int) -> list[HttpConn]:
+        return [self.daemon.conn() for _ in range(count)]
+
+    async def wait_done(self, conn: HttpConn, job_id: str, deadline: Deadline) -> str:
+        """Long-poll *job_id* until it is complete; its status."""
+        while True:
+            deadline.check(f"waiting for job {job_id}")
+            complete, status = await job_status(conn, job_id, LONG_POLL_S)
+            if complete:
+                return status
+
+    async def run_jobs(
+        self, n: int, deadline: Deadline, measured: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        """N jobs over 16 connections, sparse long-polling; CPU per job and jobs/s.
+
+        *measured* is awaited at the end of the measured stretch, before every job is
+        checked once (the profiler stops there)."""
+        conns = self.conns(CONNECTIONS)
+        try:
+            # Ours: this process, the daemon and its reaped children (the jobs).
+            meter = LoadMeter(lambda: own_cpu_s() + sum(self.daemon.cpu()))
+            cpu0 = self.cpu_s()
+            t0 = time.perf_counter()
+            ids = await deadline.bounded(submit_many(conns, self.slug, n), "submitting")
+            submitted_s = time.perf_counter() - t0
+            # Oldest first: once the last job and those that may run beside it are
+            # complete, all are (checked below).
+            tail = ids[-(4 * self.slots) :]
+            statuses = await asyncio.gather(
+                *(
+                    self.wait_done(conn, job, deadline)
+                    for conn, job in zip(conns, tail, strict=False)
+                )
+            )
+            seconds = time.perf_counter() - t0
+            cpu = self.cpu_s() - cpu0
+            load = meter.stop()
+            if measured is not None:
+                await measured()
+            failed = sum(s != "completed" for s in statuses)
+            rest = [j for j in ids if j not in set(tail)]
+
+            async def check(conn: HttpConn, index: int) -> str:
+                return await self.wait_done(conn, rest[index], deadline)
+
+            failed += sum(s != "completed" for s in await run_pool(conns, len(rest), check))
+        finally:
+            for conn in conns:
+                conn.close()
+        self.last_job = ids[-1]
+        return {
+            "jobs": n,
+            "seconds": seconds,
+            "submitted_s": submitted_s,
+            "jobs_per_s": n / seconds,
+            "cpu_ms_per_job": 1000 * cpu / n,
+            "failed": failed,
+            **load,
+        }
+
+    async def poll_cost(self, n: int, deadline: Deadline) -> dict[str, Any]:
+        """Daemon CPU per status poll of a finished job (16 connections)."""
+        if not self.last_job:
+            raise BenchError("no finished job to poll")
+        conns = self.conns(CONNECTIONS)
+
+        async def poll(conn: HttpConn, _index: int) -> bool:
+            complete, _ = await job_status(conn, self.last_job)
+            return complete
+
+        try:
+            await run_pool(conns, 2 * CONNECTIONS, poll)  # connections open, warm
+            meter = LoadMeter(lambda: own_cpu_s() + self.cpu_s())
+            cpu0 = self.cpu_s()
+            t0 = time.perf_counter()
+            answers = await deadline.bounded(run_pool(conns, n, poll), "status polls")
+            seconds = time.perf_counter() - t0
+            cpu = self.cpu_s() - cpu0
+        finally:
+            for conn in conns:
+                conn.close()
+        if not all(answers):
+            raise BenchError("a finished job's status said it was not complete")
+        return {
+            "polls": n,
+            "polls_per_s": n / seconds,
+            "cpu_ms_per_poll": 1000 * cpu / n,
+            **meter.stop(),
+        }
+
+    async def idle_cpu(self, seconds: float) -> dict[str, Any]:
+        """Daemon CPU per second while nothing is asked of it (scheduler ns, not ticks)."""
+        await asyncio.sleep(1.0)  # let the last requests' after-work end
+        cpu0, t0 = thread_cpu_s(self.daemon.pid), time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - t0
+        cpu = thread_cpu_s(self.daemon.pid) - cpu0
+        return {"seconds": elapsed, "cpu_ms_per_s": 1000 * cpu / elapsed}
+
+    async def latency(self, n: int, deadline: Deadline) -> list[float]:
+        """Submit → seen complete (long-poll) of *n* sequential jobs, seconds."""
+        conn = self.daemon.conn()
+        times: list[float] = []
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                job_id = await submit(conn, self.slug)
+                status = await self.wait_done(conn, job_id, deadline)
+                times.append(time.perf_counter() - t0)
+                if status != "completed":
+                    raise BenchError(f"latency job {job_id} ended {status}")
+        finally:
+            conn.close()
+        return times
+
+    async def profiled_run(self, n: int, out: Path, deadline: Deadline) -> tuple[Breakdown, float]:
+        """``run_jobs`` under py-spy; (the phase breakdown, the daemon CPU ms per job)."""
+        sampler = await asyncio.to_thread(Sampler, self.daemon.pid, out)
+
+        async def stop() -> None:
+            await asyncio.to_thread(sampler.stop)
+
+        try:
+            await asyncio.sleep(1.0)  # py-spy attached
+            info = await self.run_jobs(n, deadline, stop)
+        finally:
+            await stop()
+        if info["failed"]:
+            raise BenchError(f"{info['failed']} profiled jobs did not succeed")
+        part = await asyncio.to_thread(attribute, out, self.tree.path)
+        return part, float(info["cpu_ms_per_job"])
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
+def thread_cpu_s(pid: int) -> float:
+    """On-CPU seconds of *pid*'s live threads, in nanoseconds' resolution (schedstat).
+
+    psutil's user+sys come in clock ticks (10 ms): too coarse for an idle process."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def median_ms(values_s: list[float]) -> float:
+    return 1000 * statistics.median(values_s)
+
+
+def p99_ms(values_s: list[float]) -> float:
+    return 1000 * percentile(values_s, 99)
