@@ -42,7 +42,7 @@ from bench.per_job_daemon import (
     p99_ms,
     thread_cpu_s,
 )
-from bench.per_job_phases import Breakdown, breakdown_table, log_idle
+from bench.per_job_phases import Breakdown, breakdown_table, log_idle, top_table
 from bench.per_job_refs import Refs, interpreter
 from bench.throughput_harness import Row, summary_table
 from bench.throughput_refs import hello_server
@@ -306,11 +306,14 @@ class PerJob(Acceptance):
                 "samples": dict(part.samples),
                 "idle_samples": part.idle,
                 "unmatched": part.unmatched.most_common(20),
+                "top_places": {k: v.most_common(10) for k, v in part.tops.items()},
             }
             for name, part, cpu in rows
         }
         self.phase_text = breakdown_table(rows)
         print(self.phase_text, flush=True)
+        for name, part, cpu in rows:
+            print(top_table(name, part, cpu), flush=True)
 
     def compare_table(self) -> str:
         """Before (baseline) and after (current) of every figure measured for both."""

@@ -27,10 +27,11 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -179,18 +180,38 @@ class Layout:
             daemon.stop()
 
 
+def postgres_cpu_s() -> float:
+    """CPU seconds of the processes running as ``postgres`` (the servers and their backends):
+    ours while a PostgreSQL layout is measured, not other work. Read only."""
+    total = 0.0
+    for proc in psutil.process_iter(["username", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if proc.info.get("username") == "postgres" and times is not None:
+            total += times.user + times.system
+    return total
+
+
 async def measure_pool(
-    conns: list[HttpConn], n: int, slug: str, server_cpu: Any, deadline: Deadline
+    conns: list[HttpConn],
+    n: int,
+    slug: str,
+    server_cpu: Callable[[], float],
+    deadline: Deadline,
+    store_cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Submissions/s of *n* submissions over *conns* (after a warm-up), CPU per submission."""
+    """Submissions/s of *n* submissions over *conns* (after a warm-up), CPU per submission
+    (the server's, and the database server's when *store_cpu* is given)."""
 
     async def task(conn: HttpConn, _index: int) -> str:
         return await submit(conn, slug)
 
+    def store() -> float:
+        return store_cpu() if store_cpu is not None else 0.0
+
     try:
         await deadline.bounded(run_pool(conns, 2 * len(conns), task), "warm-up")
-        meter = LoadMeter(lambda: own_cpu_s() + server_cpu())
-        cpu0 = server_cpu()
+        meter = LoadMeter(lambda: own_cpu_s() + server_cpu() + store())
+        cpu0, store0 = server_cpu(), store()
         t0 = time.perf_counter()
         await deadline.bounded(run_pool(conns, n, task), "submissions")
         seconds = time.perf_counter() - t0
@@ -198,6 +219,7 @@ async def measure_pool(
             "requests": n,
             "requests_per_s": n / seconds,
             "server_cpu_ms_per_request": 1000 * (server_cpu() - cpu0) / n,
+            "database_cpu_ms_per_request": 1000 * (store() - store0) / n,
             **meter.stop(),
         }
     finally:
@@ -272,14 +294,19 @@ class Acceptance:
                     layout = layouts[(label, kind)]
                     info = await measure_pool(
                         layout.conns(CONNECTIONS), per_round, layout.slug, layout.cpu_s,
-                        self.deadline,
+                        self.deadline, postgres_cpu_s if kind.startswith("pg") else None,
                     )  # fmt: skip
                 results.setdefault(name, []).append(info)
                 log(
                     f"acceptance round {index + 1}/{self.s.rounds} {name}:"
                     f" {info['requests_per_s']:.0f}/s, server CPU"
                     f" {info['server_cpu_ms_per_request']:.2f} ms/submission"
-                    f" (other work {info['other_cores']:.2f} cores)"
+                    + (
+                        f" + PostgreSQL {info['database_cpu_ms_per_request']:.2f} ms"
+                        if name.endswith(("pg-1", "pg-3"))
+                        else ""
+                    )
+                    + f" (other work {info['other_cores']:.2f} cores)"
                 )
         self.details["acceptance"] = results
         hello = med([r["requests_per_s"] for r in results["hello"]])

@@ -38,8 +38,8 @@ from bench.per_job_phases import Breakdown, Sampler, attribute
 NOOP = JOB_SCRIPTS / "noop.py"
 #: Client connections for submissions and status polls.
 CONNECTIONS = 16
-#: The long-poll's wait (s) in the daemon's status route.
-LONG_POLL_S = 30.0
+#: The long-poll's wait (s) in the status route: under the client's 30 s timeout.
+LONG_POLL_S = 20.0
 
 
 @dataclass

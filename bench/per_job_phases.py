@@ -15,7 +15,9 @@ to a phase:
    that matches *any* frame of the stack. Rules match a frame's file by prefix
    (``jobferry/daemon/scheduler.py``, ``jobferry/api/``, ``tornado/``) and,
    optionally, its function by a regular expression, so they keep working when
-   code moves within a module or new functions appear. Specific phases come
+   code moves within a module or new functions appear. The last phase, the
+   event loop and thread hops, takes only samples with no jobferry frame but
+   the carriers (``CARRIERS``: the CLI's main, ``Core.call``, ...). Specific phases come
    first: the end's store writes are "end", not "store writes"; the HTTP
    handler that encloses a submission only takes what no inner rule claims.
 3. Samples no rule matches are "other"; ``Breakdown.unmatched`` keeps their
@@ -244,6 +246,8 @@ class Breakdown:
     idle: int = 0
     idle_lines: Counter[str] = field(default_factory=Counter)
     unmatched: Counter[str] = field(default_factory=Counter)
+    #: Per phase: "innermost jobferry frame > innermost frame" of its samples.
+    tops: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def on_cpu(self) -> int:
@@ -263,8 +267,22 @@ def _rule_matches(frame: Frame, prefix: str, func: str) -> bool:
     return not func or re.search(func, frame.func) is not None
 
 
+#: jobferry frames that only carry the event loop and thread hops (no phase of their own).
+CARRIERS = (
+    "jobferry/cli/",
+    "jobferry/daemon/server.py",
+    "jobferry/services/core.py",
+    "jobferry/daemon/logcontext.py",
+)
+LOOP_PHASE = "event loop, thread hops"
+
+
 def phase_of(stack: list[Frame]) -> str:
     for name, rules in PHASES:
+        if name == LOOP_PHASE and any(
+            "jobferry/" in f.file and not f.file.startswith(CARRIERS) for f in stack
+        ):
+            return OTHER  # jobferry code that no rule above knows: say so, not "the loop"
         for prefix, func in rules:
             if any(_rule_matches(frame, prefix, func) for frame in stack):
                 return name
@@ -290,9 +308,13 @@ def attribute(raw: Path, tree: Path) -> Breakdown:
             continue
         phase = phase_of(stack)
         out.samples[phase] += count
+        ours = [f for f in stack if "jobferry/" in f.file]
         if phase == OTHER:
-            ours = [f for f in stack if "jobferry/" in f.file]
             out.unmatched[_label(ours[-1] if ours else leaf)] += count
+        where = (
+            _label(leaf) if not ours or ours[-1] is leaf else f"{ours[-1].func} > {_label(leaf)}"
+        )
+        out.tops.setdefault(phase, Counter())[where] += count
     return out
 
 
@@ -351,6 +373,23 @@ def breakdown_table(rows: list[tuple[str, Breakdown, float]], top: int = 8) -> s
             total = part.on_cpu or 1
             for where, count in part.unmatched.most_common(top):
                 lines.append(f"  {100 * count / total:5.1f} %  {where}")
+    return "\n".join(lines)
+
+
+def top_table(label: str, part: Breakdown, cpu_per_job_ms: float, top: int = 6) -> str:
+    """The heaviest places of each phase: innermost jobferry frame > innermost frame."""
+    total = part.on_cpu or 1
+    lines = [f"Top places per phase ({label}; ms of daemon CPU per job, share of on-CPU samples):"]
+    for name in PHASE_NAMES:
+        counts = part.tops.get(name)
+        if not counts:
+            continue
+        lines.append(f"  {name}:")
+        for where, count in counts.most_common(top):
+            share = count / total
+            lines.append(
+                f"    {share * cpu_per_job_ms:6.2f} ms {100 * share:5.1f} %  {where[:140]}"
+            )
     return "\n".join(lines)
 
 
