@@ -36,18 +36,21 @@ from bench.per_job_accept import Acceptance, med
 from bench.per_job_daemon import (
     CONNECTIONS,
     NOOP,
+    Profile,
     Tree,
     TreeDaemon,
     median_ms,
     p99_ms,
     thread_cpu_s,
 )
-from bench.per_job_phases import Breakdown, breakdown_table, log_idle, top_table
+from bench.per_job_phases import breakdown_table, log_idle, top_table
 from bench.per_job_refs import Refs, interpreter
 from bench.throughput_harness import Row, summary_table
 from bench.throughput_refs import hello_server
 
 SLOTS = 2
+#: The parts of a run, in order (--parts picks some).
+PARTS = ["jobs", "polls", "latency", "phases", "accept"]
 
 #: Targets of issue 15.
 CPU_PER_JOB_MS = 2.0
@@ -67,6 +70,7 @@ class Settings:
     idle_s: float
     accept_jobs: int
     compare_tree: str | None
+    parts: list[str]
     postgres: bool
     profile: bool
     time_limit_s: float
@@ -91,7 +95,7 @@ class PerJob(Acceptance):
         self.rows: list[Row] = []
         self.details: dict[str, Any] = {"loadavg_at_start": os.getloadavg()}
         self.errors: list[str] = []
-        self.breakdowns: dict[str, tuple[Breakdown, float]] = {}
+        self.profiles: dict[str, Profile] = {}
         self.phase_text = ""
 
     def label(self, tree: str, figure: str) -> str:
@@ -103,16 +107,18 @@ class PerJob(Acceptance):
         return names[shift:] + names[:shift]
 
     async def run(self) -> None:
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("start", self.start),
-            ("jobs: daemon CPU per job and end to end", self.job_rounds),
-            ("status polls and idle", self.polls_and_idle),
-            ("submit -> complete latency", self.latency),
-            ("phase breakdown (py-spy)", self.phases),
-            ("acceptance", self.acceptance),
+        steps: list[tuple[str, str, Callable[[], Awaitable[None]]]] = [
+            ("start", "start", self.start),
+            ("jobs", "jobs: daemon CPU per job and end to end", self.job_rounds),
+            ("polls", "status polls and idle", self.polls_and_idle),
+            ("latency", "submit -> complete latency", self.latency),
+            ("phases", "phase breakdown (py-spy)", self.phases),
+            ("accept", "acceptance", self.acceptance),
         ]
         try:
-            for name, step in steps:
+            for part, name, step in steps:
+                if part != "start" and part not in self.s.parts:
+                    continue
                 log(f"== {name}")
                 await report.guarded(name, self.errors, step())
                 if name == "start" and self.errors:
@@ -294,13 +300,23 @@ class PerJob(Acceptance):
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         for name in self.order(list(self.daemons), 1):
             out = RESULTS_DIR / f"per_job-{self.stamp}-{name}.raw"
-            part, cpu = await self.daemons[name].profiled_run(self.s.jobs, out, self.deadline)
-            self.breakdowns[name] = (part, cpu)
-            log(f"{name}: profiled run, {cpu:.2f} ms of daemon CPU per job; samples in {out}")
-            log_idle(name, part)
-        rows = [(name, *self.breakdowns[name]) for name in self.daemons if name in self.breakdowns]
+            prof = await self.daemons[name].profiled_run(self.s.jobs, out, self.deadline)
+            self.profiles[name] = prof
+            log(
+                f"{name}: profiled run, {prof.cpu_ms_per_job:.2f} ms of daemon CPU per job"
+                f" (user {prof.user_ms_per_job:.2f}, system {prof.system_ms_per_job:.2f};"
+                f" event-loop thread {prof.loop_thread_ms_per_job:.2f}, other threads"
+                f" {prof.other_threads_ms_per_job:.2f}); samples in {out}"
+            )
+            log_idle(name, prof.threads)
+        names = [name for name in self.daemons if name in self.profiles]
+        rows = []
+        for name in names:
+            prof = self.profiles[name]
+            rows += [(f"{name}: threads", prof.threads, prof.cpu_ms_per_job),
+                     (f"{name}: GIL", prof.gil, prof.cpu_ms_per_job)]  # fmt: skip
         self.details["phases"] = {
-            name: {
+            label: {
                 "cpu_ms_per_job_profiled": cpu,
                 "ms_per_job": part.per_job_ms(cpu),
                 "samples": dict(part.samples),
@@ -308,12 +324,22 @@ class PerJob(Acceptance):
                 "unmatched": part.unmatched.most_common(20),
                 "top_places": {k: v.most_common(10) for k, v in part.tops.items()},
             }
-            for name, part, cpu in rows
+            for label, part, cpu in rows
         }
-        self.phase_text = breakdown_table(rows)
+        self.details["profiled_cpu"] = {
+            name: {k: v for k, v in vars(self.profiles[name]).items() if k.endswith("per_job")}
+            for name in names
+        }
+        split = "\n".join(
+            f"{name}: {p.cpu_ms_per_job:.2f} ms/job = user {p.user_ms_per_job:.2f}"
+            f" + system {p.system_ms_per_job:.2f}; event-loop thread"
+            f" {p.loop_thread_ms_per_job:.2f} + other threads {p.other_threads_ms_per_job:.2f}"
+            for name, p in ((n, self.profiles[n]) for n in names)
+        )
+        self.phase_text = breakdown_table(rows) + "\n" + split
         print(self.phase_text, flush=True)
-        for name, part, cpu in rows:
-            print(top_table(name, part, cpu), flush=True)
+        for label, part, cpu in rows:
+            print(top_table(label, part, cpu), flush=True)
 
     def compare_table(self) -> str:
         """Before (baseline) and after (current) of every figure measured for both."""
@@ -343,6 +369,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--idle", type=float, help="idle seconds measured (10; quick 5)")
     parser.add_argument("--accept-jobs", type=int, help="submissions per layout (3000; quick 600)")
     parser.add_argument("--compare-tree", metavar="DIR", help="a second checkout, measured too")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run ({','.join(PARTS)}: all)",
+    )
     parser.add_argument("--no-postgres", action="store_true", help="acceptance on SQLite only")
     parser.add_argument("--no-profile", action="store_true", help="no py-spy phase breakdown")
     parser.add_argument("--time-limit", type=float, help="overall limit, s (1800; quick 600)")
@@ -362,12 +393,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         idle_s=pick(args.idle, 10, 5),
         accept_jobs=int(pick(args.accept_jobs, 3000, 600)),
         compare_tree=args.compare_tree,
+        parts=[p.strip() for p in str(args.parts).split(",") if p.strip()],
         postgres=not args.no_postgres,
         profile=not args.no_profile,
         time_limit_s=pick(args.time_limit, 1800, 600),
         keep=bool(args.keep),
         quick=quick,
     )
+    if not settings.parts or set(settings.parts) - set(PARTS):
+        parser.error(f"--parts: choose among {','.join(PARTS)}")
     if min(settings.jobs, settings.latency_jobs, settings.polls) < 2 * SLOTS * 4:
         parser.error("--jobs, --latency-jobs and --polls must be at least 16")
     return settings
@@ -385,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = report.run_loop(bench.run(), bench.errors)
     bench.details["loadavg_at_end"] = os.getloadavg()
     notes = [bench.compare_table()] if len(bench.trees) > 1 else []
-    if bench.breakdowns:
+    if bench.profiles:
         notes.insert(0, "Daemon CPU per job by phase (profiled run, py-spy):\n" + bench.phase_text)
     notes.append(
         "load average at start / end: "

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common.clients import HttpConn, job_status, run_pool, submit, submit_many
 from bench.common.daemons import JOB_SCRIPTS, Daemon
 from bench.common.report import BenchError, log
@@ -40,6 +42,19 @@ NOOP = JOB_SCRIPTS / "noop.py"
 CONNECTIONS = 16
 #: The long-poll's wait (s) in the status route: under the client's 30 s timeout.
 LONG_POLL_S = 20.0
+
+
+@dataclass
+class Profile:
+    """A profiled run: its phase breakdowns and how its daemon CPU per job splits."""
+
+    threads: Breakdown  # every thread's samples, idle ones dropped
+    gil: Breakdown  # the GIL holder's samples
+    cpu_ms_per_job: float
+    user_ms_per_job: float
+    system_ms_per_job: float
+    loop_thread_ms_per_job: float
+    other_threads_ms_per_job: float
 
 
 @dataclass
@@ -135,7 +150,7 @@ class TreeDaemon:
     async def poll_cost(self, n: int, deadline: Deadline) -> dict[str, Any]:
         """Daemon CPU per status poll of a finished job (16 connections)."""
         if not self.last_job:
-            raise BenchError("no finished job to poll")
+            await self.run_jobs(4 * self.slots, deadline)  # a finished job to poll
         conns = self.conns(CONNECTIONS)
 
         async def poll(conn: HttpConn, _index: int) -> bool:
@@ -187,36 +202,63 @@ class TreeDaemon:
             conn.close()
         return times
 
-    async def profiled_run(self, n: int, out: Path, deadline: Deadline) -> tuple[Breakdown, float]:
-        """``run_jobs`` under py-spy; (the phase breakdown, the daemon CPU ms per job)."""
-        sampler = await asyncio.to_thread(Sampler, self.daemon.pid, out)
+    async def profiled_run(self, n: int, out: Path, deadline: Deadline) -> Profile:
+        """``run_jobs`` under two py-spy samplers at once: every thread (idle samples
+        dropped by ``attribute``) and the GIL holder only; the daemon's CPU per job, split
+        into user and system time, and into the event loop's thread and the others."""
+        gil_out = out.with_name(out.stem + "-gil.raw")
+        samplers = [
+            await asyncio.to_thread(Sampler, self.daemon.pid, out),
+            await asyncio.to_thread(Sampler, self.daemon.pid, gil_out, gil=True),
+        ]
+        proc = psutil.Process(self.daemon.pid)
+        marks: list[tuple[Any, dict[int, float]]] = []
 
         async def stop() -> None:
-            await asyncio.to_thread(sampler.stop)
+            if len(marks) < 2:
+                marks.append((proc.cpu_times(), threads_cpu_s(self.daemon.pid)))
+            for sampler in samplers:
+                await asyncio.to_thread(sampler.stop)
 
         try:
             await asyncio.sleep(1.0)  # py-spy attached
+            marks.append((proc.cpu_times(), threads_cpu_s(self.daemon.pid)))
             info = await self.run_jobs(n, deadline, stop)
         finally:
             await stop()
         if info["failed"]:
             raise BenchError(f"{info['failed']} profiled jobs did not succeed")
-        part = await asyncio.to_thread(attribute, out, self.tree.path)
-        return part, float(info["cpu_ms_per_job"])
+        (t0, th0), (t1, th1) = marks[0], marks[1]
+        loop = th1.get(self.daemon.pid, 0.0) - th0.get(self.daemon.pid, 0.0)
+        threads = sum(th1.values()) - sum(th0.values())
+        return Profile(
+            threads=await asyncio.to_thread(attribute, out, self.tree.path),
+            gil=await asyncio.to_thread(attribute, gil_out, self.tree.path),
+            cpu_ms_per_job=float(info["cpu_ms_per_job"]),
+            user_ms_per_job=1000 * (t1.user - t0.user) / n,
+            system_ms_per_job=1000 * (t1.system - t0.system) / n,
+            loop_thread_ms_per_job=1000 * loop / n,
+            other_threads_ms_per_job=1000 * (threads - loop) / n,
+        )
 
     def stop(self) -> None:
         self.daemon.stop()
+
+
+def threads_cpu_s(pid: int) -> dict[int, float]:
+    """On-CPU seconds of each live thread of *pid* (schedstat: nanoseconds' resolution)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+    return out
 
 
 def thread_cpu_s(pid: int) -> float:
     """On-CPU seconds of *pid*'s live threads, in nanoseconds' resolution (schedstat).
 
     psutil's user+sys come in clock ticks (10 ms): too coarse for an idle process."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
+    return sum(threads_cpu_s(pid).values())
 
 
 def median_ms(values_s: list[float]) -> float:

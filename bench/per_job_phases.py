@@ -328,13 +328,15 @@ def py_spy() -> str:
 
 
 class Sampler:
-    """``py-spy record`` of one process into a raw file; stopped by its pid (SIGINT)."""
+    """``py-spy record`` of one process into a raw file; stopped by its pid (SIGINT).
 
-    def __init__(self, pid: int, out: Path, rate_hz: int = 250) -> None:
+    With *gil*, only the thread holding the GIL is sampled (``--gil``)."""
+
+    def __init__(self, pid: int, out: Path, rate_hz: int = 250, gil: bool = False) -> None:
         self.out = out
         self.err = out.with_suffix(".err")
         argv = [py_spy(), "record", "--format", "raw", "--nonblocking", "--rate", str(rate_hz)]
-        argv += ["--output", str(out), "--pid", str(pid)]
+        argv += ["--output", str(out), "--pid", str(pid)] + (["--gil"] if gil else [])
         with open(self.err, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
 
