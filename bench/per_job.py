@@ -31,7 +31,7 @@ from bench.common import report
 from bench.common.clients import HttpConn, run_pool
 from bench.common.daemons import bench_run
 from bench.common.report import RESULTS_DIR, ROOT, BenchError, log
-from bench.common.stats import Deadline, process_cpu_s
+from bench.common.stats import Deadline
 from bench.per_job_accept import Acceptance, med
 from bench.per_job_daemon import (
     CONNECTIONS,
@@ -250,13 +250,13 @@ class PerJob(Acceptance):
             return status
 
         await run_pool(conns, 2 * CONNECTIONS, get)
-        cpu0 = process_cpu_s(self.hello.pid)
+        cpu0 = thread_cpu_s(self.hello.pid)
         await run_pool(conns, n, get)
         for conn in conns:
             conn.close()
         return {
             "requests": n,
-            "cpu_ms_per_request": 1000 * (process_cpu_s(self.hello.pid) - cpu0) / n,
+            "cpu_ms_per_request": 1000 * (thread_cpu_s(self.hello.pid) - cpu0) / n,
         }
 
     # 5: sequential jobs, submit -> seen complete, alternating with bare spawns

@@ -10,7 +10,8 @@ measured stretch of work, divided by the work done:
   polling: jobs are claimed oldest first). Daemon CPU per job and jobs/s (first
   submit to the last job seen complete); every job is then checked once (not
   counted) so that a failure is not missed.
-* ``poll_cost``: daemon CPU per ``GET .../status/`` of a finished job.
+* ``poll_cost``: daemon CPU per ``GET .../status/`` of a finished job (the
+  threads' scheduler time, ns resolution).
 * ``idle_cpu``: daemon CPU per second with no work at all.
 * ``latency``: sequential jobs, submit then long-poll until complete.
 * ``profiled_run``: ``run_jobs`` under py-spy (see ``per_job_phases``); its
@@ -160,11 +161,11 @@ class TreeDaemon:
         try:
             await run_pool(conns, 2 * CONNECTIONS, poll)  # connections open, warm
             meter = LoadMeter(lambda: own_cpu_s() + self.cpu_s())
-            cpu0 = self.cpu_s()
+            cpu0 = thread_cpu_s(self.daemon.pid)  # ns resolution: psutil's ticks are 10 ms
             t0 = time.perf_counter()
             answers = await deadline.bounded(run_pool(conns, n, poll), "status polls")
             seconds = time.perf_counter() - t0
-            cpu = self.cpu_s() - cpu0
+            cpu = thread_cpu_s(self.daemon.pid) - cpu0
         finally:
             for conn in conns:
                 conn.close()
