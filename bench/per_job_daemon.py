@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from typing import Any
 import psutil
 
 from bench.common.clients import HttpConn, job_status, run_pool, submit, submit_many
-from bench.common.daemons import JOB_SCRIPTS, Daemon
+from bench.common.daemons import JOB_SCRIPTS, Daemon, daemon_env
 from bench.common.report import BenchError, log
 from bench.common.stats import Deadline, LoadMeter, own_cpu_s, percentile
 from bench.per_job_phases import Breakdown, Sampler, attribute
@@ -79,6 +81,7 @@ class TreeDaemon:
         self.last_job = ""
 
     async def start(self, deadline: Deadline) -> None:
+        await asyncio.to_thread(check_imports_from, self.tree.path)
         await self.daemon.start_async(min(60.0, deadline.remaining()))
         self.slug = await asyncio.to_thread(self.daemon.register, self.noop)
         where = f"{self.daemon.url} ({self.tree.path})"
@@ -244,6 +247,18 @@ class TreeDaemon:
 
     def stop(self) -> None:
         self.daemon.stop()
+
+
+def check_imports_from(tree: Path) -> None:
+    """The daemon's interpreter, with the daemon's environment, imports *tree*'s jobferry
+    (an editable install of another checkout must not win over ``PYTHONPATH``)."""
+    probe = [sys.executable, "-c", "import jobferry; print(jobferry.__file__)"]
+    out = subprocess.run(
+        probe, capture_output=True, text=True, timeout=60, env=daemon_env(tree), cwd=tree
+    )
+    found = Path(out.stdout.strip()).resolve()
+    if out.returncode != 0 or not found.is_relative_to(tree.resolve()):
+        raise BenchError(f"a daemon for {tree} would import {found or out.stderr.strip()}")
 
 
 def threads_cpu_s(pid: int) -> dict[int, float]:
