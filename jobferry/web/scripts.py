@@ -171,7 +171,7 @@ class ScriptHandler(WebHandler):
             nav="scripts",
             css=("scripts.css",),
             scripts=("scripts.js",),
-            script=script,
+            info=script,
             chosen=chosen,
             versions=[v for v in script["versions"] if v["is_active"]],
             description=spec.description or script["script_description"] or "",
