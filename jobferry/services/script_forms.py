@@ -246,7 +246,7 @@ def _tokens(param: ParamSpec, given: list[str]) -> list[str]:
         return [option] * int(given[-1])
     tokens: list[str] = []
     for values in _occurrences(param, given):
-        if len(values) == 1 and param.nargs in (None, "?") and option.startswith(option[0] * 2):
+        if len(values) == 1 and param.nargs in (None, "?"):
             tokens.append(f"{option}={values[0]}")  # safe for values starting with '-'
         else:
             tokens.extend([option, *values])

@@ -127,15 +127,18 @@ class ScriptHandler(WebHandler):
     # --- the page -------------------------------------------------------------------
 
     async def script_and_version(
-        self, slug: str, version_id: str | None
+        self, slug: str, version_id: str | None, *, strict: bool = True
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """The script, the chosen version's record and its resolved spec (default version
-        unless *version_id* names another)."""
+        unless *version_id* names another; one that is not there, or no longer active,
+        is a 404 when *strict*, else the default is used)."""
         script = await self.call(self.services.scripts.get_script, slug)
         if not script["is_active"]:
             raise errors.NotFoundError("Unable to find script.")
         versions = [v for v in script["versions"] if v["is_active"]]
         chosen = next((v for v in versions if v["id"] == version_id), None)
+        if chosen is None and version_id and strict:
+            raise errors.NotFoundError("That version of the script is not available.")
         if chosen is None:
             chosen = next((v for v in versions if v["default_version"]), None)
         if chosen is None:
@@ -192,10 +195,11 @@ class ScriptHandler(WebHandler):
         assert self.principal is not None
         rerun = self.get_query_argument("rerun", "").strip()
         version_id = self.get_query_argument("version", None)
-        if rerun and version_id is None:
+        strict = True
+        if rerun and version_id is None:  # the version the job ran, if still there
             view = await self.call(self.services.jobs.get, self.principal, rerun)
-            version_id = view.job.script_version_id
-        script, chosen, resolved = await self.script_and_version(slug, version_id)
+            version_id, strict = view.job.script_version_id, False
+        script, chosen, resolved = await self.script_and_version(slug, version_id, strict=strict)
         spec = resolved.spec
         groups = script_forms.form_fields(spec)
         values = {f.name: list(f.defaults) for g in groups for f in g.fields if f.defaults}

@@ -329,3 +329,30 @@ def test_the_version_picker_shows_and_runs_the_chosen_version(
     assert answer.status_code == 303, answer.text
     details = wait_details(site, answer.headers["Location"].removeprefix("/ui/jobs/"))
     assert details["stdout"].startswith("old Namespace(old_opt='x y')"), details
+
+
+def test_the_apis_own_checks_come_back_next_to_the_parameter(
+    site: Site, demo: str, alice: requests.Session
+) -> None:
+    ids = param_ids(get(alice, site.page(f"/ui/scripts/{demo}")).text)
+    before = job_count(site)
+    answer = submit(
+        alice,
+        site,
+        demo,
+        {"job_name": "escape", ids["output"]: "../../etc/passwd"},
+        [(ids["data"], ("d.txt", b"d"))],
+    )
+    assert answer.status_code == 400
+    assert field_error(answer.text, ids["output"]) == (
+        "Output file names must be relative paths inside the job directory."
+    )
+    assert job_count(site) == before
+
+
+def test_a_version_that_is_not_there_is_a_404_page(
+    site: Site, demo: str, alice: requests.Session
+) -> None:
+    answer = get(alice, site.page(f"/ui/scripts/{demo}?version=0123abcd"))
+    assert answer.status_code == 404 and "<title>Page not found · jobferry</title>" in answer.text
+    assert get(alice, site.page("/ui/scripts/no-such-script")).status_code == 404

@@ -252,3 +252,50 @@ def test_empty_file_inputs_are_dropped_and_several_files_renamed(tmp_path: Path)
     )
     assert [u.field for u in named] == ["p0", "p7", "p7.1"]
     assert counts == {"p0": 1, "p7": 2}
+
+
+def test_a_value_starting_with_a_dash_stays_the_value_of_a_short_option() -> None:
+    spec = ScriptSpec.from_dict(
+        {
+            "description": None,
+            "version": None,
+            "params": [
+                {
+                    "dest": "x",
+                    "option_strings": ["-x"],
+                    "positional": False,
+                    "action": "store",
+                    "nargs": None,
+                    "type": "str",
+                    "file_mode": None,
+                    "is_output": False,
+                    "choices": None,
+                    "default": None,
+                    "const": None,
+                    "required": False,
+                    "help": None,
+                    "metavar": None,
+                    "group": None,
+                },
+                {
+                    "dest": "flag",
+                    "option_strings": ["-f"],
+                    "positional": False,
+                    "action": "store_true",
+                    "nargs": None,
+                    "type": "bool",
+                    "file_mode": None,
+                    "is_output": False,
+                    "choices": None,
+                    "default": False,
+                    "const": None,
+                    "required": False,
+                    "help": None,
+                    "metavar": None,
+                    "group": None,
+                },
+            ],
+        }
+    )
+    command = build_command(spec, {"p0": ["-f"]}, {})
+    assert run_through_api(spec, command, {}) == {"x": "-f"}
