@@ -5,12 +5,14 @@ prefill with kept files, hostile values escaped."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -356,3 +358,28 @@ def test_a_version_that_is_not_there_is_a_404_page(
     answer = get(alice, site.page(f"/ui/scripts/{demo}?version=0123abcd"))
     assert answer.status_code == 404 and "<title>Page not found · jobferry</title>" in answer.text
     assert get(alice, site.page("/ui/scripts/no-such-script")).status_code == 404
+
+
+def declared_body_answer(site: Site, slug: str, length: int, cookie: str = "") -> int:
+    """The status of a POST that declares *length* body bytes and sends none: only
+    an answer given before reading the body comes back at all."""
+    parts = urlsplit(site.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=DEADLINE_S)
+    try:
+        connection.putrequest("POST", f"/ui/scripts/{slug}")
+        connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+        connection.putheader("Content-Length", str(length))
+        if cookie:
+            connection.putheader("Cookie", cookie)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_only_a_signed_in_users_body_is_read_and_only_up_to_the_cap(
+    site: Site, demo: str, alice: requests.Session
+) -> None:
+    assert declared_body_answer(site, demo, 10**9) == 403  # a stranger: refused unread
+    cookie = "; ".join(f"{c.name}={c.value}" for c in alice.cookies)
+    assert declared_body_answer(site, demo, 10**12, cookie) == 413  # over server.max_upload_mb
