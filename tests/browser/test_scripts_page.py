@@ -7,9 +7,12 @@ the file kept without uploading it again."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
@@ -138,3 +141,35 @@ def test_the_form_works_with_the_keyboard_and_has_a_label_for_every_input(
         ident = element.get_attribute("id")
         assert browser.find_elements(By.CSS_SELECTOR, f'label[for="{ident}"]'), ident
     assert console_errors(browser) == []
+
+
+def test_hostile_names_on_the_scripts_pages_run_no_script(
+    site: Site, demo: str, browser: WebDriver
+) -> None:
+    client = site.daemon.client()
+    hostile = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+    slug = client.add_script(
+        "hostile <b>script</b>", SCRIPTS / "form_demo.py", group=hostile, description=hostile
+    )["slug"]
+    job_id = client.submit(
+        slug,
+        f"--label {shlex.quote(hostile)} -- data",
+        files={"data": (hostile + ".txt", b"x")},
+        job_name=hostile,
+        job_description=hostile,
+    )
+    client.wait(job_id)
+    sign_in(browser, site, site.admin)
+    for path in (
+        "/ui/scripts",
+        "/ui/scripts?q=" + quote(hostile),
+        f"/ui/scripts/{slug}?rerun={job_id}",
+    ):
+        browser.get(site.page(path))
+        wait_until(browser, lambda d: d.find_elements(By.ID, "main"))
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text  # noqa: B018 - raises when no alert opened
+        assert browser.find_elements(By.CSS_SELECTOR, "img[src=x], main script") == []
+    assert browser.find_element(By.ID, "job_name").get_attribute("value") == hostile
+    assert param(browser, "label").get_attribute("value") == hostile
+    assert page_errors(browser) == []
