@@ -12,6 +12,11 @@ read: the session is checked before a byte of it), the values become the job's
 ``command`` (``script_forms.build_command``) and ``JobService.submit`` validates
 and stores it. Errors go back next to the field they concern; success sends the
 browser to the job's page.
+
+The form's CSRF token travels in its (streamed) body, so it is checked once the
+body is in and before anything is done with it. No cross-site body is read: the
+session cookie is ``SameSite=Strict``, so a cross-site post comes without a
+session and is refused in ``prepare``.
 """
 
 from __future__ import annotations

@@ -299,3 +299,26 @@ def test_a_value_starting_with_a_dash_stays_the_value_of_a_short_option() -> Non
     )
     command = build_command(spec, {"p0": ["-f"]}, {})
     assert run_through_api(spec, command, {}) == {"x": "-f"}
+
+
+def test_the_catalogue_search_needs_every_word_and_skips_inactive_scripts() -> None:
+    from jobferry.web.scripts import search_scripts
+
+    def script(name: str, group: str, description: str, active: bool = True) -> dict[str, Any]:
+        return {
+            "script_name": name,
+            "group": group,
+            "slug": name.replace(" ", "-"),
+            "script_description": description,
+            "is_active": active,
+            "default_version": {"script_version": "1"},
+        }
+
+    scripts = [
+        script("word count", "Text", "Counts words."),
+        script("line styler", "Text", "Styles LINES."),
+        script("old lines", "Text", "Retired.", active=False),
+    ]
+    assert [s["slug"] for s in search_scripts(scripts, "")] == ["word-count", "line-styler"]
+    assert [s["slug"] for s in search_scripts(scripts, "text LINES")] == ["line-styler"]
+    assert search_scripts(scripts, "lines retired") == []
