@@ -297,8 +297,8 @@ class JobService:
         """Just the state of a job the principal may see (cheap: polled often)."""
         if not job_id or len(job_id) > 64:
             raise NotFoundError(f"no job with id {job_id!r}")
-        with self.core.sessions.begin() as session:
-            row = job_status_row(session, job_id)
+        with self.core.sessions.read() as connection:
+            row = job_status_row(connection, job_id)
         if row is None:
             raise NotFoundError(f"no job with id {job_id!r}")
         if not principal.is_admin and row.user_id != principal.user_id:
