@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import SingletonThreadPool
 
 from jobferry.errors import (
     SchemaOutOfDateError,
@@ -171,6 +172,16 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: Milliseconds an inline read (on the event loop) waits for a busy SQLite database.
+INLINE_BUSY_TIMEOUT_MS = 50
+
+
+def _short_busy_timeout(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={INLINE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
 class SessionFactory:
     """Opens units of work (``with factory.begin() as session:``).
 
@@ -191,6 +202,18 @@ class SessionFactory:
         self.dialect = engine.dialect.name
         self._maker = sessionmaker(engine, expire_on_commit=False)
         self._lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._inline: Engine | None = None
+        self._inline_lock = threading.Lock()
+
+    @property
+    def reads_inline(self) -> bool:
+        """Whether ``read_inline`` may be used: a file SQLite database, whose reads
+        (WAL: never waiting for the writer) cost less than a hop to a worker thread.
+        Never PostgreSQL: a read there is a network round trip, and waits out outages."""
+        if self.dialect != "sqlite":
+            return False
+        database = self.engine.url.database
+        return bool(database) and database != ":memory:" and "mode=memory" not in str(database)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -236,6 +259,41 @@ class SessionFactory:
             if is_try_later_error(exc):
                 raise store_unavailable(exc) from exc
             raise
+
+    @contextmanager
+    def read_inline(self) -> Iterator[Connection]:
+        """A connection for a read on the calling thread (the event loop): SQLite only
+        (``reads_inline``), from an engine of its own with one connection per thread,
+        so it never waits for a pooled connection the worker threads hold, nor for the
+        writer lock. Errors as in ``begin``."""
+        if not self.reads_inline:
+            raise RuntimeError("read_inline is for SQLite stores only (see reads_inline)")
+        engine = self._inline
+        if engine is None:
+            with self._inline_lock:
+                if self._inline is None:
+                    self._inline = create_engine(
+                        self.engine.url,
+                        poolclass=SingletonThreadPool,
+                        connect_args={"check_same_thread": False, "timeout": 0.05},
+                    )
+                    event.listen(self._inline, "connect", _sqlite_on_connect)
+                    # Never wait long on the loop: busy (rare in WAL) -> StoreUnavailable,
+                    # and the caller reads through a worker thread instead.
+                    event.listen(self._inline, "connect", _short_busy_timeout)
+                engine = self._inline
+        try:
+            with engine.connect() as connection:
+                yield connection
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if is_try_later_error(exc):
+                raise store_unavailable(exc) from exc
+            raise
+
+    def dispose(self) -> None:
+        """Close the inline readers' connections (the main engine is its owner's)."""
+        if self._inline is not None:
+            self._inline.dispose()
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:
