@@ -10,8 +10,11 @@ caller has one (``SessionFactory.transaction``): no session, no identity map.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from concurrent.futures import Future as ThreadFuture
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
@@ -101,7 +104,7 @@ def insert_jobs(
 class _Pending:
     """One submission's rows waiting in a ``GroupInserter``."""
 
-    __slots__ = ("job", "files", "row", "error", "done")
+    __slots__ = ("job", "files", "row", "error", "done", "future")
 
     def __init__(self, job: dict[str, Any], files: list[dict[str, Any]]) -> None:
         self.job = job
@@ -109,6 +112,8 @@ class _Pending:
         self.row: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.done = False
+        #: Where an event-loop caller waits (``insert_async``).
+        self.future: asyncio.Future[dict[str, Any]] | None = None
 
 
 class GroupInserter:
@@ -124,13 +129,21 @@ class GroupInserter:
     If a shared transaction fails, each of its submissions is retried alone, so
     one bad row never fails another; a submission whose own transaction fails
     gets that error.
+
+    ``insert_async`` is the same for callers on the event loop: the rows queued
+    there go to *executor* together, one worker-thread hop and one transaction per
+    batch (the next batch forms while one commits), and each caller is answered
+    once its row is committed.
     """
 
-    def __init__(self, sessions: Any) -> None:
+    def __init__(self, sessions: Any, executor: Executor | None = None) -> None:
         self._sessions = sessions
+        self._executor = executor
         self._lock = threading.Lock()
         self._leader = threading.Lock()
         self._queue: list[_Pending] = []
+        self._loop_queue: list[_Pending] = []  # only touched on the event loop
+        self._flushing = False
 
     def insert(self, job: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
         """Store *job* and its *files* (see ``insert_job``); return the job's row."""
@@ -145,6 +158,59 @@ class GroupInserter:
         if mine.error is not None:
             raise mine.error
         return mine.row
+
+    async def insert_async(
+        self, job: dict[str, Any], files: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``insert`` from the event loop, without a worker-thread hop of its own."""
+        if self._executor is None:
+            raise RuntimeError("GroupInserter.insert_async needs an executor")
+        loop = asyncio.get_running_loop()
+        mine = _Pending(job, files)
+        mine.future = loop.create_future()
+        self._loop_queue.append(mine)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush, loop)
+        return await mine.future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what the loop queued to a worker thread as one batch (on the loop)."""
+        batch, self._loop_queue = self._loop_queue, []
+        assert self._executor is not None
+        try:
+            done = self._executor.submit(self._store, batch)
+        except BaseException as exc:  # the executor is shut down: the daemon stops
+            self._answer(loop, batch, exc)
+            return
+        done.add_done_callback(lambda f: self._stored(loop, batch, f))
+
+    def _stored(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], done: ThreadFuture[None]
+    ) -> None:
+        """In the worker thread, after the batch's transaction: answer on the loop."""
+        try:
+            loop.call_soon_threadsafe(self._answer, loop, batch, done.exception())
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], failed: BaseException | None
+    ) -> None:
+        """Resolve the batch's callers (on the loop), then send the next batch."""
+        for pending in batch:
+            future = pending.future
+            if future is None or future.done():  # the caller went away
+                continue
+            error = failed or pending.error
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(pending.row)
+        if self._loop_queue:
+            loop.call_soon(self._flush, loop)
+        else:
+            self._flushing = False
 
     def _store(self, batch: list[_Pending]) -> None:
         try:

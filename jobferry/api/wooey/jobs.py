@@ -35,7 +35,7 @@ class SubmitHandler(StreamingFormHandler):
             iteration=form.field("iteration"),
             resources=parse_request({k: form.field(k) for k in RESOURCE_FIELDS}),
         )
-        job_id = await self.call(self.services.jobs.submit, self.principal, request, form.files)
+        job_id = await self.services.jobs.submit_async(self.principal, request, form.files)
         self.core.telemetry.submitted("wooey")
         self.send_json({"valid": True, "job_id": job_id})
 
