@@ -47,7 +47,7 @@ from jobferry.store.models import (
     ScriptVersion,
     User,
 )
-from jobferry.store.records import JobStatus, job_status_row
+from jobferry.store.records import JobStatus, job_status_inline, job_status_row
 
 __all__ = ["JobService", "JobStatus", "JobView", "SubmitRequest"]
 
@@ -142,7 +142,7 @@ class JobService:
             return None
         try:
             with sessions.read_inline() as connection:
-                row = job_status_row(connection, job_id)
+                row = job_status_inline(connection, job_id)
         except StoreUnavailableError:
             return None
         return self._visible(principal, job_id, row)

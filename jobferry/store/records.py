@@ -18,6 +18,7 @@ from concurrent.futures import Future as ThreadFuture
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.orm import Session
 
 from jobferry.store.models import Base, JobState, new_id, utcnow
@@ -32,6 +33,11 @@ _INSERT_FILE = insert(JOB_FILES)
 _STATUS = select(JOBS.c.state, JOBS.c.exit_code, JOBS.c.state_reason, JOBS.c.user_id).where(
     JOBS.c.id == bindparam("job_id")
 )
+
+#: ``_STATUS`` as SQLite's SQL, for ``job_status_inline`` (its one parameter: the id).
+_STATUS_COMPILED = _STATUS.compile(dialect=SQLiteDialect_pysqlite())
+assert _STATUS_COMPILED.positiontup == ["job_id"], _STATUS_COMPILED.positiontup
+_STATUS_SQLITE = str(_STATUS_COMPILED)
 
 #: A unit of work: an ORM session, or a bare Core connection (cheaper, same statements).
 Bind = Session | Connection
@@ -248,6 +254,14 @@ class JobEnd(NamedTuple):
 def job_status_row(bind: Bind, job_id: str) -> JobStatus | None:
     """The few columns a status poll needs, or None for an unknown id."""
     row = _connection(bind).execute(_STATUS, {"job_id": job_id}).first()
+    return None if row is None else JobStatus(*row)
+
+
+def job_status_inline(dbapi_connection: Any, job_id: str) -> JobStatus | None:
+    """``job_status_row`` on a DBAPI sqlite3 connection (``SessionFactory.read_inline``):
+    the statement SQLAlchemy compiled once, run by the driver itself. The columns are
+    text and integers, which SQLite returns as they are (no result processing)."""
+    row = dbapi_connection.execute(_STATUS_SQLITE, (job_id,)).fetchone()
     return None if row is None else JobStatus(*row)
 
 
