@@ -257,9 +257,13 @@ class SessionFactory:
     def read(self) -> Iterator[Connection]:
         """A bare Core connection for reads only (a status poll). It does not queue on
         the SQLite lock: in WAL mode readers never wait for the writer, so a poll is not
-        held up behind a batch of inserts. Errors as in ``begin``."""
+        held up behind a batch of inserts. On PostgreSQL it runs in autocommit: a
+        single SELECT needs no BEGIN, nor a ROLLBACK when the connection goes back to
+        the pool (two round trips of a poll's four). Errors as in ``begin``."""
         try:
             with self.engine.connect() as connection:
+                if self._lock is None:
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
                 yield connection
         except (DBAPIError, PoolTimeoutError) as exc:
             if is_try_later_error(exc):
