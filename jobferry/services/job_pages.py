@@ -230,15 +230,17 @@ class JobPageService:
             cursor = newer if backwards else older
             if cursor:
                 stamp, job_id = decode_cursor(cursor)
+                # (created_at, id) beyond the cursor, written so that both engines walk
+                # the created_at index from the cursor on (a bare OR would not).
                 if backwards:
-                    after = or_(
-                        JOBS.c.created_at > stamp,
-                        and_(JOBS.c.created_at == stamp, JOBS.c.id > job_id),
+                    after = and_(
+                        JOBS.c.created_at >= stamp,
+                        or_(JOBS.c.created_at > stamp, JOBS.c.id > job_id),
                     )
                 else:
-                    after = or_(
-                        JOBS.c.created_at < stamp,
-                        and_(JOBS.c.created_at == stamp, JOBS.c.id < job_id),
+                    after = and_(
+                        JOBS.c.created_at <= stamp,
+                        or_(JOBS.c.created_at < stamp, JOBS.c.id < job_id),
                     )
                 page = page.where(after)
             if backwards:

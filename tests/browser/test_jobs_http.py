@@ -319,3 +319,34 @@ def test_pages_need_a_session(site: Site) -> None:
         assert answer.status_code == 302 and "/ui/sign-in?next=" in answer.headers["Location"]
     answer = requests.post(site.page("/ui/jobs/0123456789abcdef/cancel"), timeout=DEADLINE_S)
     assert answer.status_code == 403
+
+
+def test_streams_are_bounded_per_user_freed_on_disconnect_and_send_heartbeats(
+    site: Site, keys: dict[str, str], alice: requests.Session
+) -> None:
+    client = site.daemon.client(keys["alice"])
+    job_id = client.submit("sleeper", "300", job_name="watched")
+    url = site.page(f"/ui/jobs/{job_id}/events")
+    opened = []
+    try:
+        for _ in range(8):  # MAX_STREAMS_PER_USER
+            stream = alice.get(url, stream=True, timeout=DEADLINE_S)
+            assert stream.status_code == 200
+            opened.append(stream)
+            assert next(e for e, _, _ in sse_events(stream) if e == "state")
+        refused = alice.get(url, timeout=DEADLINE_S)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+        # The first stream stays quiet (the job prints nothing more): a heartbeat comes.
+        assert next(d for e, d, _ in sse_events(opened[0]) if e == "comment") == "heartbeat"
+        opened.pop().close()  # a page closed: its slot is given back
+
+        def reopened() -> bool:
+            stream = alice.get(url, stream=True, timeout=DEADLINE_S)
+            opened.append(stream)
+            return stream.status_code == 200
+
+        wait_for("a free stream", reopened)
+    finally:
+        for stream in opened:
+            stream.close()
+        client.session.delete(f"{site.url}/api/jobs/{job_id}", timeout=DEADLINE_S)
