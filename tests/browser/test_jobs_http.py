@@ -329,15 +329,17 @@ def test_streams_are_bounded_per_user_freed_on_disconnect_and_send_heartbeats(
     url = site.page(f"/ui/jobs/{job_id}/events")
     opened = []
     try:
+        readers = []
         for _ in range(8):  # MAX_STREAMS_PER_USER
             stream = alice.get(url, stream=True, timeout=DEADLINE_S)
             assert stream.status_code == 200
             opened.append(stream)
-            assert next(e for e, _, _ in sse_events(stream) if e == "state")
+            readers.append(sse_events(stream))
+            assert next(e for e, _, _ in readers[-1] if e == "state")
         refused = alice.get(url, timeout=DEADLINE_S)
         assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
         # The first stream stays quiet (the job prints nothing more): a heartbeat comes.
-        assert next(d for e, d, _ in sse_events(opened[0]) if e == "comment") == "heartbeat"
+        assert next(d for e, d, _ in readers[0] if e == "comment") == "heartbeat"
         opened.pop().close()  # a page closed: its slot is given back
 
         def reopened() -> bool:
