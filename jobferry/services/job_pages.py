@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 
 from jobferry.errors import NotFoundError, ValidationError
 from jobferry.services.core import Core, Principal
@@ -33,6 +33,27 @@ JOBS = Base.metadata.tables["jobs"]
 VERSIONS = Base.metadata.tables["script_versions"]
 SCRIPTS = Base.metadata.tables["scripts"]
 USERS = Base.metadata.tables["users"]
+
+#: A page's rows by id, built once (building a statement costs more than running it).
+_ROWS_SELECT = (
+    select(
+        JOBS.c.id,
+        JOBS.c.name,
+        JOBS.c.state,
+        JOBS.c.state_reason,
+        JOBS.c.exit_code,
+        JOBS.c.created_at,
+        JOBS.c.destination,
+        USERS.c.username,
+        SCRIPTS.c.slug,
+    )
+    .select_from(
+        JOBS.join(USERS, USERS.c.id == JOBS.c.user_id)
+        .outerjoin(VERSIONS, VERSIONS.c.id == JOBS.c.script_version_id)
+        .outerjoin(SCRIPTS, SCRIPTS.c.id == VERSIONS.c.script_id)
+    )
+    .where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
+)
 
 #: Rows on one page of the list.
 PAGE_SIZE = 50
@@ -266,27 +287,8 @@ class JobPageService:
     def _rows(self, session: Any, ids: Sequence[str]) -> list[JobRow]:
         if not ids:
             return []
-        joined = (
-            JOBS.join(USERS, USERS.c.id == JOBS.c.user_id)
-            .outerjoin(VERSIONS, VERSIONS.c.id == JOBS.c.script_version_id)
-            .outerjoin(SCRIPTS, SCRIPTS.c.id == VERSIONS.c.script_id)
-        )
-        stmt = (
-            select(
-                JOBS.c.id,
-                JOBS.c.name,
-                JOBS.c.state,
-                JOBS.c.state_reason,
-                JOBS.c.exit_code,
-                JOBS.c.created_at,
-                JOBS.c.destination,
-                USERS.c.username,
-                SCRIPTS.c.slug,
-            )
-            .select_from(joined)
-            .where(JOBS.c.id.in_(list(ids)))
-        )
-        found = {r.id: r for r in session.execute(stmt).all()}
+        stmt = _ROWS_SELECT
+        found = {r.id: r for r in session.execute(stmt, {"ids": list(ids)}).all()}
         return [
             JobRow(
                 id=r.id,
