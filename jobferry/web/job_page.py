@@ -90,7 +90,12 @@ class JobPageHandler(WebHandler):
     async def get(self, key: str) -> None:
         view = await self.find(key)
         pages = self.services.job_pages
-        tails = {s: await self.call(pages.tail, view, s) for s in STREAMS}
+        logs_note = ""
+        try:
+            tails = {s: await self.call(pages.tail, view, s) for s in STREAMS}
+        except (errors.ElsewhereError, errors.NodeDownError) as exc:  # on another node's disk
+            tails = {s: LogChunk("", 0, 0) for s in STREAMS}
+            logs_note = exc.message
         job = view.job
         previews: dict[str, Preview] = {}
         if view.is_terminal and not view.files_expired:
@@ -116,6 +121,7 @@ class JobPageHandler(WebHandler):
             command=shlex.join(str(a) for a in job.argv or ()),
             rerun=rerun_url(view.script_slug, job.id),
             read_only=self.read_only,
+            logs_note=logs_note,
             size=_size,
             permalink=f"{UI}/jobs/uuid/{job.uuid}",
         )
@@ -126,6 +132,8 @@ class JobPageHandler(WebHandler):
             path, job_file = self.services.jobs.output_path(self.principal, job_id, file_id)
             return preview(path, job_file.name)
         except (errors.NotFoundError, errors.GoneError, OSError):
+            return Preview("none")
+        except (errors.ElsewhereError, errors.NodeDownError):  # on another node's disk
             return Preview("none")
 
 
@@ -223,7 +231,7 @@ class JobEventsHandler(WebHandler):
         if resumed:
             offsets = _offsets(resumed)
         else:
-            offsets = {s: _offsets(self.get_query_argument(s, "0"))["stdout"] for s in STREAMS}
+            offsets = _offsets(":".join(self.get_query_argument(s, "0") for s in STREAMS))
         self._claim(principal)
         try:
             await self._stream(principal, view, paths, offsets)
