@@ -116,6 +116,7 @@ class Scheduler:
             runners=runners,
             spec=execution.spec,
             node=core.node_name,
+            record=self._record,
             take_over=self.take_over,
             drained=lambda: self.drained,
             wake=self.wake,
@@ -125,7 +126,8 @@ class Scheduler:
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
-        self._finished_elsewhere: dict[str, asyncio.Event] = {}
+        #: Per job followed: done once its callback recorded its end (``job_callback``).
+        self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
         self.recovery = Recovery(core, execution, runners, self)
@@ -191,9 +193,9 @@ class Scheduler:
 
     def job_callback(self, job_id: str) -> None:
         """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
-        event = self._finished_elsewhere.get(job_id)
-        if event is not None:
-            event.set()
+        told = self._finished_elsewhere.get(job_id)
+        if told is not None and not told.done():
+            told.set_result(None)
 
     @property
     def free_slots(self) -> int:
@@ -298,10 +300,12 @@ class Scheduler:
         if not runner.quick_submit:
             return _Claimed(StartingJob(claimed), claim.backlog)
         try:
-            start = StartingJob(claimed, handle=runner.submit(claimed.spec))
+            handle = runner.submit(claimed.spec)
         except Exception as exc:  # handled on the loop, like a failed start in _begin
-            start = StartingJob(claimed, error=exc)
-        return _Claimed(start, claim.backlog)
+            return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
+        # Its handle is stored in this call too: one hop off the loop per started job.
+        state = self._record(claimed, handle)
+        return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
 
     def _pause(self, runner: str, message: str) -> None:
         """Back off claims for *runner* (unavailable); log once per outage."""
@@ -357,8 +361,8 @@ class Scheduler:
             self._done(claimed)
 
     async def _begin(self, start: StartingJob) -> RunHandle | None:
-        """Start the job's process (unless ``_claim`` did) and store its handle; None
-        if it did not start.
+        """Start the job's process and store its handle (unless ``_claim`` or a direct
+        start did both); None if it did not start.
 
         Spawning and storing the handle are one executor call (one hop off the loop
         instead of two: this is on every job's path from submission to running)."""
@@ -372,7 +376,9 @@ class Scheduler:
             else:
                 assert start.handle is not None
                 handle = start.handle
-                state = await self.core.call(self._record, claimed, handle)
+                state = start.state
+                if state is None:
+                    state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
             extra = job_context(claimed, self.core.node_name)
@@ -412,7 +418,10 @@ class Scheduler:
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         """Until its end is recorded (``daemon.endings``); then its slot is free."""
-        elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Event())
+        elsewhere = self._finished_elsewhere.get(claimed.job_id)
+        if elsewhere is None:
+            elsewhere = asyncio.get_running_loop().create_future()
+            self._finished_elsewhere[claimed.job_id] = elsewhere
         try:
             runner = self.runners[claimed.runner]
             await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
