@@ -60,8 +60,9 @@ async def follow_to_end(
             # Re-attached while being cancelled: the kill may never have happened.
             await _cancel(core, runner, claimed, context)
         waiting = asyncio.ensure_future(runner.wait(claimed.handle))
+        first: set[asyncio.Future[Any]] = {waiting, told}
         try:  # *told* is a plain future: no task of its own to make and cancel per job
-            await asyncio.wait({waiting, told}, return_when="FIRST_COMPLETED")
+            await asyncio.wait(first, return_when="FIRST_COMPLETED")
         finally:
             if not waiting.done():
                 waiting.cancel()

@@ -376,8 +376,9 @@ class Scheduler:
             else:
                 assert start.handle is not None
                 handle = start.handle
-                state = start.state
-                if state is None:
+                if start.state is not None:
+                    state = start.state
+                else:
                     state = await self.core.call(self._record, claimed, handle)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy import Update, bindparam, insert, select
 from sqlalchemy.orm import Session
@@ -43,6 +44,37 @@ logger = logging.getLogger(__name__)
 
 #: A job's state (built once: read at the end of every job).
 _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
+#: Whether a node is drained (built once: read by every claim).
+_NODES = Node.__table__.c
+_DRAINED = select(_NODES.drained).where(_NODES.name == bindparam("node"))
+
+
+class JobFacts(Protocol):
+    """What ``ExecutionService.spec`` reads of a job: a ``Job`` row, or the record a
+    claim returns (``transitions.ClaimedRow``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def runner(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def job_dir(self) -> str: ...
+    @property
+    def argv(self) -> list[Any]: ...
+    @property
+    def cores(self) -> int: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def memory_mb(self) -> int | None: ...
+    @property
+    def walltime_s(self) -> float | None: ...
+    @property
+    def home_node(self) -> str | None: ...
 
 
 @functools.lru_cache(maxsize=2)
@@ -89,14 +121,14 @@ class ExecutionService:
         self.core = core
         self.base_url = base_url
 
-    def destination(self, job: Job) -> DestinationConfig:
+    def destination(self, job: JobFacts) -> DestinationConfig:
         """The job's destination as configured now (a removed one: its runner's defaults)."""
         found = self.core.config.destinations.get(job.destination)
         if found is not None and found.runner == job.runner:
             return found
         return DestinationConfig.model_construct(runner=job.runner)  # type: ignore[arg-type]
 
-    def _home_url(self, job: Job) -> str:
+    def _home_url(self, job: JobFacts) -> str:
         """The URL a job's wrapper reports to: the node holding its directory."""
         if self.core.config.node.shared_filesystem or job.home_node in (
             None,
@@ -107,7 +139,7 @@ class ExecutionService:
             url = session.execute(select(Node.url).where(Node.name == job.home_node)).scalar()
         return str(url or self.base_url)
 
-    def spec(self, job: Job) -> RunSpec:
+    def spec(self, job: JobFacts) -> RunSpec:
         """How to run *job*'s current attempt here (argv, paths, environment, resources)."""
         job_dir = Path(job.job_dir)
         dest = self.destination(job)
@@ -179,7 +211,7 @@ class ExecutionService:
         home = None if self.core.config.node.shared_filesystem else node
         anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
         with self.core.sessions.begin() as session:
-            if session.execute(select(Node.drained).where(Node.name == node)).scalar():
+            if session.connection().execute(_DRAINED, {"node": node}).scalar():
                 return NOTHING_TO_CLAIM
             held_back = False
             if limits:

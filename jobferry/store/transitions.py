@@ -280,12 +280,36 @@ class NodeResources:
     free_gpus: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What starting a claimed job needs of its row, as the claim left it (attempt
+    incremented). A plain record: building an ORM ``Job`` for every claim cost more
+    CPU than the claim's own statements."""
+
+    id: str
+    attempt: int
+    runner: str
+    destination: str
+    job_dir: str
+    argv: list[Any]
+    cores: int
+    gpus: int
+    memory_mb: int | None
+    walltime_s: float | None
+    home_node: str | None
+    created_at: datetime
+
+
+#: The columns ``ClaimedRow`` holds, in its order (the claim's RETURNING).
+_CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class NextJob:
     """What ``claim_next_job`` found: the job it claimed, or why it claimed none."""
 
-    #: The claimed job (its attempt incremented; not attached to the session).
-    job: Job | None = None
+    #: The claimed job (its attempt incremented).
+    job: ClaimedRow | None = None
     #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
     #: fit what is free now). False with no job: nothing is queued for the claim.
     held_back: bool = False
@@ -362,7 +386,7 @@ def _claim_sql(
             started_at=bindparam("claim_now"),
             updated_at=bindparam("claim_now"),
         )
-        .returning(*c)
+        .returning(*(c[name] for name in _CLAIMED_COLUMNS))
     )
     more = select(c.id).where(*conditions).limit(1)
     return _ClaimSql(candidate, claim, more)
@@ -408,8 +432,8 @@ def claim_next_job(
     the head job among them is *reserved*: if it does not fit what is free now,
     nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (``NextJob.job``: its attempt incremented; not attached to the
-    session), or ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
+    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented), or
+    ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
     ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
     are serialised. Either way the claim is a conditional UPDATE whose row count
     is checked. With *home* (nodes share no filesystem), only jobs whose
@@ -433,7 +457,7 @@ def claim_next_job(
             return HEAD_RESERVED
         claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return NextJob(Job(**claimed._mapping))
+            return NextJob(ClaimedRow(*claimed))
     return NOTHING_QUEUED
 
 
