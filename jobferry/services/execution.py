@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Update, bindparam, insert, select
+from sqlalchemy import Connection, Update, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
@@ -281,8 +281,7 @@ class ExecutionService:
             "new_external_id": handle.external_id,
             "now": utcnow(),
         }
-        with self.core.sessions.begin() as session:
-            conn = session.connection()
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
             result = conn.execute(_record_handle_sql(claimed.node is not None), params)
             state = conn.execute(_STATE, params).scalar()
             if result.rowcount != 1:
@@ -336,13 +335,13 @@ class ExecutionService:
         StoreFullError) while the store cannot take it: nothing was written, retry."""
         status = ending.status
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
-        with self.core.sessions.begin() as session:
-            current = session.connection().execute(_STATE, {"job_id": claimed.job_id}).scalar()
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
+            current = conn.execute(_STATE, {"job_id": claimed.job_id}).scalar()
             state, reason = _outcome(
                 status, cancelled=current == JobState.DELETING.value, disk_full=ending.disk_full
             )
             self._write_finish(
-                session,
+                conn,
                 claimed,
                 state,
                 reason,
@@ -381,7 +380,7 @@ class ExecutionService:
 
     @staticmethod
     def _write_finish(
-        session: Session,
+        session: Session | Connection,
         claimed: ClaimedJob,
         state: JobState,
         reason: str | None,

@@ -29,7 +29,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -201,6 +201,24 @@ class SessionFactory:
                 return
             with self._lock, self._maker.begin() as session:
                 yield session
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if is_try_later_error(exc):
+                raise store_unavailable(exc) from exc
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A unit of work on a bare Core connection, for the hot path's statements
+        (``store.records``): no ORM session, identity map or flush, which is most of
+        what a small transaction costs. The same rules as ``begin`` otherwise: one at
+        a time on SQLite, ``StoreUnavailableError``/``StoreFullError`` on failure."""
+        try:
+            if self._lock is None:
+                with self.engine.begin() as connection:
+                    yield connection
+                return
+            with self._lock, self.engine.begin() as connection:
+                yield connection
         except (DBAPIError, PoolTimeoutError) as exc:
             if is_try_later_error(exc):
                 raise store_unavailable(exc) from exc

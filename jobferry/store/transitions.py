@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, Update, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Select, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
@@ -176,7 +176,7 @@ def _finish_sql(fenced_by_node: bool) -> Update:
 
 
 def finish_job(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     attempt: int,
     state: JobState,
@@ -187,7 +187,8 @@ def finish_job(
     metrics: dict[str, Any],
     on_node: str | None = None,
 ) -> None:
-    """End a running (or being-cancelled) attempt in a terminal *state*.
+    """End a running (or being-cancelled) attempt in a terminal *state* (in *session*'s
+    transaction, or on a Core connection's: ``SessionFactory.transaction``).
 
     *metrics* may set the ``FINISH_METRICS`` columns (missing ones become NULL).
     Raises ConflictError when the attempt is no longer running (on *on_node*).
@@ -207,9 +208,10 @@ def finish_job(
         "finished": finished_at,
         **{f"metric_{name}": metrics.get(name) for name in FINISH_METRICS},
     }
-    result = session.connection().execute(_finish_sql(on_node is not None), params)
+    conn = session if isinstance(session, Connection) else session.connection()
+    result = conn.execute(_finish_sql(on_node is not None), params)
     if result.rowcount != 1:
-        current = session.execute(select(Job.state).where(Job.id == job_id)).scalar()
+        current = conn.execute(select(JOBS.c.state).where(JOBS.c.id == job_id)).scalar()
         raise ConflictError(
             f"job {job_id} is {current or 'unknown'}; it cannot become {state.value}",
             job_id=job_id,
