@@ -210,17 +210,17 @@ class ExecutionService:
         }
         home = None if self.core.config.node.shared_filesystem else node
         anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
-        with self.core.sessions.begin() as session:
-            if session.connection().execute(_DRAINED, {"node": node}).scalar():
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
+            if conn.execute(_DRAINED, {"node": node}).scalar():
                 return NOTHING_TO_CLAIM
             held_back = False
             if limits:
-                running = transitions.running_per_destination(session, limits)
+                running = transitions.running_per_destination(conn, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
                 held_back = bool(full)
                 destinations = [d for d in destinations if d not in full]
             found = transitions.claim_next_job(
-                session,
+                conn,
                 destinations=destinations,
                 node=node,
                 fit=fit,
@@ -231,7 +231,7 @@ class ExecutionService:
             if job is None:
                 return Claim(None, backlog=held_back or found.held_back)
             more = held_back or transitions.more_queued(
-                session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
+                conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
             )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the

@@ -208,7 +208,7 @@ def finish_job(
         "finished": finished_at,
         **{f"metric_{name}": metrics.get(name) for name in FINISH_METRICS},
     }
-    conn = session if isinstance(session, Connection) else session.connection()
+    conn = _connection(session)
     result = conn.execute(_finish_sql(on_node is not None), params)
     if result.rowcount != 1:
         current = conn.execute(select(JOBS.c.state).where(JOBS.c.id == job_id)).scalar()
@@ -394,14 +394,18 @@ def _claim_sql(
     return _ClaimSql(candidate, claim, more)
 
 
+def _connection(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
+
+
 def _claim_statements(
-    session: Session,
+    conn: Connection,
     destinations: Sequence[str],
     fit: NodeResources | None,
     home: str | None,
     anywhere: Sequence[str],
 ) -> _ClaimSql:
-    dialect = session.get_bind().dialect.name
+    dialect = conn.dialect.name
     shape = (tuple(destinations), fit is not None, home is not None, tuple(anywhere))
     return _claim_sql(dialect, *shape)
 
@@ -418,7 +422,7 @@ def _claim_params(fit: NodeResources | None, home: str | None) -> dict[str, Any]
 
 
 def claim_next_job(
-    session: Session,
+    session: Session | Connection,
     *,
     destinations: Sequence[str],
     node: str,
@@ -444,8 +448,8 @@ def claim_next_job(
     """
     if not destinations:
         return NOTHING_QUEUED
-    sql = _claim_statements(session, destinations, fit, home, anywhere)
-    conn = session.connection()
+    conn = _connection(session)
+    sql = _claim_statements(conn, destinations, fit, home, anywhere)
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
@@ -464,7 +468,7 @@ def claim_next_job(
 
 
 def more_queued(
-    session: Session,
+    session: Session | Connection,
     *,
     destinations: Sequence[str],
     fit: NodeResources | None = None,
@@ -475,18 +479,26 @@ def more_queued(
     claim in the same transaction). Reads the claim index only and locks nothing."""
     if not destinations:
         return False
-    sql = _claim_statements(session, destinations, fit, home, anywhere)
-    return session.connection().execute(sql.more, _claim_params(fit, home)).first() is not None
+    conn = _connection(session)
+    sql = _claim_statements(conn, destinations, fit, home, anywhere)
+    return conn.execute(sql.more, _claim_params(fit, home)).first() is not None
 
 
-def running_per_destination(session: Session, destinations: Iterable[str]) -> dict[str, int]:
+def running_per_destination(
+    session: Session | Connection, destinations: Iterable[str]
+) -> dict[str, int]:
     """Jobs running (or being cancelled) now, by destination, on every node."""
-    rows = session.execute(
-        select(Job.destination, func.count())
-        .where(
-            Job.destination.in_(list(destinations)),
-            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+    c = JOBS.c
+    rows = (
+        _connection(session)
+        .execute(
+            select(c.destination, func.count())
+            .where(
+                c.destination.in_(list(destinations)),
+                c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+            )
+            .group_by(c.destination)
         )
-        .group_by(Job.destination)
-    ).all()
+        .all()
+    )
     return {name: int(count) for name, count in rows}
