@@ -7,8 +7,9 @@ submission to running. When the scheduler has a free slot that fits the job and
 no queued job could be waiting for it (no backlog, see ``Scheduler.run``), the
 claim is a foregone conclusion; then the submission stores the job already
 claimed by this node (state ``running``, attempt 1) in its own insert and
-spawns it right away, and the scheduler takes it over from there (storing the
-handle, following it to its end) exactly as if it had claimed it.
+spawns it right away and stores its handle (still in the submitting thread), and
+the scheduler takes it over from there (following it to its end) exactly as if it
+had claimed it.
 
 The scheduler publishes an *offer* (``SlotOffer``, on the event loop) after each
 claim round and whenever a slot frees: per runner the free slots, and the node's

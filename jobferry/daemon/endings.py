@@ -3,9 +3,10 @@ and cleaned up after.
 
 ``follow_to_end`` waits for the first of the job's runner (``Runner.wait``) and
 its wrapper's callback (which records the end itself and says so), then records
-what the runner said (``record_end``), tells the core (``Core.job_changed``) and
-lets the runner release what it holds for the job. The scheduler runs it as one
-task per job it follows, and frees the job's slot when it returns.
+what the runner said and lets the runner release what it holds for the job (one
+executor call: ``record_end``), and tells the core (``Core.job_changed``). The
+scheduler runs it as one task per job it follows, and frees the job's slot when it
+returns.
 
 The end is collected once (outputs scanned, whether the disk was full) and kept
 in memory; recording it is retried with back-off, capped at a few seconds

@@ -26,8 +26,8 @@ job on an idle node therefore costs one claim, not three, and no needless claim
 competes with it for the CPU while it starts and ends.
 
 For runners that start jobs quickly (``Runner.quick_submit``: the local runner),
-the claim and the spawn are one executor call, so a job is spawned the moment
-its claim commits, without a round trip through the event loop.
+the claim, the spawn and storing the handle are one executor call, so a job is
+spawned the moment its claim commits, without a round trip through the event loop.
 
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
