@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
+#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
+MAX_PAUSE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,6 @@ class _Claimed:
 
     start: StartingJob | None
     backlog: bool
-
-
-#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
-MAX_PAUSE_S = 30.0
 
 
 class Scheduler:
@@ -126,8 +124,7 @@ class Scheduler:
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
-        #: Per job followed: done once its callback recorded its end (``job_callback``).
-        self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}
+        self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
         self.recovery = Recovery(core, execution, runners, self)
@@ -303,8 +300,7 @@ class Scheduler:
             handle = runner.submit(claimed.spec)
         except Exception as exc:  # handled on the loop, like a failed start in _begin
             return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
-        # Its handle is stored in this call too: one hop off the loop per started job.
-        state = self._record(claimed, handle)
+        state = self._record(claimed, handle)  # in this call too: one hop less per job
         return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
 
     def _pause(self, runner: str, message: str) -> None:
@@ -369,17 +365,14 @@ class Scheduler:
         claimed = start.claimed
         runner = self.runners[claimed.runner]
         try:
-            if not start.spawned:
-                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
-            elif start.error is not None:
+            if start.error is not None:
                 raise start.error
-            else:
-                assert start.handle is not None
-                handle = start.handle
-                if start.state is not None:
-                    state = start.state
-                else:
+            if start.handle is not None:  # spawned, and its handle stored unless state is None
+                handle, state = start.handle, start.state
+                if state is None:
                     state = await self.core.call(self._record, claimed, handle)
+            else:
+                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
             extra = job_context(claimed, self.core.node_name)
@@ -419,10 +412,7 @@ class Scheduler:
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         """Until its end is recorded (``daemon.endings``); then its slot is free."""
-        elsewhere = self._finished_elsewhere.get(claimed.job_id)
-        if elsewhere is None:
-            elsewhere = asyncio.get_running_loop().create_future()
-            self._finished_elsewhere[claimed.job_id] = elsewhere
+        elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Future())
         try:
             runner = self.runners[claimed.runner]
             await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)

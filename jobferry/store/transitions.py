@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Select, Update, bindparam, func, or_, select,
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
-from jobferry.store.models import ACTIVE_STATES, TERMINAL_STATES, Job, JobState, utcnow
+from jobferry.store.models import TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
 from jobferry.store.records import JOBS
 
@@ -264,10 +264,6 @@ def adopt_job(session: Session, job_id: str, *, attempt: int, from_node: str, to
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def is_active(state: str) -> bool:
-    return state in {s.value for s in ACTIVE_STATES}
-
-
 @dataclass(frozen=True)
 class NodeResources:
     """The node's cores, memory and GPUs a claim must fit in: ``total`` (could the job
@@ -284,9 +280,8 @@ class NodeResources:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
-    """What starting a claimed job needs of its row, as the claim left it (attempt
-    incremented). A plain record: building an ORM ``Job`` for every claim cost more
-    CPU than the claim's own statements."""
+    """What starting a claimed job needs of its row (attempt incremented): a plain
+    record, as an ORM ``Job`` for every claim cost more than the claim's statements."""
 
     id: str
     attempt: int
@@ -302,8 +297,7 @@ class ClaimedRow:
     created_at: datetime
 
 
-#: The columns ``ClaimedRow`` holds, in its order (the claim's RETURNING).
-_CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)
+_CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)  # the claim's RETURNING
 
 
 @dataclass(frozen=True)
