@@ -1,13 +1,14 @@
 """Request ids and the access log.
 
-Every request gets an id: a sane ``X-Request-Id`` a proxy sent
-(``[A-Za-z0-9._-]{1,64}``), else 16 fresh hex digits (one ``secrets`` call). The
-id is sent back as ``X-Request-Id`` on every answer (``ApiMixin.set_default_headers``,
-so errors and 404s too) and is set in ``REQUEST_ID``, a context variable, while
-Tornado works on the request: ``RequestIdApplication`` wraps each request's
-delegate, so the handler's task (which copies the context when Tornado creates
-it), its streamed body chunks, and the worker threads of ``Core.call`` (which
-copies the context too) all see it. The daemon's log filter
+Every request gets an id (``jobferry.request_ids``, face-neutral: a sane
+``X-Request-Id`` a proxy sent, else a new one; its names are re-exported here). The
+id is sent back as ``X-Request-Id`` on every answer (``ApiMixin.set_default_headers``
+and ``web.base``'s handlers, so errors, 404s and redirects too) and is set in
+``REQUEST_ID``, a context variable, while Tornado works on the request:
+``RequestIdApplication`` wraps each request's delegate, so the handler's task
+(which copies the context when Tornado creates it), its streamed body chunks,
+and the worker threads of ``Core.call`` (which copies the context too) all see
+it. The daemon's log filter
 (``daemon.logformat.ContextFilter``) puts it on every record logged meanwhile.
 
 ``log_access`` writes one ``jobferry.access`` line per request. Its fields are
@@ -22,35 +23,18 @@ access log is on (or for a 5xx): off, a request costs nothing more than its id.
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-from contextvars import ContextVar
 from typing import Any
 
 import tornado.httputil
 import tornado.web
 
 from jobferry.api.route_names import route_template
-
-#: The id of the request being served in this context (None: no request).
-REQUEST_ID: ContextVar[str | None] = ContextVar("jobferry_request_id", default=None)
-HEADER = "X-Request-Id"
-#: An incoming id we keep: what a proxy (nginx's $request_id, a UUID) sends.
-SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-#: The attribute of the HTTPServerRequest that holds its id.
-_ATTR = "jobferry_request_id"
+from jobferry.request_ids import HEADER as HEADER
+from jobferry.request_ids import REQUEST_ID as REQUEST_ID
+from jobferry.request_ids import SANE_ID as SANE_ID
+from jobferry.request_ids import request_id as request_id
 
 access_log = logging.getLogger("jobferry.access")
-
-
-def request_id(request: tornado.httputil.HTTPServerRequest) -> str:
-    """*request*'s id: chosen once (the proxy's if sane, else a new one), then kept."""
-    found: str | None = getattr(request, _ATTR, None)
-    if found is None:
-        incoming = request.headers.get(HEADER)
-        found = incoming if incoming and SANE_ID.fullmatch(incoming) else secrets.token_hex(8)
-        setattr(request, _ATTR, found)
-    return found
 
 
 class _InRequest(tornado.httputil.HTTPMessageDelegate):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from jobferry import errors
-from jobferry.api.access_log import HEADER as REQUEST_ID_HEADER
-from jobferry.api.access_log import request_id
 from jobferry.http_status import http_status, lookup_status
+from jobferry.request_ids import HEADER as REQUEST_ID_HEADER
+from jobferry.request_ids import request_id
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 

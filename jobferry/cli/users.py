@@ -38,8 +38,8 @@ def _read_new_password() -> str:
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     services = services_of(args)
     services.auth.get_user(args.name)  # an unknown user fails before the prompt
-    services.users.set_password(args.name, _read_new_password().rstrip("\r"))
-    show(args, {"username": args.name, "password_changed": True})
+    ended = services.users.set_password(args.name, _read_new_password().rstrip("\r"))
+    show(args, {"username": args.name, "password_changed": True, "sessions_ended": ended})
     return 0
 
 
@@ -65,7 +65,11 @@ def register(top: Any) -> None:
     p.add_argument("--admin", action="store_true", help="make the user an admin")
     add_command(user, "list", "user.list", cmd_user_list, "list users")
     p = add_command(
-        user, "passwd", "user.passwd", cmd_user_passwd, "set a user's password (read from stdin)"
+        user,
+        "passwd",
+        "user.passwd",
+        cmd_user_passwd,
+        "set a user's password (read from stdin); ends their password-signed browser sessions",
     )
     p.add_argument("name")
     p = add_command(

@@ -1,11 +1,15 @@
 """The node's heartbeat loop: publish liveness and free resources, read the drain flag,
-drop jobs another node took over, and reap dead nodes.
+drop jobs another node took over, reap dead nodes, and purge ended browser sessions.
 
 Every ``node.heartbeat_s``: write the heartbeat (``NodeService.heartbeat``, the
 database's clock); apply the ``drained`` flag to the scheduler; if the row said
 this node had been declared dead (it was stopped, cut off, or too slow), log it
 and let the scheduler drop the jobs that are no longer its own; then run the
-reaper round (``NodeService.reap``) and follow any Slurm job it adopted.
+reaper round (``NodeService.reap``) and follow any Slurm job it adopted; last,
+delete a bounded batch of ended browser sessions' rows
+(``WebSessionService.purge_ended``). That purge lives here, not in the retention
+rounds, because retention runs only when configured (off by default) while the
+heartbeat always runs; a beat with nothing to purge costs one small read.
 
 A store outage never stops the loop: the failure is logged once, and again
 when the store answers.
@@ -23,15 +27,23 @@ from jobferry.errors import JobferryError, StoreUnavailableError
 from jobferry.services.core import Core
 from jobferry.services.nodes import NodeService
 from jobferry.services.telemetry import NodeFigures
+from jobferry.services.web_sessions import WebSessionService
 
 logger = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, core: Core, nodes: NodeService, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        core: Core,
+        nodes: NodeService,
+        scheduler: Scheduler,
+        web_sessions: WebSessionService | None = None,
+    ) -> None:
         self.core = core
         self.nodes = nodes
         self.scheduler = scheduler
+        self.web_sessions = web_sessions
         self.incarnation = 0
         self._failing = False
         #: ``extra=`` of every line: the node's name as a field (``daemon.logcontext``).
@@ -89,7 +101,7 @@ class Heartbeat:
                 )
 
     async def beat(self, stop: asyncio.Event) -> None:
-        """One round: heartbeat, drain flag, lost jobs, reaper."""
+        """One round: heartbeat, drain flag, lost jobs, reaper, ended sessions."""
         scheduler = self.scheduler
         report = await self.core.call(self.nodes.heartbeat, self.incarnation, scheduler.usage())
         self._beat_at = time.monotonic()
@@ -150,6 +162,10 @@ class Heartbeat:
             await scheduler.recovery.follow_adopted()
         if reaped.requeued:
             scheduler.wake()
+        if self.web_sessions is not None:
+            purged = await self.core.call(self.web_sessions.purge_ended)
+            if purged:
+                logger.debug("purged %d ended browser sessions", purged, extra=self._context)
 
     def figures(self) -> NodeFigures:
         """What /metrics shows of this node (from memory, on the event loop)."""

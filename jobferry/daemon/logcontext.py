@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from jobferry.api.access_log import REQUEST_ID
+from jobferry.request_ids import REQUEST_ID
 from jobferry.services.execution import ClaimedJob
 from jobferry.services.logfields import job_fields
 

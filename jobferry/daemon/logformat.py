@@ -20,7 +20,7 @@ daemon deployed on compute nodes.
 
 ``ContextFilter`` (on the root logger's handler, like ``daemon.redact``'s filter,
 so records of every logger pass it) sets ``request_id`` from
-``api.access_log.REQUEST_ID``, the job's fields from ``daemon.logcontext.JOB``
+``request_ids.REQUEST_ID``, the job's fields from ``daemon.logcontext.JOB``
 when the call did not pass them, and ``node`` (this daemon's) on every record:
 two context-variable reads per record.
 """
@@ -32,9 +32,9 @@ import logging
 import time
 from typing import Any
 
-from jobferry.api.access_log import REQUEST_ID
 from jobferry.daemon.logcontext import JOB
 from jobferry.daemon.redact import redact
+from jobferry.request_ids import REQUEST_ID
 
 #: Attributes every LogRecord has: not context fields.
 _STANDARD = frozenset(

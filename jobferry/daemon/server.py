@@ -152,7 +152,9 @@ class Daemon:
         # Other nodes' submissions and requeues (PostgreSQL NOTIFY); polling stays.
         self.listener = Listener(core.engine, self.scheduler.direct.queued)
         self.listener.start()
-        self.heartbeat = Heartbeat(core, services.nodes, self.scheduler)
+        self.heartbeat = Heartbeat(
+            core, services.nodes, self.scheduler, web_sessions=services.web_sessions
+        )
         self.retention = RetentionTask(core, services.retention)
         core.telemetry.node_source = self.heartbeat.figures  # jobferry_node_* at each scrape
         core.telemetry.declare_runners(self.runners)

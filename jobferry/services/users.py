@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from jobferry.services.auth import AuthService, hash_key, new_key, placeholder_e
 from jobferry.services.core import Core, Principal
 from jobferry.services.passwords import check_password_rules, hash_password, verify_password
 from jobferry.services.ratelimit import FailureLimiter
-from jobferry.store.models import ApiKey, Job, JobFile, User, utcnow
+from jobferry.store.models import ApiKey, Job, JobFile, User, WebSession, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +93,32 @@ class UserService:
 
     # --- passwords --------------------------------------------------------------------
 
-    def set_password(self, username: str, password: str) -> None:
-        """Set (or replace) a user's password. Raises NotFoundError, ValidationError."""
+    def set_password(self, username: str, password: str) -> int:
+        """Set (or replace) a user's password, and end the user's browser sessions that
+        signed in with a password (the old one); how many were live.
+
+        In the same transaction: no session signed in with the old password outlives
+        the change. Sessions signed in with an API key stay (revoking the key ends
+        them). Raises NotFoundError, ValidationError."""
         hashed = hash_password(password)
         with self.core.sessions.begin() as session:
             user = session.execute(select(User).where(User.username == username)).scalar()
             if user is None:
                 raise NotFoundError(f"no user named {username!r}")
+            now = utcnow()
             user.password_hash = hashed
-            user.password_changed_at = utcnow()
+            user.password_changed_at = now
+            ended = session.execute(
+                update(WebSession)
+                .where(
+                    WebSession.user_id == user.id,
+                    WebSession.method == "password",
+                    WebSession.revoked_at.is_(None),
+                    WebSession.expires_at > now,
+                )
+                .values(revoked_at=now)
+            )
+            return int(ended.rowcount or 0)  # type: ignore[attr-defined]
 
     def verify_credentials(self, identity: str, password: str) -> UserRecord:
         """The user whose email or username is *identity*, if *password* is theirs.

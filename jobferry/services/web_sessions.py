@@ -8,6 +8,10 @@ user, when the key it signed in with is revoked, when its user is deactivated,
 began, whichever comes first. Every check is on the store's row, so several
 daemons sharing one store agree at once (no cache to wait out).
 
+Ended sessions' rows are deleted by ``purge_ended``, a bounded batch that the
+daemon's heartbeat runs every beat (``daemon.heartbeat``), and at the user's next
+sign-in; a password change ends the password-signed ones (``UserService.set_password``).
+
 The last request is written at most every ``web.session_touch_s``: pages cost a
 read, not a write, and the idle clock is that much coarse (a session may end up
 to ``session_touch_s`` early, never late).
@@ -39,6 +43,8 @@ from jobferry.store.models import ApiKey, User, WebSession, utcnow
 TOKEN_PREFIX = "jfs_"
 #: What the cookie signature is derived from, with the store-wide secret.
 _COOKIE_LABEL = b"jobferry web session cookie v1"
+#: Most ended sessions one ``purge_ended`` call deletes (bounded work per heartbeat).
+PURGE_BATCH = 500
 #: The one answer to a bad API key at sign-in.
 BAD_KEY = "This API key is not valid."
 
@@ -210,6 +216,40 @@ class WebSessionService:
                 )
                 .values(revoked_at=now)
             )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def purge_ended(self, limit: int = PURGE_BATCH) -> int:
+        """Delete up to *limit* rows of ended sessions; how many went.
+
+        Ended: signed out or revoked, past the absolute end (``session_max_s``) or the
+        idle end (``session_idle_s`` after the last request written), or signed in
+        with an API key since revoked (for good: a revoked key never comes back). A
+        deactivated user's sessions stay: reactivating the user resumes them, as
+        ``resolve`` decides. The ids are read first, so a beat with nothing to
+        purge costs one read and never takes SQLite's write lock; the DELETE repeats
+        no condition (an ended session never lives again), so several daemons
+        purging at once just delete fewer rows each."""
+        now = utcnow()
+        idle_cutoff = now - timedelta(seconds=self.core.config.web.session_idle_s)
+        revoked_keys = select(ApiKey.id).where(ApiKey.is_active.is_(False))
+        with self.core.sessions.begin() as session:
+            ids = list(
+                session.execute(
+                    select(WebSession.id)
+                    .where(
+                        or_(
+                            WebSession.revoked_at.is_not(None),
+                            WebSession.expires_at <= now,
+                            WebSession.last_seen_at <= idle_cutoff,
+                            WebSession.api_key_id.in_(revoked_keys),
+                        )
+                    )
+                    .limit(limit)
+                ).scalars()
+            )
+            if not ids:
+                return 0
+            result = session.execute(delete(WebSession).where(WebSession.id.in_(ids)))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def live_sessions(self, principal: Principal) -> list[SessionInfo]:

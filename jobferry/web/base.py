@@ -12,7 +12,8 @@
   ``web/templates`` inside ``base.html`` (nav, skip link, ``<title>``).
 - Every answer carries the Content-Security-Policy (no inline script or style, no
   other origin), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy`` and
-  ``Cache-Control: no-store``.
+  ``Cache-Control: no-store``, and the request's ``X-Request-Id``
+  (``jobferry.request_ids``, as the APIs send it: error pages and redirects too).
 - Errors raised from the one exception tree become pages in the site's style with
   the status of the one table (``jobferry.http_status``); a 500 says nothing of
   its cause (it is logged with its traceback).
@@ -32,6 +33,8 @@ import tornado.web
 
 from jobferry import errors
 from jobferry.http_status import http_status
+from jobferry.request_ids import HEADER as REQUEST_ID_HEADER
+from jobferry.request_ids import request_id
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 
@@ -129,6 +132,7 @@ class WebHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
+        self.set_header(REQUEST_ID_HEADER, request_id(self.request))
         self.set_header("Cache-Control", "no-store")
 
     def clear(self) -> None:
@@ -315,6 +319,7 @@ class StaticHandler(tornado.web.StaticFileHandler):
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
+        self.set_header(REQUEST_ID_HEADER, request_id(self.request))
 
     def set_extra_headers(self, path: str) -> None:
         if self.get_query_argument("v", None):
