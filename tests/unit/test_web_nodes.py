@@ -5,24 +5,31 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import requests
 
 from jobferry.services.core import Core, Principal
 from jobferry.services.nodes import NodeService
-from tests.unit.test_web_app import (  # noqa: F401  (server: the fixture)
+from tests.unit.test_web_app import (
     Server,
     assert_security_headers,
     assert_site_page,
     form_token,
     get,
     post,
-    server,
     sign_in,
 )
+from tests.unit.test_web_app import server as web_server  # noqa: F401  (the fixture)
 
-HOSTILE = "\"><img src=x onerror=alert(1)>"
+HOSTILE = '"><img src=x onerror=alert(1)>'
 #: Who reads the store behind the page's back (the service checks only is_admin).
 ADMIN = Principal(user_id="-", username="admin", is_admin=True)
+
+
+@pytest.fixture
+def server(web_server: Server) -> Server:  # noqa: F811
+    """The browser face in-process (``test_web_app``'s server)."""
+    return web_server
 
 
 def admin_session(server: Server) -> requests.Session:
@@ -38,7 +45,7 @@ def register_this_node(server: Server) -> str:
 
 
 def node_row(page: str, name: str) -> str:
-    found = re.search(r'<tr class="node" data-node="%s".*?</tr>' % re.escape(name), page, re.S)
+    found = re.search(rf'<tr class="node" data-node="{re.escape(name)}".*?</tr>', page, re.S)
     assert found, page
     return found.group(0)
 
@@ -53,8 +60,8 @@ def test_an_admin_sees_each_nodes_state_resources_jobs_and_heartbeat(server: Ser
     row = node_row(response.text, name)
     [node] = server.services.nodes.list_nodes(ADMIN)
     total, free = node["total"], node["free"]
-    assert f'{free["cores"]} / {total["cores"]}</td>' in row
-    assert f'{free["gpus"]} / {total["gpus"]}</td>' in row
+    assert f"{free['cores']} / {total['cores']}</td>" in row
+    assert f"{free['gpus']} / {total['gpus']}</td>" in row
     assert re.search(r'<td class="num running">0</td>', row)
     assert '<span class="badge ok">up</span>' in row
     assert re.search(r'<time datetime="[0-9T:.+-]+"[^>]*>\d+ s ago</time>', row), row
