@@ -69,7 +69,12 @@ class HostileJob:
     id: str
     uuid: str
     slug: str
+    start: Path
     go: Path
+
+    def release(self) -> None:
+        self.start.touch()
+        self.go.touch()
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +96,14 @@ def slug(site: Site) -> str:
     return str(added["slug"])
 
 
-def submit(site: Site, slug: str, go: Path) -> HostileJob:
-    """The hostile job, through the Wooey JSON API (as the admin)."""
+def submit(site: Site, slug: str, gates: Path) -> HostileJob:
+    """The hostile job, through the Wooey JSON API (as the admin); it waits for the files
+    ``start`` (before printing) and ``go`` (before finishing) in *gates*."""
     client: Client = site.daemon.client()
+    start, go = gates / "start", gates / "go"
     command = shlex.join(
-        ["--infile", "upload", "--mode", TAG, "--title", JOB_NAME, "--go", str(go)]
+        ["--infile", "upload", "--mode", TAG, "--title", JOB_NAME]
+        + ["--start", str(start), "--go", str(go)]
     )
     job_id = client.submit(
         slug,
@@ -104,14 +112,13 @@ def submit(site: Site, slug: str, go: Path) -> HostileJob:
         job_name=JOB_NAME,
     )
     details = client.get(f"/api/jobs/v1/{job_id}/details/").json()
-    return HostileJob(job_id, str(details["uuid"]), slug, go)
+    return HostileJob(job_id, str(details["uuid"]), slug, start, go)
 
 
 @pytest.fixture(scope="module")
 def finished(site: Site, slug: str, tmp_path_factory: pytest.TempPathFactory) -> HostileJob:
-    go = tmp_path_factory.mktemp("go") / "go"
-    go.touch()
-    job = submit(site, slug, go)
+    job = submit(site, slug, tmp_path_factory.mktemp("gates"))
+    job.release()
     ended = site.daemon.client().wait(job.id, timeout_s=2 * DEADLINE_S)
     assert ended["status"] == "completed", ended
     return job
@@ -156,11 +163,11 @@ def links(browser: WebDriver, contains: str) -> list[str]:
 def test_the_job_list_and_a_running_jobs_live_tail_run_nothing(
     site: Site, browser: WebDriver, slug: str, tmp_path: Path
 ) -> None:
-    job = submit(site, slug, tmp_path / "go")
+    job = submit(site, slug, tmp_path)
     try:
         see_the_list_and_the_live_tail(site, browser, job)
     finally:
-        job.go.touch()  # never leave the job waiting
+        job.release()  # never leave the job waiting
 
 
 def see_the_list_and_the_live_tail(site: Site, browser: WebDriver, job: HostileJob) -> None:
@@ -170,14 +177,17 @@ def see_the_list_and_the_live_tail(site: Site, browser: WebDriver, job: HostileJ
     screenshot(browser, "xss-jobs")
 
     require_page(browser, site, f"/ui/jobs/{job.id}")
-    # The live tail: the job's hostile stdout and stderr arrive while it waits for --go.
+    wait_until(browser, lambda d: d.find_elements(By.ID, "stdout"))
+    assert browser.find_element(By.ID, "stdout").text == ""  # nothing printed yet
+    # The live tail: the hostile stdout and stderr arrive while the page is open.
+    job.start.touch()
     line = f"{TAG} mode={TAG} title={JOB_NAME}"
     wait_until(browser, lambda d: d.find_element(By.TAG_NAME, "body").text.count(line) >= 2)
     assert_inert(browser, site, shows=(JOB_NAME, "<script>alert(1)</script>", line))
     screenshot(browser, "xss-job-running")
     job.go.touch()
     site.daemon.client().wait(job.id, timeout_s=2 * DEADLINE_S)
-    # The last line reaches the page live too (no reload).
+    # The last line and the end reach the page (live, or by its reload at the end).
     wait_until(browser, lambda d: "go-ahead seen" in d.find_element(By.TAG_NAME, "body").text)
     assert_inert(browser, site, shows=("</pre><iframe src=javascript:alert(1)></iframe>",))
 
@@ -191,26 +201,26 @@ def test_a_finished_jobs_page_previews_downloads_and_permalink_run_nothing(
     assert_inert(browser, site, shows=(JOB_NAME, FILE_NAME, "table.csv", "page.html"))
     screenshot(browser, "xss-job")
 
+    # The previews on the page: the CSV as a table, the text files as text.
+    assert_inert(browser, site, shows=("<b>bold?</b>", "<img src=x onerror=alert(1)>"))
     files = links(browser, f"{page}/files/")
-    assert files, "the job page links no file"
-    previews = [u for u in files if u.endswith("/view")]
+    images = [i.get_attribute("src") or "" for i in browser.find_elements(By.TAG_NAME, "img")]
+    views = sorted({u for u in files + images if f"{page}/files/" in u and u.endswith("/view")})
     downloads = [u for u in files if not u.endswith("/view")]
-    assert previews and downloads, files
-    for url in previews:  # each inline preview, as its own page
+    assert len(downloads) >= 5, files  # the input, its copy, table.csv, page.html, image.svg
+    for url in views:  # each inline view, opened as a page of its own
         browser.get(url)
         assert_inert(browser, site)
     for url in downloads:  # each download: an attachment (or plain text), never a page
         answer = fetch(browser, url)
         assert answer.status_code == 200, (url, answer.status_code)
         assert answer.headers.get("Content-Security-Policy") == CSP, url
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", url
         disposition = answer.headers.get("Content-Disposition", "")
         kind = answer.headers.get("Content-Type", "")
-        assert disposition.startswith("attachment") or kind.startswith("text/plain"), (
-            url,
-            disposition,
-            kind,
-        )
-        assert "html" not in kind and "svg" not in kind, (url, kind)
+        attachment = disposition.startswith("attachment")
+        assert attachment or kind.startswith("text/plain"), (url, disposition, kind)
+        assert attachment or ("html" not in kind and "svg" not in kind), (url, kind)
         browser.get(url)
         with pytest.raises(NoAlertPresentException):
             browser.switch_to.alert  # noqa: B018

@@ -22,16 +22,23 @@ parser.add_argument(
     help="a choice <svg onload=alert(5)></svg>",
 )
 parser.add_argument("--title", default=TAG, help="a text value </textarea><img src=x>")
-parser.add_argument("--go", help="wait (at most 120 s) until this file exists")
+parser.add_argument("--start", help="wait (at most 120 s) for this file before printing")
+parser.add_argument("--go", help="wait (at most 120 s) for this file before finishing")
 args = parser.parse_args()
+
+
+def wait_for(path: str | None) -> None:
+    deadline = time.monotonic() + 120
+    while path and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+wait_for(args.start)
 
 for stream in (sys.stdout, sys.stderr):
     print("<script>alert(1)</script>", file=stream, flush=True)
     print(f"{TAG} mode={args.mode} title={args.title}", file=stream, flush=True)
-if args.go:
-    deadline = time.monotonic() + 120
-    while not os.path.exists(args.go) and time.monotonic() < deadline:
-        time.sleep(0.05)
+wait_for(args.go)
 print("</pre><iframe src=javascript:alert(1)></iframe> go-ahead seen", flush=True)
 if args.infile:
     args.infile.close()
