@@ -35,10 +35,11 @@ from bench.common.report import ROOT, BenchError, interrupt_on_sigterm, log, sta
 JOB_SCRIPTS = ROOT / "tests" / "data" / "jobs"
 
 
-def daemon_env() -> dict[str, str]:
-    """The environment of a daemon, a CLI run or a reference server: this tree's code."""
+def daemon_env(tree: Path | None = None) -> dict[str, str]:
+    """The environment of a daemon, a CLI run or a reference server: this tree's code
+    (or *tree*'s: another checkout of jobferry, e.g. a baseline commit's worktree)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFERRY_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(tree or ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -186,7 +187,8 @@ class Daemon(Managed):
     """``jobferry serve --port 0`` with its data in ``workdir/name`` (log, config next to it).
 
     The data directory may exist already (a store seeded before the start); a
-    stopped daemon can be started again on it. Jobs noted in ``jobs`` are
+    stopped daemon can be started again on it. With *tree*, the daemon (and its
+    CLI runs) use that checkout's ``jobferry`` instead of this one's. Jobs noted in ``jobs`` are
     cancelled (through the CLI) before the daemon stops: a long job would
     outlive it.
     """
@@ -197,8 +199,10 @@ class Daemon(Managed):
         workdir: Path,
         config: dict[str, Any] | None = None,
         profile_path: Path | None = None,
+        tree: Path | None = None,
     ) -> None:
         super().__init__(name, workdir / f"{name}.log")
+        self.tree = tree or ROOT
         self.data_dir = workdir / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path: Path | None = None
@@ -231,7 +235,7 @@ class Daemon(Managed):
         assert self.log_path is not None
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=daemon_env(), cwd=ROOT
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=daemon_env(self.tree), cwd=self.tree
             )
         limit = time.monotonic() + timeout_s
         while time.monotonic() < limit:
@@ -273,8 +277,8 @@ class Daemon(Managed):
             capture_output=True,
             text=True,
             timeout=60,
-            env=daemon_env(),
-            cwd=ROOT,
+            env=daemon_env(self.tree),
+            cwd=self.tree,
         )
         if result.returncode != 0:
             raise BenchError(f"{' '.join(args)} failed: {result.stderr.strip()}")

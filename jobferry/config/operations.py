@@ -103,3 +103,9 @@ class WebConfig(_Section):
     sign_in_failures_per_minute: Annotated[int, Field(ge=1)] = Field(
         10, description="Failed sign-ins allowed per user and per client address in a minute."
     )
+
+    @model_validator(mode="after")
+    def _touch_within_idle(self) -> WebConfig:
+        if self.session_touch_s >= self.session_idle_s:
+            raise ValueError("web.session_touch_s must be shorter than web.session_idle_s")
+        return self

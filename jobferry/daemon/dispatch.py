@@ -7,8 +7,9 @@ submission to running. When the scheduler has a free slot that fits the job and
 no queued job could be waiting for it (no backlog, see ``Scheduler.run``), the
 claim is a foregone conclusion; then the submission stores the job already
 claimed by this node (state ``running``, attempt 1) in its own insert and
-spawns it right away, and the scheduler takes it over from there (storing the
-handle, following it to its end) exactly as if it had claimed it.
+spawns it right away and stores its handle (still in the submitting thread), and
+the scheduler takes it over from there (following it to its end) exactly as if it
+had claimed it.
 
 The scheduler publishes an *offer* (``SlotOffer``, on the event loop) after each
 claim round and whenever a slot frees: per runner the free slots, and the node's
@@ -50,11 +51,13 @@ from jobferry.store.models import Job
 class StartingJob:
     """A claimed job on its way to running; spawned already (``handle`` or ``error``
     set) when its runner has ``quick_submit`` (by the claim's own call, or by a
-    direct start)."""
+    direct start), and then its handle is stored too, in the same call: ``state`` is
+    the job's state as that store found it (``Scheduler._record``)."""
 
     claimed: ClaimedJob
     handle: RunHandle | None = None
     error: Exception | None = None
+    state: str | None = None
 
     @property
     def spawned(self) -> bool:
@@ -101,16 +104,19 @@ class DirectStart:
         runners: Mapping[str, Runner],
         spec: Callable[[Job], RunSpec],
         node: str,
+        record: Callable[[ClaimedJob, RunHandle], str],
         take_over: Callable[[StartingJob | None], None],
         drained: Callable[[], bool],
         wake: Callable[[], None],
     ) -> None:
-        """*spec* builds a job's run spec (``ExecutionService.spec``); *take_over*
-        (on the loop) follows a job a submission started (None: a reservation was
-        given back); *drained* says whether the node claims nothing new; *wake* (on
-        the loop) asks the scheduler for a claim round."""
+        """*spec* builds a job's run spec (``ExecutionService.spec``); *record*
+        (blocking, never raises) stores a started job's handle and returns the job's
+        state; *take_over* (on the loop) follows a job a submission started (None: a
+        reservation was given back); *drained* says whether the node claims nothing
+        new; *wake* (on the loop) asks the scheduler for a claim round."""
         self._runners = runners
         self._spec = spec
+        self._record = record
         self._node = node
         self._take_over_start = take_over
         self._drained = drained
@@ -186,7 +192,8 @@ class DirectStart:
         self._loop.call_soon_threadsafe(self._take_over, reservation, None)
 
     def start(self, reservation: Reservation, job: Job) -> None:
-        """Spawn *job* (stored as claimed by this node) and hand it to the scheduler.
+        """Spawn *job* (stored as claimed by this node), store its handle and hand it
+        to the scheduler (one thread, no hop through the event loop in between).
 
         A spawn that fails is handed over too: the scheduler ends the job with the
         reason, as for any job that could not start.
@@ -196,7 +203,9 @@ class DirectStart:
         claimed = ClaimedJob(job.id, job.attempt, job.runner, spec, node=self._node)
         with job_scope(claimed, self._node):  # the runner's lines are about the job
             try:
-                start = StartingJob(claimed, handle=self._runners[job.runner].submit(spec))
+                handle = self._runners[job.runner].submit(spec)
             except Exception as exc:  # handled on the loop, like any failed start
                 start = StartingJob(claimed, error=exc)
+            else:
+                start = StartingJob(claimed, handle, state=self._record(claimed, handle))
         self._loop.call_soon_threadsafe(self._take_over, reservation, start)

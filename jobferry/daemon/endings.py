@@ -3,9 +3,10 @@ and cleaned up after.
 
 ``follow_to_end`` waits for the first of the job's runner (``Runner.wait``) and
 its wrapper's callback (which records the end itself and says so), then records
-what the runner said (``record_end``), tells the core (``Core.job_changed``) and
-lets the runner release what it holds for the job. The scheduler runs it as one
-task per job it follows, and frees the job's slot when it returns.
+what the runner said and lets the runner release what it holds for the job (one
+executor call: ``record_end``), and tells the core (``Core.job_changed``). The
+scheduler runs it as one task per job it follows, and frees the job's slot when it
+returns.
 
 The end is collected once (outputs scanned, whether the disk was full) and kept
 in memory; recording it is retried with back-off, capped at a few seconds
@@ -48,10 +49,10 @@ async def follow_to_end(
     execution: ExecutionService,
     runner: Runner,
     claimed: ClaimedJob,
-    told: asyncio.Event,
+    told: asyncio.Future[None],
 ) -> None:
     """Follow *claimed* (started, with a handle) until its end is recorded: by this
-    node from *runner*, or by its callback (*told* is set then). Errors are logged;
+    node from *runner*, or by its callback (*told* is done then). Errors are logged;
     cancelling (a daemon stop) leaves the job running."""
     assert claimed.handle is not None
     context = job_context(claimed, core.node_name)
@@ -60,25 +61,27 @@ async def follow_to_end(
             # Re-attached while being cancelled: the kill may never have happened.
             await _cancel(core, runner, claimed, context)
         waiting = asyncio.ensure_future(runner.wait(claimed.handle))
-        told_task = asyncio.ensure_future(told.wait())
-        try:
-            await asyncio.wait({waiting, told_task}, return_when="FIRST_COMPLETED")
+        first: set[asyncio.Future[Any]] = {waiting, told}
+        try:  # *told* is a plain future: no task of its own to make and cancel per job
+            await asyncio.wait(first, return_when="FIRST_COMPLETED")
         finally:
-            told_task.cancel()
             if not waiting.done():
                 waiting.cancel()
         ended: JobEnd | None = None
+        cleaned = False
         if waiting.done() and not waiting.cancelled():
             status = waiting.result()
             try:
-                ended = await record_end(core, execution, claimed, status)
+                ended = await record_end(core, execution, claimed, status, runner)
+                cleaned = True  # in the same call (record_end)
                 logger.debug("job %s ended %s", claimed.job_id, ended.state, extra=context)
             except ConflictError as exc:  # e.g. a callback recorded the end first
                 logger.debug("job %s: %s", claimed.job_id, exc.message, extra=context)
         else:
             logger.debug("job %s ended by its callback", claimed.job_id, extra=context)
         core.job_changed(claimed.job_id, ended)
-        await core.call(runner.cleanup, claimed.handle)
+        if not cleaned:
+            await core.call(runner.cleanup, claimed.handle)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -99,24 +102,31 @@ async def _cancel(core: Core, runner: Runner, claimed: ClaimedJob, context: dict
 
 
 async def record_end(
-    core: Core, execution: ExecutionService, claimed: ClaimedJob, status: RunStatus
+    core: Core,
+    execution: ExecutionService,
+    claimed: ClaimedJob,
+    status: RunStatus,
+    runner: Runner | None = None,
 ) -> JobEnd:
-    """Record *claimed*'s end (*status*); return it as recorded.
+    """Record *claimed*'s end (*status*); return it as recorded. With *runner*, its
+    ``cleanup`` of the job follows once the end is recorded.
+
+    Each attempt is one executor call: the end is collected (the first time only),
+    recorded and cleaned up after in the same call (hops between the loop and the
+    worker threads cost CPU on every job).
 
     Raises:
         ConflictError: the attempt's end was recorded already (or it is not this
             node's any more): nothing to do.
     """
     loop = asyncio.get_running_loop()
-    ending: Ending | None = None
+    collected: list[Ending] = []  # kept across attempts: collected once
     delay = FINISH_RETRY_FIRST_S
     failures = 0
     logged_at = -FINISH_LOG_EVERY_S
     while True:
         try:
-            if ending is None:
-                ending = await core.call(execution.collect_end, claimed, status)
-            end: JobEnd = await core.call(execution.record_end, claimed, ending)
+            end: JobEnd = await core.call(_record, execution, claimed, status, collected, runner)
         except (ConflictError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -138,6 +148,26 @@ async def record_end(
                 extra=job_context(claimed, core.node_name),
             )
         return end
+
+
+def _record(
+    execution: ExecutionService,
+    claimed: ClaimedJob,
+    status: RunStatus,
+    collected: list[Ending],
+    runner: Runner | None,
+) -> JobEnd:
+    """Blocking: one attempt at recording the end (collected into *collected* first,
+    if it is empty), then the runner's cleanup."""
+    if not collected:
+        collected.append(execution.collect_end(claimed, status))
+    end = execution.record_end(claimed, collected[0])
+    if runner is not None and claimed.handle is not None:
+        try:
+            runner.cleanup(claimed.handle)
+        except Exception:  # the end is recorded: never retry it for this
+            logger.exception("job %s: the runner's cleanup failed", claimed.job_id)
+    return end
 
 
 def _log_failure(claimed: ClaimedJob, node: str, exc: Exception, failures: int) -> None:

@@ -26,8 +26,8 @@ job on an idle node therefore costs one claim, not three, and no needless claim
 competes with it for the CPU while it starts and ends.
 
 For runners that start jobs quickly (``Runner.quick_submit``: the local runner),
-the claim and the spawn are one executor call, so a job is spawned the moment
-its claim commits, without a round trip through the event loop.
+the claim, the spawn and storing the handle are one executor call, so a job is
+spawned the moment its claim commits, without a round trip through the event loop.
 
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
+#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
+MAX_PAUSE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,6 @@ class _Claimed:
 
     start: StartingJob | None
     backlog: bool
-
-
-#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
-MAX_PAUSE_S = 30.0
 
 
 class Scheduler:
@@ -116,6 +114,7 @@ class Scheduler:
             runners=runners,
             spec=execution.spec,
             node=core.node_name,
+            record=self._record,
             take_over=self.take_over,
             drained=lambda: self.drained,
             wake=self.wake,
@@ -125,7 +124,7 @@ class Scheduler:
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
         # runner -> (loop time before which no claims, current back-off) while unavailable
         self._paused: dict[str, tuple[float, float]] = {}
-        self._finished_elsewhere: dict[str, asyncio.Event] = {}
+        self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
         self.recovery = Recovery(core, execution, runners, self)
@@ -191,9 +190,9 @@ class Scheduler:
 
     def job_callback(self, job_id: str) -> None:
         """A wrapper's callback ended *job_id* in the store: stop waiting on its runner."""
-        event = self._finished_elsewhere.get(job_id)
-        if event is not None:
-            event.set()
+        told = self._finished_elsewhere.get(job_id)
+        if told is not None and not told.done():
+            told.set_result(None)
 
     @property
     def free_slots(self) -> int:
@@ -298,10 +297,11 @@ class Scheduler:
         if not runner.quick_submit:
             return _Claimed(StartingJob(claimed), claim.backlog)
         try:
-            start = StartingJob(claimed, handle=runner.submit(claimed.spec))
+            handle = runner.submit(claimed.spec)
         except Exception as exc:  # handled on the loop, like a failed start in _begin
-            start = StartingJob(claimed, error=exc)
-        return _Claimed(start, claim.backlog)
+            return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
+        state = self._record(claimed, handle)  # in this call too: one hop less per job
+        return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
 
     def _pause(self, runner: str, message: str) -> None:
         """Back off claims for *runner* (unavailable); log once per outage."""
@@ -357,22 +357,22 @@ class Scheduler:
             self._done(claimed)
 
     async def _begin(self, start: StartingJob) -> RunHandle | None:
-        """Start the job's process (unless ``_claim`` did) and store its handle; None
-        if it did not start.
+        """Start the job's process and store its handle (unless ``_claim`` or a direct
+        start did both); None if it did not start.
 
         Spawning and storing the handle are one executor call (one hop off the loop
         instead of two: this is on every job's path from submission to running)."""
         claimed = start.claimed
         runner = self.runners[claimed.runner]
         try:
-            if not start.spawned:
-                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
-            elif start.error is not None:
+            if start.error is not None:
                 raise start.error
+            if start.handle is not None:  # spawned, and its handle stored unless state is None
+                handle, state = start.handle, start.state
+                if state is None:
+                    state = await self.core.call(self._record, claimed, handle)
             else:
-                assert start.handle is not None
-                handle = start.handle
-                state = await self.core.call(self._record, claimed, handle)
+                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
             self._pause(runner.name, exc.message)
             extra = job_context(claimed, self.core.node_name)
@@ -412,7 +412,7 @@ class Scheduler:
 
     async def _follow(self, claimed: ClaimedJob) -> None:
         """Until its end is recorded (``daemon.endings``); then its slot is free."""
-        elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Event())
+        elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Future())
         try:
             runner = self.runners[claimed.runner]
             await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)

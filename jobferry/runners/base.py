@@ -19,7 +19,7 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from jobferry.errors import RunnerError
@@ -118,7 +118,15 @@ class RunHandle:
         return cls(runner, external_id, started_at, payload.encode())
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # The same JSON as ``asdict(self)`` gave, without its recursive deep copy (the
+        # payload is flat: ``HandlePayload.encode``); this runs for every job started.
+        raw = {
+            "data": self.data,
+            "external_id": self.external_id,
+            "runner": self.runner,
+            "started_at": self.started_at,
+        }
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def loads(cls, text: str) -> RunHandle:

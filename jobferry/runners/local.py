@@ -36,6 +36,7 @@ from jobferry.runners.base import (
 )
 from jobferry.runners.joblog import job_of
 from jobferry.runners.proctree import (
+    create_time_of,
     signal_tree,
     start_ticks,
     tree_peak_rss_kb,
@@ -138,12 +139,14 @@ class LocalRunner(Runner):
         with self._lock:
             self._children.add(pid)
             self._spawn_rss_kb[pid] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Our unreaped child cannot vanish, so these lookups cannot race with pid reuse.
-        create_time = psutil.Process(pid).create_time()
+        # Our unreaped child cannot vanish, so this lookup cannot race with pid reuse:
+        # one read of /proc/<pid>/stat (psutil.Process would read it twice more).
+        ticks = start_ticks(pid)
+        create_time = time.time() if ticks is None else create_time_of(ticks)
         payload = LocalPayload(
             pid=pid,
             create_time=create_time,
-            start_ticks=start_ticks(pid),
+            start_ticks=ticks,
             result_path=spec.result_path,
             stdout_path=spec.stdout_path,
             stderr_path=spec.stderr_path,

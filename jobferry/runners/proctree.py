@@ -14,6 +14,7 @@ a few small files per process of the job (children through
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -93,6 +94,20 @@ def start_ticks(pid: int) -> int | None:
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@functools.cache
+def _boot_time() -> float:
+    return float(psutil.boot_time())  # fixed while the machine runs (/proc/stat btime)
+
+
+def create_time_of(ticks: int) -> float:
+    """A process's start time (epoch seconds) from its ``start_ticks``, computed as
+    ``psutil.Process.create_time`` does (boot time + ticks / clock ticks per second)."""
+    return _boot_time() + ticks / _CLOCK_TICKS
 
 
 def signal_tree(pgid: int, procs: list[psutil.Process], sig: int) -> None:

@@ -39,10 +39,12 @@
 #   stops exactly at LOGCAP/2 bytes), else GNU dd (its count_bytes counts a short read
 #   as a block: it stops at LOGCAP/2 bytes or so many reads, and the rest of the head
 #   is taken later). busybox `head -c` reads ahead and GNU `head -c` buffers its
-#   output, so neither. Then one `dd iflag=fullblock` reads the first chunk after the
-#   head: "0+0 records in" (nearly every job) ends the filter. So a job with small
-#   output pays two short-lived dd per stream and a few forks of this shell (measured
-#   with bench/throughput.py, see the README's "Disk" section).
+#   output, so neither. A GNU dd head that stopped short of its limit met the log's
+#   end (what it says on stderr tells, read with builtins): that ends the filter.
+#   Else one `dd iflag=fullblock` reads the first chunk after the head; "0+0 records
+#   in" ends the filter too. So a job with small output pays one short-lived dd per
+#   stream with GNU dd, two with busybox, and a few forks of this shell (see the
+#   README's "Disk" section).
 # - Only a log that outgrows the cap pays more: the overflow goes through a ring of
 #   chunk files (one dd per chunk of about LOGCAP/16); at the end the last LOGCAP/2
 #   bytes are appended after the marker, and the chunks are removed.
@@ -70,13 +72,21 @@ cap_log() {
     # The head, written as it comes. busybox dd iflag=count_bytes stops exactly at h
     # bytes; GNU dd (whose count_bytes counts a short read as a block) stops at h
     # bytes or h/4096 reads, whichever comes first: the rest of the head is then
-    # taken below, once the log is known to be longer.
+    # taken below, once the log is known to be longer. A GNU dd that stopped short of
+    # its q reads met the log's end (nearly every job): then the log is complete and
+    # this filter is done, one dd in all. What it says is parsed with builtins only;
+    # if it cannot be read, the path below decides, as before. (busybox dd, e.g.
+    # Debian's 1.35, may not print a byte count, so its head is always followed by
+    # the check below: two dd per stream, as before.)
     if [ -n "$bb" ]; then
-        "$bb" dd bs=65536 count="$h" iflag=count_bytes 2>/dev/null
+        "$bb" dd bs=65536 count="$h" iflag=count_bytes 2>/dev/null >"$f"
     else
-        dd bs=4096 count=$((h / 4096 + 1)) 2>/dev/null
-    fi >"$f"
-    # The first chunk after that: most logs have ended before it ("0+0 records").
+        q=$((h / 4096 + 1)) # it stops after q reads: fewer means its end of file
+        n=$(dd bs=4096 count=$q 2>&1 >"$f") && n=${n%%[!0-9+]*} && # "F+P records in"
+            [ "${n%+*}" -ge 0 ] 2>/dev/null && [ "${n#*+}" -ge 0 ] 2>/dev/null &&
+            [ $((${n%+*} + ${n#*+})) -lt "$q" ] && exit 0
+    fi
+    # The first chunk after the head: a log may still end right there ("0+0 records").
     dd bs=$b count=$c iflag=fullblock 2>&1 >>"$f" | {
         read -r n _
         case $n in *[!0-9+]* | '') exec cat >/dev/null <&5 ;; 0+0) exit 0 ;; esac

@@ -23,6 +23,7 @@ from jobferry.services.galaxy import GalaxyService
 from jobferry.services.galaxy_tools import GalaxyToolService
 from jobferry.services.health import HealthService
 from jobferry.services.job_files import JobFilesService
+from jobferry.services.job_pages import JobPageService
 from jobferry.services.jobs import JobService
 from jobferry.services.metrics import MetricsService
 from jobferry.services.nodes import NodeService
@@ -55,6 +56,8 @@ class Services:
     metrics: MetricsService
     #: Browser sign-ins (the web face's sessions).
     web_sessions: WebSessionService
+    #: The browser's job list and job pages (keyset pages, live log tails, previews).
+    job_pages: JobPageService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -99,4 +102,5 @@ def build(
         disk=disk,
         metrics=MetricsService(core),
         web_sessions=WebSessionService(core, auth, users),
+        job_pages=JobPageService(core, jobs),
     )

@@ -238,4 +238,5 @@ class Core:
         self.executor.shutdown(wait=True, cancel_futures=False)
         for runner in self.runners.values():
             runner.close()
+        self.sessions.dispose()
         self.engine.dispose()

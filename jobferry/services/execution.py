@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import Update, bindparam, insert, select
+from sqlalchemy import Connection, Update, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
@@ -43,6 +44,37 @@ logger = logging.getLogger(__name__)
 
 #: A job's state (built once: read at the end of every job).
 _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
+#: Whether a node is drained (built once: read by every claim).
+_NODES = Node.__table__.c
+_DRAINED = select(_NODES.drained).where(_NODES.name == bindparam("node"))
+
+
+class JobFacts(Protocol):
+    """What ``ExecutionService.spec`` reads of a job: a ``Job`` row, or the record a
+    claim returns (``transitions.ClaimedRow``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def runner(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def job_dir(self) -> str: ...
+    @property
+    def argv(self) -> list[Any]: ...
+    @property
+    def cores(self) -> int: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def memory_mb(self) -> int | None: ...
+    @property
+    def walltime_s(self) -> float | None: ...
+    @property
+    def home_node(self) -> str | None: ...
 
 
 @functools.lru_cache(maxsize=2)
@@ -89,14 +121,14 @@ class ExecutionService:
         self.core = core
         self.base_url = base_url
 
-    def destination(self, job: Job) -> DestinationConfig:
+    def destination(self, job: JobFacts) -> DestinationConfig:
         """The job's destination as configured now (a removed one: its runner's defaults)."""
         found = self.core.config.destinations.get(job.destination)
         if found is not None and found.runner == job.runner:
             return found
         return DestinationConfig.model_construct(runner=job.runner)  # type: ignore[arg-type]
 
-    def _home_url(self, job: Job) -> str:
+    def _home_url(self, job: JobFacts) -> str:
         """The URL a job's wrapper reports to: the node holding its directory."""
         if self.core.config.node.shared_filesystem or job.home_node in (
             None,
@@ -107,7 +139,7 @@ class ExecutionService:
             url = session.execute(select(Node.url).where(Node.name == job.home_node)).scalar()
         return str(url or self.base_url)
 
-    def spec(self, job: Job) -> RunSpec:
+    def spec(self, job: JobFacts) -> RunSpec:
         """How to run *job*'s current attempt here (argv, paths, environment, resources)."""
         job_dir = Path(job.job_dir)
         dest = self.destination(job)
@@ -178,17 +210,17 @@ class ExecutionService:
         }
         home = None if self.core.config.node.shared_filesystem else node
         anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
-        with self.core.sessions.begin() as session:
-            if session.execute(select(Node.drained).where(Node.name == node)).scalar():
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
+            if conn.execute(_DRAINED, {"node": node}).scalar():
                 return NOTHING_TO_CLAIM
             held_back = False
             if limits:
-                running = transitions.running_per_destination(session, limits)
+                running = transitions.running_per_destination(conn, limits)
                 full = {d for d, limit in limits.items() if running.get(d, 0) >= limit}
                 held_back = bool(full)
                 destinations = [d for d in destinations if d not in full]
             found = transitions.claim_next_job(
-                session,
+                conn,
                 destinations=destinations,
                 node=node,
                 fit=fit,
@@ -199,7 +231,7 @@ class ExecutionService:
             if job is None:
                 return Claim(None, backlog=held_back or found.held_back)
             more = held_back or transitions.more_queued(
-                session, destinations=destinations, fit=fit, home=home, anywhere=anywhere
+                conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
             )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
@@ -249,8 +281,7 @@ class ExecutionService:
             "new_external_id": handle.external_id,
             "now": utcnow(),
         }
-        with self.core.sessions.begin() as session:
-            conn = session.connection()
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
             result = conn.execute(_record_handle_sql(claimed.node is not None), params)
             state = conn.execute(_STATE, params).scalar()
             if result.rowcount != 1:
@@ -304,13 +335,13 @@ class ExecutionService:
         StoreFullError) while the store cannot take it: nothing was written, retry."""
         status = ending.status
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
-        with self.core.sessions.begin() as session:
-            current = session.connection().execute(_STATE, {"job_id": claimed.job_id}).scalar()
+        with self.core.sessions.transaction() as conn:  # Core only: no ORM session
+            current = conn.execute(_STATE, {"job_id": claimed.job_id}).scalar()
             state, reason = _outcome(
                 status, cancelled=current == JobState.DELETING.value, disk_full=ending.disk_full
             )
             self._write_finish(
-                session,
+                conn,
                 claimed,
                 state,
                 reason,
@@ -349,7 +380,7 @@ class ExecutionService:
 
     @staticmethod
     def _write_finish(
-        session: Session,
+        session: Session | Connection,
         claimed: ClaimedJob,
         state: JobState,
         reason: str | None,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from jobferry.argspec.introspect import ScriptSpec
 from jobferry.errors import FormError, ScriptNotFoundError, ValidationError
 from jobferry.services.core import Core
+from jobferry.services.routing import ResourceRequest
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import safe_filename
 from jobferry.store.models import Script, ScriptVersion
@@ -50,6 +51,23 @@ def check_form(job_name: str | None, iteration: str | None) -> tuple[str, int | 
 
 
 @dataclass(frozen=True)
+class SubmitRequest:
+    """A job submission as a face received it."""
+
+    slug: str
+    job_name: str | None
+    job_description: str | None = None
+    command: str = ""
+    version: str | None = None
+    iteration: str | None = None
+    history_id: str | None = None
+    #: Optional destination and resources the client asked for.
+    resources: ResourceRequest = ResourceRequest()
+    #: The Galaxy tool id when submitted through ``POST /api/tools`` (routing rules).
+    tool_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ResolvedVersion:
     id: str
     path: str
@@ -72,17 +90,27 @@ class ScriptVersions:
     def resolve(self, slug: str, version: str | None, iteration: int | None) -> ResolvedVersion:
         """The version of *slug* a submission runs (the default one unless *version*
         or *iteration* name another). Raises ScriptNotFoundError, ValidationError."""
+        found = self.cached(slug, version, iteration)
+        if found is not None:
+            return found
         key = (slug, version, iteration, self.core.scripts_generation)
         now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < VERSION_CACHE_S:
-            return cached[1]
         row, group = self._choose(slug, version, iteration)
         resolved = ResolvedVersion(row.id, row.path, ScriptSpec.from_dict(row.spec), group)
         if len(self._cache) > 1000:
             self._cache.clear()
         self._cache[key] = (now, resolved)
         return resolved
+
+    def cached(
+        self, slug: str, version: str | None, iteration: int | None
+    ) -> ResolvedVersion | None:
+        """The version ``resolve`` would return, if it was resolved less than
+        VERSION_CACHE_S ago (no store access: the event loop may call it); else None."""
+        cached = self._cache.get((slug, version, iteration, self.core.scripts_generation))
+        if cached is not None and time.monotonic() - cached[0] < VERSION_CACHE_S:
+            return cached[1]
+        return None
 
     def _choose(
         self, slug: str, version: str | None, iteration: int | None

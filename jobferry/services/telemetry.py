@@ -392,7 +392,10 @@ class Telemetry:
 
     def submitted(self, face: str, count: int = 1) -> None:
         if self.enabled:
-            self._submissions.labels(face).inc(count)
+            child = self._children.get(("submitted", face))
+            if child is None:
+                child = self._children[("submitted", face)] = self._submissions.labels(face)
+            child.inc(count)
 
     def job_started(self, destination: str, created_at: datetime | None) -> None:
         """A job began running (claimed, or started directly): its queue wait."""
@@ -430,8 +433,15 @@ class Telemetry:
 
     def staged(self, channel: str, direction: str, size: int, seconds: float) -> None:
         if self.enabled:
-            self._staged_bytes.labels(channel, direction).inc(size)
-            self._staged_seconds.labels(channel, direction).observe(seconds)
+            key = ("staged", channel, direction)
+            children = self._children.get(key)
+            if children is None:  # labels() per call cost more than the update (every submit)
+                children = self._children[key] = (
+                    self._staged_bytes.labels(channel, direction),
+                    self._staged_seconds.labels(channel, direction),
+                )
+            children[0].inc(size)
+            children[1].observe(seconds)
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if self.enabled:

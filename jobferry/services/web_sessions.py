@@ -19,6 +19,7 @@ the answer is TooManyRequestsError, without looking at the password.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -71,7 +72,7 @@ class WebSessionService:
         #: Failed sign-ins per user name and per client address (in memory).
         self.failures = FailureLimiter(limit, 60.0)
 
-    @property
+    @functools.cached_property
     def cookie_secret(self) -> bytes:
         """The key of the cookie's signature: derived from the store-wide secret, so every
         daemon on one store signs and checks alike (and it never leaves the store)."""

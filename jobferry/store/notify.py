@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from jobferry.store.engine import is_postgres
@@ -25,12 +25,15 @@ from jobferry.store.engine import is_postgres
 logger = logging.getLogger(__name__)
 
 CHANNEL = "jobferry_jobs"
+_NOTIFY = text("SELECT pg_notify(:channel, '')")
 
 
-def notify_queued(session: Session) -> None:
-    """Tell the other nodes a job was queued (PostgreSQL: at this transaction's commit)."""
-    if is_postgres(session):
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+def notify_queued(bind: Session | Connection) -> None:
+    """Tell the other nodes a job was queued (PostgreSQL: at this transaction's commit).
+    *bind* is the transaction's ORM session or its bare Core connection."""
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    if connection.dialect.name == "postgresql":
+        connection.execute(_NOTIFY, {"channel": CHANNEL})
 
 
 class Listener:

@@ -2,15 +2,23 @@
 
 They use Core statements rather than the ORM unit of work: a submission
 inserting one job and its files that way costs half as much, which is what the
-acceptance rate and the latency under polling are made of.
+acceptance rate and the latency under polling are made of. The statements are
+built once, at import (building one per call and computing its cache key cost
+more than running it on SQLite), and run on a bare Core connection where the
+caller has one (``SessionFactory.transaction``): no session, no identity map.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from concurrent.futures import Future as ThreadFuture
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.orm import Session
 
 from jobferry.store.models import Base, JobState, new_id, utcnow
@@ -20,11 +28,26 @@ JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
 NODES = Base.metadata.tables["nodes"]
 _DRAINED = select(NODES.c.drained).where(NODES.c.name == bindparam("node"))
+_INSERT_JOB = insert(JOBS)
+_INSERT_FILE = insert(JOB_FILES)
+_STATUS = select(JOBS.c.state, JOBS.c.exit_code, JOBS.c.state_reason, JOBS.c.user_id).where(
+    JOBS.c.id == bindparam("job_id")
+)
+
+#: ``_STATUS`` as SQLite's SQL, for ``job_status_inline`` (its one parameter: the id).
+_STATUS_COMPILED = _STATUS.compile(dialect=SQLiteDialect_pysqlite())
+assert _STATUS_COMPILED.positiontup == ["job_id"], _STATUS_COMPILED.positiontup
+_STATUS_SQLITE = str(_STATUS_COMPILED)
+
+#: A unit of work: an ORM session, or a bare Core connection (cheaper, same statements).
+Bind = Session | Connection
 
 
-def insert_job(
-    session: Session, job: dict[str, Any], files: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _connection(bind: Bind) -> Connection:
+    return bind.connection() if isinstance(bind, Session) else bind
+
+
+def insert_job(bind: Bind, job: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
     """Insert a job (queued unless *job* says otherwise) and its files; return the
     job's row as inserted. Missing columns get their model defaults.
 
@@ -32,40 +55,62 @@ def insert_job(
     queued instead if an admin drained that node: the node may not have heard yet,
     and a drained node takes no new work. The returned row says which it was.
     """
+    return insert_jobs(bind, [(job, files)])[0]
+
+
+def insert_jobs(
+    bind: Bind, submissions: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]
+) -> list[dict[str, Any]]:
+    """``insert_job`` for several jobs in one transaction, with one multi-row statement
+    per table (rows of the same columns go together): a statement's own cost in
+    SQLAlchemy is several times the row's, so a batch of concurrent submissions
+    (``GroupInserter``) costs little more than one. Returns the rows in order."""
     now = utcnow()
-    values = {
-        "state": JobState.QUEUED.value,
-        "params": {},
-        "priority": 0,
-        "runner": "local",
-        "destination": "local",
-        "attempt": 0,
-        "cores": 1,
-        "gpus": 0,
-        "created_at": now,
-        "updated_at": now,
-        **job,
-    }
-    node = values.get("node")
-    if values["state"] == JobState.RUNNING.value and node is not None:
-        if session.connection().execute(_DRAINED, {"node": node}).scalar():
-            values.update(state=JobState.QUEUED.value, node=None, attempt=0, started_at=None)
-    session.execute(insert(JOBS), [values])
-    if files:
-        rows = [
-            {"id": new_id(), "job_id": values["id"], "created_at": now, "param": None, **f}
-            for f in files
-        ]
-        session.execute(insert(JOB_FILES), rows)
-    if values["state"] == JobState.QUEUED.value:
-        notify_queued(session)
-    return values
+    connection = _connection(bind)
+    drained: dict[str, bool] = {}
+    jobs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    file_rows: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
+    queued = False
+    for job, files in submissions:
+        values = {
+            "state": JobState.QUEUED.value,
+            "params": {},
+            "priority": 0,
+            "runner": "local",
+            "destination": "local",
+            "attempt": 0,
+            "cores": 1,
+            "gpus": 0,
+            "created_at": now,
+            "updated_at": now,
+            **job,
+        }
+        node = values.get("node")
+        if values["state"] == JobState.RUNNING.value and node is not None:
+            if node not in drained:
+                drained[node] = bool(connection.execute(_DRAINED, {"node": node}).scalar())
+            if drained[node]:
+                values.update(state=JobState.QUEUED.value, node=None, attempt=0, started_at=None)
+        queued = queued or values["state"] == JobState.QUEUED.value
+        jobs.setdefault(tuple(values), []).append(values)
+        for f in files:
+            row = {"id": new_id(), "job_id": values["id"], "created_at": now, "param": None, **f}
+            file_rows.setdefault(tuple(row), []).append(row)
+        out.append(values)
+    for rows in jobs.values():
+        connection.execute(_INSERT_JOB, rows)
+    for rows in file_rows.values():  # after the jobs they belong to (foreign key)
+        connection.execute(_INSERT_FILE, rows)
+    if queued:
+        notify_queued(connection)
+    return out
 
 
 class _Pending:
     """One submission's rows waiting in a ``GroupInserter``."""
 
-    __slots__ = ("job", "files", "row", "error", "done")
+    __slots__ = ("job", "files", "row", "error", "done", "future")
 
     def __init__(self, job: dict[str, Any], files: list[dict[str, Any]]) -> None:
         self.job = job
@@ -73,6 +118,8 @@ class _Pending:
         self.row: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.done = False
+        #: Where an event-loop caller waits (``insert_async``).
+        self.future: asyncio.Future[dict[str, Any]] | None = None
 
 
 class GroupInserter:
@@ -88,13 +135,21 @@ class GroupInserter:
     If a shared transaction fails, each of its submissions is retried alone, so
     one bad row never fails another; a submission whose own transaction fails
     gets that error.
+
+    ``insert_async`` is the same for callers on the event loop: the rows queued
+    there go to *executor* together, one worker-thread hop and one transaction per
+    batch (the next batch forms while one commits), and each caller is answered
+    once its row is committed.
     """
 
-    def __init__(self, sessions: Any) -> None:
+    def __init__(self, sessions: Any, executor: Executor | None = None) -> None:
         self._sessions = sessions
+        self._executor = executor
         self._lock = threading.Lock()
         self._leader = threading.Lock()
         self._queue: list[_Pending] = []
+        self._loop_queue: list[_Pending] = []  # only touched on the event loop
+        self._flushing = False
 
     def insert(self, job: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
         """Store *job* and its *files* (see ``insert_job``); return the job's row."""
@@ -110,11 +165,65 @@ class GroupInserter:
             raise mine.error
         return mine.row
 
+    async def insert_async(
+        self, job: dict[str, Any], files: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``insert`` from the event loop, without a worker-thread hop of its own."""
+        if self._executor is None:
+            raise RuntimeError("GroupInserter.insert_async needs an executor")
+        loop = asyncio.get_running_loop()
+        mine = _Pending(job, files)
+        mine.future = loop.create_future()
+        self._loop_queue.append(mine)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush, loop)
+        return await mine.future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what the loop queued to a worker thread as one batch (on the loop)."""
+        batch, self._loop_queue = self._loop_queue, []
+        assert self._executor is not None
+        try:
+            done = self._executor.submit(self._store, batch)
+        except BaseException as exc:  # the executor is shut down: the daemon stops
+            self._answer(loop, batch, exc)
+            return
+        done.add_done_callback(lambda f: self._stored(loop, batch, f))
+
+    def _stored(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], done: ThreadFuture[None]
+    ) -> None:
+        """In the worker thread, after the batch's transaction: answer on the loop."""
+        try:
+            loop.call_soon_threadsafe(self._answer, loop, batch, done.exception())
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], failed: BaseException | None
+    ) -> None:
+        """Resolve the batch's callers (on the loop), then send the next batch."""
+        for pending in batch:
+            future = pending.future
+            if future is None or future.done():  # the caller went away
+                continue
+            error = failed or pending.error
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(pending.row)
+        if self._loop_queue:
+            loop.call_soon(self._flush, loop)
+        else:
+            self._flushing = False
+
     def _store(self, batch: list[_Pending]) -> None:
         try:
-            with self._sessions.begin() as session:
-                for pending in batch:
-                    pending.row = insert_job(session, pending.job, pending.files)
+            with self._sessions.transaction() as connection:
+                rows = insert_jobs(connection, [(p.job, p.files) for p in batch])
+            for pending, row in zip(batch, rows, strict=True):
+                pending.row = row
         except BaseException as exc:
             if len(batch) == 1:
                 batch[0].error = exc
@@ -142,13 +251,17 @@ class JobEnd(NamedTuple):
     state_reason: str | None
 
 
-def job_status_row(session: Session, job_id: str) -> JobStatus | None:
+def job_status_row(bind: Bind, job_id: str) -> JobStatus | None:
     """The few columns a status poll needs, or None for an unknown id."""
-    row = session.execute(
-        select(JOBS.c.state, JOBS.c.exit_code, JOBS.c.state_reason, JOBS.c.user_id).where(
-            JOBS.c.id == job_id
-        )
-    ).first()
+    row = _connection(bind).execute(_STATUS, {"job_id": job_id}).first()
+    return None if row is None else JobStatus(*row)
+
+
+def job_status_inline(dbapi_connection: Any, job_id: str) -> JobStatus | None:
+    """``job_status_row`` on a DBAPI sqlite3 connection (``SessionFactory.read_inline``):
+    the statement SQLAlchemy compiled once, run by the driver itself. The columns are
+    text and integers, which SQLite returns as they are (no result processing)."""
+    row = dbapi_connection.execute(_STATUS_SQLITE, (job_id,)).fetchone()
     return None if row is None else JobStatus(*row)
 
 

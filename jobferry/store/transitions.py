@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, Update, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Select, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
-from jobferry.store.models import ACTIVE_STATES, TERMINAL_STATES, Job, JobState, utcnow
+from jobferry.store.models import TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
 from jobferry.store.records import JOBS
 
@@ -176,7 +176,7 @@ def _finish_sql(fenced_by_node: bool) -> Update:
 
 
 def finish_job(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     attempt: int,
     state: JobState,
@@ -187,7 +187,8 @@ def finish_job(
     metrics: dict[str, Any],
     on_node: str | None = None,
 ) -> None:
-    """End a running (or being-cancelled) attempt in a terminal *state*.
+    """End a running (or being-cancelled) attempt in a terminal *state* (in *session*'s
+    transaction, or on a Core connection's: ``SessionFactory.transaction``).
 
     *metrics* may set the ``FINISH_METRICS`` columns (missing ones become NULL).
     Raises ConflictError when the attempt is no longer running (on *on_node*).
@@ -207,9 +208,10 @@ def finish_job(
         "finished": finished_at,
         **{f"metric_{name}": metrics.get(name) for name in FINISH_METRICS},
     }
-    result = session.connection().execute(_finish_sql(on_node is not None), params)
+    conn = _connection(session)
+    result = conn.execute(_finish_sql(on_node is not None), params)
     if result.rowcount != 1:
-        current = session.execute(select(Job.state).where(Job.id == job_id)).scalar()
+        current = conn.execute(select(JOBS.c.state).where(JOBS.c.id == job_id)).scalar()
         raise ConflictError(
             f"job {job_id} is {current or 'unknown'}; it cannot become {state.value}",
             job_id=job_id,
@@ -262,10 +264,6 @@ def adopt_job(session: Session, job_id: str, *, attempt: int, from_node: str, to
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def is_active(state: str) -> bool:
-    return state in {s.value for s in ACTIVE_STATES}
-
-
 @dataclass(frozen=True)
 class NodeResources:
     """The node's cores, memory and GPUs a claim must fit in: ``total`` (could the job
@@ -280,12 +278,34 @@ class NodeResources:
     free_gpus: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What starting a claimed job needs of its row (attempt incremented): a plain
+    record, as an ORM ``Job`` for every claim cost more than the claim's statements."""
+
+    id: str
+    attempt: int
+    runner: str
+    destination: str
+    job_dir: str
+    argv: list[Any]
+    cores: int
+    gpus: int
+    memory_mb: int | None
+    walltime_s: float | None
+    home_node: str | None
+    created_at: datetime
+
+
+_CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)  # the claim's RETURNING
+
+
 @dataclass(frozen=True)
 class NextJob:
     """What ``claim_next_job`` found: the job it claimed, or why it claimed none."""
 
-    #: The claimed job (its attempt incremented; not attached to the session).
-    job: Job | None = None
+    #: The claimed job (its attempt incremented).
+    job: ClaimedRow | None = None
     #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
     #: fit what is free now). False with no job: nothing is queued for the claim.
     held_back: bool = False
@@ -362,20 +382,24 @@ def _claim_sql(
             started_at=bindparam("claim_now"),
             updated_at=bindparam("claim_now"),
         )
-        .returning(*c)
+        .returning(*(c[name] for name in _CLAIMED_COLUMNS))
     )
     more = select(c.id).where(*conditions).limit(1)
     return _ClaimSql(candidate, claim, more)
 
 
+def _connection(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
+
+
 def _claim_statements(
-    session: Session,
+    conn: Connection,
     destinations: Sequence[str],
     fit: NodeResources | None,
     home: str | None,
     anywhere: Sequence[str],
 ) -> _ClaimSql:
-    dialect = session.get_bind().dialect.name
+    dialect = conn.dialect.name
     shape = (tuple(destinations), fit is not None, home is not None, tuple(anywhere))
     return _claim_sql(dialect, *shape)
 
@@ -392,7 +416,7 @@ def _claim_params(fit: NodeResources | None, home: str | None) -> dict[str, Any]
 
 
 def claim_next_job(
-    session: Session,
+    session: Session | Connection,
     *,
     destinations: Sequence[str],
     node: str,
@@ -408,8 +432,8 @@ def claim_next_job(
     the head job among them is *reserved*: if it does not fit what is free now,
     nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (``NextJob.job``: its attempt incremented; not attached to the
-    session), or ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
+    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented), or
+    ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
     ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
     are serialised. Either way the claim is a conditional UPDATE whose row count
     is checked. With *home* (nodes share no filesystem), only jobs whose
@@ -418,8 +442,8 @@ def claim_next_job(
     """
     if not destinations:
         return NOTHING_QUEUED
-    sql = _claim_statements(session, destinations, fit, home, anywhere)
-    conn = session.connection()
+    conn = _connection(session)
+    sql = _claim_statements(conn, destinations, fit, home, anywhere)
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
@@ -433,12 +457,12 @@ def claim_next_job(
             return HEAD_RESERVED
         claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return NextJob(Job(**claimed._mapping))
+            return NextJob(ClaimedRow(*claimed))
     return NOTHING_QUEUED
 
 
 def more_queued(
-    session: Session,
+    session: Session | Connection,
     *,
     destinations: Sequence[str],
     fit: NodeResources | None = None,
@@ -449,18 +473,26 @@ def more_queued(
     claim in the same transaction). Reads the claim index only and locks nothing."""
     if not destinations:
         return False
-    sql = _claim_statements(session, destinations, fit, home, anywhere)
-    return session.connection().execute(sql.more, _claim_params(fit, home)).first() is not None
+    conn = _connection(session)
+    sql = _claim_statements(conn, destinations, fit, home, anywhere)
+    return conn.execute(sql.more, _claim_params(fit, home)).first() is not None
 
 
-def running_per_destination(session: Session, destinations: Iterable[str]) -> dict[str, int]:
+def running_per_destination(
+    session: Session | Connection, destinations: Iterable[str]
+) -> dict[str, int]:
     """Jobs running (or being cancelled) now, by destination, on every node."""
-    rows = session.execute(
-        select(Job.destination, func.count())
-        .where(
-            Job.destination.in_(list(destinations)),
-            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+    c = JOBS.c
+    rows = (
+        _connection(session)
+        .execute(
+            select(c.destination, func.count())
+            .where(
+                c.destination.in_(list(destinations)),
+                c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+            )
+            .group_by(c.destination)
         )
-        .group_by(Job.destination)
-    ).all()
+        .all()
+    )
     return {name: int(count) for name, count in rows}

@@ -25,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import tornado.web
@@ -199,10 +199,6 @@ class WebHandler(tornado.web.RequestHandler):
                 self.end_session()
         self.current_user = self.principal
 
-    @property
-    def user(self) -> Principal | None:
-        return self.principal
-
     def sign_in_url(self) -> str:
         return f"{UI}/sign-in?" + urlencode({"next": self.request.uri or UI + "/"})
 
@@ -270,7 +266,6 @@ class WebHandler(tornado.web.RequestHandler):
         logger.error("error handling %s %s", self.request.method, self.request.path, exc_info=value)
 
 
-H = TypeVar("H", bound=WebHandler)
 Method = Callable[..., Awaitable[None] | None]
 
 

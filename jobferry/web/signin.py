@@ -76,6 +76,9 @@ class SignInHandler(WebHandler):
             field = "api_key" if method == "api_key" else "password"
             self.show(target, username=username, field_errors={field: exc.message}, status=403)
             return
+        previous = self.session_token()
+        if previous is not None:  # signing in again (as another user?) ends the old session
+            await self.call(sessions.sign_out, previous)
         self.start_session(signed.token)
         self.redirect(target, status=303)
 

@@ -66,3 +66,16 @@ def test_after_signing_out_pages_send_the_browser_back_to_sign_in(
     browser.get(site.page("/ui/"))
     wait_until(browser, lambda d: "/ui/sign-in" in d.current_url)
     assert browser.find_elements(By.CSS_SELECTOR, ".sign-out") == []
+
+
+def test_an_unknown_page_is_a_404_page_in_the_sites_style(site: Site, browser: WebDriver) -> None:
+    sign_in(browser, site, site.alice)
+    browser.get(site.page("/ui/no-such-page"))
+    assert browser.title == "Page not found · jobferry"
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Page not found"
+    assert browser.find_element(By.CSS_SELECTOR, ".error-status").text.upper() == "ERROR 404"
+    home = browser.find_element(By.LINK_TEXT, "go to the start page")
+    screenshot(browser, "not-found")
+    home.click()
+    wait_until(browser, lambda d: d.current_url == site.page("/ui/"))
+    screenshot(browser, "home")

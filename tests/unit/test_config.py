@@ -161,6 +161,8 @@ def test_load_config__unknown_key_names_file_and_dotted_key(
         ("database:\n  pool_size: 0\n", "database.pool_size", "greater than or equal to 1"),
         ("server: 5\n", "server", "valid dictionary"),
         ("server:\n  - port\n", "server", "valid dictionary"),
+        ("web:\n  session_idle_s: 0\n", "web.session_idle_s", "greater than 0"),
+        ("web:\n  session_touch_s: 600.0\n  session_idle_s: 60.0\n", "web", "shorter than"),
     ],
 )
 def test_load_config__wrong_type_or_bad_value_names_file_key_and_expectation(

@@ -1,5 +1,6 @@
 """The SQL store on the test run's engine: job state changes (transitions, attempts and
-fencing, claims, cancellation) and the group commit of submissions.
+fencing, claims, cancellation), the group commit of submissions (from threads and from
+the event loop) and status reads on the event loop.
 
 SQLite files by default; fresh PostgreSQL databases with JOBFERRY_TEST_DB=postgres
 (tests.db). Tests named ``..._on_postgres_...`` always need PostgreSQL.
@@ -7,7 +8,10 @@ SQLite files by default; fresh PostgreSQL databases with JOBFERRY_TEST_DB=postgr
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -19,10 +23,10 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobferry.errors import ConflictError
+from jobferry.errors import ConflictError, StoreUnavailableError
 from jobferry.store.engine import make_engine, make_session_factory
 from jobferry.store.models import TERMINAL_STATES, Job, JobState
-from jobferry.store.records import GroupInserter
+from jobferry.store.records import GroupInserter, job_status_inline, job_status_row
 from jobferry.store.transitions import (
     mark_cancelled,
     requeue_job,
@@ -320,3 +324,91 @@ def test_group_inserter__a_bad_row_fails_only_its_own_submission(
     assert outcomes == ["refused"] + ["stored"] * 5
     with sessions.begin() as session:
         assert set(session.scalars(select(Job.id))) == set(ids)
+
+
+def test_group_inserter__loop_submissions_go_in_one_transaction_and_all_land(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    inserter = GroupInserter(sessions, ThreadPoolExecutor(2))
+    ids = [uuid.uuid4().hex for _ in range(40)]
+    files = [{"kind": "input", "name": "a.txt", "size": 1, "sha256": "0" * 64}]
+
+    async def submit_all() -> list[dict[str, Any]]:
+        return await asyncio.gather(
+            *(inserter.insert_async(_submission(user_id, i), files) for i in ids)
+        )
+
+    rows = asyncio.run(submit_all())
+    assert [row["id"] for row in rows] == ids
+    # Queued in one loop iteration: one batch, one transaction (one timestamp).
+    assert len({row["created_at"] for row in rows}) == 1
+    with sessions.begin() as session:
+        stored = set(session.scalars(select(Job.id)))
+        n_files = session.scalar(text("SELECT count(*) FROM job_files"))
+    assert stored == set(ids) and n_files == 40
+
+
+def test_group_inserter__a_bad_loop_submission_fails_only_its_own_caller(
+    sessions: sessionmaker[Session], user_id: str
+) -> None:
+    inserter = GroupInserter(sessions, ThreadPoolExecutor(2))
+    taken = uuid.uuid4().hex
+    inserter.insert(_submission(user_id, taken), [])
+    ids = [taken, *(uuid.uuid4().hex for _ in range(5))]  # the first one is a duplicate
+
+    async def submit_all() -> list[Any]:
+        return await asyncio.gather(
+            *(inserter.insert_async(_submission(user_id, i), []) for i in ids),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(submit_all())
+    assert isinstance(outcomes[0], DBAPIError)
+    assert [row["id"] for row in outcomes[1:]] == ids[1:]
+    with sessions.begin() as session:
+        assert set(session.scalars(select(Job.id))) == set(ids)
+
+
+# --- status reads on the event loop ---------------------------------------------------------
+
+
+def test_inline_status_read__gives_the_pooled_read_on_sqlite_and_is_never_used_on_postgres(
+    sessions: Any, user_id: str
+) -> None:
+    job_id = add_job(sessions, user_id, state=JobState.QUEUED)
+    with sessions.read() as connection:
+        pooled = job_status_row(connection, job_id)
+    assert pooled is not None and pooled.state == JobState.QUEUED.value
+    if sessions.dialect != "sqlite":
+        assert not sessions.reads_inline
+        return
+    assert sessions.reads_inline
+    with sessions.read_inline() as raw:
+        assert job_status_inline(raw, job_id) == pooled
+        assert job_status_inline(raw, "no-such-job") is None
+
+
+def test_inline_status_read__a_locked_sqlite_store_answers_unavailable_at_once_then_recovers(
+    sessions: Any, user_id: str
+) -> None:
+    if sessions.dialect != "sqlite":
+        pytest.skip("inline reads are SQLite's (the PostgreSQL case is the test above)")
+    job_id = add_job(sessions, user_id)
+    sessions.dispose()  # the inline reader's connection, opened anew below
+    sessions.engine.dispose()
+    # Another process's exclusive lock, which WAL readers must wait for (the rare case).
+    holder = sqlite3.connect(sessions.engine.url.database)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE jobs SET priority = 1 WHERE id = ?", (job_id,))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError), sessions.read_inline() as raw:
+            job_status_inline(raw, job_id)
+        assert time.monotonic() - started < 5  # the short busy timeout, not 30 s
+    finally:
+        holder.rollback()
+        holder.close()
+    with sessions.read_inline() as raw:
+        row = job_status_inline(raw, job_id)
+    assert row is not None and row.state == JobState.QUEUED.value

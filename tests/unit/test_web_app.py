@@ -25,7 +25,7 @@ from jobferry.store.engine import check_schema
 from jobferry.web import web_routes
 from jobferry.web.base import CSP, SESSION_COOKIE, WebHandler, admin_only, safe_next
 from tests.db import with_database
-from tests.helpers import DEADLINE_S
+from tests.helpers import DEADLINE_S, wait_for
 
 PASSWORD = "correct horse battery staple"
 XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
@@ -399,7 +399,25 @@ def test_pages_are_counted_in_the_metrics_by_route_template(server: Server) -> N
     get(session, server.page("/ui/keys"))
     get(session, server.page("/ui/no/such/page/123"))
     get(session, server.page("/ui/static/site.css"))
-    text = server.services.core.telemetry.exposition().decode()
-    for route in ("/ui/sign-in", "/ui/keys", "/ui/{}", "/ui/static/{}"):
-        assert f'route="{route}"' in text, route
-    assert "no/such/page" not in text
+    routes = ("/ui/sign-in", "/ui/keys", "/ui/{}", "/ui/static/{}")
+
+    def counted() -> str | None:  # a request is observed just after its answer is sent
+        text = server.services.core.telemetry.exposition().decode()
+        return text if all(f'route="{r}"' in text for r in routes) else None
+
+    assert "no/such/page" not in wait_for("every page route counted", counted)
+
+
+def test_signing_in_again_ends_the_previous_session(server: Server) -> None:
+    session = requests.Session()
+    sign_in(session, server)
+    first = session.cookies[SESSION_COOKIE]
+    # A sign-in form left open in another tab (a signed-in browser is sent past the form).
+    assert get(session, server.page("/ui/sign-in")).headers["Location"] == "/ui/"
+    fields = {"_xsrf": form_token(session, server, "/ui/"), "username": "admin"}
+    again = post(session, server.page("/ui/sign-in"), data={**fields, "password": PASSWORD})
+    assert again.status_code == 303 and session.cookies[SESSION_COOKIE] != first
+    assert "Signed in as <strong>admin</strong>" in get(session, server.page("/ui/")).text
+    replay = requests.Session()
+    replay.cookies.set(SESSION_COOKIE, first, path="/ui")
+    assert get(replay, server.page("/ui/")).status_code == 302
