@@ -125,10 +125,9 @@ def finished(site: Site, slug: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def require_page(browser: WebDriver, site: Site, path: str) -> None:
-    """Open *path*; skip while this branch has no such page (the areas are merged in turn)."""
+    """Open *path*, a page of the site (a 404 page fails the test)."""
     browser.get(site.page(path))
-    if browser.title == PAGE_NOT_FOUND:
-        pytest.skip(f"{path}: no such page on this branch yet")
+    assert browser.title != PAGE_NOT_FOUND, path
 
 
 def assert_inert(browser: WebDriver, site: Site, *, shows: tuple[str, ...] = ()) -> None:
