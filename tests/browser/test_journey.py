@@ -88,11 +88,6 @@ def stdout(browser: WebDriver) -> str:
     return browser.find_element(By.ID, "stdout").text
 
 
-def page_errors(browser: WebDriver) -> list[str]:
-    """Console errors but the statuses this journey causes on purpose (none expected)."""
-    return console_errors(browser)
-
-
 def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     site: Site, browser: WebDriver, slug: str, tmp_path: Path
 ) -> None:
@@ -153,7 +148,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     wait_until(browser, lambda d: state(d) == "deleted")
     assert browser.find_element(By.ID, "job-state").text == "REVOKED"
     screenshot(browser, "journey-job-revoked")
-    assert page_errors(browser) == []
+    assert console_errors(browser) == []
     browser.close()
     browser.switch_to.window(watched)
 
@@ -187,7 +182,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     wait_until(browser, lambda d: state(d) == "ok" and "finished" in stdout(d))
     assert "case upper" in stdout(browser)
     assert f"{len(TEXT.decode())} characters" in stdout(browser)  # the kept file's bytes
-    assert page_errors(browser) == []
+    assert console_errors(browser) == []
 
     # Sign out: the job's page now sends the browser to sign in, and shows nothing of it.
     browser.find_element(By.CSS_SELECTOR, ".sign-out button").click()
