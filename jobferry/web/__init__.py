@@ -14,6 +14,7 @@ from jobferry.services.container import Services
 from jobferry.web.base import STATIC, UI, StaticHandler
 from jobferry.web.job_page import job_routes
 from jobferry.web.keys import key_routes
+from jobferry.web.nodes import node_routes
 from jobferry.web.scripts import script_routes
 from jobferry.web.signin import (
     HomeHandler,
@@ -38,6 +39,7 @@ def web_routes(services: Services) -> list[Route]:
         (rf"{UI}/sign-out", SignOutHandler, s),
         (rf"{UI}/static/(.*)", StaticHandler, {**s, "path": str(STATIC)}),
         *key_routes(s),
+        *node_routes(s),
         *script_routes(s),
         *job_routes(s),
         # Area routes go above this line (one ``<area>_routes(s)`` per module).
