@@ -155,7 +155,10 @@ class DirectStart:
         loop = self._loop
         if loop is not None and not self._wake_pending.is_set():
             self._wake_pending.set()
-            loop.call_soon_threadsafe(self._woken)
+            if asyncio.events._get_running_loop() is loop:
+                loop.call_soon(self._woken)  # on the loop (a batched submission): no pipe
+            else:
+                loop.call_soon_threadsafe(self._woken)
 
     def reserve(
         self, destination: str, cores: int, memory_mb: int | None, gpus: int

@@ -131,10 +131,15 @@ class Scheduler:
         self.recovery = Recovery(core, execution, runners, self)
 
     def wake(self) -> None:
-        """Ask for a claim round soon (jobs were queued). Call on the event loop."""
+        """Ask for a claim round soon (jobs were queued). Call on the event loop.
+
+        No round when it could claim nothing (no free slot, every runner paused):
+        with the backlog set, a freed slot rouses the scheduler, and a paused
+        runner's round comes when its pause ends (``_rounds``' sleep)."""
         self._backlog = True
         self.direct.publish(None)
-        self._rouse()
+        if self._in_round or any(self._claimable(asyncio.get_running_loop().time())):
+            self._rouse()
 
     def _slot_freed(self) -> None:
         """A job ended: claim again only if jobs may be waiting."""
