@@ -131,12 +131,8 @@ class Scheduler:
         self.recovery = Recovery(core, execution, runners, self)
 
     def wake(self) -> None:
-        """Ask for a claim round soon (jobs were queued). Call on the event loop.
-
-        No round when it could claim nothing (no free slot, every runner paused):
-        with the backlog set, a freed slot rouses the scheduler, and a paused
-        runner's round comes when its pause ends (``_rounds``' sleep)."""
-        self._backlog = True
+        """Ask for a claim round soon (jobs were queued) if one could claim. On the loop."""
+        self._backlog = True  # then a freed slot rouses it; a paused runner's pause ends one
         self.direct.publish(None)
         if self._in_round or any(self._claimable(asyncio.get_running_loop().time())):
             self._rouse()
