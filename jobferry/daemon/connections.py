@@ -87,6 +87,11 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         #: Bytes per second; 0: no minimum.
         self.min_body_rate = min_body_rate
         self.body_grace_s = body_grace_s
+        self._uploads: set[_RateGuard] = set()
+        self._sweeper: object | None = None
+        #: How often open uploads are checked (a check is due after the grace period,
+        #: then every min(5, grace) seconds).
+        self._sweep_every = min(1.0, body_grace_s / 4)
         self._per_address: dict[str, int] = {}
         self._address_of: dict[int, str] = {}
         self.open_connections = 0
@@ -155,69 +160,92 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         delegate = super().start_request(server_conn, request_conn)
         if self.min_body_rate <= 0 or not isinstance(request_conn, HTTP1Connection):
             return delegate
-        return _RateGuard(delegate, request_conn, self.min_body_rate, self.body_grace_s)
+        return _RateGuard(delegate, request_conn, self)
+
+    # The uploads under watch: one sweep timer for all of them, armed while any is
+    # open, instead of a timer added and removed per request (the common request's
+    # body is complete long before the grace period: it costs a set add and discard).
+
+    def _watch(self, guard: _RateGuard) -> None:
+        self._uploads.add(guard)
+        if self._sweeper is None:
+            self._sweeper = IOLoop.current().call_later(self._sweep_every, self._sweep)
+
+    def _unwatch(self, guard: _RateGuard) -> None:
+        self._uploads.discard(guard)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        if not self._uploads:
+            return
+        now = time.monotonic()
+        for guard in [g for g in self._uploads if g.due <= now]:
+            guard.check(now)
+        if self._uploads:
+            self._sweeper = IOLoop.current().call_later(self._sweep_every, self._sweep)
 
 
 class _RateGuard(tornado.httputil.HTTPMessageDelegate):
     """Closes the connection when a body arrives slower than the minimum average rate.
 
     Checked first after the grace period, then every few seconds until the body is
-    complete. The rate is the average since the head arrived, so a pause is fine
-    as long as the upload has been fast enough overall.
+    complete (by the server's sweep, to within ``_sweep_every``). The rate is the
+    average since the head arrived, so a pause is fine as long as the upload has
+    been fast enough overall.
     """
+
+    __slots__ = ("inner", "conn", "server", "received", "started", "due", "watched")
 
     def __init__(
         self,
         inner: tornado.httputil.HTTPMessageDelegate,
         conn: HTTP1Connection,
-        min_rate: float,
-        grace_s: float,
+        server: GuardedHTTPServer,
     ) -> None:
         self.inner = inner
         self.conn = conn
-        self.min_rate = min_rate
-        self.grace_s = grace_s
+        self.server = server
         self.received = 0
         self.started = 0.0
-        self.timer: object | None = None
-        self.done = False
+        self.due = 0.0
+        self.watched = False
 
     def headers_received(
         self,
         start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        self.started = time.monotonic()
         if headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers:
-            self.timer = IOLoop.current().call_later(self.grace_s, self._check)
+            self.started = time.monotonic()
+            self.due = self.started + self.server.body_grace_s
+            self.watched = True
+            self.server._watch(self)
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self.received += len(chunk)
         return self.inner.data_received(chunk)
 
-    def _check(self) -> None:
-        self.timer = None
-        if self.done:
-            return
-        elapsed = time.monotonic() - self.started
-        if self.received < self.min_rate * elapsed:
+    def check(self, now: float) -> None:
+        """Close the connection if the body so far is too slow, else check again later."""
+        server = self.server
+        elapsed = now - self.started
+        if self.received < server.min_body_rate * elapsed:
             logger.info(
                 "closing a slow upload: %d bytes in %.0f s (minimum %.0f bytes/s)",
                 self.received,
                 elapsed,
-                self.min_rate,
+                server.min_body_rate,
             )
-            self.done = True
+            self._stop()
             self.conn.close()
             return
-        self.timer = IOLoop.current().call_later(min(5.0, self.grace_s), self._check)
+        self.due = now + min(5.0, server.body_grace_s)
 
     def _stop(self) -> None:
-        self.done = True
-        if self.timer is not None:
-            IOLoop.current().remove_timeout(self.timer)
-            self.timer = None
+        if self.watched:
+            self.watched = False
+            self.server._unwatch(self)
 
     def finish(self) -> None:
         self._stop()

@@ -157,11 +157,16 @@ class DirectStart:
         """A job was queued (here, or elsewhere: PostgreSQL NOTIFY): wake the scheduler.
 
         Before the scheduler's first round (no loop known yet) there is nothing to
-        wake: that round, which begins by publishing, claims the job."""
+        wake: that round, which begins by publishing, claims the job. A wake rouses
+        no round that could claim nothing (no free slot): the backlog it sets makes a
+        freed slot rouse one, and a paused runner's round comes when its pause ends."""
         loop = self._loop
         if loop is not None and not self._wake_pending.is_set():
             self._wake_pending.set()
-            loop.call_soon_threadsafe(self._woken)
+            if asyncio.events._get_running_loop() is loop:
+                loop.call_soon(self._woken)  # on the loop (a batched submission): no pipe
+            else:
+                loop.call_soon_threadsafe(self._woken)
 
     def reserve(
         self, destination: str, cores: int, memory_mb: int | None, gpus: int

@@ -130,10 +130,11 @@ class Scheduler:
         self.recovery = Recovery(core, execution, runners, self)
 
     def wake(self) -> None:
-        """Ask for a claim round soon (jobs were queued). Call on the event loop."""
-        self._backlog = True
+        """Ask for a claim round soon (jobs were queued) if one could claim. On the loop."""
+        self._backlog = True  # then a freed slot rouses it; a paused runner's pause ends one
         self.direct.publish(None)
-        self._rouse()
+        if self._in_round or any(self._claimable(asyncio.get_running_loop().time())):
+            self._rouse()
 
     def _slot_freed(self) -> None:
         """A job ended: claim again only if jobs may be waiting."""

@@ -2,8 +2,12 @@
 
 Two engines are supported: SQLite (embedded, the default) and PostgreSQL
 through psycopg 3. SQLite gets WAL journaling, a busy timeout and foreign keys
-on every connection. PostgreSQL gets a pool with pre-ping, so connections that
-died with a server restart are replaced instead of failing a request. A lost
+on every connection. PostgreSQL gets a pool that pings a connection idle for
+more than ``PING_IDLE_S`` when it is checked out (``_ping_if_idle``), so
+connections that died with a server restart are replaced instead of failing a
+request; one reused within that time is not pinged (a round trip per unit of
+work saved under load): a server lost meanwhile fails the unit of work in
+hand, which invalidates the whole pool, as it does for any unit in flight. A lost
 or unreachable database surfaces as ``StoreUnavailableError`` from the unit of
 work (``SessionFactory.begin``), which the API answers with 503; so does any
 other error that means "try later" (SQLite busy or locked, an I/O error), and a
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +36,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import SingletonThreadPool
@@ -53,6 +58,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 PG_CONNECT_TIMEOUT_S = 5
 #: Seconds a unit of work waits for a pooled connection before giving up (503).
 POOL_TIMEOUT_S = 10
+#: Seconds a pooled PostgreSQL connection may rest before its next checkout pings it.
+PING_IDLE_S = 1.0
 
 
 def normalize_url(url: str) -> str:
@@ -81,7 +88,6 @@ def make_engine(url: str, pool_size: int = 4) -> Engine:
         if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
             Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     else:
-        kwargs["pool_pre_ping"] = True
         kwargs["pool_timeout"] = POOL_TIMEOUT_S
         if url.startswith("postgresql"):
             kwargs["connect_args"] = {
@@ -91,7 +97,31 @@ def make_engine(url: str, pool_size: int = 4) -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+    else:
+        _ping_if_idle(engine)
     return engine
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout if it rested over ``PING_IDLE_S`` (else
+    it was in use a moment ago); a failed ping makes the pool replace it (SQLAlchemy
+    retries the checkout on ``DisconnectionError``)."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _rested_from(dbapi_conn: Any, record: Any) -> None:
+        record.info["jobferry_checkin"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("jobferry_checkin")
+        if since is not None and time.monotonic() - since <= PING_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def dialect_name(bind: Engine | Session) -> str:

@@ -179,7 +179,6 @@ class ScriptVersion(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
         # Listings newest first (Galaxy's default order), per user and per state, with
         # the id as tie-breaker so a page of ids is read from the index alone.
         Index("ix_jobs_updated", "updated_at", "id"),
@@ -187,7 +186,8 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at", "id"),
         # The claim's order (priority desc, then oldest), so a claim reads one index
-        # range instead of sorting the whole queue.
+        # range instead of sorting the whole queue; its state prefix also serves the
+        # queries on the state alone (metrics, a node's running jobs, recovery).
         Index(
             "ix_jobs_claim",
             "state",

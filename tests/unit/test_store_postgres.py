@@ -13,13 +13,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from jobferry.errors import StoreUnavailableError
 from jobferry.store.engine import (
+    PING_IDLE_S,
     SessionFactory,
     display_url,
     make_engine,
@@ -50,16 +52,70 @@ def test_normalize_url__postgres_urls_use_psycopg_3(given: str, expected: str) -
 
 
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
-def test_make_engine__postgres_gets_psycopg_3_and_a_pre_pinged_pool(scheme: str) -> None:
+def test_make_engine__postgres_gets_psycopg_3_and_a_pool_pinging_idle_connections(
+    scheme: str,
+) -> None:
     engine = make_engine(f"{scheme}://u:pw@db.invalid:5432/jf", pool_size=3)
     try:  # nothing connects until first use
         assert engine.url.render_as_string(hide_password=False) == (
             "postgresql+psycopg://u:pw@db.invalid:5432/jf"
         )
         assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
-        assert engine.pool._pre_ping  # type: ignore[attr-defined]
+        assert not engine.pool._pre_ping  # type: ignore[attr-defined]
+        assert _ping_listener(engine) is not None
         assert engine.pool.size() == 3  # type: ignore[attr-defined]
         assert SessionFactory(engine)._lock is None  # no SQLite lock on PostgreSQL
+    finally:
+        engine.dispose()
+
+
+def _ping_listener(engine: Engine) -> Any:
+    """The engine's checkout listener that pings idle connections (``_ping_if_idle``)."""
+    found = [fn for fn in engine.pool.dispatch.checkout if getattr(fn, "__name__", "") == "_ping"]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_pool__postgres_connection_killed_while_idle_is_replaced_at_checkout() -> None:
+    """A pooled connection the server ended while it rested over PING_IDLE_S fails its
+    ping at checkout and is replaced: the unit of work succeeds."""
+    require("postgres")
+    engine = make_engine(fresh_pg_database(), pool_size=1)
+    try:
+        with engine.connect() as conn:
+            first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        killer = make_engine(engine.url.render_as_string(hide_password=False))
+        try:
+            with killer.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first_pid})
+                admin.commit()
+        finally:
+            killer.dispose()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the pooled connection rests past the limit
+            time.sleep(PING_IDLE_S / 4)
+            record = engine.pool._pool.queue[0]  # type: ignore[attr-defined]
+            if time.monotonic() - record.info["jobferry_checkin"] > PING_IDLE_S:
+                break
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first_pid
+    finally:
+        engine.dispose()
+
+
+def test_pool__postgres_connection_reused_at_once_is_not_pinged() -> None:
+    require("postgres")
+    engine = make_engine(fresh_pg_database(), pool_size=1)
+    pings: list[object] = []
+    real_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda conn: pings.append(conn) or real_ping(conn)  # type: ignore[method-assign]
+    try:
+        with engine.connect() as conn:  # a new connection: just made, no ping
+            conn.execute(text("SELECT 1"))
+        for _ in range(20):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        assert pings == []
     finally:
         engine.dispose()
 
