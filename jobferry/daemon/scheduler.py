@@ -52,11 +52,7 @@ from jobferry.daemon.endings import follow_to_end
 from jobferry.daemon.logcontext import job_context, job_task
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
-from jobferry.errors import (
-    ConflictError,
-    JobferryError,
-    RunnerUnavailableError,
-)
+from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
 from jobferry.runners.base import RunHandle, Runner
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
