@@ -4,8 +4,8 @@ Without it a state filter walks ``ix_jobs_created`` newest first and skips every
 in another state: ~25 rows per page for a common state, the whole table's recent
 history for a rare one (``running``: ~2,500 rows read for 50 shown at 100,000 jobs).
 
-Revision ID: 0012
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-03 08:40:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
