@@ -14,17 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.support import Site, WebDriver, new_browser, require_browser, start_site
+from tests.browser.support import Site, WebDriver, new_browser, require_browser, running_site
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon shared by the tests of one module (stopped after the last)."""
-    made = start_site(tmp_path_factory.mktemp("web") / "data")
-    try:
+    with running_site(tmp_path_factory.mktemp("web") / "data") as made:
         yield made
-    finally:
-        made.daemon.stop()
 
 
 @pytest.fixture
