@@ -7,8 +7,9 @@ otherwise), built by ``services.script_forms``. ``?rerun=<job id>`` fills that
 form with an earlier job's parameters and offers its input files for re-use.
 
 Posting the form submits a job exactly as the Wooey API does: the body is
-streamed through ``staging.forms.FormReceiver`` (only a signed-in user's body is
-read: the session is checked before a byte of it), the values become the job's
+streamed (``staging.streamed_body.StreamedBody``) through
+``staging.forms.FormReceiver`` (only a signed-in user's body is read: the session
+is checked before a byte of it), the values become the job's
 ``command`` (``script_forms.build_command``) and ``JobService.submit`` validates
 and stores it. Errors go back next to the field they concern; success sends the
 browser to the job's page.
@@ -30,6 +31,7 @@ from jobferry.services import script_forms
 from jobferry.services.jobs import SubmitRequest
 from jobferry.services.script_forms import KeptFile
 from jobferry.staging.forms import FormReceiver, UploadedFile
+from jobferry.staging.streamed_body import StreamedBody
 from jobferry.web.base import UI, WebHandler, signed_in
 
 SLUG = r"[A-Za-z0-9_-]{1,200}"
@@ -72,7 +74,7 @@ class ScriptsHandler(WebHandler):
 
 
 @tornado.web.stream_request_body
-class ScriptHandler(WebHandler):
+class ScriptHandler(StreamedBody, WebHandler):
     """``/ui/scripts/<slug>``: the form (GET) and its submission (POST, streamed)."""
 
     receiver: FormReceiver | None = None
@@ -106,28 +108,10 @@ class ScriptHandler(WebHandler):
         if not self._xsrf_deferred:
             super().check_xsrf_cookie()
 
-    def data_received(self, chunk: bytes) -> None:
-        receiver = self.receiver
-        if self._finished or receiver is None:
-            return
-        try:
-            receiver.feed(chunk)
-        except Exception as exc:  # answered with an error page, never a dropped connection
-            self.drop_upload()
-            self._handle_request_exception(exc)
-
     def drop_upload(self) -> None:
         if self.receiver is not None:
             self.receiver.discard()
             self.receiver = None
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self.drop_upload()
-
-    def finish(self, chunk: Any = None) -> Any:
-        self.drop_upload()
-        return super().finish(chunk)
 
     # --- the page -------------------------------------------------------------------
 
