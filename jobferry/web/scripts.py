@@ -22,6 +22,7 @@ session and is refused in ``prepare``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
@@ -50,6 +51,19 @@ def search_scripts(scripts: list[dict[str, Any]], query: str) -> list[dict[str, 
         if all(word in text for word in words):
             found.append(script)
     return found
+
+
+@dataclass(frozen=True)
+class FilledForm:
+    """A script's form as it is shown filled in: defaults, a rerun's, or a refused post's."""
+
+    values: dict[str, list[str]]
+    job_name: str
+    job_description: str = ""
+    rerun: str = ""
+    kept: dict[str, list[KeptFile]] = field(default_factory=dict)
+    #: The kept files ticked (None: all of them).
+    keep_checked: set[str] | None = None
 
 
 class ScriptsHandler(WebHandler):
@@ -145,17 +159,12 @@ class ScriptHandler(StreamedBody, WebHandler):
         script: dict[str, Any],
         chosen: dict[str, Any],
         spec: Any,
+        form: FilledForm,
         *,
-        values: dict[str, list[str]],
-        job_name: str,
-        job_description: str = "",
-        rerun: str = "",
-        kept: dict[str, list[KeptFile]] | None = None,
-        keep_checked: set[str] | None = None,
         field_errors: dict[str, list[str]] | None = None,
         status: int = 200,
     ) -> None:
-        kept = kept or {}
+        kept = form.kept
         self.set_status(status)
         self.render_page(
             "script.html",
@@ -168,13 +177,13 @@ class ScriptHandler(StreamedBody, WebHandler):
             versions=[v for v in script["versions"] if v["is_active"]],
             description=spec.description or script["script_description"] or "",
             groups=script_forms.form_fields(spec),
-            values=values,
-            job_name=job_name,
-            job_description=job_description,
-            rerun=rerun,
+            values=form.values,
+            job_name=form.job_name,
+            job_description=form.job_description,
+            rerun=form.rerun,
             kept=kept,
-            keep_checked=keep_checked
-            if keep_checked is not None
+            keep_checked=form.keep_checked
+            if form.keep_checked is not None
             else {f.id for files in kept.values() for f in files},
             field_errors=field_errors or {},
         )
@@ -201,14 +210,7 @@ class ScriptHandler(StreamedBody, WebHandler):
             job_name, description = view.job.name, view.job.description or ""
             kept = script_forms.kept_files(spec, view) if not view.files_expired else {}
         await self.show(
-            script,
-            chosen,
-            spec,
-            values=values,
-            job_name=job_name,
-            job_description=description,
-            rerun=rerun,
-            kept=kept,
+            script, chosen, spec, FilledForm(values, job_name, description, rerun, kept)
         )
 
     @signed_in
@@ -266,19 +268,8 @@ class ScriptHandler(StreamedBody, WebHandler):
                 problems.setdefault("__all__", []).append(
                     "Files are not kept when a form is refused: choose them again."
                 )
-            await self.show(
-                script,
-                chosen,
-                spec,
-                values=values,
-                job_name=job_name,
-                job_description=description,
-                rerun=rerun,
-                kept=kept,
-                keep_checked=keep_checked,
-                field_errors=problems,
-                status=400,
-            )
+            filled = FilledForm(values, job_name, description, rerun, kept, keep_checked)
+            await self.show(script, chosen, spec, filled, field_errors=problems, status=400)
             return
         self.core.telemetry.submitted("web")
         self.redirect(f"{UI}/jobs/{job_id}", status=303)
