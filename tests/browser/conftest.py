@@ -2,6 +2,8 @@
 
 - ``site`` (per module): a running daemon with an admin and ``alice``, both with
   passwords (``support.Site``).
+- ``demo`` (per module): the slug of form_demo.py, registered as "line styler" in
+  group "Text" (and another script elsewhere).
 - ``browser`` (per test): a fresh headless Chromium with its own profile; skipped
   without Debian's chromium/chromedriver, failed instead when ``CI=true``.
 """
@@ -14,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.support import Site, WebDriver, new_browser, require_browser, running_site
+from tests.browser.support import (
+    Site,
+    WebDriver,
+    add_demo_scripts,
+    new_browser,
+    require_browser,
+    running_site,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +31,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon shared by the tests of one module (stopped after the last)."""
     with running_site(tmp_path_factory.mktemp("web") / "data") as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def demo(site: Site) -> str:
+    """The slug of form_demo.py, registered in group "Text" (and another script elsewhere)."""
+    return add_demo_scripts(site, "line styler")
 
 
 @pytest.fixture

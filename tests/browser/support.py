@@ -18,6 +18,9 @@ The helpers (the fixtures ``site`` and ``browser`` are in conftest.py):
   daemon stopped at its end), for modules whose ``site`` needs a configuration.
 - ``open_script(driver, query, name, slug)``: search the scripts catalogue and open
   the one script found.
+- ``add_demo_scripts(site, name, script)``: *script* (form_demo.py) registered as *name* in group
+  "Text" (and all_actions.py elsewhere); its slug. ``demo`` (conftest.py) is that
+  as "line styler", per module.
 - Without a browser: ``browser_session(site, account)``, a requests session signed
   in through the sign-in form, and ``xsrf(session, site, path)``, a page's CSRF token.
 """
@@ -59,6 +62,8 @@ CHROMIUM_FLAGS = (
 #: Where screenshots go (git-ignored; CI keeps the directory as an artifact).
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
+#: The scripts the browser tests register (argparse demos).
+SCRIPTS = ROOT / "tests" / "data" / "scripts"
 #: A form's CSRF token in a page's HTML.
 XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
 
@@ -139,6 +144,14 @@ def xsrf(session: requests.Session, site: Site, path: str) -> str:
     found = XSRF_FIELD.search(session.get(site.page(path), timeout=DEADLINE_S).text)
     assert found
     return found.group(1)
+
+
+def add_demo_scripts(site: Site, name: str, script: str = "form_demo.py") -> str:
+    """*script* registered as *name* in group "Text", and all_actions.py in group
+    "Testing" (so that the catalogue has two groups); the slug of *name*."""
+    client = site.daemon.client()
+    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
+    return str(client.add_script(name, SCRIPTS / script, group="Text")["slug"])
 
 
 def require_browser() -> None:

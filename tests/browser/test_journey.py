@@ -23,6 +23,7 @@ from selenium.webdriver.support.ui import Select
 from tests.browser.support import (
     Site,
     WebDriver,
+    add_demo_scripts,
     console_errors,
     open_script,
     running_site,
@@ -33,7 +34,6 @@ from tests.browser.support import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
 TEXT = b"Hello, Browser World\nsecond line: MiXeD case 42\n"
 
 
@@ -47,9 +47,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def slug(site: Site) -> str:
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("case changer", SCRIPTS / "journey.py", group="Text")["slug"])
+    return add_demo_scripts(site, "case changer", "journey.py")
 
 
 def param(browser: WebDriver, dest: str, css: str = "input, select") -> WebElement:

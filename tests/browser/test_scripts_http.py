@@ -22,16 +22,6 @@ from tests.helpers import DEADLINE_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
-
-
-@pytest.fixture(scope="module")
-def demo(site: Site) -> str:
-    """The slug of form_demo.py, registered in group "Text" (and another script elsewhere)."""
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("line styler", SCRIPTS / "form_demo.py", group="Text")["slug"])
-
 
 @pytest.fixture
 def alice(site: Site) -> Iterator[requests.Session]:

@@ -18,6 +18,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
 from tests.browser.support import (
+    SCRIPTS,
     Site,
     WebDriver,
     console_errors,
@@ -28,15 +29,6 @@ from tests.browser.support import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
-
-
-@pytest.fixture(scope="module")
-def demo(site: Site) -> str:
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("line styler", SCRIPTS / "form_demo.py", group="Text")["slug"])
 
 
 def page_errors(browser: WebDriver) -> list[str]:
