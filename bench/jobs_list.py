@@ -263,8 +263,10 @@ def wait_idle(daemon: Daemon, limit_s: float, threshold: float = 0.3) -> float:
             return others
 
 
-def time_requests(session: requests.Session, url: str, count: int) -> tuple[list[float], Any]:
-    body: Any = None
+def time_gets(session: requests.Session, url: str, count: int) -> tuple[list[float], Any]:
+    """Milliseconds of *count* GETs of *url* (after WARMUP untimed ones), and the last
+    response (any status but 200 raises)."""
+    last: Any = None
     for _ in range(WARMUP):
         response = session.get(url, timeout=30)
         response.raise_for_status()
@@ -275,8 +277,8 @@ def time_requests(session: requests.Session, url: str, count: int) -> tuple[list
         samples.append((time.perf_counter() - started) * 1000.0)
         if response.status_code != 200:
             raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
-        body = response.json()
-    return samples, body
+        last = response
+    return samples, last
 
 
 def scenarios(seeded: Seeded) -> list[Scenario]:
@@ -315,7 +317,7 @@ def measure(
         session.headers["x-api-key"] = key
         sessions[who] = session
     try:
-        reference, _ = time_requests(sessions["admin"], daemon.url + "/api/version", count)
+        reference, _ = time_gets(sessions["admin"], daemon.url + "/api/version", count)
         ref_median, ref_p99 = statistics.median(reference), percentile(reference, 99)
         log(
             f"[{schema}] reference GET /api/version: "
@@ -326,7 +328,8 @@ def measure(
             if idle_s > 0:
                 wait_idle(daemon, idle_s)
             load = other_load(daemon)
-            samples, body = time_requests(sessions[scenario.who], daemon.url + scenario.path, count)
+            samples, last = time_gets(sessions[scenario.who], daemon.url + scenario.path, count)
+            body = last.json()
             busy = load.stop()["other_cores"]
             median, p99 = statistics.median(samples), percentile(samples, 99)
             log(f"[{schema}] {scenario.name}: median {median:.2f} ms, p99 {p99:.2f} ms")

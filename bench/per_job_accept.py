@@ -20,12 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,10 +33,11 @@ from sqlalchemy.pool import NullPool
 
 from bench.common.clients import HttpConn, run_pool, submit
 from bench.common.daemons import Daemon, ScriptServer
-from bench.common.report import BenchError, log
+from bench.common.report import log
 from bench.common.stats import Deadline, LoadMeter, own_cpu_s, process_cpu_s
 from bench.per_job_daemon import CONNECTIONS, NOOP, Tree
 from bench.throughput_harness import Row
+from tests.pg_cluster import PrivateCluster
 
 PG_URL = os.environ.get(
     "JOBFERRY_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/jobferry"
@@ -60,57 +56,26 @@ def _answers(url: str) -> bool:
         engine.dispose()
 
 
-def _pg_bin(name: str) -> str:
-    for folder in (os.environ.get("JOBFERRY_TEST_PG_BIN"), "/usr/lib/postgresql/15/bin"):
-        if folder and (Path(folder) / name).exists():
-            return str(Path(folder) / name)
-    found = shutil.which(name)
-    if not found:
-        raise BenchError(f"no {name}: PostgreSQL is not installed")
-    return found
-
-
 class Postgres:
     """The PostgreSQL server of the run: the shared one, else a private cluster."""
 
     def __init__(self) -> None:
         self.url = PG_URL
-        self.private: Path | None = None
+        self.private: PrivateCluster | None = None
         self.databases: list[str] = []
 
     def start(self) -> None:
         if _answers(self.url):
             log(f"PostgreSQL: {make_url(self.url).render_as_string(hide_password=True)}")
             return
-        # Not below the workspace: mkdtemp's 0700 keeps the postgres user out.
-        self.private = Path(tempfile.mkdtemp(prefix="jobferry-perjob-pg-"))
-        shutil.chown(self.private, "postgres", "postgres")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        data = self.private / "data"
-        self._as_postgres(_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = (
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {self.private} -c fsync=off"
-            " -c max_connections=300"
+        # A private cluster (tests.pg_cluster), as the tests' outage scenarios use.
+        self.private = PrivateCluster()
+        self.private.start("max_connections=300")
+        self.url = self.private.database_url("postgres")
+        log(
+            f"PostgreSQL: a private cluster on port {self.private.port}"
+            " (the shared one does not answer)"
         )
-        self._as_postgres(
-            _pg_bin("pg_ctl"), "start", "-w", "-D", str(data), "-l",
-            str(self.private / "postgres.log"), "-o", options,
-        )  # fmt: skip
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        log(f"PostgreSQL: a private cluster on port {port} (the shared one does not answer)")
-
-    def _as_postgres(self, *argv: str) -> None:
-        result = subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=self.private,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"{argv[0]} failed: {result.stdout} {result.stderr}")
 
     def _admin(self, statement: str) -> None:
         engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
@@ -132,17 +97,9 @@ class Postgres:
             with contextlib.suppress(Exception):
                 self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.databases = []
-        if self.private is None:
-            return
-        pid_file = self.private / "data" / "postmaster.pid"
-        with contextlib.suppress(OSError, ValueError, IndexError, ProcessLookupError):
-            pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, signal.SIGINT)  # fast shutdown of this cluster only
-            for _ in range(300):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-        shutil.rmtree(self.private, ignore_errors=True)
-        self.private = None
+        if self.private is not None:
+            self.private.close()
+            self.private = None
 
 
 class Layout:

@@ -50,14 +50,13 @@ if not __package__:  # run as a script: bench/ is sys.path[0], the repository ro
 from bench.common.daemons import Daemon, bench_run
 from bench.common.report import CPUS, log, table, write_results
 from bench.common.stats import percentile, process_cpu_s
-from bench.jobs_list import Seeded, other_load, seed
+from bench.jobs_list import WARMUP, Seeded, other_load, seed, time_gets
 from jobferry.config import load_config
 from jobferry.services.container import build
 from jobferry.services.core import Core
 
 TARGET_LIST_P99_MS = 50.0
 TARGET_LIVE_P99_S = 1.0
-WARMUP = 20
 PASSWORD = "bench password, long enough"
 XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
 OLDER = re.compile(r'id="older-page" rel="next" href="([^"]+)"')
@@ -118,21 +117,6 @@ def browser_session(url: str, username: str) -> requests.Session:
     return session
 
 
-def time_pages(session: requests.Session, url: str, count: int) -> tuple[list[float], str]:
-    text = ""
-    for _ in range(WARMUP):
-        session.get(url, timeout=30).raise_for_status()
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        response = session.get(url, timeout=30)
-        samples.append((time.perf_counter() - started) * 1000.0)
-        if response.status_code != 200:
-            raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
-        text = response.text
-    return samples, text
-
-
 def deep_cursor(session: requests.Session, url: str, pages: int) -> str:
     """The path of the list page *pages* pages down (following "Older" links)."""
     path = "/ui/jobs"
@@ -165,7 +149,7 @@ def measure_list(
     daemon: Daemon, seeded: Seeded, sessions: dict[str, requests.Session], count: int
 ) -> list[Measured]:
     cpu = process_cpu_s(daemon.pid)
-    reference, _ = time_pages(sessions["admin"], daemon.url + "/healthz", count)
+    reference, _ = time_gets(sessions["admin"], daemon.url + "/healthz", count)
     ref_cpu = (process_cpu_s(daemon.pid) - cpu) * 1000.0 / (count + WARMUP)
     ref_median, ref_p99 = statistics.median(reference), percentile(reference, 99)
     log(
@@ -177,7 +161,8 @@ def measure_list(
     for name, path, who, gated in scenarios(seeded, deep):
         load = other_load(daemon)
         cpu = process_cpu_s(daemon.pid)
-        samples, text = time_pages(sessions[who], daemon.url + path, count)
+        samples, last = time_gets(sessions[who], daemon.url + path, count)
+        text = last.text
         cpu_ms = (process_cpu_s(daemon.pid) - cpu) * 1000.0 / (count + WARMUP)
         busy = load.stop()["other_cores"]
         median, p99 = statistics.median(samples), percentile(samples, 99)

@@ -63,7 +63,11 @@ class PrivateCluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/jobferry"
+        return self.database_url("jobferry")
+
+    def database_url(self, name: str) -> str:
+        """The URL of database *name* (``postgres`` exists from the start)."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def _as_postgres(self, *argv: str) -> None:
         result = subprocess.run(
@@ -76,8 +80,10 @@ class PrivateCluster:
         if result.returncode != 0:
             raise AssertionError(f"{argv} failed: {result.stdout}\n{result.stderr}")
 
-    def start(self) -> None:
+    def start(self, *settings: str) -> None:
+        """Start (``pg_ctl start -w``) with *settings* (``name=value``) besides ours."""
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        options += "".join(f" -c {setting}" for setting in settings)
         self._as_postgres(
             str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.data), "-l", str(self.log),
             "-o", options,

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.web
 
@@ -24,6 +24,7 @@ from jobferry import errors
 from jobferry.http_status import http_status, lookup_status
 from jobferry.request_ids import HEADER as REQUEST_ID_HEADER
 from jobferry.request_ids import request_id
+from jobferry.sent_bytes import CountsSentBytes
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 
@@ -85,13 +86,7 @@ def galaxy_err_code(exc: BaseException | None, status: int) -> int:
     return found or status * 1000 + 1
 
 
-if TYPE_CHECKING:
-    _HandlerBase = tornado.web.RequestHandler
-else:
-    _HandlerBase = object
-
-
-class ApiMixin(_HandlerBase):
+class ApiMixin(CountsSentBytes):
     """JSON in and out, authentication, errors mapped in one place.
 
     A mixin so that handlers built on other Tornado handlers (StaticFileHandler
@@ -100,8 +95,6 @@ class ApiMixin(_HandlerBase):
 
     services: Services
     principal: Principal | None
-    #: Body bytes written for the answer (the access log's ``bytes``).
-    bytes_written = 0
     #: Handlers of the Galaxy face answer with Galaxy's statuses and error JSON.
     galaxy_face = False
 
@@ -118,17 +111,6 @@ class ApiMixin(_HandlerBase):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
         self.set_header(REQUEST_ID_HEADER, request_id(self.request))
-
-    def clear(self) -> None:
-        super().clear()
-        self.bytes_written = 0
-
-    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
-        super().write(chunk)
-        if isinstance(chunk, bytes):
-            self.bytes_written += len(chunk)
-        elif isinstance(chunk, str):  # (a dict is rare here: its size is not counted)
-            self.bytes_written += len(chunk) if chunk.isascii() else len(chunk.encode())
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.core.call(fn, *args, **kwargs)

@@ -12,29 +12,20 @@ connection; ``post`` runs once the body is complete.
 Whatever ends the request, what a half-received body left behind goes first
 (``drop_upload``, the handler's own): when the answer is sent (a client that
 sees the answer never sees a half-kept file), when feeding fails, and when the
-client goes away mid-body, which also ends the handler at once (Tornado's own
-``on_connection_close`` fails the body future; without it the handler would
-wait for a body that never comes, holding what it has, until the daemon stops).
+client goes away mid-body. That part is ``staging.streamed_body.StreamedBody``,
+which the browser's script form shares.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 from jobferry import errors
 from jobferry.api.base import ApiMixin
+from jobferry.staging.streamed_body import StreamedBody
 
 
-class Receiver(Protocol):
-    """What a request body is fed to, chunk by chunk, on the event loop."""
-
-    def feed(self, chunk: bytes) -> None: ...
-
-
-class StreamingUpload(ApiMixin):
-    """The body plumbing of a streaming upload handler (put it before the face's mixin)."""
-
-    receiver: Receiver | None = None
+class StreamingUpload(StreamedBody, ApiMixin):
+    """The body plumbing of a streaming upload handler (put it before the face's mixin):
+    ``staging.streamed_body.StreamedBody``'s, with JSON errors and ``limit_body``."""
 
     def limit_body(self, cap: int, too_large: str, *, slack: int = 0) -> int | None:
         """Refuse a declared body over *cap* bytes (413: "the request body (N bytes)
@@ -49,30 +40,7 @@ class StreamingUpload(ApiMixin):
         self.request.connection.set_max_body_size(cap + slack)  # type: ignore[union-attr]
         return int(length) if length is not None else None
 
-    def drop_upload(self) -> None:
-        """Remove what a half-received body left (idempotent)."""
-
     def client_gone(self) -> bool:
         """Whether the client already closed the connection (checked after an await)."""
         stream = getattr(self.request.connection, "stream", None)
         return stream is not None and bool(stream.closed())
-
-    def data_received(self, chunk: bytes) -> None:
-        receiver = self.receiver
-        if self._finished or receiver is None:
-            return
-        try:
-            receiver.feed(chunk)
-        except Exception as exc:  # any failure answers (JSON), never a dropped connection
-            self.drop_upload()
-            self.receiver = None
-            self._handle_request_exception(exc)
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self.drop_upload()
-        self.receiver = None
-
-    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
-        self.drop_upload()
-        return super().finish(chunk)

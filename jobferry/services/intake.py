@@ -129,16 +129,8 @@ class Intake:
         version = self.versions.cached(request.slug, request.version or None, iteration)
         if version is None or not self.checker.is_inline(request.command or ""):
             return None
-        placement = self.core.router.place(
-            request.resources,
-            slug=request.slug,
-            group=version.group,
-            username=principal.username,
-            tool_id=request.tool_id,
-        )
-        try:
-            check_fits(placement, self.core.capacity_for(placement.runner))
-        except UnsatisfiableError:
+        placement, misfit = self._route(principal, request, version)
+        if misfit is not None:
             return None  # whether another node could run it is a store read
         return self._prepare(principal, request, uploads, name, version, placement)
 
@@ -167,11 +159,11 @@ class Intake:
             ),
         )
 
-    def _place(
+    def _route(
         self, principal: Principal, request: SubmitRequest, version: ResolvedVersion
-    ) -> Placement:
-        """Where the job goes (routing rules, the client's request). Raises
-        UnsatisfiableError when no node sharing the store could ever run it."""
+    ) -> tuple[Placement, UnsatisfiableError | None]:
+        """Where the routing rules and the client's request send the job, and why it
+        does not fit this node (None when it does)."""
         placement = self.core.router.place(
             request.resources,
             slug=request.slug,
@@ -181,13 +173,23 @@ class Intake:
         )
         try:
             check_fits(placement, self.core.capacity_for(placement.runner))
-        except UnsatisfiableError:
+        except UnsatisfiableError as exc:
+            return placement, exc
+        return placement, None
+
+    def _place(
+        self, principal: Principal, request: SubmitRequest, version: ResolvedVersion
+    ) -> Placement:
+        """Where the job goes (``_route``). Raises UnsatisfiableError when no node
+        sharing the store could ever run it."""
+        placement, misfit = self._route(principal, request, version)
+        if misfit is not None:
             # Too large for this node: another node sharing the store may hold it.
             r = placement.resources
             if placement.runner not in ("local", "docker") or not fits_a_live_node(
                 self.core, r.cores, r.memory_mb, r.gpus
             ):
-                raise
+                raise misfit
         return placement
 
     def _prepare(

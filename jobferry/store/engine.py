@@ -25,9 +25,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -50,6 +50,9 @@ from jobferry.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: What a unit of work yields: an ORM ``Session`` or a Core ``Connection``.
+_Unit = TypeVar("_Unit", Session, Connection)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -251,33 +254,28 @@ class SessionFactory:
         database = self.engine.url.database
         return bool(database) and database != ":memory:" and "mode=memory" not in str(database)
 
-    @contextmanager
-    def begin(self) -> Iterator[Session]:
-        try:
-            if self._lock is None:
-                with self._maker.begin() as session:
-                    yield session
-                return
-            with self._lock, self._maker.begin() as session:
-                yield session
-        except (DBAPIError, PoolTimeoutError) as exc:
-            if is_try_later_error(exc):
-                raise store_unavailable(exc) from exc
-            raise
+    def begin(self) -> AbstractContextManager[Session]:
+        """A unit of work on an ORM session (see the class docstring)."""
+        return self._unit_of_work(self._maker.begin())
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """A unit of work on a bare Core connection, for the hot path's statements
         (``store.records``): no ORM session, identity map or flush, which is most of
         what a small transaction costs. The same rules as ``begin`` otherwise: one at
         a time on SQLite, ``StoreUnavailableError``/``StoreFullError`` on failure."""
+        return self._unit_of_work(self.engine.begin())
+
+    @contextmanager
+    def _unit_of_work(self, opener: AbstractContextManager[_Unit]) -> Iterator[_Unit]:
+        """``opener`` (not yet entered: both openers do nothing before ``__enter__``)
+        under the SQLite lock, its try-later failures as ``StoreUnavailableError``."""
         try:
             if self._lock is None:
-                with self.engine.begin() as connection:
-                    yield connection
+                with opener as unit:
+                    yield unit
                 return
-            with self._lock, self.engine.begin() as connection:
-                yield connection
+            with self._lock, opener as unit:
+                yield unit
         except (DBAPIError, PoolTimeoutError) as exc:
             if is_try_later_error(exc):
                 raise store_unavailable(exc) from exc

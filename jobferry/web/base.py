@@ -35,6 +35,7 @@ from jobferry import errors
 from jobferry.http_status import http_status
 from jobferry.request_ids import HEADER as REQUEST_ID_HEADER
 from jobferry.request_ids import request_id
+from jobferry.sent_bytes import CountsSentBytes
 from jobferry.services.container import Services
 from jobferry.services.core import Core, Principal
 
@@ -106,14 +107,12 @@ def static_url(path: str) -> str:
     return f"{UI}/static/{path}?v={version}"
 
 
-class WebHandler(tornado.web.RequestHandler):
+class WebHandler(CountsSentBytes, tornado.web.RequestHandler):
     """Base of every page handler (see the module's docstring)."""
 
     services: Services
     #: Who is signed in (also what the access log names); None: nobody.
     principal: Principal | None
-    #: Body bytes written (the access log's ``bytes``).
-    bytes_written = 0
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -134,17 +133,6 @@ class WebHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         self.set_header(REQUEST_ID_HEADER, request_id(self.request))
         self.set_header("Cache-Control", "no-store")
-
-    def clear(self) -> None:
-        super().clear()
-        self.bytes_written = 0
-
-    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
-        super().write(chunk)
-        if isinstance(chunk, bytes):
-            self.bytes_written += len(chunk)
-        elif isinstance(chunk, str):
-            self.bytes_written += len(chunk.encode())
 
     # --- session and CSRF -------------------------------------------------------------
 

@@ -7,34 +7,43 @@ come back to the list (303), which names the node that changed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlencode
 
 from jobferry.web.base import UI, WebHandler, admin_only
 
+#: A unit scale: (the bound a value stays under, what it is divided by, its format),
+#: the last bound infinite.
+Scale = tuple[tuple[float, float, str], ...]
+
+MEMORY_UNITS: Scale = (
+    (1024, 1, "{:.0f} MB"),
+    (1024 * 1024, 1024, "{:.1f} GB"),
+    (math.inf, 1024 * 1024, "{:.1f} TB"),
+)
+AGE_UNITS: Scale = (
+    (120, 1, "{:.0f} s ago"),
+    (2 * 3600, 60, "{:.0f} min ago"),
+    (2 * 86400, 3600, "{:.0f} h ago"),
+    (math.inf, 86400, "{:.0f} days ago"),
+)
+
+
+def scaled(value: float, units: Scale) -> str:
+    """*value* in the first of *units* whose bound it stays under."""
+    _, divisor, shape = next(unit for unit in units if value < unit[0])
+    return shape.format(value / divisor)
+
 
 def memory(mb: int | None) -> str:
     """``mb`` megabytes for a person: ``512 MB``, ``7.8 GB``, ``1.5 TB``."""
-    if mb is None:
-        return "?"
-    if mb < 1024:
-        return f"{mb} MB"
-    if mb < 1024 * 1024:
-        return f"{mb / 1024:.1f} GB"
-    return f"{mb / (1024 * 1024):.1f} TB"
+    return "?" if mb is None else scaled(mb, MEMORY_UNITS)
 
 
 def age(seconds: float | None) -> str:
     """A heartbeat's age for a person: ``4 s ago``, ``3 min ago``, ``2 h ago``, ``never``."""
-    if seconds is None:
-        return "never"
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} days ago"
+    return "never" if seconds is None else scaled(seconds, AGE_UNITS)
 
 
 #: The badge class of each node state (``site.css``'s ``.badge.*``).

@@ -7,8 +7,9 @@ otherwise), built by ``services.script_forms``. ``?rerun=<job id>`` fills that
 form with an earlier job's parameters and offers its input files for re-use.
 
 Posting the form submits a job exactly as the Wooey API does: the body is
-streamed through ``staging.forms.FormReceiver`` (only a signed-in user's body is
-read: the session is checked before a byte of it), the values become the job's
+streamed (``staging.streamed_body.StreamedBody``) through
+``staging.forms.FormReceiver`` (only a signed-in user's body is read: the session
+is checked before a byte of it), the values become the job's
 ``command`` (``script_forms.build_command``) and ``JobService.submit`` validates
 and stores it. Errors go back next to the field they concern; success sends the
 browser to the job's page.
@@ -21,6 +22,7 @@ session and is refused in ``prepare``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
@@ -30,6 +32,7 @@ from jobferry.services import script_forms
 from jobferry.services.jobs import SubmitRequest
 from jobferry.services.script_forms import KeptFile
 from jobferry.staging.forms import FormReceiver, UploadedFile
+from jobferry.staging.streamed_body import StreamedBody
 from jobferry.web.base import UI, WebHandler, signed_in
 
 SLUG = r"[A-Za-z0-9_-]{1,200}"
@@ -48,6 +51,19 @@ def search_scripts(scripts: list[dict[str, Any]], query: str) -> list[dict[str, 
         if all(word in text for word in words):
             found.append(script)
     return found
+
+
+@dataclass(frozen=True)
+class FilledForm:
+    """A script's form as it is shown filled in: defaults, a rerun's, or a refused post's."""
+
+    values: dict[str, list[str]]
+    job_name: str
+    job_description: str = ""
+    rerun: str = ""
+    kept: dict[str, list[KeptFile]] = field(default_factory=dict)
+    #: The kept files ticked (None: all of them).
+    keep_checked: set[str] | None = None
 
 
 class ScriptsHandler(WebHandler):
@@ -72,7 +88,7 @@ class ScriptsHandler(WebHandler):
 
 
 @tornado.web.stream_request_body
-class ScriptHandler(WebHandler):
+class ScriptHandler(StreamedBody, WebHandler):
     """``/ui/scripts/<slug>``: the form (GET) and its submission (POST, streamed)."""
 
     receiver: FormReceiver | None = None
@@ -106,28 +122,10 @@ class ScriptHandler(WebHandler):
         if not self._xsrf_deferred:
             super().check_xsrf_cookie()
 
-    def data_received(self, chunk: bytes) -> None:
-        receiver = self.receiver
-        if self._finished or receiver is None:
-            return
-        try:
-            receiver.feed(chunk)
-        except Exception as exc:  # answered with an error page, never a dropped connection
-            self.drop_upload()
-            self._handle_request_exception(exc)
-
     def drop_upload(self) -> None:
         if self.receiver is not None:
             self.receiver.discard()
             self.receiver = None
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self.drop_upload()
-
-    def finish(self, chunk: Any = None) -> Any:
-        self.drop_upload()
-        return super().finish(chunk)
 
     # --- the page -------------------------------------------------------------------
 
@@ -161,17 +159,12 @@ class ScriptHandler(WebHandler):
         script: dict[str, Any],
         chosen: dict[str, Any],
         spec: Any,
+        form: FilledForm,
         *,
-        values: dict[str, list[str]],
-        job_name: str,
-        job_description: str = "",
-        rerun: str = "",
-        kept: dict[str, list[KeptFile]] | None = None,
-        keep_checked: set[str] | None = None,
         field_errors: dict[str, list[str]] | None = None,
         status: int = 200,
     ) -> None:
-        kept = kept or {}
+        kept = form.kept
         self.set_status(status)
         self.render_page(
             "script.html",
@@ -184,13 +177,13 @@ class ScriptHandler(WebHandler):
             versions=[v for v in script["versions"] if v["is_active"]],
             description=spec.description or script["script_description"] or "",
             groups=script_forms.form_fields(spec),
-            values=values,
-            job_name=job_name,
-            job_description=job_description,
-            rerun=rerun,
+            values=form.values,
+            job_name=form.job_name,
+            job_description=form.job_description,
+            rerun=form.rerun,
             kept=kept,
-            keep_checked=keep_checked
-            if keep_checked is not None
+            keep_checked=form.keep_checked
+            if form.keep_checked is not None
             else {f.id for files in kept.values() for f in files},
             field_errors=field_errors or {},
         )
@@ -217,14 +210,7 @@ class ScriptHandler(WebHandler):
             job_name, description = view.job.name, view.job.description or ""
             kept = script_forms.kept_files(spec, view) if not view.files_expired else {}
         await self.show(
-            script,
-            chosen,
-            spec,
-            values=values,
-            job_name=job_name,
-            job_description=description,
-            rerun=rerun,
-            kept=kept,
+            script, chosen, spec, FilledForm(values, job_name, description, rerun, kept)
         )
 
     @signed_in
@@ -282,19 +268,8 @@ class ScriptHandler(WebHandler):
                 problems.setdefault("__all__", []).append(
                     "Files are not kept when a form is refused: choose them again."
                 )
-            await self.show(
-                script,
-                chosen,
-                spec,
-                values=values,
-                job_name=job_name,
-                job_description=description,
-                rerun=rerun,
-                kept=kept,
-                keep_checked=keep_checked,
-                field_errors=problems,
-                status=400,
-            )
+            filled = FilledForm(values, job_name, description, rerun, kept, keep_checked)
+            await self.show(script, chosen, spec, filled, field_errors=problems, status=400)
             return
         self.core.telemetry.submitted("web")
         self.redirect(f"{UI}/jobs/{job_id}", status=303)

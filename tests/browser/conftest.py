@@ -2,6 +2,8 @@
 
 - ``site`` (per module): a running daemon with an admin and ``alice``, both with
   passwords (``support.Site``).
+- ``demo`` (per module): the slug of form_demo.py, registered as "line styler" in
+  group "Text" (and another script elsewhere).
 - ``browser`` (per test): a fresh headless Chromium with its own profile; skipped
   without Debian's chromium/chromedriver, failed instead when ``CI=true``.
 """
@@ -14,17 +16,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.support import Site, WebDriver, new_browser, require_browser, start_site
+from tests.browser.support import (
+    Site,
+    WebDriver,
+    add_demo_scripts,
+    new_browser,
+    require_browser,
+    running_site,
+)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon shared by the tests of one module (stopped after the last)."""
-    made = start_site(tmp_path_factory.mktemp("web") / "data")
-    try:
+    with running_site(tmp_path_factory.mktemp("web") / "data") as made:
         yield made
-    finally:
-        made.daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(site: Site) -> str:
+    """The slug of form_demo.py, registered in group "Text" (and another script elsewhere)."""
+    return add_demo_scripts(site, "line styler")
 
 
 @pytest.fixture

@@ -14,15 +14,27 @@ The helpers (the fixtures ``site`` and ``browser`` are in conftest.py):
 - ``wait_until(driver, condition)``: WebDriverWait with the suite's generous deadline.
 - ``screenshot(driver, name)``: a PNG in ``test-artifacts/screenshots/`` (git-ignored).
 - ``console_errors(driver)``: the page's console errors (CSP violations among them).
+- ``running_site(data_dir, config)``: ``start_site`` as a context manager (the
+  daemon stopped at its end), for modules whose ``site`` needs a configuration.
+- ``open_script(driver, query, name, slug)``: search the scripts catalogue and open
+  the one script found.
+- ``add_demo_scripts(site, name, script)``: *script* (form_demo.py) registered as *name* in group
+  "Text" (and all_actions.py elsewhere); its slug. ``demo`` (conftest.py) is that
+  as "line styler", per module.
+- Without a browser: ``browser_session(site, account)``, a requests session signed
+  in through the sign-in form, and ``xsrf(session, site, path)``, a page's CSRF token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -50,6 +62,10 @@ CHROMIUM_FLAGS = (
 #: Where screenshots go (git-ignored; CI keeps the directory as an artifact).
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
+#: The scripts the browser tests register (argparse demos).
+SCRIPTS = ROOT / "tests" / "data" / "scripts"
+#: A form's CSRF token in a page's HTML.
+XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,52 @@ def start_site(data_dir: Path, config: dict[str, Any] | None = None) -> Site:
         secret = account.password
         daemon.cli("user", "passwd", account.username, input=f"{secret}\n{secret}\n")
     return Site(daemon, admin, alice)
+
+
+@contextmanager
+def running_site(data_dir: Path, config: dict[str, Any] | None = None) -> Iterator[Site]:
+    """``start_site``; its daemon is stopped when the block ends."""
+    made = start_site(data_dir, config)
+    try:
+        yield made
+    finally:
+        made.daemon.stop()
+
+
+def browser_session(site: Site, account: Account) -> requests.Session:
+    """A requests session signed in through the sign-in form, as a browser is."""
+    session = requests.Session()
+    page = session.get(site.page("/ui/sign-in"), timeout=DEADLINE_S)
+    token = XSRF_FIELD.search(page.text)
+    assert token, page.text
+    answer = session.post(
+        site.page("/ui/sign-in"),
+        data={
+            "_xsrf": token.group(1),
+            "method": "password",
+            "username": account.username,
+            "password": account.password,
+        },
+        timeout=DEADLINE_S,
+        allow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    return session
+
+
+def xsrf(session: requests.Session, site: Site, path: str) -> str:
+    """The CSRF token of the form on *path*, as *session* gets it."""
+    found = XSRF_FIELD.search(session.get(site.page(path), timeout=DEADLINE_S).text)
+    assert found
+    return found.group(1)
+
+
+def add_demo_scripts(site: Site, name: str, script: str = "form_demo.py") -> str:
+    """*script* registered as *name* in group "Text", and all_actions.py in group
+    "Testing" (so that the catalogue has two groups); the slug of *name*."""
+    client = site.daemon.client()
+    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
+    return str(client.add_script(name, SCRIPTS / script, group="Text")["slug"])
 
 
 def require_browser() -> None:
@@ -162,3 +224,17 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 def console_errors(driver: WebDriver) -> list[str]:
     """The browser console's errors since the last call (CSP refusals among them)."""
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def open_script(driver: WebDriver, query: str, name: str, slug: str) -> None:
+    """On the scripts catalogue: search for *query*, check that the one script found
+    is *name*, open it and wait for its page (``/ui/scripts/<slug>``)."""
+    search = driver.find_element(By.ID, "script-query")
+    search.send_keys(query)
+    search.submit()
+    wait_until(driver, lambda d: f"q={query}" in d.current_url)
+    links = driver.find_elements(By.CSS_SELECTOR, "#script-catalogue a.script-link")
+    assert [a.text for a in links] == [name]
+    links[0].click()
+    wait_until(driver, lambda d: d.current_url.endswith(f"/ui/scripts/{slug}"))
+    assert driver.title == f"{name} · jobferry"

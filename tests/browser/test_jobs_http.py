@@ -13,41 +13,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.browser.support import Account, Site
+from tests.browser.support import Account, Site, browser_session, xsrf
 from tests.helpers import DEADLINE_S, ROOT, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DEMO = ROOT / "tests" / "data" / "jobs" / "page_demo.py"
 SLEEPER = ROOT / "tests" / "data" / "jobs" / "sleeper.py"
-XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
-
-
-def browser_session(site: Site, account: Account) -> requests.Session:
-    """A requests session signed in through the sign-in form, as a browser is."""
-    session = requests.Session()
-    page = session.get(site.page("/ui/sign-in"), timeout=DEADLINE_S)
-    token = XSRF_FIELD.search(page.text)
-    assert token, page.text
-    answer = session.post(
-        site.page("/ui/sign-in"),
-        data={
-            "_xsrf": token.group(1),
-            "method": "password",
-            "username": account.username,
-            "password": account.password,
-        },
-        timeout=DEADLINE_S,
-        allow_redirects=False,
-    )
-    assert answer.status_code == 303, answer.text
-    return session
-
-
-def xsrf(session: requests.Session, site: Site, path: str) -> str:
-    found = XSRF_FIELD.search(session.get(site.page(path), timeout=DEADLINE_S).text)
-    assert found
-    return found.group(1)
 
 
 @pytest.fixture(scope="module")

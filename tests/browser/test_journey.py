@@ -23,34 +23,31 @@ from selenium.webdriver.support.ui import Select
 from tests.browser.support import (
     Site,
     WebDriver,
+    add_demo_scripts,
     console_errors,
+    open_script,
+    running_site,
     screenshot,
     sign_in,
-    start_site,
     wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
 TEXT = b"Hello, Browser World\nsecond line: MiXeD case 42\n"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon with one core for jobs: a second job waits for the first."""
-    made = start_site(tmp_path_factory.mktemp("journey") / "data", config={"node": {"cores": 1}})
-    try:
+    data_dir = tmp_path_factory.mktemp("journey") / "data"
+    with running_site(data_dir, config={"node": {"cores": 1}}) as made:
         yield made
-    finally:
-        made.daemon.stop()
 
 
 @pytest.fixture(scope="module")
 def slug(site: Site) -> str:
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("case changer", SCRIPTS / "journey.py", group="Text")["slug"])
+    return add_demo_scripts(site, "case changer", "journey.py")
 
 
 def param(browser: WebDriver, dest: str, css: str = "input, select") -> WebElement:
@@ -111,15 +108,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     browser.find_element(By.LINK_TEXT, "Scripts").click()
     wait_until(browser, lambda d: d.find_elements(By.ID, "script-query"))
     screenshot(browser, "journey-scripts")
-    search = browser.find_element(By.ID, "script-query")
-    search.send_keys("case")
-    search.submit()
-    wait_until(browser, lambda d: "q=case" in d.current_url)
-    links = browser.find_elements(By.CSS_SELECTOR, "#script-catalogue a.script-link")
-    assert [a.text for a in links] == ["case changer"]
-    links[0].click()
-    wait_until(browser, lambda d: d.current_url.endswith(f"/ui/scripts/{slug}"))
-    assert browser.title == "case changer · jobferry"
+    open_script(browser, "case", "case changer", slug)
     assert Select(param(browser, "case", "select")).first_selected_option.text == "lower"
     screenshot(browser, "journey-script-form")
 

@@ -17,41 +17,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.browser.support import Account, Site
+from tests.browser.support import XSRF_FIELD, Site, browser_session
 from tests.helpers import DEADLINE_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
-XSRF = re.compile(r'name="_xsrf" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def demo(site: Site) -> str:
-    """The slug of form_demo.py, registered in group "Text" (and another script elsewhere)."""
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("line styler", SCRIPTS / "form_demo.py", group="Text")["slug"])
-
-
-def browser_session(site: Site, account: Account) -> requests.Session:
-    session = requests.Session()
-    page = session.get(site.page("/ui/sign-in"), timeout=DEADLINE_S)
-    token = XSRF.search(page.text)
-    assert token, page.text
-    answer = session.post(
-        site.page("/ui/sign-in"),
-        data={
-            "_xsrf": token.group(1),
-            "method": "password",
-            "username": account.username,
-            "password": account.password,
-        },
-        timeout=DEADLINE_S,
-        allow_redirects=False,
-    )
-    assert answer.status_code == 303, answer.text
-    return session
 
 
 @pytest.fixture
@@ -84,7 +53,7 @@ def submit(
     assert page.status_code == 200, page.text
     data: list[tuple[str, str]] = []
     if token:
-        found = XSRF.search(page.text)
+        found = XSRF_FIELD.search(page.text)
         assert found
         data.append(("_xsrf", found.group(1)))
     version = re.search(r'name="version_id" value="([^"]+)"', page.text)

@@ -17,18 +17,18 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.support import Site, WebDriver, console_errors, screenshot, sign_in, wait_until
+from tests.browser.support import (
+    SCRIPTS,
+    Site,
+    WebDriver,
+    console_errors,
+    open_script,
+    screenshot,
+    sign_in,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"
-
-
-@pytest.fixture(scope="module")
-def demo(site: Site) -> str:
-    client = site.daemon.client()
-    client.add_script("every action", SCRIPTS / "all_actions.py", group="Testing")
-    return str(client.add_script("line styler", SCRIPTS / "form_demo.py", group="Text")["slug"])
 
 
 def page_errors(browser: WebDriver) -> list[str]:
@@ -51,15 +51,7 @@ def test_find_a_script_fill_its_form_submit_and_rerun(
     browser.get(site.page("/ui/scripts"))
     assert browser.title == "Scripts · jobferry"
     screenshot(browser, "scripts")
-    search = browser.find_element(By.ID, "script-query")
-    search.send_keys("styler")
-    search.submit()
-    wait_until(browser, lambda d: "q=styler" in d.current_url)
-    links = browser.find_elements(By.CSS_SELECTOR, "#script-catalogue a.script-link")
-    assert [a.text for a in links] == ["line styler"]
-    links[0].click()
-    wait_until(browser, lambda d: d.current_url.endswith(f"/ui/scripts/{demo}"))
-    assert browser.title == "line styler · jobferry"
+    open_script(browser, "styler", "line styler", demo)
 
     # The generated form: defaults filled in, one input per parameter.
     assert param(browser, "times").get_attribute("value") == "2"

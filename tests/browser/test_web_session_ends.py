@@ -13,7 +13,7 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from jobferry.store.models import WebSession
-from tests.browser.support import Site, start_site
+from tests.browser.support import Site, running_site
 from tests.helpers import DEADLINE_S, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -22,14 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon that beats every half second (so purges come quickly)."""
-    made = start_site(
-        tmp_path_factory.mktemp("web-ends") / "data",
-        config={"node": {"heartbeat_s": 0.5, "dead_after_s": 30}},
-    )
-    try:
+    config = {"node": {"heartbeat_s": 0.5, "dead_after_s": 30}}
+    with running_site(tmp_path_factory.mktemp("web-ends") / "data", config=config) as made:
         yield made
-    finally:
-        made.daemon.stop()
 
 
 def sign_in(site: Site, **fields: str) -> requests.Session:

@@ -34,9 +34,9 @@ from tests.browser.support import (
     Site,
     WebDriver,
     console_errors,
+    running_site,
     screenshot,
     sign_in,
-    start_site,
     wait_until,
 )
 from tests.helpers import DEADLINE_S, JOB_SCRIPTS, Client
@@ -81,11 +81,8 @@ class HostileJob:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A daemon whose node name and labels are HTML."""
     config = {"node": {"name": NODE, "labels": {LABEL[0]: LABEL[1]}}}
-    made = start_site(tmp_path_factory.mktemp("xss") / "data", config=config)
-    try:
+    with running_site(tmp_path_factory.mktemp("xss") / "data", config=config) as made:
         yield made
-    finally:
-        made.daemon.stop()
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,13 @@ def sign_in(
     return post(session, server.page("/ui/sign-in"), data=fields)
 
 
+def on_keys_page(server: Server) -> tuple[requests.Session, str]:
+    """A session signed in as alice, and the keys page's form token."""
+    session = requests.Session()
+    sign_in(session, server)
+    return session, form_token(session, server, "/ui/keys")
+
+
 def assert_site_page(response: requests.Response, status: int, title: str) -> None:
     """An HTML page of the site (its layout and stylesheet), never a traceback."""
     assert response.status_code == status, response.text
@@ -347,9 +354,7 @@ def test_no_page_has_inline_script_or_style(server: Server) -> None:
 
 
 def test_the_keys_page_shows_a_new_key_once_and_revokes_it(server: Server) -> None:
-    session = requests.Session()
-    sign_in(session, server)
-    token = form_token(session, server, "/ui/keys")
+    session, token = on_keys_page(server)
     created = post(session, server.page("/ui/keys"), data={"_xsrf": token, "name": "laptop"})
     assert_site_page(created, 201, "API keys")
     key = re.search(r'id="new-key-value"[^>]*value="(jf_[^"]+)"', created.text)
@@ -367,9 +372,7 @@ def test_the_keys_page_shows_a_new_key_once_and_revokes_it(server: Server) -> No
 
 
 def test_a_key_needs_a_name_shown_next_to_the_field(server: Server) -> None:
-    session = requests.Session()
-    sign_in(session, server)
-    token = form_token(session, server, "/ui/keys")
+    session, token = on_keys_page(server)
     response = post(session, server.page("/ui/keys"), data={"_xsrf": token, "name": " "})
     assert_site_page(response, 400, "API keys")
     assert 'id="key-name-error"' in response.text and 'aria-invalid="true"' in response.text
@@ -378,9 +381,7 @@ def test_a_key_needs_a_name_shown_next_to_the_field(server: Server) -> None:
 
 def test_someone_elses_key_cannot_be_revoked(server: Server) -> None:
     [admin_key] = server.services.auth.list_keys("admin")
-    session = requests.Session()
-    sign_in(session, server)
-    token = form_token(session, server, "/ui/keys")
+    session, token = on_keys_page(server)
     response = post(session, server.page(f"/ui/keys/{admin_key.id}/revoke"), data={"_xsrf": token})
     assert_site_page(response, 403, "Not allowed")
     assert [k.is_active for k in server.services.auth.list_keys("admin")] == [True]
