@@ -36,6 +36,7 @@ from typing import Any
 
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -176,8 +177,47 @@ def new_browser(profile_dir: Path) -> WebDriver:
 def wait_until(
     driver: WebDriver, condition: Callable[[WebDriver], Any], timeout_s: float = DEADLINE_S
 ) -> Any:
-    """*condition*'s first truthy value, polled until the (generous) deadline."""
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)
+    """*condition*'s first truthy value, polled until the (generous) deadline.
+
+    A page may replace itself while a condition reads it (a job's page reloads when
+    the job ends; a form's answer is a new page): an element found a moment earlier
+    is then gone. Such a look counts as "not yet", like a missing element, and the
+    next poll reads the new page."""
+
+    def attempt(d: WebDriver) -> Any:
+        try:
+            return condition(d)
+        except StaleElementReferenceException:
+            return False
+        except WebDriverException as exc:
+            if any(sign in str(exc) for sign in _PAGE_REPLACED):
+                return False
+            raise
+
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(attempt)
+
+
+def job_page_final(driver: WebDriver) -> bool:
+    """Whether the browser shows a job's page in its final form: loaded, and not live
+    (a live page reloads itself once its job ends; elements read before that reload
+    are gone after it)."""
+    return bool(
+        driver.execute_script(
+            "var job = document.getElementById('job');"
+            "return document.readyState === 'complete' && !!job"
+            " && job.getAttribute('data-live') === '0';"
+        )
+    )
+
+
+#: What chromedriver says when an element or script context belonged to a page that a
+#: navigation or reload has just replaced.
+_PAGE_REPLACED = (
+    "does not belong to the document",
+    "Cannot find context with specified id",
+    "Execution context was destroyed",
+    "stale element",
+)
 
 
 def _submit_sign_in(driver: WebDriver, site: Site, fields: dict[str, str], button: str) -> None:

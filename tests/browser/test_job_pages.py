@@ -18,6 +18,7 @@ from tests.browser.support import (
     Site,
     WebDriver,
     console_errors,
+    job_page_final,
     screenshot,
     sign_in,
     wait_until,
@@ -64,7 +65,7 @@ def test_a_job_page_shows_stdout_while_the_job_runs_then_completes(
     assert "<script>alert(1)</script>" in browser.find_element(By.ID, "stdout").text
     assert browser.find_elements(By.CSS_SELECTOR, "#stdout b, #stdout script") == []
     go.write_text("go")
-    wait_until(browser, lambda d: state_of(d) == "completed")
+    wait_until(browser, lambda d: state_of(d) == "completed" and job_page_final(d))
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".preview-image img"))
     assert "done" in browser.find_element(By.ID, "stdout").text
     assert browser.find_element(By.ID, "job-exit-code").text == "0"
@@ -114,7 +115,7 @@ def test_cancel_a_long_job_and_see_it_revoked(
     browser.get(site.page(f"/ui/jobs/{job_id}"))
     wait_until(browser, lambda d: "sleeping" in d.find_element(By.ID, "stdout").text)
     browser.find_element(By.ID, "cancel-job").click()
-    wait_until(browser, lambda d: state_of(d) == "REVOKED")
+    wait_until(browser, lambda d: state_of(d) == "REVOKED" and job_page_final(d))
     assert browser.find_elements(By.ID, "cancel-job") == []
     status = client.get(f"/api/jobs/v1/{job_id}/status/").json()
     assert status == {"status": "REVOKED", "is_complete": True}

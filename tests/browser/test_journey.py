@@ -25,6 +25,7 @@ from tests.browser.support import (
     WebDriver,
     add_demo_scripts,
     console_errors,
+    job_page_final,
     open_script,
     running_site,
     screenshot,
@@ -85,6 +86,11 @@ def stdout(browser: WebDriver) -> str:
     return browser.find_element(By.ID, "stdout").text
 
 
+def finished(browser: WebDriver) -> bool:
+    """The job ended ok and its page has reloaded into its final form."""
+    return state(browser) == "ok" and "finished" in stdout(browser) and job_page_final(browser)
+
+
 def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     site: Site, browser: WebDriver, slug: str, tmp_path: Path
 ) -> None:
@@ -134,7 +140,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     browser.find_element(By.CSS_SELECTOR, f"#job-{long_id} .job-name a").click()
     wait_until(browser, lambda d: d.current_url.endswith(f"/ui/jobs/{long_id}"))
     browser.find_element(By.ID, "cancel-job").click()
-    wait_until(browser, lambda d: state(d) == "deleted")
+    wait_until(browser, lambda d: state(d) == "deleted" and job_page_final(d))
     assert browser.find_element(By.ID, "job-state").text == "REVOKED"
     screenshot(browser, "journey-job-revoked")
     assert console_errors(browser) == []
@@ -146,7 +152,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     assert "case swap" in stdout(browser)
     screenshot(browser, "journey-job-running")
     go.touch()
-    wait_until(browser, lambda d: state(d) == "ok" and "finished" in stdout(d))
+    wait_until(browser, finished)
     assert browser.find_element(By.ID, "job-state").text == "completed"
     assert browser.find_element(By.ID, "job-exit-code").text == "0"
     screenshot(browser, "journey-job")
@@ -168,7 +174,7 @@ def test_a_person_with_only_a_browser_runs_follows_downloads_reruns_and_cancels(
     screenshot(browser, "journey-rerun")
     rerun_id = fill_and_submit(browser, "watched job, again", None, "upper", go)
     assert rerun_id != job_id
-    wait_until(browser, lambda d: state(d) == "ok" and "finished" in stdout(d))
+    wait_until(browser, finished)
     assert "case upper" in stdout(browser)
     assert f"{len(TEXT.decode())} characters" in stdout(browser)  # the kept file's bytes
     assert console_errors(browser) == []

@@ -34,6 +34,7 @@ from tests.browser.support import (
     Site,
     WebDriver,
     console_errors,
+    job_page_final,
     running_site,
     screenshot,
     sign_in,
@@ -184,7 +185,11 @@ def see_the_list_and_the_live_tail(site: Site, browser: WebDriver, job: HostileJ
     job.go.touch()
     site.daemon.client().wait(job.id, timeout_s=2 * DEADLINE_S)
     # The last line and the end reach the page (live, or by its reload at the end).
-    wait_until(browser, lambda d: "go-ahead seen" in d.find_element(By.TAG_NAME, "body").text)
+    wait_until(
+        browser,
+        lambda d: "go-ahead seen" in d.find_element(By.TAG_NAME, "body").text
+        and job_page_final(d),
+    )
     assert_inert(browser, site, shows=("</pre><iframe src=javascript:alert(1)></iframe>",))
 
 
