@@ -179,9 +179,15 @@ class WebHandler(CountsSentBytes, tornado.web.RequestHandler):
     def end_session(self) -> None:
         self.clear_cookie(SESSION_COOKIE)
 
+    #: False: the handler resolves the session itself, in the same worker call as its
+    #: page's data (one hop to the worker pool instead of two; the job list).
+    resolve_session = True
+
     async def prepare(self) -> None:
         if self.request.method not in ("GET", "HEAD", "OPTIONS"):
             self.check_xsrf_cookie()
+        if not self.resolve_session:
+            return
         token = self.session_token()
         if token is not None:
             try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from jobferry import errors
-from jobferry.services.job_pages import ListFilter, parse_filter
+from jobferry.services.core import Principal
+from jobferry.services.job_pages import JobPage, ListFilter, parse_filter
 from jobferry.services.states import TERMINAL_VALUES
 from jobferry.web.base import UI, WebHandler, signed_in
 
@@ -56,41 +57,40 @@ def rerun_url(slug: str | None, job_id: str) -> str | None:
 
 
 class JobsHandler(WebHandler):
-    """``GET /ui/jobs``: my jobs (an admin: everyone's), filtered, newest first, paged."""
+    """``GET /ui/jobs``: my jobs (an admin: everyone's), filtered, newest first, paged.
 
-    @signed_in
+    The session is resolved in the same worker call as the page (``_load``), not in
+    ``prepare``: one hop to the worker pool per page. A visitor without a live
+    session is sent to sign in, as ``@signed_in`` does.
+    """
+
+    resolve_session = False
+
     async def get(self) -> None:
-        assert self.principal is not None
+        token = self.session_token()
         raw = {
             "state": self.get_query_argument("state", ""),
             "script": self.get_query_argument("script", ""),
             "destination": self.get_query_argument("destination", ""),
             "from": self.get_query_argument("from", ""),
             "until": self.get_query_argument("until", ""),
-            "user": self.get_query_argument("user", "") if self.principal.is_admin else "",
+            "user": self.get_query_argument("user", ""),
         }
-        field_errors: dict[str, str] = {}
-        try:
-            query = parse_filter(
-                [raw["state"]],
-                raw["script"],
-                raw["destination"],
-                raw["from"],
-                raw["until"],
-                raw["user"],
-            )
-        except errors.ValidationError as exc:
-            field_errors = {k: " ".join(v) for k, v in exc.errors.items()}
-            query = ListFilter()
         older = self.get_query_argument("older", None)
         newer = self.get_query_argument("newer", None)
-        try:
-            page = await self.call(
-                self.services.job_pages.list_page, self.principal, query, older=older, newer=newer
-            )
-        except errors.ValidationError:
-            field_errors["cursor"] = "This page link is damaged: showing the newest jobs."
-            page = await self.call(self.services.job_pages.list_page, self.principal, query)
+        loaded = None
+        if token is not None:
+            try:
+                loaded = await self.call(self._load, token, raw, older, newer)
+            except errors.AuthenticationError:
+                self.end_session()
+        if loaded is None:
+            self.redirect(self.sign_in_url())
+            return
+        principal, page, field_errors = loaded
+        self.principal = self.current_user = principal
+        if not principal.is_admin:
+            raw["user"] = ""
         kept = {k: v for k, v in raw.items() if v and k not in field_errors}
         self.set_status(400 if field_errors else 200)
         self.render_page(
@@ -108,6 +108,32 @@ class JobsHandler(WebHandler):
             badge=state_badge,
             terminal=TERMINAL_VALUES,
         )
+
+    def _load(
+        self, token: str, raw: dict[str, str], older: str | None, newer: str | None
+    ) -> tuple[Principal, JobPage, dict[str, str]]:
+        """In a worker: who is signed in, and their page (field errors by field)."""
+        principal = self.services.web_sessions.resolve(token)
+        pages = self.services.job_pages
+        field_errors: dict[str, str] = {}
+        try:
+            query = parse_filter(
+                [raw["state"]],
+                raw["script"],
+                raw["destination"],
+                raw["from"],
+                raw["until"],
+                raw["user"] if principal.is_admin else "",
+            )
+        except errors.ValidationError as exc:
+            field_errors = {k: " ".join(v) for k, v in exc.errors.items()}
+            query = ListFilter()
+        try:
+            page = pages.list_page(principal, query, older=older, newer=newer)
+        except errors.ValidationError:
+            field_errors["cursor"] = "This page link is damaged: showing the newest jobs."
+            page = pages.list_page(principal, query)
+        return principal, page, field_errors
 
 
 class JobRowsHandler(WebHandler):
