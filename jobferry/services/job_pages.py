@@ -225,8 +225,8 @@ class JobPageService:
     ) -> JobPage:
         """One page of the jobs *principal* may see, newest first, after cursor *older*
         (the next page) or before *newer* (the previous one)."""
-        with self.core.sessions.begin() as session:
-            page = select(JOBS.c.id, JOBS.c.created_at)
+        with self.core.sessions.read() as session:  # read-only: no ORM session, no lock
+            page = select(JOBS.c.id)  # the rows (and cursors) come from _rows
             if not principal.is_admin:
                 page = page.where(JOBS.c.user_id == principal.user_id)
             elif query.username:
@@ -269,12 +269,12 @@ class JobPageService:
                 page = page.order_by(JOBS.c.created_at.asc(), JOBS.c.id.asc())
             else:
                 page = page.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
-            ids = list(session.execute(page.limit(limit + 1)).all())
+            ids = list(session.execute(page.limit(limit + 1)).scalars())
             more = len(ids) > limit
             ids = ids[:limit]
             if backwards:
                 ids.reverse()
-            rows = self._rows(session, [r.id for r in ids])
+            rows = self._rows(session, ids)
         if not rows:
             return JobPage([], None, None)
         first, last = rows[0], rows[-1]
@@ -307,7 +307,7 @@ class JobPageService:
 
     def rows(self, principal: Principal, job_ids: Sequence[str]) -> list[JobRow]:
         """The list rows of these jobs that *principal* may see (the list's live refresh)."""
-        with self.core.sessions.begin() as session:
+        with self.core.sessions.read() as session:
             rows = self._rows(session, list(job_ids)[:PAGE_SIZE])
         if principal.is_admin:
             return rows
