@@ -159,8 +159,10 @@ class WebSessionService:
             raise AuthenticationError("Please sign in.")
         web = self.core.config.web
         now = utcnow()
-        with self.core.sessions.begin() as session:
-            row = session.execute(
+        # A bare read (no ORM session; on SQLite not behind the writer lock): every page
+        # asks this; only one in many also touches the session, in its own transaction.
+        with self.core.sessions.read() as connection:
+            row = connection.execute(
                 select(
                     WebSession.id,
                     WebSession.last_seen_at,
@@ -178,14 +180,15 @@ class WebSessionService:
                     or_(WebSession.api_key_id.is_(None), ApiKey.is_active),
                 )
             ).first()
-            if row is None:
-                raise AuthenticationError("Please sign in.")
-            session_id, last_seen, expires, user_id, username, is_admin = row
-            idle_end = last_seen + timedelta(seconds=web.session_idle_s)
-            if now >= expires or now >= idle_end:
-                raise AuthenticationError("Your session has ended: please sign in again.")
-            if (now - last_seen).total_seconds() >= web.session_touch_s:
-                session.execute(
+        if row is None:
+            raise AuthenticationError("Please sign in.")
+        session_id, last_seen, expires, user_id, username, is_admin = row
+        idle_end = last_seen + timedelta(seconds=web.session_idle_s)
+        if now >= expires or now >= idle_end:
+            raise AuthenticationError("Your session has ended: please sign in again.")
+        if (now - last_seen).total_seconds() >= web.session_touch_s:
+            with self.core.sessions.transaction() as connection:
+                connection.execute(
                     update(WebSession).where(WebSession.id == session_id).values(last_seen_at=now)
                 )
         return Principal(user_id, username, bool(is_admin))
