@@ -3,10 +3,10 @@ live tail of its logs from a byte offset, and bounded previews of its files.
 
 Face-neutral (records and plain values); ``jobferry.web.jobs`` and ``web.job_page``
 render them. The list is ordered by (created_at, id), newest first: a stable order
-(a running job does not move between pages) that the ``ix_jobs_created``,
-``ix_jobs_user_created`` and (a state filter, however rare the state)
-``ix_jobs_state_created`` indexes walk, so a page costs the same on page 1 and page
-1,000 (no OFFSET). Visibility is ``JobService``'s: a user sees their own jobs, an
+(a running job does not move between pages) that the ``ix_jobs_created`` and
+``ix_jobs_user_created`` indexes walk, so a page costs the same on page 1 and page
+1,000 (no OFFSET); a filter on a rare state walks ``ix_jobs_created`` past the other
+states' rows. Visibility is ``JobService``'s: a user sees their own jobs, an
 admin everyone's; another user's job is "not found".
 """
 

@@ -197,8 +197,6 @@ class Job(Base):
             "id",
         ),
         Index("ix_jobs_user_created", "user_id", "created_at"),
-        # The browser's list filtered by state, newest first (services.job_pages).
-        Index("ix_jobs_state_created", "state", "created_at", "id"),
         # Retention (services.retention): ended jobs whose files are still there, oldest
         # end first (an idle round reads one short index range), and ended jobs by end.
         Index("ix_jobs_files_expiry", "files_expired_at", "finished_at"),

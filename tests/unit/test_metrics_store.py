@@ -80,7 +80,7 @@ def test_store_figures__the_aggregate_reads_the_state_index(engine: Engine) -> N
             plan = " ".join(
                 str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))
             )
-            # An index range on the live states (ix_jobs_claim, ix_jobs_state_created or a
-            # covering one), never a scan of every job.
+            # An index range on the live states (ix_jobs_claim or a covering one), never a
+            # scan of every job.
             assert "SEARCH jobs USING" in plan and "INDEX ix_jobs_" in plan, plan
             assert "(state=?)" in plan or "(state>?" in plan or "(state<?" in plan, plan
