@@ -53,30 +53,26 @@ class DiskDaemon:
                 out.write(b"\0" * (1 << 20))
         return path
 
-    def shrink_wal(self) -> None:
-        """Checkpoint the SQLite store and truncate its write-ahead log to nothing, so
-        that the store's next write needs new disk space (as in a busy daemon, whose
-        log has no room left over to reuse)."""
-        store = self.fs / "jobferry.db"
+    def shrink_wal(self, store: Path | None = None) -> None:
+        """Checkpoint the SQLite store (*store*, by default the data directory's) and
+        truncate its write-ahead log to nothing, so that the store's next write needs
+        new disk space (as in a busy daemon, whose log has no room left over to reuse)."""
+        store = store or self.fs / "jobferry.db"
         if not store.exists():
             return  # the store lives elsewhere (a PostgreSQL run)
         with closing(sqlite3.connect(store, timeout=DEADLINE_S)) as conn:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             assert busy == 0
 
-    def fill_with_job(
-        self, exit_code: int, ballast_mb: int = 4, reserve_kb: int = 0
-    ) -> tuple[str, Path]:
+    def fill_with_job(self, exit_code: int, ballast_mb: int = 4) -> tuple[str, Path]:
         """Start a job that fills the disk and exits with *exit_code*; wait until it has
         ended (its end not recorded yet: the store cannot grow). Returns the job's id
-        and a ballast file whose deletion gives *ballast_mb* MiB back. *reserve_kb*:
-        the job frees that much just before it exits (room for its wrapper's result
-        file, not for the store's write)."""
+        and a ballast file whose deletion gives *ballast_mb* MiB back."""
         ballast = self.ballast(ballast_mb)
         go = self.fs / "go"
         job_id = self.client.submit(
             "disk_filler",
-            f"--mb 40 --exit-code {exit_code} --go {go} --reserve-kb {reserve_kb}",
+            f"--mb 40 --exit-code {exit_code} --go {go}",
         )
         pid = self.job_pid(job_id)
         self.shrink_wal()

@@ -13,14 +13,8 @@ parser = argparse.ArgumentParser(description="Fill the disk, then exit.")
 parser.add_argument("--mb", type=int, default=30, help="megabytes to try to write")
 parser.add_argument("--exit-code", type=int, default=0)
 parser.add_argument("--go", help="wait until this file exists before writing")
-parser.add_argument(
-    "--reserve-kb", type=int, default=0, help="space to set aside, and give back before exit"
-)
 args = parser.parse_args()
 print(f"pid {os.getpid()} filling", flush=True)
-if args.reserve_kb:
-    with open("reserve", "wb") as out:
-        out.write(b"\2" * (args.reserve_kb << 10))
 while args.go and not os.path.exists(args.go):
     time.sleep(0.05)
 written = 0
@@ -33,7 +27,5 @@ except OSError as exc:
         print(f"stopped after {written} bytes: {exc}", file=sys.stderr, flush=True)
     except OSError:
         pass
-if args.reserve_kb:
-    os.unlink("reserve")  # room for the job wrapper's result file, not for much more
 # Not sys.exit: flushing at shutdown could fail on the full disk and change the code.
 os._exit(args.exit_code)
