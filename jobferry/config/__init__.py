@@ -27,6 +27,7 @@ from jobferry.config.operations import (
     StorageConfig,
     WebConfig,
 )
+from jobferry.config.tes import TesConfig
 from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
 
@@ -336,6 +337,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     retention: RetentionConfig = RetentionConfig()
     web: WebConfig = WebConfig()
+    tes: TesConfig = TesConfig()
 
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:
@@ -343,6 +345,8 @@ class Config(_Section):
         problems = []
         if self.routing.default not in names:
             problems.append(f"routing.default: unknown destination {self.routing.default!r}")
+        if self.tes.destination is not None and self.tes.destination not in names:
+            problems.append(f"tes.destination: unknown destination {self.tes.destination!r}")
         for i, rule in enumerate(self.routing.rules):
             if rule.destination not in names:
                 problems.append(

@@ -250,6 +250,29 @@ class Job(Base):
     files_expired_at: Mapped[datetime | None]
 
 
+class TesTask(Base):
+    """A job that is a GA4GH TES task (``services.tes``): the document it was created
+    with, beside its ``jobs`` row (state, attempts, node) and removed with it.
+
+    ``user_id``, ``name`` and ``created_at`` repeat the job's so that a TES listing (a
+    user's tasks, newest first, by name prefix) reads one index range of this table
+    alone; ``tags`` are kept apart from ``doc`` so the tag filter reads them without
+    the (up to MiBs of inline content) document."""
+
+    __tablename__ = "tes_tasks"
+    __table_args__ = (
+        Index("ix_tes_tasks_created", "created_at", "job_id"),
+        Index("ix_tes_tasks_user_created", "user_id", "created_at", "job_id"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class JobFile(Base):
     __tablename__ = "job_files"
     __table_args__ = (UniqueConstraint("job_id", "kind", "name"),)

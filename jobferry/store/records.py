@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as ThreadFuture
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.orm import Session
 
@@ -58,13 +58,22 @@ def insert_job(bind: Bind, job: dict[str, Any], files: list[dict[str, Any]]) -> 
     return insert_jobs(bind, [(job, files)])[0]
 
 
+#: Rows of another table that belong to a job, stored in the job's transaction (after
+#: it: their foreign key names it): ``(table, row)``, e.g. a TES task's document.
+Attached = tuple[Table, dict[str, Any]]
+
+
 def insert_jobs(
-    bind: Bind, submissions: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]]
+    bind: Bind,
+    submissions: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]],
+    attached: Sequence[Sequence[Attached]] = (),
 ) -> list[dict[str, Any]]:
     """``insert_job`` for several jobs in one transaction, with one multi-row statement
     per table (rows of the same columns go together): a statement's own cost in
     SQLAlchemy is several times the row's, so a batch of concurrent submissions
-    (``GroupInserter``) costs little more than one. Returns the rows in order."""
+    (``GroupInserter``) costs little more than one. *attached*: per submission, rows
+    of other tables stored after the jobs (rare: one statement each). Returns the
+    rows in order."""
     now = utcnow()
     connection = _connection(bind)
     drained: dict[str, bool] = {}
@@ -102,6 +111,9 @@ def insert_jobs(
         connection.execute(_INSERT_JOB, rows)
     for rows in file_rows.values():  # after the jobs they belong to (foreign key)
         connection.execute(_INSERT_FILE, rows)
+    for extra in attached:
+        for table, row in extra:
+            connection.execute(insert(table), [row])
     if queued:
         notify_queued(connection)
     return out
@@ -110,11 +122,17 @@ def insert_jobs(
 class _Pending:
     """One submission's rows waiting in a ``GroupInserter``."""
 
-    __slots__ = ("job", "files", "row", "error", "done", "future")
+    __slots__ = ("job", "files", "attached", "row", "error", "done", "future")
 
-    def __init__(self, job: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        job: dict[str, Any],
+        files: list[dict[str, Any]],
+        attached: Sequence[Attached] = (),
+    ) -> None:
         self.job = job
         self.files = files
+        self.attached = attached
         self.row: dict[str, Any] = {}
         self.error: BaseException | None = None
         self.done = False
@@ -151,9 +169,15 @@ class GroupInserter:
         self._loop_queue: list[_Pending] = []  # only touched on the event loop
         self._flushing = False
 
-    def insert(self, job: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
-        """Store *job* and its *files* (see ``insert_job``); return the job's row."""
-        mine = _Pending(job, files)
+    def insert(
+        self,
+        job: dict[str, Any],
+        files: list[dict[str, Any]],
+        attached: Sequence[Attached] = (),
+    ) -> dict[str, Any]:
+        """Store *job*, its *files* and its *attached* rows (see ``insert_jobs``) in one
+        transaction; return the job's row."""
+        mine = _Pending(job, files, attached)
         with self._lock:
             self._queue.append(mine)
         with self._leader:
@@ -221,7 +245,9 @@ class GroupInserter:
     def _store(self, batch: list[_Pending]) -> None:
         try:
             with self._sessions.transaction() as connection:
-                rows = insert_jobs(connection, [(p.job, p.files) for p in batch])
+                rows = insert_jobs(
+                    connection, [(p.job, p.files) for p in batch], [p.attached for p in batch]
+                )
             for pending, row in zip(batch, rows, strict=True):
                 pending.row = row
         except BaseException as exc:
