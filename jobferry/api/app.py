@@ -22,6 +22,7 @@ from jobferry.api.metrics import metrics_routes, observe_request
 from jobferry.api.nodes import node_routes
 from jobferry.api.openapi import openapi_routes
 from jobferry.api.route_names import SETTING, route_table
+from jobferry.api.tes import tes_routes
 from jobferry.api.wooey import wooey_routes
 from jobferry.services.container import Services
 
@@ -38,6 +39,7 @@ def make_app(
         *callback_routes(services),
         *node_routes(services),
         *galaxy_routes(services),
+        *tes_routes(services),
     ]
     log_requests = services.core.config.logging.access_log
 

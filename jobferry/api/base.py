@@ -141,6 +141,11 @@ class ApiMixin(CountsSentBytes):
 
     # --- errors -----------------------------------------------------------------------
 
+    def face_status(self, exc: errors.JobferryError) -> int | None:
+        """Where this face's status for *exc* differs from the table (None: it does not);
+        a face's own small table, like the Galaxy face's differences."""
+        return None
+
     def error_body(self, exc: BaseException | None, status: int, message: str) -> dict[str, Any]:
         """The JSON body for an error; faces override this for their own shape."""
         code = exc.code if isinstance(exc, errors.JobferryError) else _http_code(status)
@@ -167,7 +172,7 @@ class ApiMixin(CountsSentBytes):
         if exc is not None and not isinstance(exc, errors.JobferryError | tornado.web.HTTPError):
             exc = errors.no_space(exc) or exc
         if isinstance(exc, errors.JobferryError):
-            status_code = status_for(exc, galaxy=self.galaxy_face)
+            status_code = self.face_status(exc) or status_for(exc, galaxy=self.galaxy_face)
             message = exc.message
         elif isinstance(exc, tornado.web.HTTPError):
             status_code = exc.status_code

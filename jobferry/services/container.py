@@ -30,6 +30,7 @@ from jobferry.services.nodes import NodeService
 from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobEvents
 from jobferry.services.retention import RetentionService
 from jobferry.services.scripts import ScriptService
+from jobferry.services.tes import TesService
 from jobferry.services.users import UserService
 from jobferry.services.web_sessions import WebSessionService
 
@@ -58,6 +59,8 @@ class Services:
     web_sessions: WebSessionService
     #: The browser's job list and job pages (keyset pages, live log tails, previews).
     job_pages: JobPageService
+    #: The GA4GH TES face's tasks (jobs running the TES task program).
+    tes: TesService
     #: When this process was built (Galaxy's ``server_startttime``), epoch seconds.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -103,4 +106,5 @@ def build(
         metrics=MetricsService(core),
         web_sessions=WebSessionService(core, auth, users),
         job_pages=JobPageService(core, jobs),
+        tes=TesService(core, jobs, auth, users),
     )

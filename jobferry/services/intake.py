@@ -38,7 +38,7 @@ from jobferry.services.disk import DiskGuard
 from jobferry.services.logfields import job_fields
 from jobferry.services.nodes import fits_a_live_node
 from jobferry.services.ports import Dispatcher
-from jobferry.services.routing import Placement, check_fits
+from jobferry.services.routing import Placement, ResourceRequest, check_fits
 from jobferry.services.submission import (
     PlannedUploads,
     ResolvedVersion,
@@ -49,7 +49,7 @@ from jobferry.services.submission import (
 from jobferry.staging.forms import UploadedFile
 from jobferry.staging.paths import make_job_dir
 from jobferry.store.models import Job, JobState, new_id, utcnow
-from jobferry.store.records import GroupInserter
+from jobferry.store.records import Attached, GroupInserter
 
 logger = logging.getLogger("jobferry.services.jobs")
 
@@ -191,6 +191,38 @@ class Intake:
             ):
                 raise misfit
         return placement
+
+    # --- jobs built elsewhere (a TES task) ----------------------------------------------
+
+    def place_request(self, principal: Principal, request: ResourceRequest) -> Placement:
+        """Where a job that names its destination goes, checked as ``_place`` checks a
+        script's (UnsatisfiableError when no node sharing the store could run it)."""
+        placement = self.core.router.place(
+            request, slug="", group=None, username=principal.username
+        )
+        try:
+            check_fits(placement, self.core.capacity_for(placement.runner))
+        except UnsatisfiableError:
+            r = placement.resources
+            if placement.runner not in ("local", "docker") or not fits_a_live_node(
+                self.core, r.cores, r.memory_mb, r.gpus
+            ):
+                raise
+        return placement
+
+    def store_and_queue(self, job: dict[str, Any], attached: list[Attached]) -> dict[str, Any]:
+        """Store a job row built outside the script path (a TES task), with its
+        *attached* rows in the same transaction, and tell the dispatcher it queued.
+
+        Never started directly (no ``_reserve``): a direct start hands the job to its
+        destination's runner, and such a job may run through another runner than its
+        destination's (a TES task on a docker destination runs its task program
+        through the local runner); the scheduler's claim, woken at once, starts it
+        with the job's own runner. Blocking: call it in a worker thread."""
+        self.disk.require("new submissions")
+        row = self._inserter.insert(job, [], attached)
+        self._start_or_queue(row, None)
+        return row
 
     def _prepare(
         self,

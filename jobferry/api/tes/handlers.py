@@ -1,0 +1,162 @@
+"""The TES face's handlers, its authentication and its error statuses.
+
+Authentication: ``Authorization: Bearer <API key>`` (py-tes's ``token=``), or HTTP
+Basic (``user=``/``password=``) with a user name or email and a password or one of
+the user's API keys (``TesService.authenticate_basic``). A missing or wrong
+credential is 401 here (the Wooey face's table says 403), with a
+``WWW-Authenticate`` header naming both schemes.
+
+Errors use the one table (``jobferry.http_status``) with this face's differences
+(``TES_STATUS_BY_ERROR``). Their body is every face's (``ApiMixin.error_body``)
+plus Funnel's ``code`` (the HTTP status): TES defines no error body, Funnel's
+``{"code", "message"}`` is what its clients print, and the common keys keep the
+one error schema of the OpenAPI document true.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import tornado.web
+
+from jobferry import errors
+from jobferry.api.base import ApiMixin
+from jobferry.http_status import lookup_status
+from jobferry.services.core import Principal
+from jobferry.services.tes import ListQuery
+from jobferry.staging.json_body import parse_json
+
+#: Where the TES face's statuses differ from the table.
+TES_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
+    errors.AuthenticationError: 401,  # a missing, wrong or revoked credential
+    errors.FormError: 400,
+    errors.ScriptNotFoundError: 404,
+}
+#: Slack over twice the largest inline content: JSON escapes and the rest of the task.
+_BODY_SLACK = 256 * 1024
+
+
+def decode_basic(header: str) -> tuple[str, str] | None:
+    """``Basic <base64 user:secret>`` -> (user, secret); None for another scheme.
+    Raises RequestError for malformed Basic credentials."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise errors.RequestError("Invalid Authorization header: not base64 credentials.") from None
+    identity, colon, secret = decoded.partition(":")
+    if not colon or not identity:
+        raise errors.RequestError("Invalid Authorization header: expected user:password.")
+    return identity, secret
+
+
+class TesMixin(ApiMixin):
+    def face_status(self, exc: errors.JobferryError) -> int | None:
+        return lookup_status(TES_STATUS_BY_ERROR, exc)
+
+    def error_body(self, exc: BaseException | None, status: int, message: str) -> dict[str, Any]:
+        if status == 401:  # still before the body is sent (write_error's finish)
+            self.set_header("WWW-Authenticate", 'Bearer, Basic realm="jobferry"')
+        return {"code": status, **super().error_body(exc, status, message)}
+
+    async def authenticate(self) -> Principal:
+        basic = decode_basic(self.request.headers.get("Authorization", ""))
+        if basic is None:
+            return await super().authenticate()
+        principal = await self.call(
+            self.services.tes.authenticate_basic, *basic, self.request.remote_ip or ""
+        )
+        self.principal = principal
+        return principal
+
+
+class TesHandler(TesMixin, tornado.web.RequestHandler):
+    """Base of the TES handlers without a body."""
+
+
+class ServiceInfoHandler(TesHandler):
+    """``GET /service-info``: open to anyone (clients read it before authenticating)."""
+
+    def get(self) -> None:
+        self.send_json(self.services.tes.service_info())
+
+
+class TaskHandler(TesHandler):
+    """``GET /tasks/{id}?view=``."""
+
+    async def get(self, task_id: str) -> None:
+        principal = await self.authenticate()
+        view = self.get_query_argument("view", "MINIMAL")
+        self.send_json(await self.call(self.services.tes.get, principal, task_id, view))
+
+
+class CancelHandler(TesHandler):
+    """``POST /tasks/{id}:cancel``: ``{}`` (also for a task that already ended)."""
+
+    async def post(self, task_id: str) -> None:
+        principal = await self.authenticate()
+        await self.call(self.services.tes.cancel, principal, task_id)
+        self.send_json({})
+
+
+@tornado.web.stream_request_body
+class TasksHandler(TesHandler):
+    """``GET /tasks`` (filters, pages) and ``POST /tasks`` (a task document, JSON)."""
+
+    def initialize(self, services: Any) -> None:
+        super().initialize(services)
+        self._body = bytearray()
+        self._too_large = False
+        tes, server = services.core.config.tes, services.core.config.server
+        self._cap = max(server.max_form_kb * 1024, 2 * tes.max_content_kb * 1024 + _BODY_SLACK)
+
+    async def prepare(self) -> None:
+        """Authenticate before a byte of the body is taken, then cap the body."""
+        await self.authenticate()
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > self._cap):
+            raise errors.PayloadTooLargeError(f"the task may not exceed {self._cap} bytes")
+        connection = self.request.connection
+        if connection is not None and hasattr(connection, "set_max_body_size"):
+            connection.set_max_body_size(self._cap)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large or len(self._body) + len(chunk) > self._cap:
+            self._too_large = True  # reported by post(); the bytes are dropped
+            self._body.clear()
+            return
+        self._body += chunk
+
+    async def get(self) -> None:
+        principal = self.principal
+        assert principal is not None
+        page_size = self.get_query_argument("page_size", None)
+        if page_size is not None and not page_size.isdigit():
+            raise errors.ValidationError("page_size: must be a whole number")
+        query = ListQuery(
+            name_prefix=self.get_query_argument("name_prefix", None),
+            state=self.get_query_argument("state", None),
+            tag_keys=self.get_query_arguments("tag_key"),
+            tag_values=self.get_query_arguments("tag_value"),
+            page_size=None if page_size is None else int(page_size[:6]),
+            page_token=self.get_query_argument("page_token", None) or None,
+            view=self.get_query_argument("view", "MINIMAL"),
+        )
+        page = await self.call(self.services.tes.list_tasks, principal, query)
+        body: dict[str, Any] = {"tasks": page.tasks}
+        if page.next_page_token:
+            body["next_page_token"] = page.next_page_token
+        self.send_json(body)
+
+    async def post(self) -> None:
+        principal = self.principal
+        assert principal is not None
+        if self._too_large:
+            raise errors.PayloadTooLargeError(f"the task may not exceed {self._cap} bytes")
+        doc = parse_json(self._body, max_bytes=None, what="the task")
+        task_id = await self.call(self.services.tes.create, principal, doc)
+        self.send_json({"id": task_id})

@@ -1,0 +1,440 @@
+"""The GA4GH TES face's behaviour: tasks as jobs (create, list, get, cancel), service-info.
+
+A task is a job like any other (the same ``jobs`` row, claims, nodes, cancel,
+recovery and retention) with its document beside it in ``tes_tasks``, stored in
+the job's own transaction (``Intake.store_and_queue``). How the job runs and how
+its TES state is read back: ``services.tes_plan``. What the documents look like
+and how a task is shown: ``services.tes_doc`` and ``services.tes_views`` (pure).
+
+Visibility is the other faces' rule: a user sees their own tasks, an admin every
+task, and another user's task is "not found" (404), so ids cannot be probed. An id
+that names a job which is not a TES task is not found either.
+
+HTTP Basic credentials (py-tes's ``user=``/``password=``) are a user name (or
+email) with a password or one of the user's API keys. They are counted by the
+same failure limiter as Galaxy's baseauth (``UserService.failures``), and a
+verified pair is remembered for ``api.key_cache_s`` as keys are, so a client
+polling a task every half second costs one password hash, not one per poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select
+
+from jobferry import __version__
+from jobferry.errors import (
+    ConflictError,
+    InvalidCredentialsError,
+    NotAllowedByConfigError,
+    NotFoundError,
+    ValidationError,
+)
+from jobferry.services import tes_plan
+from jobferry.services.auth import AuthService
+from jobferry.services.core import Core, Principal
+from jobferry.services.jobs import JobService
+from jobferry.services.routing import ResourceRequest
+from jobferry.services.tes_doc import (
+    TES_STATES,
+    decode_page_token,
+    encode_page_token,
+    rfc3339,
+    tags_match,
+    unsupported_backend_parameters,
+    validate_task,
+)
+from jobferry.services.tes_views import TaskRecord, render, service_info
+from jobferry.services.users import UserService
+from jobferry.staging.paths import make_job_dir
+from jobferry.store.models import Job, JobState, TesTask, new_id, utcnow
+
+logger = logging.getLogger(__name__)
+
+#: Backend parameters a task may give (``resources.backend_parameters``).
+BACKEND_PARAMETERS = ("destination",)
+#: The list's page size when the client names none, and the largest it may name.
+DEFAULT_PAGE_SIZE = 256
+MAX_PAGE_SIZE = 2047
+#: Rows one list request reads at most while filtering in memory (tags, exact state):
+#: past it the page ends early, with a token to go on from where it stopped.
+MAX_SCANNED = 10_000
+#: Name of a task created without one (jobs need a name).
+DEFAULT_NAME = "tes-task"
+
+_TASKS = TesTask.__table__
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """``GET /tasks``'s parameters, as the client sent them."""
+
+    name_prefix: str | None = None
+    state: str | None = None
+    tag_keys: Sequence[str] = ()
+    tag_values: Sequence[str] = ()
+    page_size: int | None = None
+    page_token: str | None = None
+    view: str = "MINIMAL"
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[dict[str, Any]]
+    next_page_token: str | None
+
+
+class TesService:
+    def __init__(self, core: Core, jobs: JobService, auth: AuthService, users: UserService) -> None:
+        self.core = core
+        self.jobs = jobs
+        self.auth = auth
+        self.users = users
+        #: sha256 of "identity:secret" -> (when verified, who); see the module docstring.
+        self._basic: dict[str, tuple[float, Principal]] = {}
+
+    # --- authentication ---------------------------------------------------------------
+
+    def authenticate_basic(self, identity: str, secret: str, client: str = "") -> Principal:
+        """The user named by HTTP Basic credentials: *identity* with a password or one of
+        their API keys. Raises InvalidCredentialsError or TooManyRequestsError."""
+        digest = hashlib.sha256(f"{identity}\0{secret}".encode("utf-8", "surrogateescape"))
+        cache_key = digest.hexdigest()
+        ttl = self.core.config.api.key_cache_s
+        cached = self._basic.get(cache_key)
+        if cached is not None and time.monotonic() - cached[0] < ttl:
+            return cached[1]
+        counted = (f"user:{identity.casefold()}", f"addr:{client}")
+        failures = self.users.failures
+        failures.check(*counted)
+        try:
+            principal = self._verify_basic(identity, secret)
+        except InvalidCredentialsError:
+            failures.failed(*counted)
+            raise
+        failures.forget(counted[0])
+        if ttl > 0:
+            if len(self._basic) > 10_000:
+                self._basic.clear()
+            self._basic[cache_key] = (time.monotonic(), principal)
+        return principal
+
+    def _verify_basic(self, identity: str, secret: str) -> Principal:
+        if secret.startswith("jf_"):  # an API key: it must be the named user's
+            try:
+                principal = self.auth.authenticate(secret)
+            except Exception as exc:
+                raise InvalidCredentialsError() from exc
+            record = self.users.get(principal, principal.user_id)
+            if identity not in (record.username, record.email):
+                raise InvalidCredentialsError()
+            return principal
+        record = self.users.verify_credentials(identity, secret)
+        return Principal(record.id, record.username, record.is_admin)
+
+    # --- service-info -------------------------------------------------------------------
+
+    def service_info(self) -> dict[str, Any]:
+        tes = self.core.config.tes
+        storage = [f"file://{root}" for root in tes.file_roots]
+        storage += [f"{scheme}://{host}" for host in tes.http_hosts for scheme in ("http", "https")]
+        return service_info(
+            name="jobferry",
+            version=__version__,
+            storage=storage,
+            backend_parameters=list(BACKEND_PARAMETERS),
+        )
+
+    def _require_enabled(self) -> None:
+        if not self.core.config.tes.enabled:
+            raise NotAllowedByConfigError("The TES face is not enabled here (tes.enabled).")
+
+    # --- create -------------------------------------------------------------------------
+
+    def create(self, principal: Principal, raw: object) -> str:
+        """Validate a task document, store it as a queued job, return its id.
+
+        Raises ValidationError (400, naming the field; also an unknown or unusable
+        destination, or an unsupported backend parameter with
+        ``backend_parameters_strict``), UnsatisfiableError, InsufficientStorageError."""
+        self._require_enabled()
+        config = self.core.config
+        doc = validate_task(raw, max_content_bytes=config.tes.max_content_kb * 1024)
+        resources = doc.get("resources") or {}
+        params = resources.get("backend_parameters") or {}
+        unsupported = unsupported_backend_parameters(doc, BACKEND_PARAMETERS)
+        if unsupported and resources.get("backend_parameters_strict"):
+            raise ValidationError(
+                "resources.backend_parameters: not supported here: " + ", ".join(unsupported)
+            )
+        name = params.get("destination") or config.tes.destination or config.routing.default
+        intake = self.jobs.intake
+        intake.disk.require("new submissions")
+        dest = config.destinations.get(name)
+        if dest is None:
+            known = ", ".join(sorted(config.destinations))
+            raise ValidationError(
+                f"resources.backend_parameters.destination: unknown destination {name!r} "
+                f"(known: {known})"
+            )
+        command = tes_plan.container_command(config, name, dest)
+        cpu = resources.get("cpu_cores")
+        placement = intake.place_request(
+            principal,
+            ResourceRequest(
+                destination=name,
+                cores=int(cpu) if cpu is not None else None,
+                memory_mb=tes_plan.memory_mb(doc, None),
+            ),
+        )
+        job_id = new_id()
+        job_dir = self.core.job_dir(job_id)
+        cores = placement.resources.cores
+        memory = placement.resources.memory_mb
+        plan = tes_plan.build_plan(
+            config,
+            job_id=job_id,
+            job_dir=job_dir,
+            doc=doc,
+            command=command,
+            dest=dest,
+            cores=cores,
+            memory=memory,
+        )
+        now = utcnow()
+        title = str(doc.get("name") or DEFAULT_NAME)[:255]
+        job = {
+            "id": job_id,
+            "uuid": str(uuid.uuid4()),
+            "user_id": principal.user_id,
+            "script_version_id": None,
+            "name": title,
+            "description": doc.get("description"),
+            "command": "",
+            "argv": [
+                config.interpreter,
+                str(tes_plan.TES_TASK_PROGRAM),
+                str(tes_plan.plan_path(job_dir)),
+            ],
+            "params": {},
+            "home_node": self.core.node_name,
+            # The task program starts the containers itself: see tes_plan's docstring.
+            "runner": "local" if placement.runner in ("local", "docker") else placement.runner,
+            "destination": placement.destination,
+            "cores": cores,
+            # No memory on the job: a local job's memory becomes an address-space cap
+            # of the task program (and of the engine's client); the containers get it.
+            "memory_mb": None,
+            "gpus": placement.resources.gpus,
+            "walltime_s": placement.resources.walltime_s,
+            "job_dir": str(job_dir),
+            "created_at": now,
+            "updated_at": now,
+        }
+        task = {
+            "job_id": job_id,
+            "user_id": principal.user_id,
+            "name": title if doc.get("name") else "",
+            "doc": doc,
+            "tags": dict(doc.get("tags") or {}),
+            "created_at": now,
+        }
+        try:
+            make_job_dir(job_dir)
+            tes_plan.write_plan(job_dir, plan)
+            intake.store_and_queue(job, [(_TASKS, task)])
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        logger.info("TES task %s created by %s on %s", job_id, principal.username, name)
+        return job_id
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _visible(self, principal: Principal, stmt: Select[Any]) -> Select[Any]:
+        return stmt if principal.is_admin else stmt.where(_TASKS.c.user_id == principal.user_id)
+
+    def _row(self, principal: Principal, task_id: str, *, with_doc: bool) -> Any:
+        if not task_id or len(task_id) > 64:
+            raise NotFoundError(f"no task with id {task_id!r}")
+        stmt = self._columns(with_doc).where(_TASKS.c.job_id == task_id)
+        with self.core.sessions.read() as connection:
+            row = connection.execute(self._visible(principal, stmt)).first()
+        if row is None:
+            raise NotFoundError(f"no task with id {task_id!r}")
+        return row
+
+    @staticmethod
+    def _columns(with_doc: bool) -> Select[Any]:
+        j = Job.__table__.c
+        columns = [
+            _TASKS.c.job_id,
+            _TASKS.c.created_at,
+            _TASKS.c.tags,
+            _TASKS.c.name,
+            j.state,
+            j.exit_code,
+            j.state_reason,
+            j.job_dir,
+            j.node,
+            j.destination,
+            j.attempt,
+            j.started_at,
+            j.finished_at,
+        ]
+        if with_doc:
+            columns.append(_TASKS.c.doc)
+        return select(*columns).join(Job.__table__, j.id == _TASKS.c.job_id)
+
+    def get(self, principal: Principal, task_id: str, view: str = "MINIMAL") -> dict[str, Any]:
+        """``GET /tasks/{id}``: the task in *view* (ValidationError for an unknown view)."""
+        self._require_enabled()
+        _check_view(view)
+        row = self._row(principal, task_id, with_doc=view != "MINIMAL")
+        return render(self._record(row, view), view)
+
+    def _record(self, row: Any, view: str) -> TaskRecord:
+        state_file = None
+        if view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE:
+            state_file = tes_plan.read_state(Path(row.job_dir))
+        phase = state_file.get("phase") if state_file else None
+        state = tes_plan.task_state(row.state, row.exit_code, phase)
+        attempts: list[dict[str, Any]] = []
+        if view != "MINIMAL":
+            attempts = self._attempts(row, state, state_file)
+        doc = row.doc if view != "MINIMAL" else {}
+        return TaskRecord(row.job_id, state, doc, row.created_at, attempts)
+
+    def _attempts(
+        self, row: Any, state: str, state_file: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        """The task's logs: the state file of its attempt with the job's facts, or, for a
+        job that ended without one (it never started), an attempt saying why."""
+        ended = row.state in (JobState.OK.value, JobState.ERROR.value, JobState.DELETED.value)
+        if state_file is None:
+            if not ended or row.attempt == 0:
+                return []
+            state_file = {
+                "start_time": rfc3339(row.started_at),
+                "end_time": rfc3339(row.finished_at),
+                "logs": [],
+                "outputs": [],
+                "system_logs": [],
+            }
+        attempt = dict(state_file)
+        system_logs = [str(s) for s in attempt.get("system_logs") or []]
+        unsupported = unsupported_backend_parameters(row.doc, BACKEND_PARAMETERS)
+        if unsupported:
+            system_logs.insert(0, "backend parameters ignored: " + ", ".join(unsupported))
+        if state == "SYSTEM_ERROR" and row.state_reason:
+            system_logs.append(str(row.state_reason))
+        attempt["system_logs"] = system_logs
+        attempt.setdefault("outputs", [])
+        attempt.setdefault("logs", [])
+        attempt["metadata"] = {
+            "node": str(row.node or ""),
+            "destination": str(row.destination),
+            "attempt": str(row.attempt),
+        }
+        return [attempt]
+
+    def list_tasks(self, principal: Principal, query: ListQuery) -> TaskPage:
+        """``GET /tasks``: newest first (then by id), filtered, a page at a time.
+
+        ``name_prefix`` and the job states a TES ``state`` can come from are read in
+        SQL; the tags and the exact state (INITIALIZING and RUNNING, EXECUTOR_ERROR and
+        SYSTEM_ERROR share job states) are checked on each candidate. A page holds
+        ``page_size`` tasks, or ends early after ``MAX_SCANNED`` candidates, with a
+        token in both cases when more may follow."""
+        self._require_enabled()
+        view = query.view
+        _check_view(view)
+        size = DEFAULT_PAGE_SIZE if query.page_size is None else query.page_size
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
+        if len(query.tag_values) > len(query.tag_keys):
+            raise ValidationError("tag_value: more tag_value than tag_key parameters")
+        states = None
+        if query.state is not None:
+            states = tes_plan.JOB_STATES_OF.get(query.state, ())
+            if query.state not in _TES_STATES:  # UNKNOWN, PAUSED, PREEMPTED: none here
+                raise ValidationError(f"state: unknown state {query.state!r}")
+        stmt = self._visible(principal, self._columns(view != "MINIMAL"))
+        if query.name_prefix:
+            escaped = query.name_prefix.replace("\\", "\\\\").replace("%", "\\%")
+            escaped = escaped.replace("_", "\\_")
+            stmt = stmt.where(_TASKS.c.name.like(escaped + "%", escape="\\"))
+        if states is not None:
+            stmt = stmt.where(Job.__table__.c.state.in_(list(states)))
+        after = decode_page_token(query.page_token) if query.page_token else None
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        last: tuple[datetime, str] | None = None
+        batch = min(size + 1, 500)
+        while True:
+            page_stmt = stmt
+            if after is not None:
+                created, job_id = after
+                page_stmt = page_stmt.where(
+                    or_(
+                        _TASKS.c.created_at < created,
+                        and_(_TASKS.c.created_at == created, _TASKS.c.job_id < job_id),
+                    )
+                )
+            page_stmt = page_stmt.order_by(
+                _TASKS.c.created_at.desc(), _TASKS.c.job_id.desc()
+            ).limit(batch)
+            with self.core.sessions.read() as connection:
+                rows = connection.execute(page_stmt).all()
+            for row in rows:
+                if scanned >= MAX_SCANNED:  # enough read for one request: go on later
+                    return TaskPage(found, encode_page_token(*after))
+                scanned += 1
+                after = (row.created_at, row.job_id)
+                if query.name_prefix and not str(row.name).startswith(query.name_prefix):
+                    continue  # SQLite's LIKE ignores case
+                if query.tag_keys and not tags_match(
+                    row.tags or {}, list(query.tag_keys), list(query.tag_values)
+                ):
+                    continue
+                record = self._record(row, view)
+                if query.state is not None and record.state != query.state:
+                    continue
+                if len(found) == size:  # one more exists: the page ends at the last shown
+                    assert last is not None
+                    return TaskPage(found, encode_page_token(*last))
+                found.append(render(record, view))
+                last = (row.created_at, row.job_id)
+            if len(rows) < batch:
+                return TaskPage(found, None)
+
+    # --- cancel -------------------------------------------------------------------------
+
+    def cancel(self, principal: Principal, task_id: str) -> None:
+        """``POST /tasks/{id}:cancel``: the job's cancel (queued: at once; running: its
+        task program is stopped, and stops its container). A task that already ended
+        is left as it is: cancelling it is not an error (clients cancel and poll)."""
+        self._require_enabled()
+        self._row(principal, task_id, with_doc=False)
+        try:
+            self.jobs.cancel(principal, task_id)
+        except ConflictError:
+            pass
+
+
+_TES_STATES = frozenset(TES_STATES)
+
+
+def _check_view(view: str) -> None:
+    if view not in ("MINIMAL", "BASIC", "FULL"):
+        raise ValidationError(f"view: must be MINIMAL, BASIC or FULL, not {view!r}")

@@ -1,0 +1,191 @@
+"""A TES task as a job: its plan (the task program's input), its runtime, its state.
+
+A TES task runs as a job whose argv is ``[interpreter, runners/tes_task.py,
+<job_dir>/tes/plan-1.json]``: the task program (``jobferry.runners.tes_task``, stdlib
+only) stages the inputs, runs each executor in a container and delivers the outputs,
+writing what happened to ``<job_dir>/tes/state-1.json`` after every step. This module
+builds the plan at create time (the plan is the job's input, like a script's
+uploads) and reads the state files back (``read_attempts``); ``task_state`` combines
+them with the job's own state into the TES state.
+
+Why the program runs through the *local* runner even on a docker destination: the
+executors are containers the program starts itself (one per executor, each with its
+own image); the docker runner would put the program inside one more container of
+the destination's image, which has no container engine. The job therefore keeps its
+docker destination's name (its claims, ``max_concurrent`` and node fit are the
+destination's) and runs with runner ``local`` (``ExecutionService.destination``
+gives such a job its runner's defaults: the daemon's interpreter, no image). The
+destination's confinement goes into the plan instead: its network, the task's cpus
+and memory, the configured user, and the engine the docker runner uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jobferry import runners
+from jobferry.config import Config, DestinationConfig
+from jobferry.errors import ValidationError
+from jobferry.store.models import JobState
+
+#: The task program (runs with the daemon's interpreter, imports nothing of jobferry).
+TES_TASK_PROGRAM = Path(runners.__file__).resolve().parent / "tes_task.py"
+#: Where the task program's files live in the job's directory.
+TES_DIR = "tes"
+#: Executor stdout/stderr kept in a task's log: the last bytes of each.
+TAIL_BYTES = 64 * 1024
+#: The uid:gid executors run as when neither configured nor inherited from a non-root
+#: daemon (the docker runner's own default).
+NOBODY = "65534:65534"
+#: The docker runner's default engine address: the docker CLI's own default too.
+_DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+
+#: TES states by the job states they can come from (the list's state filter reads the
+#: job states in SQL, then the exact TES state of each candidate).
+JOB_STATES_OF: Mapping[str, tuple[str, ...]] = {
+    "QUEUED": (JobState.NEW.value, JobState.QUEUED.value),
+    "INITIALIZING": (JobState.RUNNING.value,),
+    "RUNNING": (JobState.RUNNING.value,),
+    "CANCELING": (JobState.DELETING.value,),
+    "CANCELED": (JobState.DELETED.value,),
+    "COMPLETE": (JobState.OK.value,),
+    "EXECUTOR_ERROR": (JobState.ERROR.value,),
+    "SYSTEM_ERROR": (JobState.ERROR.value,),
+}
+#: Job states whose TES state needs the attempt's state file.
+NEEDS_PHASE = frozenset({JobState.RUNNING.value, JobState.ERROR.value})
+
+
+def plan_path(job_dir: Path, attempt: int = 1) -> Path:
+    return job_dir / TES_DIR / f"plan-{attempt}.json"
+
+
+def state_path(job_dir: Path, attempt: int = 1) -> Path:
+    return job_dir / TES_DIR / f"state-{attempt}.json"
+
+
+def executor_user(config: Config) -> str:
+    """``tes.user``, else ``runners.docker.user``, else the daemon's own uid:gid when it
+    is not root, else nobody: executors never run as root by default."""
+    if config.tes.user:
+        return config.tes.user
+    if config.runners.docker.user:
+        return config.runners.docker.user
+    if os.geteuid() != 0:
+        return f"{os.geteuid()}:{os.getegid()}"
+    return NOBODY
+
+
+def container_command(config: Config, name: str, dest: DestinationConfig) -> list[str]:
+    """The engine command line the task program runs ``<cmd> run ...`` with.
+
+    A docker destination: ``tes.container_command`` or ``docker`` on the engine its
+    runner uses. A local destination runs containers only with an explicit
+    ``tes.container_command`` (a plain local destination is not allowed the engine).
+    Any other destination is refused (ValidationError): Slurm is not supported yet.
+    """
+    configured = config.tes.container_command
+    if dest.runner == "docker":
+        if configured:
+            return list(configured)
+        url = config.runners.docker.base_url
+        return ["docker"] if url == _DEFAULT_DOCKER_URL else ["docker", "-H", url]
+    if dest.runner == "local" and configured:
+        return list(configured)
+    why = (
+        "it is a local destination without tes.container_command"
+        if dest.runner == "local"
+        else f"TES tasks do not run on {dest.runner} destinations yet"
+    )
+    raise ValidationError(
+        f"destination {name!r} cannot run containers: {why}",
+        errors={"destination": [f"Destination {name!r} cannot run containers."]},
+    )
+
+
+def memory_mb(doc: Mapping[str, Any], default: int | None) -> int | None:
+    """The task's ``resources.ram_gb`` in MiB (rounded up), else *default*."""
+    ram = (doc.get("resources") or {}).get("ram_gb")
+    return default if ram is None else max(1, math.ceil(float(ram) * 1024))
+
+
+def build_plan(
+    config: Config,
+    *,
+    job_id: str,
+    job_dir: Path,
+    doc: Mapping[str, Any],
+    command: list[str],
+    dest: DestinationConfig,
+    cores: int,
+    memory: int | None,
+) -> dict[str, Any]:
+    """The plan of a task's first attempt (interfaces §2)."""
+    tes = config.tes
+    return {
+        "task": dict(doc),
+        "root": str(job_dir / TES_DIR / "root"),
+        "state_path": str(state_path(job_dir)),
+        "runtime": {
+            "command": command,
+            "user": executor_user(config),
+            "network": bool(dest.network),
+            "cpus": cores,
+            "memory_mb": memory,
+            "name": f"jobferry-{job_id}-1",
+            "extra_args": [],
+        },
+        "file_roots": list(tes.file_roots),
+        "http_hosts": list(tes.http_hosts),
+        "tail_bytes": TAIL_BYTES,
+    }
+
+
+def write_plan(job_dir: Path, plan: Mapping[str, Any]) -> Path:
+    """Write the plan into the job's directory (0600: it may hold inline inputs)."""
+    path = plan_path(job_dir)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(plan, handle)
+    return path
+
+
+def read_state(job_dir: Path, attempt: int = 1) -> dict[str, Any] | None:
+    """An attempt's state file, or None (not written yet, unreadable, on another node's
+    disk, or torn: the program renames a whole file into place, so a torn one is
+    only ever a foreign file)."""
+    try:
+        data = json.loads(state_path(job_dir, attempt).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def task_state(job_state: str, exit_code: int | None, phase: str | None) -> str:
+    """The TES state of a task from its job's state and its attempt's phase (the state
+    file's ``phase``, None without one).
+
+    A running job is INITIALIZING until the program says RUNNING (staging outputs
+    after its executors is still RUNNING); an ended job is COMPLETE on success,
+    EXECUTOR_ERROR only when the program exited 1 *and* said so (a Python crash also
+    exits 1), and SYSTEM_ERROR on any other end (staging, walltime, a failed start).
+    """
+    if job_state in (JobState.NEW.value, JobState.QUEUED.value):
+        return "QUEUED"
+    if job_state == JobState.RUNNING.value:
+        return "INITIALIZING" if phase in (None, "INITIALIZING") else "RUNNING"
+    if job_state == JobState.DELETING.value:
+        return "CANCELING"
+    if job_state == JobState.DELETED.value:
+        return "CANCELED"
+    if job_state == JobState.OK.value:
+        return "COMPLETE"
+    if exit_code == 1 and phase == "EXECUTOR_ERROR":
+        return "EXECUTOR_ERROR"
+    return "SYSTEM_ERROR"
