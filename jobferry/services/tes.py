@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, Table, and_, or_, select
 
 from jobferry import __version__
 from jobferry.errors import (
@@ -51,6 +51,7 @@ from jobferry.services.tes_doc import (
     encode_page_token,
     rfc3339,
     tags_match,
+    task_state,
     unsupported_backend_parameters,
     validate_task,
 )
@@ -72,7 +73,7 @@ MAX_SCANNED = 10_000
 #: Name of a task created without one (jobs need a name).
 DEFAULT_NAME = "tes-task"
 
-_TASKS = TesTask.__table__
+_TASKS: Table = TesTask.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ class TesService:
 
     # --- service-info -------------------------------------------------------------------
 
-    def service_info(self) -> dict[str, Any]:
+    def service_info(self, base_url: str) -> dict[str, Any]:
+        """``GET /service-info``; *base_url*: where clients reach this server (the
+        organization's URL, which service-info requires to be one)."""
         tes = self.core.config.tes
         storage = [f"file://{root}" for root in tes.file_roots]
         storage += [f"{scheme}://{host}" for host in tes.http_hosts for scheme in ("http", "https")]
@@ -153,6 +156,8 @@ class TesService:
             version=__version__,
             storage=storage,
             backend_parameters=list(BACKEND_PARAMETERS),
+            organization_url=base_url,
+            description="jobferry's GA4GH TES face: each task runs as a jobferry job.",
         )
 
     def _require_enabled(self) -> None:
@@ -213,7 +218,7 @@ class TesService:
         )
         now = utcnow()
         title = str(doc.get("name") or DEFAULT_NAME)[:255]
-        job = {
+        job: dict[str, Any] = {
             "id": job_id,
             "uuid": str(uuid.uuid4()),
             "user_id": principal.user_id,
@@ -241,7 +246,7 @@ class TesService:
             "created_at": now,
             "updated_at": now,
         }
-        task = {
+        task: dict[str, Any] = {
             "job_id": job_id,
             "user_id": principal.user_id,
             "name": title if doc.get("name") else "",
@@ -308,7 +313,7 @@ class TesService:
         if view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE:
             state_file = tes_plan.read_state(Path(row.job_dir))
         phase = state_file.get("phase") if state_file else None
-        state = tes_plan.task_state(row.state, row.exit_code, phase)
+        state = task_state(row.state, row.exit_code, phase)
         attempts: list[dict[str, Any]] = []
         if view != "MINIMAL":
             attempts = self._attempts(row, state, state_file)
@@ -397,7 +402,7 @@ class TesService:
             with self.core.sessions.read() as connection:
                 rows = connection.execute(page_stmt).all()
             for row in rows:
-                if scanned >= MAX_SCANNED:  # enough read for one request: go on later
+                if scanned >= MAX_SCANNED and after is not None:  # enough for one request
                     return TaskPage(found, encode_page_token(*after))
                 scanned += 1
                 after = (row.created_at, row.job_id)

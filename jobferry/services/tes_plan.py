@@ -165,27 +165,3 @@ def read_state(job_dir: Path, attempt: int = 1) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def task_state(job_state: str, exit_code: int | None, phase: str | None) -> str:
-    """The TES state of a task from its job's state and its attempt's phase (the state
-    file's ``phase``, None without one).
-
-    A running job is INITIALIZING until the program says RUNNING (staging outputs
-    after its executors is still RUNNING); an ended job is COMPLETE on success,
-    EXECUTOR_ERROR only when the program exited 1 *and* said so (a Python crash also
-    exits 1), and SYSTEM_ERROR on any other end (staging, walltime, a failed start).
-    """
-    if job_state in (JobState.NEW.value, JobState.QUEUED.value):
-        return "QUEUED"
-    if job_state == JobState.RUNNING.value:
-        return "INITIALIZING" if phase in (None, "INITIALIZING") else "RUNNING"
-    if job_state == JobState.DELETING.value:
-        return "CANCELING"
-    if job_state == JobState.DELETED.value:
-        return "CANCELED"
-    if job_state == JobState.OK.value:
-        return "COMPLETE"
-    if exit_code == 1 and phase == "EXECUTOR_ERROR":
-        return "EXECUTOR_ERROR"
-    return "SYSTEM_ERROR"

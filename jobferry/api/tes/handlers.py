@@ -82,7 +82,7 @@ class ServiceInfoHandler(TesHandler):
     """``GET /service-info``: open to anyone (clients read it before authenticating)."""
 
     def get(self) -> None:
-        self.send_json(self.services.tes.service_info())
+        self.send_json(self.services.tes.service_info(self.absolute_url("/")))
 
 
 class TaskHandler(TesHandler):
