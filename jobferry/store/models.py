@@ -270,6 +270,8 @@ class TesTask(Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     doc: Mapped[dict[str, Any]] = mapped_column(JSON)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Lines known at create for the task's system log (backend parameters ignored).
+    notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

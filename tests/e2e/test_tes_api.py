@@ -143,13 +143,18 @@ def test_task__runs_in_a_container_and_reads_back_in_every_view(setup: Setup) ->
     assert full.logs[0].start_time is not None and full.logs[0].end_time is not None
 
 
-def test_task__a_failing_executor_ends_executor_error(setup: Setup) -> None:
+def test_task__a_failing_executor_ends_executor_error_and_unsupported_parameters_are_noted(
+    setup: Setup,
+) -> None:
     client = setup.client(setup.alice_key)
-    task_id = create(client, task("fails", ["sh", "-c", "exit 3"]))
+    ignored = tes.Resources(backend_parameters={"gpu_model": "x"})  # not strict: a warning
+    task_id = create(client, task("fails", ["sh", "-c", "exit 3"], resources=ignored))
     client.wait(task_id, timeout=TIMEOUT)
     full = client.get_task(task_id, view="FULL")
     assert full.state == "EXECUTOR_ERROR"
     assert full.logs[0].logs[0].exit_code == 3
+    assert any("gpu_model" in line for line in full.logs[0].system_logs)
+    assert not (full.resources.backend_parameters or {})  # neither stored nor returned
 
 
 def test_list__filters_by_name_prefix_state_and_tags_and_pages_newest_first(
@@ -221,7 +226,7 @@ def test_cancel__a_queued_task_at_once_and_a_running_one_with_its_container(
     client.cancel_task(running)  # cancelling an ended task is not an error
 
 
-def test_create__invalid_documents_are_400_naming_the_field(setup: Setup) -> None:
+def test_invalid_documents_and_list_parameters__are_400_naming_the_field(setup: Setup) -> None:
     url = setup.daemon.url + "/ga4gh/tes/v1/tasks"
     headers = {"Authorization": f"Bearer {setup.alice_key}"}
     for body, field in [
@@ -242,6 +247,17 @@ def test_create__invalid_documents_are_400_naming_the_field(setup: Setup) -> Non
         response = requests.post(url, json=body, headers=headers, timeout=TIMEOUT)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["code"] == 400
+        assert field in response.json()["message"], (field, response.text)
+    for params, field in [
+        ({"page_size": "2048"}, "page_size"),
+        ({"page_size": "0"}, "page_size"),
+        ({"view": "EVERYTHING"}, "view"),
+        ({"state": "DONE"}, "state"),
+        ({"page_token": "not-a-token"}, "page_token"),
+        ({"tag_key": "a", "tag_value": ["1", "2"]}, "tag_value"),
+    ]:
+        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT)
+        assert response.status_code == 400, (params, response.text)
         assert field in response.json()["message"], (field, response.text)
 
 
