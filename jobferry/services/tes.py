@@ -236,8 +236,9 @@ class TesService:
             ],
             "params": {},
             "home_node": self.core.node_name,
-            # The task program starts the containers itself: see tes_plan's docstring.
-            "runner": "local" if placement.runner in ("local", "docker") else placement.runner,
+            # The task program starts the containers itself: see tes_plan's docstring
+            # (any other runner was refused by container_command).
+            "runner": "local",
             "destination": placement.destination,
             "cores": cores,
             # No memory on the job: a local job's memory becomes an address-space cap
@@ -252,7 +253,7 @@ class TesService:
         task: dict[str, Any] = {
             "job_id": job_id,
             "user_id": principal.user_id,
-            "name": title if doc.get("name") else "",
+            "name": str(doc.get("name") or ""),
             "doc": doc,
             "tags": dict(doc.get("tags") or {}),
             "notes": notes if unsupported else [],

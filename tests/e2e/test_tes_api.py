@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,8 @@ class Setup:
     alice_key: str
     bob_key: str
 
+    files: Path
+
     def client(self, key: str) -> tes.HTTPClient:
         return tes.HTTPClient(self.daemon.url, token=key, timeout=TIMEOUT)
 
@@ -48,6 +51,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     require("docker")
     base = tmp_path_factory.mktemp("tes")
+    (base / "files").mkdir()
     config = {
         "node": {"cores": 8},
         "runners": {"local": {"slots": 8}, "docker": {"enabled": True, "slots": 8}},
@@ -56,14 +60,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "dock": {"runner": "docker", "image": PYTHON_IMAGE},
             "held": {"runner": "docker", "image": PYTHON_IMAGE, "max_concurrent": 1},
         },
-        "tes": {"enabled": True, "destination": "dock"},
+        "tes": {"enabled": True, "destination": "dock", "file_roots": [str(base / "files")]},
     }
     daemon = DaemonProcess(base / "data", config).start()
     try:
         alice = daemon.cli("user", "create", "alice").stdout.strip()
         daemon.cli("user", "passwd", "alice", input=ALICE_PASSWORD + "\n")
         bob = daemon.cli("user", "create", "bob").stdout.strip()
-        yield Setup(daemon, daemon.admin_key, alice, bob)
+        yield Setup(daemon, daemon.admin_key, alice, bob, base / "files")
     finally:
         daemon.stop()
         # The executors' containers are named jobferry-<job id>-<attempt>-<index>.
@@ -141,6 +145,34 @@ def test_task__runs_in_a_container_and_reads_back_in_every_view(setup: Setup) ->
     log = full.logs[0].logs[0]
     assert log.stdout == "hi\n" and log.stderr == "oops\n"
     assert full.logs[0].start_time is not None and full.logs[0].end_time is not None
+
+
+def test_task__stages_inline_and_file_inputs_and_delivers_a_file_output(setup: Setup) -> None:
+    (setup.files / "words.txt").write_text("from a file\n")
+    client = setup.client(setup.alice_key)
+    script = "cat /data/in.txt /data/words.txt | tr a-z A-Z > /data/out/result.txt"
+    task_id = create(
+        client,
+        tes.Task(
+            name="staging",
+            inputs=[
+                tes.Input(path="/data/in.txt", content="inline\n"),
+                tes.Input(path="/data/words.txt", url=f"file://{setup.files}/words.txt"),
+            ],
+            outputs=[
+                tes.Output(path="/data/out/result.txt", url=f"file://{setup.files}/result.txt")
+            ],
+            volumes=["/data/out"],
+            executors=[tes.Executor(image=PYTHON_IMAGE, command=["sh", "-c", script])],
+        ),
+    )
+    client.wait(task_id, timeout=TIMEOUT)
+    full = client.get_task(task_id, view="FULL")
+    assert full.state == "COMPLETE", full.logs
+    assert (setup.files / "result.txt").read_text() == "INLINE\nFROM A FILE\n"
+    assert int(full.logs[0].outputs[0].size_bytes) == 19  # a string on the wire
+    assert full.inputs[0].content == "inline\n"  # FULL: content too
+    assert client.get_task(task_id, view="BASIC").inputs[0].content is None
 
 
 def test_task__a_failing_executor_ends_executor_error_and_unsupported_parameters_are_noted(

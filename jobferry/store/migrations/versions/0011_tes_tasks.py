@@ -26,7 +26,7 @@ def upgrade() -> None:
         "tes_tasks",
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
-        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
         sa.Column("doc", sa.JSON(), nullable=False),
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("notes", sa.JSON(), nullable=False),
