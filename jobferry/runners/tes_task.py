@@ -160,8 +160,7 @@ def entries(
 
 
 def pump(stream: Any, out_fd: int | None, keep: int) -> tuple[threading.Thread, bytearray]:
-    """Read *stream* to its end in a thread, writing it to *out_fd* if any and keeping
-    its last *keep* bytes (the thread and the tail it fills)."""
+    """Read *stream* to its end in a thread, to *out_fd* if any, keeping the last bytes."""
     data = bytearray()
 
     def run() -> None:
@@ -319,8 +318,7 @@ class Task:
         return open_under(base, rel, READ_FLAGS), False
 
     def hand_over(self) -> None:
-        """Give root's files to the container's user: chown when running as root, else
-        (a rootless engine maps users) make ours writable by everyone."""
+        """Give root's files to the container's user (chown as root, else make ours writable)."""
         uid, _, gid = self.user.partition(":")
         for dirpath, dirnames, filenames in os.walk(self.root):
             for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
@@ -408,10 +406,6 @@ class Task:
                 if proc and len(tails) == 2 and all(x is not log for x in self.state["logs"]):
                     self.record(log, -15 if proc.returncode is None else proc.returncode, tails)
                 raise
-            if code == 125:
-                failed = f"executors[{index}]: the container runtime failed (exit 125, see stderr)"
-                self.state["system_logs"].append(failed)
-                self.save()
             return code
 
     def record(self, log: dict[str, Any], code: int, tails: list[Any]) -> None:
@@ -465,18 +459,24 @@ class Task:
             if kind != "DIRECTORY":
                 self.send(src, path, url)
                 return
+            self.send(None, path, url)
             for rel, fd in entries(src, path, None):
-                if fd is not None:
-                    with opened(fd):
-                        self.send(fd, path.rstrip("/") + rel, url.rstrip("/") + rel)
+                with contextlib.nullcontext() if fd is None else opened(fd):
+                    self.send(fd, path.rstrip("/") + rel, url.rstrip("/") + rel)
 
-    def send(self, fd: int, path: str, url: str) -> None:
-        """Deliver one file (file:// copy or http(s) PUT); record its output file log."""
-        size = os.fstat(fd).st_size
+    def send(self, fd: int | None, path: str, url: str) -> None:
+        """Deliver one file (file:// copy or http(s) PUT) and record its output file log;
+        a directory (*fd* None) is only made, at a file:// URL."""
+        size = 0 if fd is None else os.fstat(fd).st_size
         if self.check_url(url) == "file":
             base, rel = self.confine(url)
+            if fd is None:
+                os.close(open_dirs(base, parts_of(rel), create=True))
+                return
             with opened(open_under(base, rel, WRITE_FLAGS, create_dirs=True)) as out:
                 size = copy(functools.partial(os.read, fd), out)
+        elif fd is None:
+            return
         else:
             with os.fdopen(os.dup(fd), "rb") as body:
                 request = urllib.request.Request(url, data=body, method="PUT")

@@ -219,7 +219,8 @@ def test_file_inputs_and_outputs_files_directories_and_wildcards(plan: Plan) -> 
                 sh(
                     "cp -r /in/data/. /work/tree/ && cat /in/single.txt > /work/tree/s.txt && "
                     "mkdir -p /work/w && echo 1 > /work/w/one.txt && echo 22 > /work/w/two.txt && "
-                    "echo no > /work/w/three.log && ln -s /etc/passwd /work/tree/leak"
+                    "echo no > /work/w/three.log && ln -s /etc/passwd /work/tree/leak && "
+                    "mkdir -p /work/tree/empty/deeper"
                 )
             ],
         }
@@ -229,6 +230,7 @@ def test_file_inputs_and_outputs_files_directories_and_wildcards(plan: Plan) -> 
     files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if not p.is_dir())
     assert files == ["tree/link.txt", "tree/s.txt", "tree/sub/a.txt", "w/one.txt", "w/two.txt"]
     assert (got / "tree" / "link.txt").read_text() == "E"
+    assert (got / "tree" / "empty" / "deeper").is_dir()  # directories, even empty ones
     assert (got / "w" / "two.txt").read_text() == "22\n"
     logs = {log["path"]: log for log in state["outputs"]}
     assert logs["/work/w/two.txt"] == {
