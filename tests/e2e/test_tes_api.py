@@ -348,3 +348,17 @@ def test_routes__the_cancel_suffix_is_not_part_of_the_id(setup: Setup) -> None:
         setup.daemon.url + "/ga4gh/tes/v1/tasks/abc:cancel", headers=headers, timeout=TIMEOUT
     )
     assert response.status_code == 405  # the cancel route, which takes only POST
+
+
+def test_other_faces__show_a_task_as_a_job_without_a_script(setup: Setup) -> None:
+    client = setup.client(setup.alice_key)
+    task_id = create(client, task("seen-elsewhere", ["true"]))
+    client.wait(task_id, timeout=TIMEOUT)
+    headers = {"Authorization": f"Bearer {setup.alice_key}"}
+    url = setup.daemon.url
+    details = requests.get(f"{url}/api/jobs/v1/{task_id}/details/", headers=headers, timeout=60)
+    assert details.status_code == 200, details.text
+    galaxy = requests.get(f"{url}/api/jobs/{task_id}", headers=headers, timeout=60)
+    assert galaxy.status_code == 200, galaxy.text
+    listed = requests.get(f"{url}/api/jobs", headers=headers, timeout=60)
+    assert listed.status_code == 200 and task_id in {j["id"] for j in listed.json()}
