@@ -280,6 +280,16 @@ def test_invalid_documents_and_list_parameters__are_400_naming_the_field(setup: 
         assert response.status_code == 400, (body, response.text)
         assert response.json()["code"] == 400
         assert field in response.json()["message"], (field, response.text)
+    big = {"executors": [{"image": PYTHON_IMAGE, "command": ["true"]}]}
+    big["inputs"] = [{"path": "/in/big.txt", "content": "x" * (1024 * 1024 + 1)}]
+    response = requests.post(url, json=big, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 400 and "inputs[0].content" in response.json()["message"]
+    big["inputs"][0]["content"] = "y" * (200 * 1024)  # the spec's 128 KiB, and more
+    response = requests.post(url, json=big, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    requests.post(
+        f"{url}/{response.json()['id']}:cancel", headers=headers, timeout=TIMEOUT
+    ).raise_for_status()
     for params, field in [
         ({"page_size": "2048"}, "page_size"),
         ({"page_size": "0"}, "page_size"),
