@@ -372,3 +372,16 @@ def test_other_faces__show_a_task_as_a_job_without_a_script(setup: Setup) -> Non
     assert galaxy.status_code == 200, galaxy.text
     listed = requests.get(f"{url}/api/jobs", headers=headers, timeout=60)
     assert listed.status_code == 200 and task_id in {j["id"] for j in listed.json()}
+
+
+def test_restart__a_running_task_is_followed_again_and_completes(setup: Setup) -> None:
+    """The daemon stops with the task's program running (its jobs keep running) and
+    re-attaches to it at start, through the local runner its job names."""
+    client = setup.client(setup.alice_key)
+    task_id = create(client, task("survivor", ["sh", "-c", "sleep 3; echo done"]))
+    wait_state(client, task_id, {"RUNNING"})
+    setup.daemon.stop()
+    setup.daemon.start()
+    client = setup.client(setup.alice_key)  # a new port
+    assert client.wait(task_id, timeout=TIMEOUT).state == "COMPLETE"
+    assert client.get_task(task_id, view="FULL").logs[0].logs[0].stdout == "done\n"
