@@ -1,21 +1,20 @@
 """The task program of a GA4GH TES task: ``python3 tes_task.py PLAN_JSON``.
 
-Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution
-host under the job wrapper and may be copied there alone. The plan (``services/tes.py``;
-its schema: the TES interfaces) names the task, ``root`` (container path P lives at
-root + P), the state file, the container runtime and what may be reached. It stages the
-inputs, runs the executors one after another, each in a container confined like every
-jobferry container (numeric non-root user, no capabilities, no new privileges, no
-network unless allowed), stages the outputs, and rewrites the state file atomically
-after every step. Exit: 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
+Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution host
+under the job wrapper and may be copied there alone. The plan (``services/tes_plan.py``) names
+the task, ``root`` (container path P lives at root + P), the state file and container name
+(``{attempt}`` in them is ``$JOBFERRY_ATTEMPT``: a requeued task's attempts keep apart), the
+runtime and what may be reached. It stages the inputs, runs the executors in turn, each in a
+container confined like every jobferry container (numeric non-root user, no capabilities or new
+privileges, no network unless allowed), stages the outputs, rewriting the state file atomically
+after each step. Exit: 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
 
 Threat model: the task's author names paths and URLs; the containers write into root.
 ``file://`` URLs must resolve (realpath) inside ``file_roots``, then every file is reached
-by a descriptor walk that follows no symlink (a path swapped for one after the check
-fails, not escapes); a symlink in a DIRECTORY input is followed only into the file
-roots; the containers' symlinks in root are never followed, so no output, stdin or
-stdout reaches outside root. http(s) goes only to ``http_hosts``, without proxies or
-redirects.
+by a descriptor walk that follows no symlink (a path swapped for one after the check fails,
+not escapes); a symlink in a DIRECTORY input is followed only into the file roots; the
+containers' symlinks in root are never followed, so no output, stdin or stdout reaches
+outside root. http(s) goes only to ``http_hosts``, without proxies or redirects.
 """
 
 from __future__ import annotations
@@ -190,8 +189,10 @@ class Task:
     def __init__(self, plan: dict[str, Any]) -> None:
         self.task: dict[str, Any] = plan["task"]
         self.root = os.path.abspath(plan["root"])
-        self.state_path: str = plan["state_path"]
+        attempt = os.environ.get("JOBFERRY_ATTEMPT", "1")  # set for every job by the daemon
+        self.state_path: str = plan["state_path"].replace("{attempt}", attempt)
         self.rt: dict[str, Any] = plan.get("runtime") or {}
+        self.name = str(self.rt.get("name") or "jobferry-tes").replace("{attempt}", attempt)
         self.cli = list(self.rt.get("command") or ["docker"])
         self.user = str(self.rt.get("user") or "65534:65534")  # never the image's (root?)
         self.file_roots = [os.path.realpath(r) for r in plan.get("file_roots") or []]
@@ -376,8 +377,7 @@ class Task:
 
     def run_executor(self, index: int, executor: dict[str, Any]) -> int:
         """Run one executor to its end, record its log at once; its exit status."""
-        name = f"{self.rt.get('name') or 'jobferry-tes'}-{index}"
-        argv = self.docker_argv(index, executor, name)
+        argv = self.docker_argv(index, executor, name := f"{self.name}-{index}")
         fds: dict[str, int | None] = {"stdin": None, "stdout": None, "stderr": None}
         with contextlib.ExitStack() as stack:
             for key in fds:

@@ -31,6 +31,7 @@ from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobE
 from jobferry.services.retention import RetentionService
 from jobferry.services.scripts import ScriptService
 from jobferry.services.tes import TesService
+from jobferry.services.tes_end import record_task_end
 from jobferry.services.users import UserService
 from jobferry.services.web_sessions import WebSessionService
 
@@ -78,9 +79,10 @@ def build(
     The daemon passes what services need of it (``services.ports``): its
     *dispatcher* starts or queues submissions, *job_events* hears of jobs that
     callbacks ended, and its *execution* (which knows the daemon's URL) records job
-    ends. Without a daemon (the CLI, tests) submissions are queued and nobody is
-    told. *health_checks* are readiness checks besides the store, the drain flag and
-    the runners (``services.health``), by name."""
+    ends, keeping a TES task's with each (``services.tes_end``: the daemon gives its
+    *execution* the same). Without a daemon (the CLI, tests) submissions are queued
+    and nobody is told. *health_checks* are readiness checks besides the store, the
+    drain flag and the runners (``services.health``), by name."""
     auth = AuthService(core)
     disk = DiskGuard(core)
     jobs = JobService(core, dispatcher, disk)
@@ -95,7 +97,9 @@ def build(
         nodes=NodeService(core),
         job_files=JobFilesService(core, disk),
         callbacks=CallbackService(
-            core, execution or ExecutionService(core, base_url=""), job_events
+            core,
+            execution or ExecutionService(core, base_url="", on_end=record_task_end),
+            job_events,
         ),
         galaxy=galaxy,
         galaxy_tools=GalaxyToolService(core, jobs, galaxy),

@@ -33,6 +33,7 @@ from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
 from jobferry.services.logfields import job_fields
+from jobferry.services.ports import JobEnded, no_job_ended
 from jobferry.services.remote_paths import SCRIPT_COPY, copy_script, files_under, relocate
 from jobferry.services.telemetry import counts_store_errors
 from jobferry.staging.paths import make_job_dir
@@ -117,9 +118,8 @@ NOTHING_TO_CLAIM = Claim(None, backlog=False)
 
 
 class ExecutionService:
-    def __init__(self, core: Core, *, base_url: str) -> None:
-        self.core = core
-        self.base_url = base_url
+    def __init__(self, core: Core, *, base_url: str, on_end: JobEnded = no_job_ended) -> None:
+        self.core, self.base_url, self.on_end = core, base_url, on_end  # ports.JobEnded
 
     def destination(self, job: JobFacts) -> DestinationConfig:
         """The job's destination as configured now (a removed one: its runner's defaults)."""
@@ -378,8 +378,8 @@ class ExecutionService:
             claimed.spec.destination, claimed.runner, state.value, reason, None
         )
 
-    @staticmethod
     def _write_finish(
+        self,
         session: Session | Connection,
         claimed: ClaimedJob,
         state: JobState,
@@ -400,6 +400,7 @@ class ExecutionService:
             finished_at=finished_at or utcnow(),
             metrics=metrics,
         )
+        self.on_end(session, claimed, state, exit_code)
         if outputs:
             now = utcnow()
             session.execute(

@@ -7,14 +7,19 @@ job's runner. Both are the daemon's business (``jobferry.daemon.dispatch``,
 they are given these small interfaces through their constructors
 (``services.container.build``), and the daemon passes its implementations. The
 CLI and tests, which run no scheduler, get the do-nothing ones below: every
-submission is queued, and nothing is told.
+submission is queued, and nothing is told. ``JobEnded`` goes the other way: what
+a face adds to a job's end, which the composition roots give ``ExecutionService``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-from jobferry.store.models import Job
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from jobferry.runners.base import RunSpec
+from jobferry.store.models import Job, JobState
 
 #: What a dispatcher hands out for a free slot (opaque to services).
 R = TypeVar("R")
@@ -53,6 +58,32 @@ class JobEvents(Protocol):
         ...
 
 
+class EndedAttempt(Protocol):
+    """What ``JobEnded`` is told of the attempt that ended (``execution.ClaimedJob``)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def spec(self) -> RunSpec: ...
+
+
+class JobEnded(Protocol):
+    """What else a job's end records, in the transaction that records it (a face's
+    own lasting record of the job: ``services.tes_end`` keeps a TES task's final
+    state and logs). Called by ``ExecutionService`` for every end it records, in a
+    worker thread: it must be cheap for the jobs it has nothing to do with."""
+
+    def __call__(
+        self,
+        session: Session | Connection,
+        claimed: EndedAttempt,
+        state: JobState,
+        exit_code: int | None,
+    ) -> None: ...
+
+
 class NoDispatch:
     """No scheduler in this process: every submission is queued (the CLI, tests)."""
 
@@ -76,6 +107,12 @@ class NoJobEvents:
 
     def job_callback(self, job_id: str) -> None:
         pass
+
+
+def no_job_ended(
+    session: Session | Connection, claimed: EndedAttempt, state: JobState, exit_code: int | None
+) -> None:
+    """Nothing else to record (an ``ExecutionService`` nobody gave a ``JobEnded``)."""
 
 
 #: The defaults ``services.container.build`` uses without a daemon.

@@ -309,6 +309,7 @@ class TesService:
             _TASKS.c.created_at,
             _TASKS.c.tags,
             _TASKS.c.name,
+            _TASKS.c.final_state,
             j.state,
             j.exit_code,
             j.state_reason,
@@ -320,7 +321,7 @@ class TesService:
             j.finished_at,
         ]
         if with_doc:
-            columns += [_TASKS.c.doc, _TASKS.c.notes]
+            columns += [_TASKS.c.doc, _TASKS.c.notes, _TASKS.c.final_logs]
         return select(*columns).join(Job.__table__, j.id == _TASKS.c.job_id)
 
     def get(self, principal: Principal, task_id: str, view: str = "MINIMAL") -> dict[str, Any]:
@@ -331,47 +332,58 @@ class TesService:
         return render(self._record(row, view), view)
 
     def _record(self, row: Any, view: str) -> TaskRecord:
-        state_file = None
-        if view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE:
-            state_file = tes_plan.read_state(Path(row.job_dir))
-        phase = state_file.get("phase") if state_file else None
-        state = task_state(row.state, row.exit_code, phase)
-        attempts: list[dict[str, Any]] = []
-        if view != "MINIMAL":
-            attempts = self._attempts(row, state, state_file)
+        """The task as its row says, with its attempts' state files: kept in the row once
+        its job ended (``services.tes_end``), else read from the job's directory (the
+        current attempt's alone when only the state is wanted)."""
+        if row.final_state is not None:
+            state = str(row.final_state)
+            files = list(row.final_logs or []) if view != "MINIMAL" else []
+        else:
+            job_dir = Path(row.job_dir)
+            current = None
+            if view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE:
+                current = tes_plan.read_state(job_dir, row.attempt)
+            state = task_state(row.state, row.exit_code, current.get("phase") if current else None)
+            files = []
+            if view != "MINIMAL" and row.attempt > 0:
+                files = [tes_plan.read_state(job_dir, n) for n in range(1, row.attempt)]
+                files.append(current)
+        attempts = self._attempts(row, state, files) if view != "MINIMAL" else []
         doc = row.doc if view != "MINIMAL" else {}
         return TaskRecord(row.job_id, state, doc, row.created_at, attempts)
 
     def _attempts(
-        self, row: Any, state: str, state_file: dict[str, Any] | None
+        self, row: Any, state: str, files: list[dict[str, Any] | None]
     ) -> list[dict[str, Any]]:
-        """The task's logs: the state file of its attempt with the job's facts, or, for a
-        job that ended without one (it never started), an attempt saying why."""
+        """The task's logs, one per attempt: its state file with the job's facts. An
+        earlier attempt (its node was lost, the task requeued) says so; the last one
+        without a file is shown only once the job ended (it never started: why)."""
         ended = row.state in (JobState.OK.value, JobState.ERROR.value, JobState.DELETED.value)
-        if state_file is None:
-            if not ended or row.attempt == 0:
-                return []
-            state_file = {
-                "start_time": rfc3339(row.started_at),
-                "end_time": rfc3339(row.finished_at),
-                "logs": [],
-                "outputs": [],
-                "system_logs": [],
+        if files and files[-1] is None and not ended:
+            files = files[:-1]  # the current attempt has not begun yet
+        attempts = []
+        for number, state_file in enumerate(files, start=1):
+            last = number == len(files) and number == row.attempt
+            attempt = dict(state_file or {})
+            if state_file is None and last:
+                attempt.update(start_time=rfc3339(row.started_at))
+                attempt.update(end_time=rfc3339(row.finished_at))
+            system_logs = [str(note) for note in row.notes or []]
+            system_logs += [str(s) for s in attempt.get("system_logs") or []]
+            if not last:
+                system_logs.append(f"attempt {number} did not end: the task was requeued")
+            elif state == "SYSTEM_ERROR" and row.state_reason:
+                system_logs.append(str(row.state_reason))
+            attempt["system_logs"] = system_logs
+            attempt.setdefault("outputs", [])
+            attempt.setdefault("logs", [])
+            attempt["metadata"] = {
+                "node": str(row.node or "") if last else "",
+                "destination": str(row.destination),
+                "attempt": str(number),
             }
-        attempt = dict(state_file)
-        system_logs = [str(s) for s in attempt.get("system_logs") or []]
-        system_logs[:0] = [str(note) for note in row.notes or []]
-        if state == "SYSTEM_ERROR" and row.state_reason:
-            system_logs.append(str(row.state_reason))
-        attempt["system_logs"] = system_logs
-        attempt.setdefault("outputs", [])
-        attempt.setdefault("logs", [])
-        attempt["metadata"] = {
-            "node": str(row.node or ""),
-            "destination": str(row.destination),
-            "attempt": str(row.attempt),
-        }
-        return [attempt]
+            attempts.append(attempt)
+        return attempts
 
     def list_tasks(self, principal: Principal, query: ListQuery) -> TaskPage:
         """``GET /tasks``: newest first (then by id), filtered, a page at a time.

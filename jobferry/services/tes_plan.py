@@ -1,12 +1,22 @@
 """A TES task as a job: its plan (the task program's input), its runtime, its state.
 
 A TES task runs as a job whose argv is ``[interpreter, runners/tes_task.py,
-<job_dir>/tes/plan-1.json]``: the task program (``jobferry.runners.tes_task``, stdlib
+<job_dir>/tes/plan.json]``: the task program (``jobferry.runners.tes_task``, stdlib
 only) stages the inputs, runs each executor in a container and delivers the outputs,
-writing what happened to ``<job_dir>/tes/state-1.json`` after every step. This module
-builds the plan at create time (the plan is the job's input, like a script's
+writing what happened to ``<job_dir>/tes/state-<attempt>.json`` after every step. This
+module builds the plan at create time (the plan is the job's input, like a script's
 uploads) and reads the state files back (``read_attempts``); ``task_state`` combines
 them with the job's own state into the TES state.
+
+One state file per attempt, though the plan is written once: the plan's state path
+and container name hold ``{attempt}``, which the program replaces with
+``$JOBFERRY_ATTEMPT`` (the daemon sets it in every job's environment, on every
+runner). So a task requeued after its node died writes ``state-2.json`` beside
+attempt 1's (whose program may even still be running on a node cut off from the
+store: it cannot overwrite the new attempt's file, nor clash with its containers'
+names), with no plan to rewrite at claim time and nothing runner-specific. When the
+job ends, the attempts' files are kept in the store (``attempt_files``, read by
+``services.tes_end``), so the task reads the same after retention removed its files.
 
 Why the program runs through the *local* runner even on a docker destination: the
 executors are containers the program starts itself (one per executor, each with its
@@ -61,11 +71,17 @@ JOB_STATES_OF: Mapping[str, tuple[str, ...]] = {
 NEEDS_PHASE = frozenset({JobState.RUNNING.value, JobState.ERROR.value})
 
 
-def plan_path(job_dir: Path, attempt: int = 1) -> Path:
-    return job_dir / TES_DIR / f"plan-{attempt}.json"
+#: Replaced by the attempt's number in the plan's state path and container name.
+ATTEMPT = "{attempt}"
+#: Output file logs kept per attempt in the store (a wildcard may match very many).
+MAX_KEPT_OUTPUTS = 10_000
 
 
-def state_path(job_dir: Path, attempt: int = 1) -> Path:
+def plan_path(job_dir: Path) -> Path:
+    return job_dir / TES_DIR / "plan.json"
+
+
+def state_path(job_dir: Path, attempt: int | str = 1) -> Path:
     return job_dir / TES_DIR / f"state-{attempt}.json"
 
 
@@ -125,19 +141,19 @@ def build_plan(
     cores: int,
     memory: int | None,
 ) -> dict[str, Any]:
-    """The plan of a task's first attempt (interfaces §2)."""
+    """The plan of a task's every attempt (``{attempt}`` in its paths: the docstring)."""
     tes = config.tes
     return {
         "task": dict(doc),
         "root": str(job_dir / TES_DIR / "root"),
-        "state_path": str(state_path(job_dir)),
+        "state_path": str(state_path(job_dir, ATTEMPT)),
         "runtime": {
             "command": command,
             "user": executor_user(config),
             "network": bool(dest.network),
             "cpus": cores,
             "memory_mb": memory,
-            "name": f"jobferry-{job_id}-1",
+            "name": f"jobferry-{job_id}-{ATTEMPT}",
             "extra_args": [],
         },
         "file_roots": list(tes.file_roots),
@@ -165,3 +181,19 @@ def read_state(job_dir: Path, attempt: int = 1) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def attempt_files(job_dir: Path, attempts: int) -> list[dict[str, Any] | None]:
+    """The state files of attempts 1..*attempts* (None for one that wrote none), each
+    with at most ``MAX_KEPT_OUTPUTS`` output file logs (and a system log line saying
+    how many more there were): what the store keeps of a task's logs at its end."""
+    found = [read_state(job_dir, n) for n in range(1, attempts + 1)]
+    for state in found:
+        outputs = state.get("outputs") if state else None
+        if isinstance(outputs, list) and len(outputs) > MAX_KEPT_OUTPUTS:
+            assert state is not None
+            state["outputs"] = outputs[:MAX_KEPT_OUTPUTS]
+            lines = state.setdefault("system_logs", [])
+            if isinstance(lines, list):
+                lines.append(f"{len(outputs) - MAX_KEPT_OUTPUTS} more output files not listed")
+    return found

@@ -274,6 +274,11 @@ class TesTask(Base):
     #: Lines known at create for the task's system log (backend parameters ignored).
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The TES state the task ended in, written with its job's end (None until then):
+    #: the task reads the same once retention removed its files, and on any node.
+    final_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    #: Then too: each attempt's state file (None for one that wrote none), in order.
+    final_logs: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class JobFile(Base):

@@ -3,12 +3,15 @@ state is read back, the list's scan bound, the face's switch, and Basic credenti
 
 Jobs are never run here (no dispatcher: they stay queued); a running or ended job
 is made by writing its row and its attempt's state file as the daemon and the task
-program would.
+program would, or by claiming and finishing it through ``ExecutionService`` (whose
+end recording keeps a task's end in the store).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,14 @@ from sqlalchemy import select, update
 
 from jobferry import errors
 from jobferry.config import parse_config
+from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
 from jobferry.services import tes as tes_module
 from jobferry.services.container import Services, build
 from jobferry.services.core import Core, Principal
 from jobferry.services.tes import ListQuery
 from jobferry.services.tes_plan import TES_TASK_PROGRAM, plan_path, state_path
+from jobferry.store import transitions
 from jobferry.store.engine import check_schema
 from jobferry.store.models import Job, JobState, TesTask
 from tests.db import with_database
@@ -98,11 +103,11 @@ def test_create__stores_a_queued_local_job_on_the_docker_destination_with_its_pl
         "network": True,  # the destination's
         "cpus": 3,
         "memory_mb": 512,
-        "name": f"jobferry-{task_id}-1",
+        "name": f"jobferry-{task_id}-{{attempt}}",  # the task program puts the attempt in
         "extra_args": [],
     }
     assert plan["task"]["executors"][0]["command"] == ["echo", "hi"]
-    assert plan["state_path"] == str(state_path(Path(job.job_dir)))
+    assert plan["state_path"] == str(Path(job.job_dir) / "tes" / "state-{attempt}.json")
     assert plan["root"].startswith(job.job_dir)
 
 
@@ -263,3 +268,79 @@ def test_basic_credentials__password_or_own_key_and_failures_are_limited(
         for _ in range(limit + 1):
             with pytest.raises(errors.InvalidCredentialsError):
                 tes.authenticate_basic("erin", "wrong", "5.6.7.8")
+
+
+def _attempt_file(job_dir: Path, attempt: int, phase: str, logs: list[dict[str, Any]]) -> None:
+    """Attempt *attempt*'s state file, as the task program writes it."""
+    path = state_path(job_dir, attempt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"phase": phase, "start_time": "2026-12-03T11:00:00.000000Z", "end_time": None}
+    path.write_text(json.dumps({"logs": logs, "outputs": [], "system_logs": [], **body}))
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "phase", "final"),
+    [(0, "COMPLETE", "COMPLETE"), (1, "EXECUTOR_ERROR", "EXECUTOR_ERROR")],
+)
+def test_end__a_requeued_tasks_two_attempts_and_final_state_outlive_its_job_directory(
+    services: Services, alice: Principal, exit_code: int, phase: str, final: str
+) -> None:
+    """Attempt 1 is cut off (its node died: requeued), attempt 2 ends through the
+    daemon's own end recording; then retention's removal of the job's directory
+    changes nothing that GET or the list answers."""
+    task_id = services.tes.create(alice, task(name="twice"))
+    execution = services.callbacks.execution  # the one build() wires to keep TES ends
+    first = execution.claim_next(["dock"], None).job
+    assert first is not None and first.job_id == task_id and first.attempt == 1
+    job_dir = Path(first.spec.job_dir)
+    log = {"start_time": "2026-12-03T11:00:01.000000Z", "exit_code": 0, "stdout": "one"}
+    _attempt_file(job_dir, 1, "RUNNING", [log])
+    with services.core.sessions.begin() as session:
+        transitions.requeue_job(session, task_id, 1, "requeued: node n1 is dead")
+    second = execution.claim_next(["dock"], None).job
+    assert second is not None and second.attempt == 2
+    running = services.tes.get(alice, task_id, "FULL")
+    assert running["state"] == "INITIALIZING"  # attempt 2 wrote nothing yet
+    assert [a["logs"][0]["stdout"] for a in running["logs"]] == ["one"]
+    _attempt_file(job_dir, 2, "RUNNING", [])
+    assert services.tes.get(alice, task_id)["state"] == "RUNNING"  # attempt 2's own file
+    log2 = {**log, "stdout": "two", "exit_code": exit_code}
+    _attempt_file(job_dir, 2, phase, [log2])
+    status = RunStatus(RunState.EXITED, exit_code=exit_code, finished_at=time.time())
+    assert execution.finish(second, status).state == ("ok" if exit_code == 0 else "error")
+
+    ended = services.tes.get(alice, task_id, "FULL")
+    assert ended["state"] == final
+    assert [a["metadata"]["attempt"] for a in ended["logs"]] == ["1", "2"]
+    assert [a["logs"][0]["stdout"] for a in ended["logs"]] == ["one", "two"]
+    assert "attempt 1 did not end: the task was requeued" in ended["logs"][0]["system_logs"]
+    with services.core.sessions.read() as connection:
+        kept = connection.execute(
+            select(TesTask.final_state).where(TesTask.job_id == task_id)
+        ).scalar()
+    assert kept == final
+    listed = services.tes.list_tasks(alice, ListQuery(state=final, view="FULL")).tasks
+    shutil.rmtree(job_dir)  # what retention does to an old job's files
+    assert services.tes.get(alice, task_id, "FULL") == ended
+    assert services.tes.get(alice, task_id)["state"] == final
+    assert services.tes.list_tasks(alice, ListQuery(state=final, view="FULL")).tasks == listed
+    assert [t["id"] for t in listed] == [task_id]
+
+
+def test_end__a_job_without_a_tes_directory_is_left_alone(
+    services: Services, alice: Principal
+) -> None:
+    """The end hook runs for every job: one without a ``tes`` directory (any job that is
+    no TES task) costs a stat and writes nothing; the task then reads from its job."""
+    task_id = services.tes.create(alice, task())
+    claimed = services.callbacks.execution.claim_next(["dock"], None).job
+    assert claimed is not None
+    shutil.rmtree(Path(claimed.spec.job_dir) / "tes")  # as for any other job
+    status = RunStatus(RunState.EXITED, exit_code=0, finished_at=time.time())
+    services.callbacks.execution.finish(claimed, status)
+    with services.core.sessions.read() as connection:
+        row = connection.execute(
+            select(TesTask.final_state, TesTask.final_logs).where(TesTask.job_id == task_id)
+        ).first()
+    assert row is not None and row.final_state is None and row.final_logs is None
+    assert services.tes.get(alice, task_id)["state"] == "COMPLETE"  # from the job's row

@@ -7,7 +7,9 @@ Create Date: 2026-12-03 11:30:00
 A TES task is a job (``jobs``) with its submitted document kept here; the row goes
 with its job (ON DELETE CASCADE). Two indexes serve the TES listing, newest first
 with the id as tie-breaker (the page token's order): every task (admins), and one
-user's tasks; a name prefix is then a filter on that range.
+user's tasks; a name prefix is then a filter on that range. ``final_state`` and
+``final_logs`` keep what a task ended as (its TES state, its attempts' state files),
+written with its job's end, so it reads the same after its files are gone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def upgrade() -> None:
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("notes", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("final_state", sa.String(length=16), nullable=True),
+        sa.Column("final_logs", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_tes_tasks_job_id_jobs"), ondelete="CASCADE"
         ),

@@ -1,0 +1,57 @@
+"""A TES task's end, kept: its final TES state and its attempts' logs, in ``tes_tasks``.
+
+While a task runs, ``GET /tasks/{id}`` reads its attempts' state files (the task
+program rewrites its attempt's file after every step, so an executor's log shows as
+soon as it ends). Those files live in the job's directory, which retention removes
+and which a node without the shared file system cannot read. So when the job's end
+is recorded, ``record_task_end`` (the ``ports.JobEnded`` the composition roots give
+``ExecutionService``) writes the TES state the task ended in and every attempt's
+state file into the task's row, in the transaction that records the end: there is
+no moment when the job has ended but its task has not, and a store that refuses the
+end refuses both (the daemon retries them together).
+
+Every job end passes here: a job that is no TES task costs one ``stat`` of its
+``tes`` directory (the plan's, made at create time). The files are small: executor
+outputs are tails (``tes_plan.TAIL_BYTES``), output file logs are capped
+(``tes_plan.MAX_KEPT_OUTPUTS``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Connection, Table, update
+from sqlalchemy.orm import Session
+
+from jobferry.services import tes_plan
+from jobferry.services.ports import EndedAttempt
+from jobferry.services.tes_doc import task_state
+from jobferry.store.models import JobState, TesTask
+
+_TASKS: Table = TesTask.__table__  # type: ignore[assignment]
+
+
+def task_dir(claimed: EndedAttempt) -> Path | None:
+    """The job's directory (a wrapper's callback knows only its work directory)."""
+    spec = claimed.spec
+    if spec.job_dir:
+        return Path(spec.job_dir)
+    return Path(spec.workdir).parent if spec.workdir else None
+
+
+def record_task_end(
+    session: Session | Connection, claimed: EndedAttempt, state: JobState, exit_code: int | None
+) -> None:
+    """Keep a TES task's final state and logs with its job's end (``ports.JobEnded``);
+    nothing for any other job."""
+    job_dir = task_dir(claimed)
+    if job_dir is None or not (job_dir / tes_plan.TES_DIR).is_dir():
+        return
+    files = tes_plan.attempt_files(job_dir, claimed.attempt)
+    last = files[-1] if files else None
+    final = task_state(state.value, exit_code, last.get("phase") if last else None)
+    session.execute(
+        update(_TASKS)
+        .where(_TASKS.c.job_id == claimed.job_id)
+        .values(final_state=final, final_logs=files)
+    )
