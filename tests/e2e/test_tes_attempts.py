@@ -1,0 +1,181 @@
+"""A TES task whose node dies: another node reruns it, and py-tes sees both attempts.
+
+Two daemons n1 and n2 on one PostgreSQL store (a fresh database, from tests.db),
+heartbeats every 0.5 s and death after 3 s of silence, as in ``test_nodes.py``; both
+have the TES face on a Docker destination, and share this host's disk (the task's
+directory is in n1's data dir). n2 is drained until n1 runs the task. The task has
+two executors: the first echoes, the second leaves a marker in the task's volume and
+sleeps (attempt 1) or, finding the marker, ends at once (attempt 2: the volume lives
+in the task's directory, which both attempts share).
+
+The machine "dies" once attempt 1's first executor log is visible: its daemon and
+the task's process group get SIGKILL (the orphaned container is removed at the end,
+with every container the test's task started).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import tes
+
+from tests.db import fresh_pg_database, store_sql
+from tests.helpers import DEADLINE_S, DaemonProcess, wait_for
+from tests.services import PYTHON_IMAGE, require
+
+# Several daemons on one store is PostgreSQL's case whatever engine the rest of the
+# run uses: this test makes its own database and runs once.
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
+
+HEARTBEAT_S = 0.5
+DEAD_AFTER_S = 3.0
+#: py-tes wants whole seconds.
+TIMEOUT = int(DEADLINE_S)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Pair:
+    """Daemons n1 and n2 on one fresh store, with the TES face on a Docker destination."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.store_url = fresh_pg_database()
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def start(self, name: str) -> DaemonProcess:
+        config = {
+            "database": {"url": self.store_url, "pool_size": 3},
+            "server": {"host": "127.0.0.1", "port": free_port()},
+            "node": {
+                "name": name,
+                "cores": 4,
+                "heartbeat_s": HEARTBEAT_S,
+                "dead_after_s": DEAD_AFTER_S,
+            },
+            "runners": {
+                "local": {"slots": 2, "kill_grace_s": 1},
+                "docker": {"enabled": True, "slots": 2},
+            },
+            "destinations": {
+                "local": {"runner": "local"},
+                "dock": {"runner": "docker", "image": PYTHON_IMAGE},
+            },
+            "tes": {"enabled": True, "destination": "dock"},
+        }
+        daemon = DaemonProcess(self.base / name / "data", config)
+        self.daemons[name] = daemon
+        return daemon.start()
+
+    @property
+    def admin_key(self) -> str:
+        return self.daemons["n1"].admin_key
+
+    def client(self, name: str) -> tes.HTTPClient:
+        return tes.HTTPClient(self.daemons[name].url, token=self.admin_key, timeout=TIMEOUT)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        rows = store_sql(self.store_url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        assert rows, job_id
+        return dict(rows[0])
+
+    def close(self) -> None:
+        for daemon in self.daemons.values():
+            try:
+                daemon.stop()
+            except Exception:
+                daemon.kill()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    require("postgres")
+    require("docker")
+    nodes = Pair(tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_node_killed__another_node_reruns_the_task_and_full_shows_two_attempts(
+    pair: Pair,
+) -> None:
+    n1 = pair.start("n1")
+    n2 = pair.start("n2")
+    n1.cli("node", "drain", "n2")
+    second = "test -e /shared/begun && echo second || { touch /shared/begun; exec sleep 300; }"
+    doc = tes.Task(
+        name="twice",
+        executors=[
+            tes.Executor(image=PYTHON_IMAGE, command=["sh", "-c", "echo first"]),
+            tes.Executor(image=PYTHON_IMAGE, command=["sh", "-c", second]),
+        ],
+        volumes=["/shared"],
+    )
+    task_id = str(pair.client("n1").create_task(doc))
+    try:
+        _run_and_kill_n1(pair, n1, n2, task_id)
+    finally:
+        # Attempt 1's container outlives its killed CLI (as on a machine that is still up).
+        subprocess.run(
+            f"docker ps -aq --filter name=^jobferry-{task_id}- | xargs -r docker rm -f",
+            shell=True,
+            capture_output=True,
+            check=False,
+        )
+
+
+def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: str) -> None:
+    client = pair.client("n1")
+
+    def first_executor_logged() -> bool:
+        task = client.get_task(task_id, view="FULL")
+        return bool(task.logs and task.logs[0].logs)
+
+    wait_for("attempt 1's first executor log", first_executor_logged)
+    running = client.get_task(task_id, view="FULL")
+    assert running.state == "RUNNING" and len(running.logs) == 1
+    assert pair.job(task_id)["node"] == "n1"
+
+    # The machine dies: the daemon and its task's processes, all at once.
+    assert n1.proc is not None
+    os.kill(n1.proc.pid, signal.SIGKILL)
+    n1.proc.wait(DEADLINE_S)
+    pid = int(str(pair.job(task_id)["external_id"]).split("@")[0])
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    undrain = f"{n2.url}/api/nodes/n2/undrain"
+    headers = {"Authorization": f"Bearer {pair.admin_key}"}
+    assert requests.put(undrain, headers=headers, timeout=TIMEOUT).ok
+
+    survivor = pair.client("n2")
+    survivor.wait(task_id, timeout=TIMEOUT)
+    full = survivor.get_task(task_id, view="FULL")  # py-tes's strict model: it parsed
+    assert full.state == "COMPLETE", full
+    assert [log.metadata["attempt"] for log in full.logs] == ["1", "2"]
+    first, rerun = full.logs
+    assert [e.stdout for e in first.logs] == ["first\n"]  # cut off in its second executor
+    assert "attempt 1 did not end: the task was requeued" in first.system_logs
+    assert [(e.exit_code, e.stdout) for e in rerun.logs] == [(0, "first\n"), (0, "second\n")]
+    assert rerun.metadata["node"] == "n2" and rerun.end_time is not None
+    row = pair.job(task_id)
+    assert row["attempt"] == 2 and row["node"] == "n2"
+    kept = store_sql(
+        pair.store_url, "SELECT final_state FROM tes_tasks WHERE job_id = :id", {"id": task_id}
+    )
+    assert kept[0]["final_state"] == "COMPLETE"
