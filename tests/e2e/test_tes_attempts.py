@@ -16,6 +16,7 @@ with every container the test's task started).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,3 +180,5 @@ def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: 
         pair.store_url, "SELECT final_state FROM tes_tasks WHERE job_id = :id", {"id": task_id}
     )
     assert kept[0]["final_state"] == "COMPLETE"
+    shutil.rmtree(row["job_dir"])  # what retention does to an old job's files
+    assert survivor.get_task(task_id, view="FULL") == full
