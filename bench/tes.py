@@ -330,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(rows))
     latency = details.get("latency")
     if latency:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in latency["breakdown_median"].items())
-        print(f"\nlatency breakdown (medians, from the tasks' FULL view): {parts}")
+        print("\nwhere a task's latency goes (medians; store and FULL view, read afterwards):")
+        for name, ms in latency["breakdown_median_ms"].items():
+            print(f"  {name:<40} {ms:8.1f} ms")
+        print(f"  status polls per task: {latency['status_polls_median']}")
     for error in errors:
         print(f"ERROR: {error}")
     out = write_results(

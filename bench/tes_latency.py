@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from bench.common.clients import store_times
 from bench.common.daemons import Daemon
 from bench.common.report import CPUS, BenchError, log
 from bench.common.stats import Deadline, LoadMeter, own_cpu_s, process_cpu_s
@@ -50,19 +51,44 @@ def _when(text: object) -> float | None:
     return datetime.fromisoformat(str(text)).timestamp() if text else None
 
 
+#: The breakdown of a task's latency: (name, from moment, to moment). The moments come
+#: from the client (submit, seen), the store (row committed, claimed, reaped) and the
+#: task's FULL view (the task program's and its executor's start and end).
+PHASES = (
+    ("submit -> row committed", "submit", "row_committed"),
+    ("row -> claimed", "row_committed", "claimed"),
+    ("claimed -> task program started", "claimed", "program_start"),
+    ("program started -> container started", "program_start", "container_start"),
+    ("container run", "container_start", "container_end"),
+    ("container ended -> program ended", "container_end", "program_end"),
+    ("program ended -> reaped", "program_end", "reaped"),
+    ("reaped -> seen COMPLETE", "reaped", "seen"),
+)
+
+
+def phase_medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each of PHASES over the tasks' moments (epoch seconds); a
+    phase is left out where a task lacks one of its moments."""
+    out: dict[str, float] = {}
+    for name, start, end in PHASES:
+        spans = [1000 * (m[end] - m[start]) for m in samples if start in m and end in m]
+        if spans:
+            out[name] = statistics.median(spans)
+    return out
+
+
 def time_task(
-    session: requests.Session, url: str, poll_s: float, deadline: Deadline, created: list[str]
-) -> tuple[float, dict[str, float]]:
-    """Seconds from the POST until the task is seen in a final state, and where they went
-    (from its FULL view, read afterwards; its id is added to *created*). A task that does
-    not complete is an error."""
+    session: requests.Session, url: str, poll_s: float, deadline: Deadline
+) -> tuple[float, str, dict[str, float]]:
+    """Seconds from the POST until the task is seen in a final state, its id, and the
+    moments of its life the client and its FULL view (read afterwards) know (see PHASES).
+    A task that does not complete is an error."""
     wall0 = time.time()
     t0 = time.perf_counter()
     answer = session.post(url + TASKS_PATH, json=ECHO, timeout=60)
     if answer.status_code != 200:
         raise BenchError(f"POST {TASKS_PATH}: {answer.status_code} {answer.text[:300]}")
     task_id = str(answer.json()["id"])
-    created.append(task_id)
     polls = 0
     while True:
         polls += 1
@@ -80,20 +106,17 @@ def time_task(
         raise BenchError(f"task {task_id} ended {state}: {json.dumps(full)[:800]}")
     log_ = (full.get("logs") or [{}])[0]
     executor = (log_.get("logs") or [{}])[0]
-    start, end = _when(log_.get("start_time")), _when(log_.get("end_time"))
-    ex_start, ex_end = _when(executor.get("start_time")), _when(executor.get("end_time"))
-    parts: dict[str, float] = {}
-    if None not in (start, end, ex_start, ex_end):
-        assert start and end and ex_start and ex_end
-        parts.update(
-            submit_to_program_start_ms=(start - wall0) * 1000,
-            program_start_to_container_ms=(ex_start - start) * 1000,
-            container_run_ms=(ex_end - ex_start) * 1000,
-            container_end_to_program_end_ms=(end - ex_end) * 1000,
-            program_end_to_seen_ms=(wall0 + seconds - end) * 1000,
-        )
-    parts["status_polls"] = float(polls)
-    return seconds, parts
+    moments = {"submit": wall0, "seen": wall0 + seconds, "status_polls": float(polls)}
+    for name, text in (
+        ("program_start", log_.get("start_time")),
+        ("container_start", executor.get("start_time")),
+        ("container_end", executor.get("end_time")),
+        ("program_end", log_.get("end_time")),
+    ):
+        when = _when(text)
+        if when is not None:
+            moments[name] = when
+    return seconds, task_id, moments
 
 
 def time_bare(label: str, poll_s: float, deadline: Deadline) -> float:
@@ -156,7 +179,7 @@ def latency_part(run_dir: Path, args: argparse.Namespace, deadline: Deadline) ->
     session = daemon.session()
     tes_s: list[float] = []
     bare_s: list[float] = []
-    parts: list[dict[str, float]] = []
+    timed: dict[str, dict[str, float]] = {}
     try:
         # Containers are not our children: their CPU cannot be told from other work's
         # during the run, so the machine's other work is read for 1 s before it, idle.
@@ -166,16 +189,17 @@ def latency_part(run_dir: Path, args: argparse.Namespace, deadline: Deadline) ->
         log(f"latency: other work before the run {other:.2f} cores")
         log("latency: warm-up (2 tasks, 2 bare runs, untimed)")
         for _ in range(2):
-            time_task(session, daemon.url, poll_s, deadline, task_ids)
+            task_ids.append(time_task(session, daemon.url, poll_s, deadline)[1])
             time_bare(label, poll_s, deadline)
         for index in range(args.tasks):
             for kind in ("bare", "tes") if index % 2 == 0 else ("tes", "bare"):
                 if kind == "bare":
                     bare_s.append(time_bare(label, poll_s, deadline))
                 else:
-                    seconds, breakdown = time_task(session, daemon.url, poll_s, deadline, task_ids)
+                    seconds, task_id, moments = time_task(session, daemon.url, poll_s, deadline)
+                    task_ids.append(task_id)
                     tes_s.append(seconds)
-                    parts.append(breakdown)
+                    timed[task_id] = moments
             log(
                 f"latency {index + 1}/{args.tasks}: task {tes_s[-1] * 1000:.0f} ms, "
                 f"bare {bare_s[-1] * 1000:.0f} ms"
@@ -184,11 +208,17 @@ def latency_part(run_dir: Path, args: argparse.Namespace, deadline: Deadline) ->
         session.close()
         daemon.stop()
         remove_containers(label, task_ids)
-    keys = list(dict.fromkeys(k for p in parts for k in p))  # the breakdown's order
-    breakdown = {k: statistics.median([p[k] for p in parts if k in p]) for k in keys}
+    for task_id, times in store_times(daemon.data_dir, list(timed)).items():
+        for moment, column in (("row_committed", "created"), ("claimed", "started"),
+                               ("reaped", "finished")):  # fmt: skip
+            if times.get(column) is not None:
+                timed[task_id][moment] = float(times[column] or 0.0)
+    polls = [m["status_polls"] for m in timed.values()]
     return {
         "task_ms": [s * 1000 for s in tes_s],
         "bare_ms": [s * 1000 for s in bare_s],
-        "breakdown_median": breakdown,
+        "breakdown_median_ms": phase_medians(list(timed.values())),
+        "status_polls_median": statistics.median(polls) if polls else None,
+        "moments": timed,
         "other_cores": other,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.tes import accept_figures, latency_figures, parse
+from bench.tes_latency import PHASES, phase_medians
 
 pytestmark = pytest.mark.engine_independent
 
@@ -60,3 +61,13 @@ def test_parse__quick_shrinks_the_counts_not_given() -> None:
     assert quick.parts == ["latency", "accept", "list"]
     with pytest.raises(SystemExit):
         parse(["--parts", "latency,nope"])
+
+
+def test_phase_medians__skip_a_phase_a_task_lacks_a_moment_of() -> None:
+    whole = {"submit": 10.0, "row_committed": 10.004, "claimed": 10.010, "seen": 11.0}
+    partial = {"submit": 20.0, "row_committed": 20.002, "seen": 21.0}  # never claimed
+    medians = phase_medians([whole, partial, dict(whole)])
+    assert medians["submit -> row committed"] == pytest.approx(4.0)
+    assert medians["row -> claimed"] == pytest.approx(6.0)  # whole's twice, not partial's
+    assert "container run" not in medians
+    assert list(medians) == [name for name, _, _ in PHASES if name in medians]  # in order
