@@ -1,34 +1,30 @@
 """The task program of a GA4GH TES task: ``python3 tes_task.py PLAN_JSON``.
 
-Why a standalone script: it runs on the execution host (local, Slurm node) as the job's
-argv under the job wrapper, so it may be copied there alone. It needs only the
-standard library of Python 3.8 and the container CLI of the plan (``docker`` or
-``podman``), and imports nothing of jobferry.
+Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution
+host under the job wrapper and may be copied there alone. The plan (``services/tes.py``;
+its schema: the TES interfaces) names the task, ``root`` (container path P lives at
+root + P), the state file, the container runtime and what may be reached. It stages the
+inputs, runs the executors one after another, each in a container confined like every
+jobferry container (numeric non-root user, no capabilities, no new privileges, no
+network unless allowed), stages the outputs, and rewrites the state file atomically
+after every step. Exit: 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
 
-The plan (written by ``services/tes.py``) holds the normalized task, ``root`` (the host
-directory that mirrors the container: container path P lives at root + P),
-``state_path``, ``runtime`` (command, user, network, cpus, memory_mb, name,
-extra_args), ``file_roots``, ``http_hosts`` and ``tail_bytes``. The program stages the
-inputs, runs the executors one after another, each in a container confined as every
-jobferry container is (numeric non-root user, no capabilities, no new privileges, no
-network unless the plan allows it), stages the outputs, and rewrites the state file
-(atomically) after every step. Exit status: 0 COMPLETE, 1 EXECUTOR_ERROR,
-2 SYSTEM_ERROR, 143 canceled (SIGTERM: the running container is removed).
-
-Threat model: the task's author names paths and URLs, and the containers write into
-root. So ``file://`` URLs must resolve (realpath) inside ``file_roots``; every file is
-then reached by a descriptor walk that follows no symlink (a path swapped for a symlink
-after the check fails instead of escaping); a symlink met inside a DIRECTORY input is
-followed only when it resolves inside the file roots; the container's own symlinks in
-root are never followed (no output, stdout or stdin leaves or reads outside root).
-http(s) goes only to ``http_hosts``, without proxies or redirects.
+Threat model: the task's author names paths and URLs; the containers write into root.
+``file://`` URLs must resolve (realpath) inside ``file_roots``, then every file is reached
+by a descriptor walk that follows no symlink (a path swapped for one after the check
+fails, not escapes); a symlink in a DIRECTORY input is followed only into the file
+roots; the containers' symlinks in root are never followed, so no output, stdin or
+stdout reaches outside root. http(s) goes only to ``http_hosts``, without proxies or
+redirects.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import functools
 import glob
 import http.client
+import io
 import json
 import os
 import signal
@@ -38,16 +34,20 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 CHUNK = 1 << 16
 HTTP_TIMEOUT_S = 60
-#: Seconds the container CLI may take to remove a container or to end after that.
+#: Seconds the container CLI may take to remove a container, or to end after that.
 KILL_TIMEOUT_S = 60
 EXIT = {"COMPLETE": 0, "EXECUTOR_ERROR": 1, "SYSTEM_ERROR": 2, "CANCELED": 143}
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Non-blocking: a FIFO a container left in place of a file must not hang the task.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+WILDCARDS = "*?["
 
 
 class TaskError(Exception):
@@ -60,8 +60,7 @@ class Canceled(BaseException):
 
 def now() -> str:
     """RFC 3339 UTC with microseconds and ``Z``, as the TES views show it."""
-    when = datetime.now(timezone.utc)  # noqa: UP017 (datetime.UTC is Python 3.11+)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: UP017 (3.8)
 
 
 def parts_of(path: str) -> list[str]:
@@ -69,74 +68,120 @@ def parts_of(path: str) -> list[str]:
     return [p for p in os.path.normpath("/" + path).split("/") if p]
 
 
-def open_dirs(base: str, parts: list[str], create: bool = False) -> int:
-    """A descriptor of base/parts..., walked one component at a time without following
-    symlinks (so it stays under *base*); missing directories are made when *create*."""
-    fd = os.open(base, DIR_FLAGS)
+def clean(path: str) -> str:
+    return "/" + "/".join(parts_of(path))
+
+
+def under(path: str, top: str) -> bool:
+    return (path + "/").startswith(top.rstrip("/") + "/")
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Turn a failure of one staging step into a TaskError that names the step."""
     try:
-        for part in parts:
-            if create:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
+        yield
+    except (OSError, ValueError, http.client.HTTPException, TaskError) as exc:
+        raise TaskError(f"{what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def opened(fd: int) -> Iterator[int]:
+    """Close descriptor *fd* after the block."""
+    try:
+        yield fd
+    finally:
         os.close(fd)
-        raise
+
+
+def open_dirs(base: str, parts: list[str], create: bool = False) -> int:
+    """base/parts... opened one component at a time following no symlink (to stay in base)."""
+    fd = os.open(base, DIR_FLAGS)
+    for part in parts:
+        with opened(fd):  # the parent's descriptor, closed once the child's is open
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+    return fd
 
 
 def open_under(base: str, path: str, flags: int, create_dirs: bool = False) -> int:
-    """Open file *path* (absolute, taken relative to *base*) without following symlinks."""
+    """Open regular file *path* (absolute, taken under *base*) following no symlink."""
     parts = parts_of(path)
     if not parts:
         raise TaskError(f"{path}: not a file path")
-    dfd = open_dirs(base, parts[:-1], create_dirs)
-    try:
-        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
-    finally:
-        os.close(dfd)
+    with opened(open_dirs(base, parts[:-1], create_dirs)) as dfd:
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TaskError(f"{path} is not a regular file")
+    return fd
 
 
-def copy_fd(src: int, dst: int) -> int:
-    """Copy all of *src* to *dst*; the number of bytes."""
+def copy(read: Callable[[int], bytes], dst: int) -> int:
+    """Copy what *read* gives until it gives nothing to descriptor *dst*; the byte count."""
     total = 0
-    while True:
-        chunk = os.read(src, CHUNK)
-        if not chunk:
-            return total
-        os.write(dst, chunk)  # a regular file: write() takes the whole chunk
+    for chunk in iter(lambda: read(CHUNK), b""):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
         total += len(chunk)
+    return total
 
 
-class Tail:
-    """Reads a stream to its end, writing it to an optional file and keeping its last bytes."""
+def entries(
+    dfd: int, where: str, resolve: Callable[[str], tuple[int, bool]] | None, seen: Any = ()
+) -> Iterator[tuple[str, int | None]]:
+    """Each directory ``(/rel, None)`` and regular file ``(/rel, fd)`` (the caller closes it)
+    under *dfd*, depth-first. Symlinks: skipped without *resolve* (the container's), else
+    replaced by what *resolve* opens; a directory met twice on one branch is a loop."""
+    st = os.fstat(dfd)
+    if (st.st_dev, st.st_ino) in seen:
+        raise TaskError(f"{where}: a symlink loop")
+    seen = (*seen, (st.st_dev, st.st_ino))
+    for name in sorted(os.listdir(dfd)):
+        mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode) and resolve is not None:
+            sub, is_dir = resolve(f"{where}/{name}")
+        elif stat.S_ISDIR(mode):
+            sub, is_dir = os.open(name, DIR_FLAGS, dir_fd=dfd), True
+        elif stat.S_ISREG(mode):
+            sub, is_dir = os.open(name, READ_FLAGS, dir_fd=dfd), False
+        else:
+            continue  # the container's symlinks, fifos, sockets, devices
+        if not is_dir:
+            yield f"/{name}", sub
+            continue
+        with opened(sub):
+            yield f"/{name}", None
+            for rel, fd in entries(sub, f"{where}/{name}", resolve, seen):
+                yield f"/{name}{rel}", fd
 
-    def __init__(self, stream: Any, out_fd: int | None, keep: int) -> None:
-        self.stream, self.out_fd, self.keep = stream, out_fd, keep
-        self.data = bytearray()
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
 
-    def _pump(self) -> None:
-        for chunk in iter(lambda: self.stream.read1(CHUNK), b""):
-            if self.out_fd is not None:
-                os.write(self.out_fd, chunk)
-            self.data += chunk
-            if len(self.data) > self.keep:
-                del self.data[: len(self.data) - self.keep]
+def pump(stream: Any, out_fd: int | None, keep: int) -> tuple[threading.Thread, bytearray]:
+    """Read *stream* to its end in a thread, to *out_fd* if any, keeping the last bytes."""
+    data = bytearray()
 
-    def text(self) -> str:
-        self.thread.join(KILL_TIMEOUT_S)
-        return bytes(self.data).decode("utf-8", errors="replace")
+    def run() -> None:
+        fd = out_fd
+        for chunk in iter(lambda: stream.read1(CHUNK), b""):
+            try:
+                if fd is not None:
+                    copy(io.BytesIO(chunk).read, fd)
+            except OSError:  # a full disk: keep draining, or the container blocks
+                fd = None
+            data.extend(chunk)
+            del data[: max(0, len(data) - keep)]
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, data
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect could lead to a host not in http_hosts: it is an error
+        return None  # a redirect could lead to a host not in http_hosts: an error
 
 
 class Task:
@@ -147,36 +192,26 @@ class Task:
         self.root = os.path.abspath(plan["root"])
         self.state_path: str = plan["state_path"]
         self.rt: dict[str, Any] = plan.get("runtime") or {}
+        self.cli = list(self.rt.get("command") or ["docker"])
+        self.user = str(self.rt.get("user") or "65534:65534")  # never the image's (root?)
         self.file_roots = [os.path.realpath(r) for r in plan.get("file_roots") or []]
         self.http_hosts = set(plan.get("http_hosts") or [])
         self.tail_bytes = int(plan.get("tail_bytes") or 65536)
-        self.state: dict[str, Any] = {
-            "phase": "INITIALIZING",
-            "start_time": now(),
-            "end_time": None,
-            "logs": [],
-            "outputs": [],
-            "system_logs": [],
-        }
+        self.state: dict[str, Any] = {"phase": "INITIALIZING", "start_time": now()}
+        self.state.update(end_time=None, logs=[], outputs=[], system_logs=[])
         self.http = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
-
-    # -- the state file ------------------------------------------------------------
 
     def save(self) -> None:
         """Rewrite the state file atomically (tmp + rename): readers never see half of it."""
-        os.makedirs(os.path.dirname(self.state_path) or ".", exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
+        with open(self.state_path + ".tmp", "w", encoding="utf-8") as out:
             json.dump(self.state, out)
-        os.replace(tmp, self.state_path)
+        os.replace(self.state_path + ".tmp", self.state_path)
 
     def finish(self, phase: str) -> int:
-        self.state["phase"] = phase
-        self.state["end_time"] = now()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the end is being written
+        self.state.update(phase=phase, end_time=now())
         self.save()
         return EXIT[phase]
-
-    # -- the whole attempt ---------------------------------------------------------
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -186,250 +221,153 @@ class Task:
             self.state["phase"] = "RUNNING"
             self.save()
             for index, executor in enumerate(self.task["executors"]):
-                code = self.run_executor(index, executor)
-                if code != 0 and not executor.get("ignore_error"):
+                if self.run_executor(index, executor) and not executor.get("ignore_error"):
                     return self.finish("EXECUTOR_ERROR")
-            self.stage_outputs()
+            for output in self.task.get("outputs") or []:
+                with step(f"staging out {output['path']} to {output['url']}"):
+                    self.stage_out(output)
             return self.finish("COMPLETE")
         except Canceled:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one cancel is enough
             self.state["system_logs"].append("canceled")
             return self.finish("CANCELED")
         except TaskError as exc:
             self.state["system_logs"].append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - the state must still say SYSTEM_ERROR
+        except Exception as exc:  # the state must still say SYSTEM_ERROR
             self.state["system_logs"].append(f"internal error: {type(exc).__name__}: {exc}")
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return self.finish("SYSTEM_ERROR")
 
     def _on_term(self, signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one cancel is enough
         raise Canceled()
 
-    # -- inputs --------------------------------------------------------------------
-
     def prepare(self) -> None:
-        """Make root, the volumes and output directories, stage every input."""
+        """Check output URLs (before any work), make the directories, stage the inputs."""
+        outputs = self.task.get("outputs") or []
+        for output in outputs:
+            with step(f"staging out {output['path']} to {output['url']}"):
+                if self.check_url(output["url"]) == "file":
+                    self.confine(output["url"])
         os.makedirs(self.root, 0o755, exist_ok=True)
-        for path in self.task.get("volumes") or []:
+        for path, _ in self.mount_wants(self.task.get("volumes") or [], outputs):
             os.close(open_dirs(self.root, parts_of(path), create=True))
-        for output in self.task.get("outputs") or []:
-            os.close(open_dirs(self.root, parts_of(self.mount_dir_of(output)), create=True))
         for item in self.task.get("inputs") or []:
-            where = item.get("url") or "content"
-            try:
+            with step(f"staging in {item.get('url') or 'content'}"):
                 self.stage_in(item)
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                raise TaskError(f"staging in {where}: {exc}") from exc
-            except TaskError as exc:
-                raise TaskError(f"staging in {where}: {exc}") from exc
         self.hand_over()
 
     def stage_in(self, item: dict[str, Any]) -> None:
-        path, kind = item["path"], item.get("type", "FILE")
-        if "content" in item and item["content"] is not None:
-            self.write_input(path, item["content"].encode("utf-8"))
+        path, kind, url = item["path"], item.get("type", "FILE"), item.get("url") or ""
+        if item.get("content") is not None:
+            self.write_in(path, io.BytesIO(item["content"].encode("utf-8")).read)
             return
-        url = item["url"]
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        if scheme == "file":
-            base, rel = self.confine(url)
-            if kind == "DIRECTORY":
-                dst = open_dirs(self.root, parts_of(path), create=True)
-                src = open_dirs(base, parts_of(rel))
-                try:
-                    self.copy_tree(src, dst, base + rel, follow=True, seen=set())
-                finally:
-                    os.close(src)
-                    os.close(dst)
-            else:
-                src = open_under(base, rel, os.O_RDONLY)
-                try:
-                    self.expect_regular(src, url)
-                    dst = self.open_input(path)
-                    try:
-                        copy_fd(src, dst)
-                    finally:
-                        os.close(dst)
-                finally:
-                    os.close(src)
-        elif scheme in ("http", "https"):
-            self.allow_host(url)
+        scheme = self.check_url(url)
+        if scheme != "file":
             if kind == "DIRECTORY":
                 raise TaskError("DIRECTORY inputs cannot be fetched over http(s)")
-            dst = self.open_input(path)
-            try:
-                with self.http.open(url, timeout=HTTP_TIMEOUT_S) as response:
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        os.write(dst, chunk)
-            finally:
-                os.close(dst)
-        else:
+            with self.http.open(url, timeout=HTTP_TIMEOUT_S) as response:
+                self.write_in(path, response.read)
+            return
+        base, rel = self.confine(url)
+        if kind != "DIRECTORY":
+            with opened(open_under(base, rel, READ_FLAGS)) as src:
+                self.write_in(path, functools.partial(os.read, src))
+            return
+        with opened(open_dirs(base, parts_of(rel))) as top:
+            for sub, fd in entries(top, base + rel, self.resolve):
+                if fd is None:
+                    os.close(open_dirs(self.root, parts_of(path + sub), create=True))
+                else:
+                    with opened(fd):
+                        self.write_in(path + sub, functools.partial(os.read, fd))
+
+    def write_in(self, path: str, read: Callable[[int], bytes]) -> None:
+        with opened(open_under(self.root, path, WRITE_FLAGS, create_dirs=True)) as dst:
+            copy(read, dst)
+
+    def check_url(self, url: str) -> str:
+        """The URL's scheme, if this program can stage it (and its host is allowed)."""
+        parsed = urllib.parse.urlsplit(url)
+        scheme = parsed.scheme.lower()
+        if scheme in ("http", "https"):
+            default = 443 if scheme == "https" else 80
+            host_port = f"{parsed.hostname}:{parsed.port or default}"
+            if not {parsed.netloc.rpartition("@")[2], host_port} & self.http_hosts:
+                raise TaskError(f"host {parsed.netloc!r} is not an allowed http host")
+        elif scheme != "file":
             raise TaskError(f"the URL scheme {scheme or '(none)'!r} is not supported")
-
-    def open_input(self, path: str) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        return open_under(self.root, path, flags, create_dirs=True)
-
-    def write_input(self, path: str, data: bytes) -> None:
-        fd = self.open_input(path)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def expect_regular(fd: int, what: str) -> None:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TaskError(f"{what} is not a regular file")
+        return scheme
 
     def confine(self, url: str) -> tuple[str, str]:
-        """The file root and the path under it (``/rel``) a file:// URL resolves to."""
+        """The file root and the path under it (``/rel``) that a file:// URL resolves to
+        (a path that does not exist yet resolves as far as it exists)."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.netloc not in ("", "localhost"):
             raise TaskError(f"file URL on another host {parsed.netloc!r}")
         real = os.path.realpath(urllib.parse.unquote(parsed.path))
         for base in self.file_roots:
-            if real == base or real.startswith(base.rstrip("/") + "/"):
+            if under(real, base):
                 return base, "/" + os.path.relpath(real, base)
         raise TaskError(f"{url} is outside the allowed file roots")
 
-    def allow_host(self, url: str) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        host = parsed.hostname or ""
-        names = {f"{host}:{parsed.port}"} if parsed.port else {host}
-        if parsed.port is None:
-            names.add(f"{host}:{443 if parsed.scheme.lower() == 'https' else 80}")
-        if not names & self.http_hosts:
-            raise TaskError(f"host {parsed.netloc!r} is not an allowed http host")
-
-    def copy_tree(self, src: int, dst: int, where: str, follow: bool, seen: set[Any]) -> None:
-        """Copy directory *src* into *dst* (descriptors). Symlinks: with *follow* (inputs),
-        one that resolves inside the file roots is copied as what it names, others
-        are an error; without (outputs: written by the container) they are skipped."""
-        st = os.fstat(src)
-        if (st.st_dev, st.st_ino) in seen:
-            raise TaskError(f"{where}: a symlink loop")
-        seen = seen | {(st.st_dev, st.st_ino)}
-        for name in sorted(os.listdir(src)):
-            mode = os.stat(name, dir_fd=src, follow_symlinks=False).st_mode
-            if stat.S_ISLNK(mode):
-                if not follow:
-                    continue
-                base, rel = self.confine("file://" + urllib.parse.quote(where + "/" + name))
-                real = base + rel
-                if os.path.isdir(real):
-                    sub = open_dirs(base, parts_of(rel))
-                    self.copy_dir_entry(sub, dst, name, where + "/" + name, follow, seen)
-                else:
-                    sub = open_under(base, rel, os.O_RDONLY)
-                    self.copy_file_entry(sub, dst, name, where + "/" + name)
-            elif stat.S_ISDIR(mode):
-                sub = os.open(name, DIR_FLAGS, dir_fd=src)
-                self.copy_dir_entry(sub, dst, name, where + "/" + name, follow, seen)
-            elif stat.S_ISREG(mode):
-                sub = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
-                self.copy_file_entry(sub, dst, name, where + "/" + name)
-
-    def copy_dir_entry(
-        self, sub: int, dst: int, name: str, where: str, follow: bool, seen: set[Any]
-    ) -> None:
-        try:
-            target = open_dirs_at(dst, name)
-            try:
-                self.copy_tree(sub, target, where, follow, seen)
-            finally:
-                os.close(target)
-        finally:
-            os.close(sub)
-
-    def copy_file_entry(self, sub: int, dst: int, name: str, where: str) -> None:
-        try:
-            self.expect_regular(sub, where)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            out = os.open(name, flags, 0o644, dir_fd=dst)
-            try:
-                copy_fd(sub, out)
-            finally:
-                os.close(out)
-        finally:
-            os.close(sub)
+    def resolve(self, where: str) -> tuple[int, bool]:
+        """A symlink met in a DIRECTORY input, at logical path *where*: an open descriptor
+        of what it names (inside the file roots, else TaskError) and whether a directory."""
+        base, rel = self.confine("file://" + urllib.parse.quote(where))
+        if os.path.isdir(base + rel):
+            return open_dirs(base, parts_of(rel)), True
+        return open_under(base, rel, READ_FLAGS), False
 
     def hand_over(self) -> None:
-        """Give root's files to the container's user: chown when running as root, else
-        (rootless engines map users) make them group- and world-writable."""
-        uid_gid = str(self.rt.get("user") or "")
-        uid, _, gid = uid_gid.partition(":")
+        """Give root's files to the container's user (chown as root, else make ours writable)."""
+        uid, _, gid = self.user.partition(":")
         for dirpath, dirnames, filenames in os.walk(self.root):
-            for name in [""] + dirnames + filenames:
-                path = os.path.join(dirpath, name) if name else dirpath
+            for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
                 st = os.lstat(path)
                 if os.geteuid() == 0 and uid:
                     os.lchown(path, int(uid), int(gid) if gid else -1)
                 elif st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode):
                     os.chmod(path, 0o777 if stat.S_ISDIR(st.st_mode) else 0o666)
 
-    # -- executors -----------------------------------------------------------------
-
-    def mount_dir_of(self, output: dict[str, Any]) -> str:
-        """The container directory an output needs: a DIRECTORY itself, a FILE's parent,
-        a wildcard's deepest directory without wildcards."""
-        parts = parts_of(output["path"])
-        for i, part in enumerate(parts):
-            if any(c in part for c in "*?["):
-                return "/" + "/".join(parts[:i])
-        if output.get("type") == "DIRECTORY":
-            return "/" + "/".join(parts)
-        return "/" + "/".join(parts[:-1])
+    def mount_wants(self, volumes: list[str], outputs: list[dict[str, Any]]) -> list[Any]:
+        """Directories for volumes and outputs (a FILE's parent, a wildcard's fixed part)."""
+        wanted = [(clean(v), False) for v in volumes]
+        for output in outputs:
+            parts = parts_of(output["path"])
+            cut = next((i for i, p in enumerate(parts) if any(c in p for c in WILDCARDS)), None)
+            if cut is None:
+                cut = len(parts) - (output.get("type") != "DIRECTORY")
+            wanted.append(("/" + "/".join(parts[:cut]), False))
+        return wanted
 
     def mounts(self) -> list[tuple[str, bool]]:
-        """(container path, read-only) of the minimal set of bind mounts: a path under
-        another mounted path is covered by that mount."""
-        wanted = [("/" + "/".join(parts_of(v)), False) for v in self.task.get("volumes") or []]
-        for output in self.task.get("outputs") or []:
-            wanted.append(("/" + "/".join(parts_of(self.mount_dir_of(output))), False))
-        for item in self.task.get("inputs") or []:
-            wanted.append(("/" + "/".join(parts_of(item["path"])), True))
+        """The minimal set of bind mounts (container path, read-only): a path under another
+        mounted one is covered by it, unless that is read-only and this one is not."""
+        wanted = self.mount_wants(self.task.get("volumes") or [], self.task.get("outputs") or [])
+        wanted += [(clean(item["path"]), True) for item in self.task.get("inputs") or []]
         chosen: list[tuple[str, bool]] = []
         for path, read_only in sorted(wanted, key=lambda w: (len(parts_of(w[0])), w[1])):
-            if path == "/":
-                raise TaskError("refusing to mount the container's / (a volume or an output at /)")
-            # Covered by a mount above it, unless that one is read-only and this is not
-            # (Docker mounts the deeper path over the shallower one).
-            if any(
-                (path == c or path.startswith(c + "/")) and (read_only or not c_ro)
-                for c, c_ro in chosen
-            ):
-                continue
-            if any(ch in path for ch in ":,\n"):
-                raise TaskError(f"{path}: a mounted path may not contain ':', ',' or newlines")
-            chosen.append((path, read_only))
+            if path == "/" or any(ch in path for ch in ":,\n"):
+                raise TaskError(f"cannot mount {path!r}: / or a path with ':', ',' or newline")
+            # Docker mounts the deeper path over the shallower one.
+            if not any(under(path, c) and (read_only or not ro) for c, ro in chosen):
+                chosen.append((path, read_only))
         return chosen
 
     def docker_argv(self, index: int, executor: dict[str, Any], name: str) -> list[str]:
-        image, argv = executor["image"], executor["command"]
+        image, argv, rt = executor["image"], executor["command"], self.rt
         if image.startswith("-"):
             raise TaskError(f"executors[{index}].image: may not start with '-'")
-        rt = self.rt
-        cmd = list(rt.get("command") or ["docker"]) + ["run", "--rm", "--name", name]
-        if rt.get("user"):
-            cmd += ["--user", str(rt["user"])]
+        cmd = self.cli + ["run", "--rm", "--name", name]
+        cmd += ["--user", self.user]
         cmd += ["--security-opt", "no-new-privileges", "--cap-drop", "ALL"]
-        if not rt.get("network"):
-            cmd += ["--network", "none"]
-        if rt.get("cpus"):
-            cmd += ["--cpus", str(rt["cpus"])]
-        if rt.get("memory_mb"):
-            cmd += ["--memory", f"{int(rt['memory_mb'])}m"]
-            cmd += ["--memory-swap", f"{int(rt['memory_mb'])}m"]
+        cmd += [] if rt.get("network") else ["--network", "none"]
+        cmd += ["--cpus", str(rt["cpus"])] if rt.get("cpus") else []
+        memory = f"{int(rt['memory_mb'])}m" if rt.get("memory_mb") else ""
+        cmd += ["--memory", memory, "--memory-swap", memory] if memory else []
         for path, read_only in self.mounts():
             cmd += ["-v", f"{self.root}{path}:{path}" + (":ro" if read_only else "")]
-        if executor.get("stdin"):
-            cmd.append("-i")
-        if executor.get("workdir"):
-            cmd += ["-w", executor["workdir"]]
+        cmd += ["-i"] if executor.get("stdin") else []
+        cmd += ["-w", executor["workdir"]] if executor.get("workdir") else []
         for key, value in sorted((executor.get("env") or {}).items()):
             cmd += ["-e", f"{key}={value}"]
         cmd += list(rt.get("extra_args") or [])
@@ -437,65 +375,52 @@ class Task:
         return cmd + ["--entrypoint", argv[0], image] + list(argv[1:])
 
     def run_executor(self, index: int, executor: dict[str, Any]) -> int:
-        """Run one executor to its end; record its log at once; its exit status."""
+        """Run one executor to its end, record its log at once; its exit status."""
         name = f"{self.rt.get('name') or 'jobferry-tes'}-{index}"
         argv = self.docker_argv(index, executor, name)
         fds: dict[str, int | None] = {"stdin": None, "stdout": None, "stderr": None}
-        try:
+        with contextlib.ExitStack() as stack:
             for key in fds:
                 if executor.get(key):
-                    flags = os.O_RDONLY if key == "stdin" else os.O_WRONLY | os.O_CREAT
-                    flags |= 0 if key == "stdin" else os.O_TRUNC
-                    try:
-                        fds[key] = open_under(self.root, executor[key], flags, key != "stdin")
-                    except OSError as exc:
-                        raise TaskError(f"executors[{index}].{key} {executor[key]}: {exc}") from exc
-            workdir = executor.get("workdir")
-            if workdir and any(workdir.startswith(m.rstrip("/") + "/") for m, _ in self.mounts()):
-                # Docker would make it in the image, under the bind mount that hides it.
+                    flags = READ_FLAGS if key == "stdin" else WRITE_FLAGS
+                    with step(f"executors[{index}].{key} {executor[key]}"):
+                        fds[key] = fd = open_under(self.root, executor[key], flags, key != "stdin")
+                        stack.callback(os.close, fd)
+            workdir = clean(executor.get("workdir") or "/")
+            if any(under(workdir, m) and workdir != m for m, _ in self.mounts()):
+                # Else Docker makes it in the image, under the bind mount that hides it.
                 os.close(open_dirs(self.root, parts_of(workdir), create=True))
             self.hand_over()
             log: dict[str, Any] = {"start_time": now()}
             proc: subprocess.Popen[bytes] | None = None
-            tails: list[Tail] = []
+            tails: list[tuple[threading.Thread, bytearray]] = []
             try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=fds["stdin"] if fds["stdin"] is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-                tails.append(Tail(proc.stdout, fds["stdout"], self.tail_bytes))
-                tails.append(Tail(proc.stderr, fds["stderr"], self.tail_bytes))
+                stdin = subprocess.DEVNULL if fds["stdin"] is None else fds["stdin"]
+                proc = subprocess.Popen(argv, stdin=stdin, stdout=-1, stderr=-1)
+                tails.append(pump(proc.stdout, fds["stdout"], self.tail_bytes))
+                tails.append(pump(proc.stderr, fds["stderr"], self.tail_bytes))
                 code = proc.wait()
-            except Canceled:
+                self.record(log, code, tails)  # a cancel here still removes the container:
+            except Canceled:  # the CLI may have died of the same SIGTERM, not the container
                 self.remove_container(name, proc)
-                if len(tails) == 2:
-                    self.record(log, proc.returncode if proc else None, tails)
+                if proc and len(tails) == 2 and all(x is not log for x in self.state["logs"]):
+                    self.record(log, -15 if proc.returncode is None else proc.returncode, tails)
                 raise
-            self.record(log, code, tails)
-            if code == 125:
-                self.state["system_logs"].append(
-                    f"executors[{index}]: the container runtime failed (exit 125): see its stderr"
-                )
-                self.save()
             return code
-        finally:
-            for fd in fds.values():
-                if fd is not None:
-                    os.close(fd)
 
-    def record(self, log: dict[str, Any], code: int | None, tails: list[Tail]) -> None:
-        log["end_time"] = now()
-        log["exit_code"] = 143 if code is None else (128 - code if code < 0 else code)
-        log["stdout"], log["stderr"] = tails[0].text(), tails[1].text()
+    def record(self, log: dict[str, Any], code: int, tails: list[Any]) -> None:
+        for thread, _ in tails:
+            thread.join(KILL_TIMEOUT_S)
+        out, err = (bytes(data).decode("utf-8", "replace") for _, data in tails)
+        log.update(end_time=now(), exit_code=128 - code if code < 0 else code)
+        log.update(stdout=out, stderr=err)
         self.state["logs"].append(log)
         self.save()
 
     def remove_container(self, name: str, proc: subprocess.Popen[bytes] | None) -> None:
-        """Kill and remove the container by name (the CLI then ends), twice if the CLI
+        """Kill and remove the container by name (the CLI then ends); again if the CLI
         had to be killed: it may have created the container after the first removal."""
-        rm = list(self.rt.get("command") or ["docker"]) + ["rm", "-f", name]
+        rm = self.cli + ["rm", "-f", name]
         subprocess.run(rm, capture_output=True, timeout=KILL_TIMEOUT_S, check=False)
         if proc is None:
             return
@@ -506,87 +431,52 @@ class Task:
             proc.wait()
             subprocess.run(rm, capture_output=True, timeout=KILL_TIMEOUT_S, check=False)
 
-    # -- outputs -------------------------------------------------------------------
-
-    def stage_outputs(self) -> None:
-        for output in self.task.get("outputs") or []:
-            try:
-                self.stage_out(output)
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                raise TaskError(f"staging out {output['path']} to {output['url']}: {exc}") from exc
-            except TaskError as exc:
-                raise TaskError(f"staging out {output['path']} to {output['url']}: {exc}") from exc
-
     def stage_out(self, output: dict[str, Any]) -> None:
+        """One output: a path, or each wildcard match (less path_prefix, added to the URL)."""
         path, url, kind = output["path"], output["url"], output.get("type", "FILE")
-        if not any(c in path for c in "*?["):
+        if not any(c in path for c in WILDCARDS):
             self.deliver(path, url, kind, missing_ok=False)
             return
         prefix = output.get("path_prefix") or ""
-        pattern = glob.escape(self.root) + "/" + "/".join(parts_of(path))
-        for match in sorted(glob.glob(pattern)):
+        for match in sorted(glob.glob(glob.escape(self.root) + clean(path))):
             inside = match[len(self.root) :]
-            if not inside.startswith(prefix):
-                continue
-            self.deliver(inside, url + inside[len(prefix) :], kind, missing_ok=True)
+            if inside.startswith(prefix):
+                self.deliver(inside, url + inside[len(prefix) :], kind, missing_ok=True)
 
     def deliver(self, path: str, url: str, kind: str, missing_ok: bool) -> None:
-        """Send container path *path* (a file, or a DIRECTORY's tree) to *url*."""
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        if scheme not in ("file", "http", "https"):
-            raise TaskError(f"the URL scheme {scheme or '(none)'!r} is not supported")
-        if scheme != "file":
-            self.allow_host(url)
+        """Send container path *path* (a file, or a DIRECTORY's tree) to *url*. Only
+        regular files and directories count: the container's symlinks are not followed."""
         try:
             if kind == "DIRECTORY":
                 src = open_dirs(self.root, parts_of(path))
             else:
-                src = open_under(self.root, path, os.O_RDONLY)
-        except OSError as exc:
-            if missing_ok and exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+                src = open_under(self.root, path, READ_FLAGS)
+        except (OSError, TaskError) as exc:
+            if missing_ok:
                 return
-            what = "directory" if kind == "DIRECTORY" else "file"
-            raise TaskError(f"output {what} {path} is missing or not a {what}: {exc}") from exc
-        try:
-            if kind == "DIRECTORY":
-                for rel, fd in self.files_of(src, ""):
-                    try:
-                        self.send(fd, path.rstrip("/") + rel, url.rstrip("/") + rel)
-                    finally:
-                        os.close(fd)
-            else:
-                if not stat.S_ISREG(os.fstat(src).st_mode):
-                    if missing_ok:
-                        return
-                    raise TaskError(f"output {path} is not a regular file")
+            raise TaskError(f"output {path} is missing or not a {kind.lower()}: {exc}") from exc
+        with opened(src):
+            if kind != "DIRECTORY":
                 self.send(src, path, url)
-        finally:
-            os.close(src)
+                return
+            self.send(None, path, url)
+            for rel, fd in entries(src, path, None):
+                with contextlib.nullcontext() if fd is None else opened(fd):
+                    self.send(fd, path.rstrip("/") + rel, url.rstrip("/") + rel)
 
-    def files_of(self, dfd: int, rel: str) -> Iterator[tuple[str, int]]:
-        """(``/relative/path``, open descriptor) of every regular file under *dfd*;
-        the container's symlinks are not followed."""
-        for name in sorted(os.listdir(dfd)):
-            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
-            if stat.S_ISDIR(mode):
-                sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
-                try:
-                    yield from self.files_of(sub, f"{rel}/{name}")
-                finally:
-                    os.close(sub)
-            elif stat.S_ISREG(mode):
-                yield f"{rel}/{name}", os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-
-    def send(self, fd: int, path: str, url: str) -> None:
-        """Deliver one file and record its output file log."""
-        size = os.fstat(fd).st_size
-        if urllib.parse.urlsplit(url).scheme.lower() == "file":
-            base, rel = self.confine_destination(url)
-            out = open_under(base, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_dirs=True)
-            try:
-                size = copy_fd(fd, out)
-            finally:
-                os.close(out)
+    def send(self, fd: int | None, path: str, url: str) -> None:
+        """Deliver one file (file:// copy or http(s) PUT) and record its output file log;
+        a directory (*fd* None) is only made, at a file:// URL."""
+        size = 0 if fd is None else os.fstat(fd).st_size
+        if self.check_url(url) == "file":
+            base, rel = self.confine(url)
+            if fd is None:
+                os.close(open_dirs(base, parts_of(rel), create=True))
+                return
+            with opened(open_under(base, rel, WRITE_FLAGS, create_dirs=True)) as out:
+                size = copy(functools.partial(os.read, fd), out)
+        elif fd is None:
+            return
         else:
             with os.fdopen(os.dup(fd), "rb") as body:
                 request = urllib.request.Request(url, data=body, method="PUT")
@@ -597,35 +487,9 @@ class Task:
         self.state["outputs"].append({"url": url, "path": path, "size_bytes": str(size)})
         self.save()
 
-    def confine_destination(self, url: str) -> tuple[str, str]:
-        """Like ``confine``, for a file that may not exist yet: its nearest existing
-        ancestor must resolve inside the file roots (the rest is made by a walk that
-        follows no symlink)."""
-        parsed = urllib.parse.urlsplit(url)
-        parts = parts_of(urllib.parse.unquote(parsed.path))
-        if not parts:
-            raise TaskError(f"{url} names no file")
-        existing = len(parts)
-        while existing and not os.path.lexists("/" + "/".join(parts[:existing])):
-            existing -= 1
-        head = "/" + "/".join(parts[:existing])
-        base, rel = self.confine(f"file://{urllib.parse.quote(head)}")
-        return base, rel.rstrip("/") + "/" + "/".join(parts[existing:]) if parts[existing:] else rel
-
-
-def open_dirs_at(parent: int, name: str) -> int:
-    """The descriptor of directory *name* under *parent*, made if missing, not a symlink."""
-    try:
-        os.mkdir(name, 0o755, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return os.open(name, DIR_FLAGS, dir_fd=parent)
-
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: tes_task.py PLAN_JSON", file=sys.stderr)
-        return 2
+    """``tes_task.py PLAN_JSON``: run the plan's task; the exit status says how it ended."""
     with open(argv[1], encoding="utf-8") as plan_file:
         plan = json.load(plan_file)
     return Task(plan).run()

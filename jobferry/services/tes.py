@@ -49,6 +49,7 @@ from jobferry.services.tes_doc import (
     TES_STATES,
     decode_page_token,
     encode_page_token,
+    keep_supported_backend_parameters,
     rfc3339,
     tags_match,
     task_state,
@@ -182,6 +183,8 @@ class TesService:
             raise ValidationError(
                 "resources.backend_parameters: not supported here: " + ", ".join(unsupported)
             )
+        notes = [f"backend parameters ignored (not supported): {', '.join(unsupported)}"]
+        doc = keep_supported_backend_parameters(doc, BACKEND_PARAMETERS)  # not stored: spec
         name = params.get("destination") or config.tes.destination or config.routing.default
         intake = self.jobs.intake
         intake.disk.require("new submissions")
@@ -233,8 +236,9 @@ class TesService:
             ],
             "params": {},
             "home_node": self.core.node_name,
-            # The task program starts the containers itself: see tes_plan's docstring.
-            "runner": "local" if placement.runner in ("local", "docker") else placement.runner,
+            # The task program starts the containers itself: see tes_plan's docstring
+            # (any other runner was refused by container_command).
+            "runner": "local",
             "destination": placement.destination,
             "cores": cores,
             # No memory on the job: a local job's memory becomes an address-space cap
@@ -249,9 +253,10 @@ class TesService:
         task: dict[str, Any] = {
             "job_id": job_id,
             "user_id": principal.user_id,
-            "name": title if doc.get("name") else "",
+            "name": str(doc.get("name") or ""),
             "doc": doc,
             "tags": dict(doc.get("tags") or {}),
+            "notes": notes if unsupported else [],
             "created_at": now,
         }
         try:
@@ -298,7 +303,7 @@ class TesService:
             j.finished_at,
         ]
         if with_doc:
-            columns.append(_TASKS.c.doc)
+            columns += [_TASKS.c.doc, _TASKS.c.notes]
         return select(*columns).join(Job.__table__, j.id == _TASKS.c.job_id)
 
     def get(self, principal: Principal, task_id: str, view: str = "MINIMAL") -> dict[str, Any]:
@@ -338,9 +343,7 @@ class TesService:
             }
         attempt = dict(state_file)
         system_logs = [str(s) for s in attempt.get("system_logs") or []]
-        unsupported = unsupported_backend_parameters(row.doc, BACKEND_PARAMETERS)
-        if unsupported:
-            system_logs.insert(0, "backend parameters ignored: " + ", ".join(unsupported))
+        system_logs[:0] = [str(note) for note in row.notes or []]
         if state == "SYSTEM_ERROR" and row.state_reason:
             system_logs.append(str(row.state_reason))
         attempt["system_logs"] = system_logs

@@ -41,11 +41,13 @@ from jobferry.services.states import JobState
 __all__ = [
     "FILE_TYPES",
     "MAX_NAME_CHARS",
+    "MAX_RESOURCE",
     "TASK_KEYS",
     "TES_STATES",
     "VIEWS",
     "decode_page_token",
     "encode_page_token",
+    "keep_supported_backend_parameters",
     "rfc3339",
     "tag_filter",
     "tags_match",
@@ -85,6 +87,9 @@ TASK_KEYS = (
 )
 #: A task's name is indexed for ``name_prefix`` listing; a B-tree entry must stay small.
 MAX_NAME_CHARS = 1024
+#: Upper bound of ``cpu_cores``, ``ram_gb`` and ``disk_gb``: the job's cores and memory
+#: (in MiB) are 32-bit integer columns, and no node comes near a million of either.
+MAX_RESOURCE = 1_000_000
 #: POSIX pattern characters that make an output path a wildcard (IEEE 1003.1, 2.13).
 _WILDCARDS = frozenset("*?[")
 #: Page tokens carry a version, so their format can change without misreading old ones.
@@ -316,6 +321,8 @@ def _positive_number(value: object, where: str, *, integer: bool) -> int | float
         value = int(value)
     if not math.isfinite(value) or value <= 0:
         _fail(where, "must be a positive integer" if integer else "must be a positive number")
+    if value > MAX_RESOURCE:
+        _fail(where, f"must be at most {MAX_RESOURCE}")
     return value
 
 
@@ -350,6 +357,26 @@ def unsupported_backend_parameters(task: Mapping[str, Any], supported: Iterable[
     known = {name.casefold() for name in supported}
     params = (task.get("resources") or {}).get("backend_parameters") or {}
     return sorted(name for name in params if name.casefold() not in known)
+
+
+def keep_supported_backend_parameters(
+    task: Mapping[str, Any], supported: Iterable[str]
+) -> dict[str, Any]:
+    """A copy of *task* without the backend parameters *supported* lacks.
+
+    The specification: "Backends shall not store or return unsupported keys if
+    included in a task" (a non-strict task still runs, with a warning).
+    """
+    unsupported = set(unsupported_backend_parameters(task, supported))
+    out = dict(task)
+    if unsupported and isinstance(out.get("resources"), Mapping):
+        resources = out["resources"] = dict(out["resources"])
+        resources["backend_parameters"] = {
+            name: value
+            for name, value in resources["backend_parameters"].items()
+            if name not in unsupported
+        }
+    return out
 
 
 # --- the task's state -----------------------------------------------------------------

@@ -267,9 +267,12 @@ class TesTask(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255), default="")
+    #: The task's name in full ("" without one; the job's is cut at 255 characters).
+    name: Mapped[str] = mapped_column(Text, default="")
     doc: Mapped[dict[str, Any]] = mapped_column(JSON)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Lines known at create for the task's system log (backend parameters ignored).
+    notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,8 @@ class Setup:
     alice_key: str
     bob_key: str
 
+    files: Path
+
     def client(self, key: str) -> tes.HTTPClient:
         return tes.HTTPClient(self.daemon.url, token=key, timeout=TIMEOUT)
 
@@ -48,6 +51,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     require("docker")
     base = tmp_path_factory.mktemp("tes")
+    (base / "files").mkdir()
     config = {
         "node": {"cores": 8},
         "runners": {"local": {"slots": 8}, "docker": {"enabled": True, "slots": 8}},
@@ -56,14 +60,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "dock": {"runner": "docker", "image": PYTHON_IMAGE},
             "held": {"runner": "docker", "image": PYTHON_IMAGE, "max_concurrent": 1},
         },
-        "tes": {"enabled": True, "destination": "dock"},
+        "tes": {"enabled": True, "destination": "dock", "file_roots": [str(base / "files")]},
     }
     daemon = DaemonProcess(base / "data", config).start()
     try:
         alice = daemon.cli("user", "create", "alice").stdout.strip()
         daemon.cli("user", "passwd", "alice", input=ALICE_PASSWORD + "\n")
         bob = daemon.cli("user", "create", "bob").stdout.strip()
-        yield Setup(daemon, daemon.admin_key, alice, bob)
+        yield Setup(daemon, daemon.admin_key, alice, bob, base / "files")
     finally:
         daemon.stop()
         # The executors' containers are named jobferry-<job id>-<attempt>-<index>.
@@ -143,13 +147,46 @@ def test_task__runs_in_a_container_and_reads_back_in_every_view(setup: Setup) ->
     assert full.logs[0].start_time is not None and full.logs[0].end_time is not None
 
 
-def test_task__a_failing_executor_ends_executor_error(setup: Setup) -> None:
+def test_task__stages_inline_and_file_inputs_and_delivers_a_file_output(setup: Setup) -> None:
+    (setup.files / "words.txt").write_text("from a file\n")
     client = setup.client(setup.alice_key)
-    task_id = create(client, task("fails", ["sh", "-c", "exit 3"]))
+    script = "cat /data/in.txt /data/words.txt | tr a-z A-Z > /data/out/result.txt"
+    task_id = create(
+        client,
+        tes.Task(
+            name="staging",
+            inputs=[
+                tes.Input(path="/data/in.txt", content="inline\n"),
+                tes.Input(path="/data/words.txt", url=f"file://{setup.files}/words.txt"),
+            ],
+            outputs=[
+                tes.Output(path="/data/out/result.txt", url=f"file://{setup.files}/result.txt")
+            ],
+            volumes=["/data/out"],
+            executors=[tes.Executor(image=PYTHON_IMAGE, command=["sh", "-c", script])],
+        ),
+    )
+    client.wait(task_id, timeout=TIMEOUT)
+    full = client.get_task(task_id, view="FULL")
+    assert full.state == "COMPLETE", full.logs
+    assert (setup.files / "result.txt").read_text() == "INLINE\nFROM A FILE\n"
+    assert int(full.logs[0].outputs[0].size_bytes) == 19  # a string on the wire
+    assert full.inputs[0].content == "inline\n"  # FULL: content too
+    assert client.get_task(task_id, view="BASIC").inputs[0].content is None
+
+
+def test_task__a_failing_executor_ends_executor_error_and_unsupported_parameters_are_noted(
+    setup: Setup,
+) -> None:
+    client = setup.client(setup.alice_key)
+    ignored = tes.Resources(backend_parameters={"gpu_model": "x"})  # not strict: a warning
+    task_id = create(client, task("fails", ["sh", "-c", "exit 3"], resources=ignored))
     client.wait(task_id, timeout=TIMEOUT)
     full = client.get_task(task_id, view="FULL")
     assert full.state == "EXECUTOR_ERROR"
     assert full.logs[0].logs[0].exit_code == 3
+    assert any("gpu_model" in line for line in full.logs[0].system_logs)
+    assert not (full.resources.backend_parameters or {})  # neither stored nor returned
 
 
 def test_list__filters_by_name_prefix_state_and_tags_and_pages_newest_first(
@@ -221,7 +258,7 @@ def test_cancel__a_queued_task_at_once_and_a_running_one_with_its_container(
     client.cancel_task(running)  # cancelling an ended task is not an error
 
 
-def test_create__invalid_documents_are_400_naming_the_field(setup: Setup) -> None:
+def test_invalid_documents_and_list_parameters__are_400_naming_the_field(setup: Setup) -> None:
     url = setup.daemon.url + "/ga4gh/tes/v1/tasks"
     headers = {"Authorization": f"Bearer {setup.alice_key}"}
     for body, field in [
@@ -242,6 +279,17 @@ def test_create__invalid_documents_are_400_naming_the_field(setup: Setup) -> Non
         response = requests.post(url, json=body, headers=headers, timeout=TIMEOUT)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["code"] == 400
+        assert field in response.json()["message"], (field, response.text)
+    for params, field in [
+        ({"page_size": "2048"}, "page_size"),
+        ({"page_size": "0"}, "page_size"),
+        ({"view": "EVERYTHING"}, "view"),
+        ({"state": "DONE"}, "state"),
+        ({"page_token": "not-a-token"}, "page_token"),
+        ({"tag_key": "a", "tag_value": ["1", "2"]}, "tag_value"),
+    ]:
+        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT)
+        assert response.status_code == 400, (params, response.text)
         assert field in response.json()["message"], (field, response.text)
 
 

@@ -147,11 +147,16 @@ def test_executors_share_a_volume_and_redirect_their_streams(plan: Plan) -> None
             "inputs": [{"path": "/in/big.txt", "content": content, "type": "FILE"}],
             "outputs": [{"path": "/out/report.txt", "url": out, "type": "FILE"}],
             "executors": [
-                sh("id -u > /vol/who; pwd > /vol/where; echo $GREETING >> /vol/where")
-                | {"workdir": "/vol/work", "env": {"GREETING": "hi there"}},
+                # Who, where, which networks, and whether an input may be written.
+                sh(
+                    "(id -u; pwd; echo $GREETING; ls /sys/class/net;"
+                    " touch /in/big.txt 2>/dev/null && echo rw || echo ro) > /vol/facts",
+                    workdir="/vol/work",
+                    env={"GREETING": "hi there"},
+                ),
                 py(
-                    "import sys; data = sys.stdin.read(); w = open('/vol/who').read().strip();"
-                    "print(len(data), data.splitlines()[-1], w, open('/vol/where').read());"
+                    "import sys; data = sys.stdin.read(); facts = open('/vol/facts').read();"
+                    "print(len(data), data.splitlines()[-1], facts.split());"
                     "print('to stderr', file=sys.stderr)",
                     stdin="/in/big.txt",
                     stdout="/out/report.txt",
@@ -162,20 +167,25 @@ def test_executors_share_a_volume_and_redirect_their_streams(plan: Plan) -> None
     assert (code, state["phase"]) == (0, "COMPLETE"), state
     report = (plan.files / "out" / "report.txt").read_text()
     last = content.splitlines()[-1]
-    assert report == f"131072 {last} 65534 /vol/work\nhi there\n\n"
+    facts = ["65534", "/vol/work", "hi", "there", "lo", "ro"]  # nobody, no network
+    assert report == f"131072 {last} {facts}\n"
     first, second = state["logs"]
     assert first["exit_code"] == second["exit_code"] == 0
     assert second["stdout"] == report  # the tail is kept although the stream went to a file
     assert second["stderr"] == "to stderr\n"
-    assert state["outputs"] == [{"url": out, "path": "/out/report.txt", "size_bytes": str(len(report))}]
+    assert state["outputs"] == [
+        {"url": out, "path": "/out/report.txt", "size_bytes": str(len(report))}
+    ]
     for stamp in (state["start_time"], state["end_time"], first["start_time"], first["end_time"]):
         assert stamp.endswith("Z") and "T" in stamp
 
 
 def test_a_failed_executor_stops_the_rest_unless_its_error_is_ignored(plan: Plan) -> None:
-    code, state = plan.run({"executors": [sh("echo bad >&2; exit 3"), sh("echo never")]})
+    noisy = sh("head -c 3000 /dev/zero | tr '\\0' a >&2; echo bad >&2; exit 3")
+    code, state = plan.run({"executors": [noisy, sh("echo never")]})
     assert (code, state["phase"]) == (1, "EXECUTOR_ERROR")
-    assert [(log["exit_code"], log["stderr"]) for log in state["logs"]] == [(3, "bad\n")]
+    tail = "a" * 1020 + "bad\n"  # the last tail_bytes (1024) of the stream
+    assert [(log["exit_code"], log["stderr"]) for log in state["logs"]] == [(3, tail)]
 
     ignored = sh("exit 3", ignore_error=True)
     code, state = plan.run({"executors": [ignored, sh("echo after")]})
@@ -209,7 +219,8 @@ def test_file_inputs_and_outputs_files_directories_and_wildcards(plan: Plan) -> 
                 sh(
                     "cp -r /in/data/. /work/tree/ && cat /in/single.txt > /work/tree/s.txt && "
                     "mkdir -p /work/w && echo 1 > /work/w/one.txt && echo 22 > /work/w/two.txt && "
-                    "echo no > /work/w/three.log && ln -s /etc/passwd /work/tree/leak"
+                    "echo no > /work/w/three.log && ln -s /etc/passwd /work/tree/leak && "
+                    "mkdir -p /work/tree/empty/deeper"
                 )
             ],
         }
@@ -219,6 +230,7 @@ def test_file_inputs_and_outputs_files_directories_and_wildcards(plan: Plan) -> 
     files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if not p.is_dir())
     assert files == ["tree/link.txt", "tree/s.txt", "tree/sub/a.txt", "w/one.txt", "w/two.txt"]
     assert (got / "tree" / "link.txt").read_text() == "E"
+    assert (got / "tree" / "empty" / "deeper").is_dir()  # directories, even empty ones
     assert (got / "w" / "two.txt").read_text() == "22\n"
     logs = {log["path"]: log for log in state["outputs"]}
     assert logs["/work/w/two.txt"] == {
@@ -255,8 +267,9 @@ def test_a_file_url_escaping_the_roots_is_a_system_error(
 @pytest.mark.parametrize(
     "output, message",
     [
-        ({"path": "/out/none.txt", "url": "file:///tmp/x"}, "/out/none.txt is missing"),
+        ({"path": "/out/none.txt", "url": "DEST"}, "/out/none.txt is missing"),
         ({"path": "/out/leak", "url": "DEST"}, "/out/leak is missing"),  # a symlink
+        ({"path": "/out/fifo", "url": "DEST"}, "/out/fifo is missing"),  # would block
         ({"path": "/out/ok", "url": "file:///etc/jobferry-test-leak"}, "outside the allowed"),
     ],
 )
@@ -265,13 +278,32 @@ def test_an_undeliverable_output_is_a_system_error(
 ) -> None:
     output = {**output, "url": output["url"].replace("DEST", plan.url("leak")), "type": "FILE"}
     code, state = plan.run(
-        {"outputs": [output], "executors": [sh("echo ok > /out/ok; ln -s /etc/passwd /out/leak")]}
+        {
+            "outputs": [output],
+            "executors": [sh("echo ok > /out/ok; ln -s /etc/passwd /out/leak; mkfifo /out/fifo")],
+        }
     )
     assert (code, state["phase"]) == (2, "SYSTEM_ERROR")
     assert message in state["system_logs"][0]
     assert state["outputs"] == []
     assert not os.path.exists("/etc/jobferry-test-leak")
     assert not (plan.files / "leak").exists()
+
+
+def test_a_stream_path_the_container_made_a_symlink_is_refused(plan: Plan, tmp_path: Path) -> None:
+    target = tmp_path / "outside.txt"  # a host path: the second executor must not write it
+    code, state = plan.run(
+        {
+            "volumes": ["/vol"],
+            "executors": [
+                sh(f"ln -s {target} /vol/out.txt"),
+                sh("echo escaped", stdout="/vol/out.txt"),
+            ],
+        }
+    )
+    assert (code, state["phase"], len(state["logs"])) == (2, "SYSTEM_ERROR", 1)
+    assert "executors[1].stdout /vol/out.txt" in state["system_logs"][0]
+    assert not target.exists()
 
 
 def test_http_inputs_and_outputs_go_only_to_allowed_hosts(
@@ -283,9 +315,7 @@ def test_http_inputs_and_outputs_go_only_to_allowed_hosts(
     code, state = plan.run(
         {
             "inputs": [{"path": "/in/in.txt", "url": f"http://{host}/in.txt", "type": "FILE"}],
-            "outputs": [
-                {"path": "/out/o.txt", "url": f"http://{host}/put/o.txt", "type": "FILE"}
-            ],
+            "outputs": [{"path": "/out/o.txt", "url": f"http://{host}/put/o.txt", "type": "FILE"}],
             "executors": [sh("tr a-z A-Z < /in/in.txt > /out/o.txt")],
         }
     )
@@ -310,7 +340,9 @@ def test_an_unsupported_scheme_is_a_system_error_naming_it(plan: Plan) -> None:
 
 def test_sigterm_removes_the_running_container_and_exits_143(plan: Plan) -> None:
     path = plan.write({"executors": [sh("sleep 300")]})
-    proc = subprocess.Popen([PYTHON, str(PROGRAM), str(path)])
+    # In a process group of its own, signalled as a whole as the job wrapper's is: the
+    # container CLI gets the SIGTERM too.
+    proc = subprocess.Popen([PYTHON, str(PROGRAM), str(path)], start_new_session=True)
     container = f"{plan.name}-0"
 
     def running() -> bool:
@@ -320,7 +352,7 @@ def test_sigterm_removes_the_running_container_and_exits_143(plan: Plan) -> None
     try:
         wait_for("the executor's container", running, 60)
         assert plan.state()["phase"] == "RUNNING"
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 143
     finally:
         if proc.poll() is None:
@@ -328,5 +360,6 @@ def test_sigterm_removes_the_running_container_and_exits_143(plan: Plan) -> None
             proc.wait()
     state = plan.state()
     assert state["phase"] == "CANCELED" and state["end_time"]
+    assert len(state["logs"]) == 1  # the killed executor's log is kept
     ps = ["docker", "ps", "-aq", "--filter", f"name={container}"]
     assert subprocess.run(ps, capture_output=True, text=True).stdout.strip() == ""

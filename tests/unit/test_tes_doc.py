@@ -19,10 +19,12 @@ from jobferry.errors import ValidationError
 from jobferry.services.states import JobState
 from jobferry.services.tes_doc import (
     MAX_NAME_CHARS,
+    MAX_RESOURCE,
     TASK_KEYS,
     TES_STATES,
     decode_page_token,
     encode_page_token,
+    keep_supported_backend_parameters,
     rfc3339,
     tag_filter,
     tags_match,
@@ -350,6 +352,10 @@ def test_a_bad_output_is_refused_naming_its_field(item: object, field: str) -> N
         ({"backend_parameters": {"VmSize": 4}}, "resources.backend_parameters.VmSize"),
         ({"backend_parameters": ["VmSize"]}, "resources.backend_parameters"),
         ({"backend_parameters_strict": "true"}, "resources.backend_parameters_strict"),
+        ({"cpu_cores": MAX_RESOURCE + 1}, "resources.cpu_cores"),
+        ({"cpu_cores": 10**30}, "resources.cpu_cores"),
+        ({"ram_gb": 1e300}, "resources.ram_gb"),
+        ({"disk_gb": MAX_RESOURCE + 0.5}, "resources.disk_gb"),
         ([], "resources"),
     ],
 )
@@ -394,6 +400,25 @@ def test_unsupported_backend_parameters_are_listed_sorted_and_case_insensitively
     assert unsupported_backend_parameters(task, ["VMSIZE", "alpha", "zeta"]) == []
     assert unsupported_backend_parameters(validate_task(minimal()), []) == []
     assert unsupported_backend_parameters({"resources": {}}, []) == []
+
+
+def test_resources_at_the_upper_bound_are_accepted() -> None:
+    top = {"cpu_cores": MAX_RESOURCE, "ram_gb": MAX_RESOURCE, "disk_gb": float(MAX_RESOURCE)}
+    resources = validate_task(minimal() | {"resources": top})["resources"]
+    assert resources == top | {"backend_parameters_strict": False}
+    assert resources["ram_gb"] * 1024 < 2**31  # the job's memory_mb column
+
+
+def test_unsupported_backend_parameters_are_not_kept() -> None:
+    params = {"VmSize": "a", "other": "b"}
+    task = validate_task(minimal() | {"resources": {"backend_parameters": params}})
+    kept = keep_supported_backend_parameters(task, ["vmsize"])
+    assert kept["resources"]["backend_parameters"] == {"VmSize": "a"}
+    assert task["resources"]["backend_parameters"] == params  # a copy
+    assert kept["executors"] == task["executors"]
+    assert keep_supported_backend_parameters(validate_task(minimal()), []) == validate_task(
+        minimal()
+    )
 
 
 # --- states ---------------------------------------------------------------------------
