@@ -230,7 +230,7 @@ def list_part(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     log(f"list: seeded in {seeded.seconds:.1f} s")
     daemon.start()
     try:
-        rows = measure_list(daemon, seeded, args.requests)
+        rows = measure_list(daemon, seeded, args.requests, args.wait_idle)
     finally:
         daemon.stop()
     return {"seed_seconds": seeded.seconds, "scenarios": [asdict(r) for r in rows]}
@@ -278,6 +278,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list-tasks", type=int, default=None, help="seeded tasks (100000)")
     parser.add_argument("--requests", type=int, default=None, help="per scenario (300)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="list: before each scenario, wait up to S s for other work on the machine to stop",
+    )
     parser.add_argument("--time-limit", type=float, default=1800.0, metavar="S")
     parser.add_argument("--quick", action="store_true", help="5 tasks, 600, 20,000, 100")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -31,7 +31,7 @@ import requests
 from bench.common.daemons import Daemon
 from bench.common.report import BenchError, log
 from bench.common.stats import percentile, process_cpu_s
-from bench.jobs_list import WARMUP, other_load, time_gets
+from bench.jobs_list import WARMUP, other_load, time_gets, wait_idle
 from jobferry.config import load_config
 from jobferry.services.container import build
 from jobferry.services.core import Core
@@ -230,10 +230,15 @@ def list_scenarios(
     ]  # fmt: skip
 
 
-def measure_list(daemon: Daemon, seeded: SeededTasks, count: int) -> list[ListMeasured]:
-    """Every scenario of part 3 on *daemon* (started on the seeded store)."""
+def measure_list(
+    daemon: Daemon, seeded: SeededTasks, count: int, idle_s: float = 0.0
+) -> list[ListMeasured]:
+    """Every scenario of part 3 on *daemon* (started on the seeded store); with *idle_s*,
+    each (and the reference) waits up to that long for other work on the machine to stop."""
     sessions = {"admin": tes_session(seeded.admin_key), "ann": tes_session(seeded.user_keys["ann"])}
     try:
+        if idle_s > 0:
+            wait_idle(daemon, idle_s)
         cpu = process_cpu_s(daemon.pid)
         reference, _ = time_gets(sessions["admin"], daemon.url + "/healthz", count)
         ref_cpu = (process_cpu_s(daemon.pid) - cpu) * 1000.0 / (count + WARMUP)
@@ -243,6 +248,8 @@ def measure_list(daemon: Daemon, seeded: SeededTasks, count: int) -> list[ListMe
         for name, path, who, gated in list_scenarios(
             sessions["admin"], sessions["ann"], daemon.url, seeded.tasks
         ):
+            if idle_s > 0:
+                wait_idle(daemon, idle_s)
             load = other_load(daemon)
             cpu = process_cpu_s(daemon.pid)
             # Informational scenarios (a slow filter) get fewer requests: the run stays short.
