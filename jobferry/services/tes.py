@@ -13,8 +13,8 @@ that names a job which is not a TES task is not found either.
 HTTP Basic credentials (py-tes's ``user=``/``password=``) are a user name (or
 email) with a password or one of the user's API keys. They are counted by the
 same failure limiter as Galaxy's baseauth (``UserService.failures``), and a
-verified pair is remembered for ``api.key_cache_s`` as keys are, so a client
-polling a task every half second costs one password hash, not one per poll.
+verified password is remembered for ``api.key_cache_s`` as keys are, so a client
+polling a task costs at most one password hash per that time, not one per poll.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sqlalchemy import Select, Table, and_, or_, select
 
 from jobferry import __version__
 from jobferry.errors import (
+    AuthenticationError,
     ConflictError,
     InvalidCredentialsError,
     NotAllowedByConfigError,
@@ -102,46 +103,62 @@ class TesService:
         self.jobs = jobs
         self.auth = auth
         self.users = users
-        #: sha256 of "identity:secret" -> (when verified, who); see the module docstring.
+        #: sha256 of "identity\0password" -> (when verified, who): ``authenticate_basic``.
         self._basic: dict[str, tuple[float, Principal]] = {}
 
     # --- authentication ---------------------------------------------------------------
 
     def authenticate_basic(self, identity: str, secret: str, client: str = "") -> Principal:
         """The user named by HTTP Basic credentials: *identity* with a password or one of
-        their API keys. Raises InvalidCredentialsError or TooManyRequestsError."""
+        their API keys. Raises InvalidCredentialsError or TooManyRequestsError.
+
+        A verified password is remembered for ``api.key_cache_s`` (keyed by a hash of
+        the pair, never the password): within that time neither a password hash nor
+        the store is asked again, as for keys (whose own cache ``AuthService`` keeps,
+        with its revocations)."""
+        is_key = secret.startswith("jf_")
         digest = hashlib.sha256(f"{identity}\0{secret}".encode("utf-8", "surrogateescape"))
         cache_key = digest.hexdigest()
         ttl = self.core.config.api.key_cache_s
-        cached = self._basic.get(cache_key)
+        cached = None if is_key else self._basic.get(cache_key)
         if cached is not None and time.monotonic() - cached[0] < ttl:
             return cached[1]
         counted = (f"user:{identity.casefold()}", f"addr:{client}")
         failures = self.users.failures
         failures.check(*counted)
         try:
-            principal = self._verify_basic(identity, secret)
+            principal = (
+                self._with_key(identity, secret)
+                if is_key
+                else self._with_password(identity, secret)
+            )
         except InvalidCredentialsError:
             failures.failed(*counted)
             raise
         failures.forget(counted[0])
-        if ttl > 0:
+        if ttl > 0 and not is_key:
             if len(self._basic) > 10_000:
                 self._basic.clear()
             self._basic[cache_key] = (time.monotonic(), principal)
         return principal
 
-    def _verify_basic(self, identity: str, secret: str) -> Principal:
-        if secret.startswith("jf_"):  # an API key: it must be the named user's
+    def _with_key(self, identity: str, key: str) -> Principal:
+        """The key's owner, if *identity* names them (user name, else their email)."""
+        try:
+            principal = self.auth.cached(key) or self.auth.authenticate(key)
+        except AuthenticationError as exc:
+            raise InvalidCredentialsError() from exc
+        if identity != principal.username:
             try:
-                principal = self.auth.authenticate(secret)
-            except Exception as exc:
+                email = self.auth.get_user(principal.username).email
+            except NotFoundError as exc:
                 raise InvalidCredentialsError() from exc
-            record = self.users.get(principal, principal.user_id)
-            if identity not in (record.username, record.email):
+            if identity != email:
                 raise InvalidCredentialsError()
-            return principal
-        record = self.users.verify_credentials(identity, secret)
+        return principal
+
+    def _with_password(self, identity: str, password: str) -> Principal:
+        record = self.users.verify_credentials(identity, password)
         return Principal(record.id, record.username, record.is_admin)
 
     # --- service-info -------------------------------------------------------------------

@@ -280,6 +280,16 @@ def test_invalid_documents_and_list_parameters__are_400_naming_the_field(setup: 
         assert response.status_code == 400, (body, response.text)
         assert response.json()["code"] == 400
         assert field in response.json()["message"], (field, response.text)
+    big = {"executors": [{"image": PYTHON_IMAGE, "command": ["true"]}]}
+    big["inputs"] = [{"path": "/in/big.txt", "content": "x" * (1024 * 1024 + 1)}]
+    response = requests.post(url, json=big, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 400 and "inputs[0].content" in response.json()["message"]
+    big["inputs"][0]["content"] = "y" * (200 * 1024)  # the spec's 128 KiB, and more
+    response = requests.post(url, json=big, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    requests.post(
+        f"{url}/{response.json()['id']}:cancel", headers=headers, timeout=TIMEOUT
+    ).raise_for_status()
     for params, field in [
         ({"page_size": "2048"}, "page_size"),
         ({"page_size": "0"}, "page_size"),
@@ -348,3 +358,30 @@ def test_routes__the_cancel_suffix_is_not_part_of_the_id(setup: Setup) -> None:
         setup.daemon.url + "/ga4gh/tes/v1/tasks/abc:cancel", headers=headers, timeout=TIMEOUT
     )
     assert response.status_code == 405  # the cancel route, which takes only POST
+
+
+def test_other_faces__show_a_task_as_a_job_without_a_script(setup: Setup) -> None:
+    client = setup.client(setup.alice_key)
+    task_id = create(client, task("seen-elsewhere", ["true"]))
+    client.wait(task_id, timeout=TIMEOUT)
+    headers = {"Authorization": f"Bearer {setup.alice_key}"}
+    url = setup.daemon.url
+    details = requests.get(f"{url}/api/jobs/v1/{task_id}/details/", headers=headers, timeout=60)
+    assert details.status_code == 200, details.text
+    galaxy = requests.get(f"{url}/api/jobs/{task_id}", headers=headers, timeout=60)
+    assert galaxy.status_code == 200, galaxy.text
+    listed = requests.get(f"{url}/api/jobs", headers=headers, timeout=60)
+    assert listed.status_code == 200 and task_id in {j["id"] for j in listed.json()}
+
+
+def test_restart__a_running_task_is_followed_again_and_completes(setup: Setup) -> None:
+    """The daemon stops with the task's program running (its jobs keep running) and
+    re-attaches to it at start, through the local runner its job names."""
+    client = setup.client(setup.alice_key)
+    task_id = create(client, task("survivor", ["sh", "-c", "sleep 3; echo done"]))
+    wait_state(client, task_id, {"RUNNING"})
+    setup.daemon.stop()
+    setup.daemon.start()
+    client = setup.client(setup.alice_key)  # a new port
+    assert client.wait(task_id, timeout=TIMEOUT).state == "COMPLETE"
+    assert client.get_task(task_id, view="FULL").logs[0].logs[0].stdout == "done\n"

@@ -249,11 +249,12 @@ def test_list__a_scan_bound_ends_a_filtered_page_early_with_a_token_that_goes_on
 def test_basic_credentials__password_or_own_key_and_failures_are_limited(
     services: Services,
 ) -> None:
-    user, key = services.auth.create_user("carol")
+    user, key = services.auth.create_user("carol", email="carol@example.org")
     services.users.set_password("carol", "a long password 1")
     tes = services.tes
     assert tes.authenticate_basic("carol", "a long password 1", "1.2.3.4").user_id == user.id
     assert tes.authenticate_basic("carol", key, "1.2.3.4").user_id == user.id
+    assert tes.authenticate_basic("carol@example.org", key, "1.2.3.4").user_id == user.id
     _, other_key = services.auth.create_user("dave")
     with pytest.raises(errors.InvalidCredentialsError):
         tes.authenticate_basic("carol", other_key, "1.2.3.4")  # dave's key, carol's name
