@@ -5,6 +5,8 @@ cwl-tes`` makes it; ``CWLTES_VENV`` in tests/services.py says where). It runs a
 one-step CWL CommandLineTool on the shared filesystem: it sends the input as a
 ``file://`` URL, its stdout and the whole working directory as ``file://`` outputs
 (a FILE and a DIRECTORY), into a directory the daemon's ``tes.file_roots`` allows.
+The tool's image is the local test image: ``docker run`` pulls only a missing image,
+and no registry is reachable, so a pull would fail the task.
 
 cwl-tes 0.3 sends a token only as a JWT it verifies itself against an RS256 public
 key (``--token``/``--token-public-key``), which a jobferry API key is not. Its TES
@@ -32,7 +34,7 @@ import requests
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, cwltes_command, require
 
-pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(600)]
 
 #: A one-step tool on an input File: its line count captured from stdout (a FILE
 #: output of the task), and the sorted lines written to the working directory, which
