@@ -20,6 +20,7 @@ The daemon's store plays no part in what is checked: SQLite only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -112,9 +113,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         )
 
 
-def run_cwltes(setup: Setup, name: str, tool: dict[str, Any]) -> tuple[Path, Any]:
+def run_cwltes(
+    setup: Setup, name: str, tool: dict[str, Any], netrc: Path | None = None
+) -> tuple[Path, Any]:
     """cwl-tes on *tool* with a three-line input file, in its own directory under the
-    shared one: that directory, and cwl-tes's finished process."""
+    shared one, with carol's credentials (or *netrc*'s): that directory, and cwl-tes's
+    finished process."""
     here = setup.shared / name
     for sub in ("tmp", "work", "out"):
         (here / sub).mkdir(parents=True)
@@ -126,7 +130,7 @@ def run_cwltes(setup: Setup, name: str, tool: dict[str, Any]) -> tuple[Path, Any
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(here),
-        "NETRC": str(setup.netrc),  # carol's name and API key, for requests
+        "NETRC": str(netrc or setup.netrc),  # a name and API key, for requests
         "NO_PROXY": "127.0.0.1",
     }
     argv = [
@@ -160,6 +164,7 @@ def test_cwltes__runs_a_one_step_tool_with_a_file_input_and_file_outputs(setup: 
         assert out["class"] == "File" and out["basename"] == f"{name}.txt"
         assert out["location"] == f"file://{here}/out/{name}.txt"
         assert out["size"] == len(content)
+        assert out["checksum"] == "sha1$" + hashlib.sha1(content.encode()).hexdigest()
         assert (here / "out" / f"{name}.txt").read_text() == content
 
     # It ran as carol's task, to COMPLETE, in the tool's image.
@@ -177,3 +182,14 @@ def test_cwltes__a_tool_failing_in_its_container_fails_the_run(setup: Setup) -> 
     (task,) = [t for t in setup.tasks() if t["id"] not in before]
     assert task["state"] == "EXECUTOR_ERROR"
     assert task["logs"][0]["logs"][0]["exit_code"] == 3
+
+
+def test_cwltes__a_wrong_api_key_is_refused_before_any_task(setup: Setup) -> None:
+    wrong = setup.netrc.with_name("netrc-wrong")
+    wrong.touch(mode=0o600)
+    wrong.write_text("machine 127.0.0.1 login carol password jf_not-a-key\n")
+    before = setup.tasks()
+    _, result = run_cwltes(setup, "refused", SORT_TOOL, netrc=wrong)
+    assert result.returncode != 0
+    assert "401" in result.stderr, result.stderr
+    assert setup.tasks() == before
