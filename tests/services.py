@@ -11,6 +11,7 @@ import functools
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,15 @@ PG_URL = os.environ.get(
 #: Images scripts/services builds locally (no registry is reachable).
 BUSYBOX_IMAGE = "jobferry-test/busybox:1"
 PYTHON_IMAGE = "jobferry-test/python:1"
+#: The Python 3.8 venv holding cwl-tes (it needs 3.8; scripts/services cwl-tes makes it).
+CWLTES_VENV = Path(
+    os.environ.get("JOBFERRY_CWLTES_VENV", "~/.cache/jobferry-cwltes-venv")
+).expanduser()
+
+
+def cwltes_command() -> list[str]:
+    """The ``cwl-tes`` command line of that venv (``require("cwl-tes")`` first)."""
+    return [str(CWLTES_VENV / "bin" / "cwl-tes")]
 
 
 def _ok(*argv: str) -> bool:
@@ -42,6 +52,8 @@ def available(name: str) -> bool:
         return _ok("/usr/bin/chromium", "--version") and _ok("/usr/bin/chromedriver", "--version")
     if name == "slurm":
         return _ok("scontrol", "ping") and _ok("sbatch", "--version")
+    if name == "cwl-tes":  # installed, and imports (its --version loads cwltool)
+        return _ok(*cwltes_command(), "--version")
     if name == "postgres":
         try:
             import psycopg
@@ -61,7 +73,7 @@ def require(name: str) -> None:
     """Skip the calling test if *name* is not running; fail instead under CI=true."""
     if available(name):
         return
-    message = f"{name} is not running (scripts/services {name} starts it)"
+    message = f"{name} is not available (scripts/services {name} installs or starts it)"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -364,6 +364,20 @@ class Config(_Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _tes_roots_spare_the_data_dir(self) -> Config:
+        """A ``file://`` root that holds the data directory (or lies inside it) would let
+        any TES user read the store, the secret, the admin key and other users' job files:
+        refused when the configuration is loaded, not found out later."""
+        data = self.data_path
+        for root in self.tes.file_roots:
+            resolved = Path(root).resolve()
+            if resolved == data or resolved in data.parents or data in resolved.parents:
+                raise ValueError(
+                    f"tes.file_roots: {root!r} overlaps the data directory {str(data)!r}"
+                )
+        return self
+
     # --- derived values (not keys) ------------------------------------------------
 
     @property

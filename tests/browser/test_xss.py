@@ -187,8 +187,7 @@ def see_the_list_and_the_live_tail(site: Site, browser: WebDriver, job: HostileJ
     # The last line and the end reach the page (live, or by its reload at the end).
     wait_until(
         browser,
-        lambda d: "go-ahead seen" in d.find_element(By.TAG_NAME, "body").text
-        and job_page_final(d),
+        lambda d: "go-ahead seen" in d.find_element(By.TAG_NAME, "body").text and job_page_final(d),
     )
     assert_inert(browser, site, shows=("</pre><iframe src=javascript:alert(1)></iframe>",))
 

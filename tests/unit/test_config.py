@@ -296,3 +296,19 @@ def test_sample_config__documents_every_key_of_the_schema() -> None:
     assert sorted(documented) == sorted(key for key, _ in schema), "sample and schema differ"
     undocumented = [key for key, leaf in schema if leaf and not documented[key]]
     assert undocumented == [], f"keys without a comment line above them: {undocumented}"
+
+
+@pytest.mark.parametrize("where", ["data", "data/jobs", "."], ids=["itself", "inside", "above"])
+def test_tes_file_roots__overlapping_the_data_directory_is_an_error(
+    tmp_path: Path, where: str
+) -> None:
+    """A file:// root over the data directory would hand every TES user the store,
+    the secret and other users' job files."""
+    root = tmp_path / where
+    with pytest.raises(ValueError, match="overlaps the data directory"):
+        Config.model_validate(
+            {"data_dir": str(tmp_path / "data"), "tes": {"file_roots": [str(root)]}}
+        )
+    Config.model_validate(
+        {"data_dir": str(tmp_path / "data"), "tes": {"file_roots": [str(tmp_path / "shared")]}}
+    )
