@@ -143,7 +143,7 @@ def seed_tasks(data_dir: Path, count: int, rng: random.Random) -> SeededTasks:
                             "script_version_id": None,
                             "name": name,
                             "command": "",
-                            "argv": ["python3", "tes_task.py", f"{job_dir}/tes/plan-1.json"],
+                            "argv": ["python3", "tes_task.py", f"{job_dir}/tes/plan.json"],
                             "params": {},
                             "state": state,
                             "state_reason": "exit code 2" if state == "error" else None,
