@@ -363,3 +363,39 @@ def test_sigterm_removes_the_running_container_and_exits_143(plan: Plan) -> None
     assert len(state["logs"]) == 1  # the killed executor's log is kept
     ps = ["docker", "ps", "-aq", "--filter", f"name={container}"]
     assert subprocess.run(ps, capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_each_attempt_writes_its_own_state_file_and_names_its_own_containers(
+    plan: Plan,
+) -> None:
+    """``{attempt}`` in the plan's state path and container name is ``$JOBFERRY_ATTEMPT``
+    (the daemon sets it): a requeued task's attempt 2 leaves attempt 1's file alone,
+    and its containers cannot clash with attempt 1's (which may still run)."""
+    waits = "until [ -e /shared/go ]; do sleep 0.1; done; echo two"
+    path = plan.write({"executors": [sh(waits)], "volumes": ["/shared"]})
+    body = json.loads(path.read_text())
+    body["state_path"] = str(plan.dir / "tes" / "state-{attempt}.json")
+    body["runtime"]["name"] = plan.name + "-{attempt}"
+    path.write_text(json.dumps(body))
+    first = plan.dir / "tes" / "state-1.json"
+    first.write_text('{"phase": "RUNNING"}')  # attempt 1's, cut off by its node's death
+    env = {**os.environ, "JOBFERRY_ATTEMPT": "2"}
+    proc = subprocess.Popen([PYTHON, str(PROGRAM), str(path)], env=env)
+    container = f"{plan.name}-2-0"
+
+    def running() -> bool:
+        ps = ["docker", "ps", "-q", "--filter", f"name=^{container}$"]
+        return bool(subprocess.run(ps, capture_output=True, text=True).stdout.strip())
+
+    try:
+        wait_for("attempt 2's container", running, 60)
+        (plan.dir / "root" / "shared" / "go").touch()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    second = json.loads((plan.dir / "tes" / "state-2.json").read_text())
+    assert second["phase"] == "COMPLETE" and second["logs"][0]["stdout"] == "two\n"
+    assert json.loads(first.read_text()) == {"phase": "RUNNING"}
+    assert not (plan.dir / "tes" / "state-{attempt}.json").exists()
