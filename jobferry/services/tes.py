@@ -361,9 +361,10 @@ class TesService:
         ended = row.state in (JobState.OK.value, JobState.ERROR.value, JobState.DELETED.value)
         if files and files[-1] is None and not ended:
             files = files[:-1]  # the current attempt has not begun yet
+        queued = row.state in (JobState.NEW.value, JobState.QUEUED.value)  # requeued
         attempts = []
         for number, state_file in enumerate(files, start=1):
-            last = number == len(files) and number == row.attempt
+            last = number == len(files) and number == row.attempt and not queued
             attempt = dict(state_file or {})
             if state_file is None and last:
                 attempt.update(start_time=rfc3339(row.started_at))
@@ -377,11 +378,9 @@ class TesService:
             attempt["system_logs"] = system_logs
             attempt.setdefault("outputs", [])
             attempt.setdefault("logs", [])
-            attempt["metadata"] = {
-                "node": str(row.node or "") if last else "",
-                "destination": str(row.destination),
-                "attempt": str(number),
-            }
+            attempt["metadata"] = {"destination": str(row.destination), "attempt": str(number)}
+            if last:  # the job's node is the current attempt's
+                attempt["metadata"]["node"] = str(row.node or "")
             attempts.append(attempt)
         return attempts
 

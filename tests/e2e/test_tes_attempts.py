@@ -147,6 +147,9 @@ def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: 
         return bool(task.logs and task.logs[0].logs)
 
     wait_for("attempt 1's first executor log", first_executor_logged)
+    # Its second executor has begun (else attempt 2 would find no marker, and sleep).
+    marker = Path(pair.job(task_id)["job_dir"]) / "tes" / "root" / "shared" / "begun"
+    wait_for("attempt 1's second executor to begin", marker.exists)
     running = client.get_task(task_id, view="FULL")
     assert running.state == "RUNNING" and len(running.logs) == 1
     assert pair.job(task_id)["node"] == "n1"

@@ -297,6 +297,9 @@ def test_end__a_requeued_tasks_two_attempts_and_final_state_outlive_its_job_dire
     _attempt_file(job_dir, 1, "RUNNING", [log])
     with services.core.sessions.begin() as session:
         transitions.requeue_job(session, task_id, 1, "requeued: node n1 is dead")
+    queued = services.tes.get(alice, task_id, "FULL")
+    assert queued["state"] == "QUEUED" and len(queued["logs"]) == 1
+    assert "attempt 1 did not end: the task was requeued" in queued["logs"][0]["system_logs"]
     second = execution.claim_next(["dock"], None).job
     assert second is not None and second.attempt == 2
     running = services.tes.get(alice, task_id, "FULL")
@@ -312,6 +315,7 @@ def test_end__a_requeued_tasks_two_attempts_and_final_state_outlive_its_job_dire
     ended = services.tes.get(alice, task_id, "FULL")
     assert ended["state"] == final
     assert [a["metadata"]["attempt"] for a in ended["logs"]] == ["1", "2"]
+    assert "node" not in ended["logs"][0]["metadata"]  # only the job's current node is known
     assert [a["logs"][0]["stdout"] for a in ended["logs"]] == ["one", "two"]
     assert "attempt 1 did not end: the task was requeued" in ended["logs"][0]["system_logs"]
     with services.core.sessions.read() as connection:
