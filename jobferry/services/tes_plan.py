@@ -75,6 +75,8 @@ NEEDS_PHASE = frozenset({JobState.RUNNING.value, JobState.ERROR.value})
 ATTEMPT = "{attempt}"
 #: Output file logs kept per attempt in the store (a wildcard may match very many).
 MAX_KEPT_OUTPUTS = 10_000
+#: An attempt's state file kept in the store: at most about this many bytes of JSON.
+MAX_KEPT_BYTES = 8 << 20
 
 
 def plan_path(job_dir: Path) -> Path:
@@ -184,16 +186,31 @@ def read_state(job_dir: Path, attempt: int = 1) -> dict[str, Any] | None:
 
 
 def attempt_files(job_dir: Path, attempts: int) -> list[dict[str, Any] | None]:
-    """The state files of attempts 1..*attempts* (None for one that wrote none), each
-    with at most ``MAX_KEPT_OUTPUTS`` output file logs (and a system log line saying
-    how many more there were): what the store keeps of a task's logs at its end."""
+    """The state files of attempts 1..*attempts* (None for one that wrote none): what
+    the store keeps of a task's logs at its end, bounded whatever the task did. Each
+    keeps at most ``MAX_KEPT_OUTPUTS`` output file logs, and executor logs' tails
+    while the attempt's file is within ``MAX_KEPT_BYTES`` (a task of very many
+    executors: the oldest tails go first); a system log line says what was left out."""
     found = [read_state(job_dir, n) for n in range(1, attempts + 1)]
     for state in found:
-        outputs = state.get("outputs") if state else None
+        if state is None:
+            continue
+        lines = state.get("system_logs")
+        lines = state["system_logs"] = list(lines) if isinstance(lines, list) else []
+        outputs = state.get("outputs")
         if isinstance(outputs, list) and len(outputs) > MAX_KEPT_OUTPUTS:
-            assert state is not None
             state["outputs"] = outputs[:MAX_KEPT_OUTPUTS]
-            lines = state.setdefault("system_logs", [])
-            if isinstance(lines, list):
-                lines.append(f"{len(outputs) - MAX_KEPT_OUTPUTS} more output files not listed")
+            lines.append(f"{len(outputs) - MAX_KEPT_OUTPUTS} more output files not listed")
+        logs = state.get("logs")
+        size = len(json.dumps(state))
+        cut = 0
+        for log in logs if isinstance(logs, list) and size > MAX_KEPT_BYTES else []:
+            if size <= MAX_KEPT_BYTES:
+                break
+            if isinstance(log, dict):
+                for key in ("stdout", "stderr"):
+                    size -= len(json.dumps(log.pop(key, "")))
+                cut += 1
+        if cut:
+            lines.append(f"stdout and stderr of the first {cut} executors not kept (too long)")
     return found

@@ -24,6 +24,7 @@ from jobferry.config import parse_config
 from jobferry.runners.base import RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
 from jobferry.services import tes as tes_module
+from jobferry.services import tes_plan
 from jobferry.services.container import Services, build
 from jobferry.services.core import Core, Principal
 from jobferry.services.tes import ListQuery
@@ -348,3 +349,26 @@ def test_end__a_job_without_a_tes_directory_is_left_alone(
         ).first()
     assert row is not None and row.final_state is None and row.final_logs is None
     assert services.tes.get(alice, task_id)["state"] == "COMPLETE"  # from the job's row
+
+
+def test_end__what_the_store_keeps_of_an_attempt_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output file logs past ``MAX_KEPT_OUTPUTS`` and the oldest executors' tails past
+    ``MAX_KEPT_BYTES`` are left out, and a system log line says so."""
+    monkeypatch.setattr(tes_plan, "MAX_KEPT_OUTPUTS", 2)
+    monkeypatch.setattr(tes_plan, "MAX_KEPT_BYTES", 5000)
+    logs = [{"exit_code": 0, "stdout": str(n) * 2000, "stderr": ""} for n in range(4)]
+    outputs = [{"url": f"file:///o/{n}", "path": f"/o/{n}", "size_bytes": "1"} for n in range(5)]
+    path = state_path(tmp_path, 2)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"phase": "COMPLETE", "logs": logs, "outputs": outputs}))
+    first, second = tes_plan.attempt_files(tmp_path, 2)
+    assert first is None  # attempt 1 wrote nothing
+    assert second is not None and len(json.dumps(second)) <= 5000
+    assert [o["path"] for o in second["outputs"]] == ["/o/0", "/o/1"]
+    assert ["stdout" in log for log in second["logs"]] == [False, False, True, True]
+    assert second["system_logs"] == [
+        "3 more output files not listed",
+        "stdout and stderr of the first 2 executors not kept (too long)",
+    ]
