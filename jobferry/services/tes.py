@@ -254,8 +254,8 @@ class TesService:
             "params": {},
             "home_node": self.core.node_name,
             # The task program starts the containers itself: see tes_plan's docstring
-            # (any other runner was refused by container_command).
-            "runner": "local",
+            # (a destination that cannot was refused by container_command).
+            "runner": tes_plan.job_runner(dest),
             "destination": placement.destination,
             "cores": cores,
             # No memory on the job: a local job's memory becomes an address-space cap

@@ -17,6 +17,14 @@ destination's) and runs with runner ``local`` (``ExecutionService.destination``
 gives such a job its runner's defaults: the daemon's interpreter, no image). The
 destination's confinement goes into the plan instead: its network, the task's cpus
 and memory, the configured user, and the engine the docker runner uses.
+
+On a slurm destination with ``container: {runtime: docker|podman}`` the job runs
+through the slurm runner: the batch job runs the job's copy of the task program
+(``ExecutionService.spec``: the destination's interpreter, shared staging) and the
+executors are containers of that runtime on the execution host. ``scancel``'s
+SIGTERM reaches the task program, which removes its container (``KillWait`` must
+leave it the time). The job has no memory (the wrapper's address-space cap would
+hold the engine's CLI): the containers get it, and Slurm its default.
 """
 
 from __future__ import annotations
@@ -84,12 +92,16 @@ def executor_user(config: Config) -> str:
 def container_command(config: Config, name: str, dest: DestinationConfig) -> list[str]:
     """The engine command line the task program runs ``<cmd> run ...`` with.
 
-    A docker destination: ``tes.container_command`` or ``docker`` on the engine its
-    runner uses. A local destination runs containers only with an explicit
-    ``tes.container_command`` (a plain local destination is not allowed the engine).
-    Any other destination is refused (ValidationError): Slurm is not supported yet.
+    A destination's ``container:`` (slurm or local; the engine on its execution
+    host) comes first. A docker destination: ``tes.container_command`` or ``docker``
+    on the engine its runner uses. A local destination runs containers only with an
+    explicit ``tes.container_command`` (a plain local destination is not allowed the
+    engine). Anything else is refused (ValidationError), and so is remote staging: the
+    task program reads its plan and writes its state file in the job's directory.
     """
     configured = config.tes.container_command
+    if dest.container is not None and dest.staging == "shared":
+        return dest.container.argv()
     if dest.runner == "docker":
         if configured:
             return list(configured)
@@ -97,15 +109,22 @@ def container_command(config: Config, name: str, dest: DestinationConfig) -> lis
         return ["docker"] if url == _DEFAULT_DOCKER_URL else ["docker", "-H", url]
     if dest.runner == "local" and configured:
         return list(configured)
-    why = (
-        "it is a local destination without tes.container_command"
-        if dest.runner == "local"
-        else f"TES tasks do not run on {dest.runner} destinations yet"
-    )
+    if dest.staging == "remote":
+        why = "it stages remotely (TES tasks need the job directory shared: staging: shared)"
+    elif dest.runner == "local":
+        why = "it is a local destination without container: or tes.container_command"
+    else:
+        why = f"it is a {dest.runner} destination without container: {{runtime: docker|podman}}"
     raise ValidationError(
         f"destination {name!r} cannot run containers: {why}",
         errors={"destination": [f"Destination {name!r} cannot run containers."]},
     )
+
+
+def job_runner(dest: DestinationConfig) -> str:
+    """The runner of a task's job: slurm on a slurm destination (the batch job runs
+    the task program on the execution host), else local (see the module's docstring)."""
+    return "slurm" if dest.runner == "slurm" else "local"
 
 
 def memory_mb(doc: Mapping[str, Any], default: int | None) -> int | None:
