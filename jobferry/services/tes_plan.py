@@ -23,8 +23,8 @@ through the slurm runner: the batch job runs the job's copy of the task program
 (``ExecutionService.spec``: the destination's interpreter, shared staging) and the
 executors are containers of that runtime on the execution host. ``scancel``'s
 SIGTERM reaches the task program, which removes its container (``KillWait`` must
-leave it the time). The job has no memory (the wrapper's address-space cap would
-hold the engine's CLI): the containers get it, and Slurm its default.
+leave it the time). The job's memory is Slurm's ``--mem`` (else Slurm gives a job
+the whole node's), without the wrapper's address-space cap (``runs_task``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,13 @@ def job_runner(dest: DestinationConfig) -> str:
     """The runner of a task's job: slurm on a slurm destination (the batch job runs
     the task program on the execution host), else local (see the module's docstring)."""
     return "slurm" if dest.runner == "slurm" else "local"
+
+
+def runs_task(argv: Sequence[object]) -> bool:
+    """Whether a job's argv runs the task program: such a job is not given the wrapper's
+    address-space cap (``ExecutionService.spec``), under which the engine's CLI cannot
+    start (Go reserves far more than it uses); its containers get the memory instead."""
+    return len(argv) >= 2 and str(argv[1]) == str(TES_TASK_PROGRAM)
 
 
 def memory_mb(doc: Mapping[str, Any], default: int | None) -> int | None:

@@ -201,11 +201,21 @@ def test_cancel__of_a_running_task_on_slurm__ends_canceled_and_leaves_no_contain
         {
             "name": "sleeper",
             "executors": [{"image": PYTHON_IMAGE, "command": ["sleep", "300"]}],
-            "resources": {"backend_parameters": {"destination": "cluster"}},
+            "resources": {"ram_gb": 0.25, "backend_parameters": {"destination": "cluster"}},
         }
     )
     assert eventually(lambda: containers(task_id)), setup.get(task_id)
     assert setup.get(task_id, "MINIMAL")["state"] == "RUNNING"
+    # Slurm allocated the task's memory (not the whole node's); the container has it.
+    slurm_job = job_of(setup, task_id)["external_id"]
+    shown = subprocess.run(["scontrol", "show", "job", slurm_job], capture_output=True, text=True)
+    assert "mem=256M" in shown.stdout, shown.stdout
+    limit = subprocess.run(
+        ["docker", "inspect", "-f", "{{.HostConfig.Memory}}", containers(task_id)[0]],
+        capture_output=True,
+        text=True,
+    )
+    assert limit.stdout.strip() == str(256 << 20)
 
     response = setup.call("POST", f"/tasks/{task_id}:cancel")
     assert response.status_code == 200, response.text

@@ -10,7 +10,7 @@ import pytest
 
 from jobferry.config import Config, parse_config
 from jobferry.errors import ConfigError, ValidationError
-from jobferry.services.tes_plan import container_command, job_runner
+from jobferry.services.tes_plan import TES_TASK_PROGRAM, container_command, job_runner, runs_task
 
 IMAGE = "jobferry-test/python:1"
 
@@ -79,3 +79,9 @@ def test_container_command__refuses_destinations_that_cannot_run_containers(
     cfg = config(bad=destination)
     with pytest.raises(ValidationError, match=f"cannot run containers: .*{why}"):
         command_of(cfg, "bad")
+
+
+def test_runs_task__names_jobs_that_run_the_task_program_only() -> None:
+    assert runs_task(["/usr/bin/python3", str(TES_TASK_PROGRAM), "/d/tes/plan-1.json"])
+    assert not runs_task(["/usr/bin/python3", "/data/scripts/tes_task.py"])
+    assert not runs_task(["/bin/true"])
