@@ -19,7 +19,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ INPUT = "the quick brown fox\njumps over the lazy dog\n"
 class Setup:
     daemon: DaemonProcess
     files: Path
+    created: list[str] = field(default_factory=list)
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return requests.request(
@@ -52,7 +53,8 @@ class Setup:
     def create(self, doc: dict[str, Any]) -> str:
         response = self.call("POST", "/tasks", json=doc)
         assert response.status_code == 200, response.text
-        return str(response.json()["id"])
+        self.created.append(str(response.json()["id"]))
+        return self.created[-1]
 
     def get(self, task_id: str, view: str = "FULL") -> dict[str, Any]:
         response = self.call("GET", f"/tasks/{task_id}", params={"view": view})
@@ -115,17 +117,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         },
         "tes": {"enabled": True, "destination": "dock", "file_roots": [str(files)]},
     }
-    daemon = DaemonProcess(base / "data", config).start()
+    setup = Setup(DaemonProcess(base / "data", config).start(), files)
     try:
-        yield Setup(daemon, files)
+        yield setup
     finally:
-        daemon.stop()
-        subprocess.run(
-            "docker ps -aq --filter name=^jobferry- | xargs -r docker rm -f",
-            shell=True,
-            capture_output=True,
-            check=False,
-        )
+        setup.daemon.stop()
+        # Only this module's containers: other modules may be running theirs.
+        for task_id in setup.created:
+            for container in containers(task_id):
+                subprocess.run(["docker", "rm", "-f", container], capture_output=True)
 
 
 def two_step_task(destination: str, out: Path) -> dict[str, Any]:
@@ -210,6 +210,7 @@ def test_cancel__of_a_running_task_on_slurm__ends_canceled_and_leaves_no_contain
     slurm_job = job_of(setup, task_id)["external_id"]
     shown = subprocess.run(["scontrol", "show", "job", slurm_job], capture_output=True, text=True)
     assert "mem=256M" in shown.stdout, shown.stdout
+    assert containers(task_id), (setup.get(task_id), job_of(setup, task_id))
     limit = subprocess.run(
         ["docker", "inspect", "-f", "{{.HostConfig.Memory}}", containers(task_id)[0]],
         capture_output=True,
