@@ -253,3 +253,22 @@ def test_create__on_a_destination_that_cannot_run_containers__is_refused(
     )
     assert response.status_code == 400, response.text
     assert "cannot run containers" in response.text and why in response.text
+
+
+def test_executor_error__on_slurm__ends_the_task_and_skips_the_next_executor(
+    setup: Setup,
+) -> None:
+    failing = {"image": PYTHON_IMAGE, "command": ["sh", "-c", "echo failing >&2; exit 7"]}
+    never = {"image": PYTHON_IMAGE, "command": ["echo", "never"]}
+    task_id = setup.create(
+        {
+            "executors": [failing, never],
+            "resources": {"backend_parameters": {"destination": "cluster"}},
+        }
+    )
+    task = setup.wait_state(task_id, ENDED)
+
+    assert task["state"] == "EXECUTOR_ERROR", task
+    logs = task["logs"][0]["logs"]
+    assert [(log["exit_code"], log["stderr"]) for log in logs] == [(7, "failing\n")]
+    assert not containers(task_id)
