@@ -27,7 +27,7 @@ from jobferry.config.operations import (
     StorageConfig,
     WebConfig,
 )
-from jobferry.config.tes import TesConfig
+from jobferry.config.tes import ContainerConfig, TesConfig
 from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
 
@@ -215,11 +215,14 @@ class DestinationConfig(_Section):
     interpreter: str = "python3"
     env: dict[str, str] = Field(default_factory=dict)
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    container: ContainerConfig | None = None  # TES executors' engine (config.tes)
 
     @model_validator(mode="after")
     def _runner_params(self) -> DestinationConfig:
         if self.runner == "docker" and not self.image:
             raise ValueError("a docker destination needs an image")
+        if self.runner == "docker" and self.container:
+            raise ValueError("container: for slurm or local (docker runs its containers)")
         if self.runner == "local" and self.staging == "remote":
             raise ValueError("staging: remote needs runner docker or slurm")
         return self

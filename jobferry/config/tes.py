@@ -8,7 +8,7 @@ names, which the other faces never allow (they run scripts an admin registered).
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -18,6 +18,32 @@ from jobferry.config.base import _Section
 _UID_GID = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 #: ``host`` or ``host:port`` (no scheme, no path).
 _HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}")
+
+
+class ContainerConfig(_Section):
+    """A destination's container engine on its execution host (a destination's
+    ``container:``): what lets a Slurm destination run TES tasks, whose executors are
+    containers the task program starts there, one per executor."""
+
+    runtime: Literal["docker", "podman"] = Field(
+        description="The engine's CLI the task program runs executors with (``run``, "
+        "``rm -f``; both take the same options)."
+    )
+    command: list[str] | None = Field(
+        None,
+        description="Its command line on the execution host (e.g. [/usr/local/bin/docker] "
+        "or [docker, -H, unix:///run/docker.sock]); default: [runtime].",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: list[str] | None) -> list[str] | None:
+        if command is not None and (not command or not all(command)):
+            raise ValueError("a non-empty list of non-empty strings")
+        return command
+
+    def argv(self) -> list[str]:
+        return list(self.command) if self.command else [self.runtime]
 
 
 class TesConfig(_Section):
@@ -30,8 +56,8 @@ class TesConfig(_Section):
     )
     destination: str | None = Field(
         None,
-        description="Destination of TES tasks (a docker destination, or a local one with "
-        "container_command); default: routing.default.",
+        description="Destination of TES tasks (a docker destination, a slurm or local one "
+        "with a container:, or a local one with container_command); default: routing.default.",
     )
     file_roots: list[str] = Field(
         default_factory=list,

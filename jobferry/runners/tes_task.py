@@ -3,18 +3,17 @@
 Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution host
 under the job wrapper and may be copied there alone. The plan (``services/tes_plan.py``) names
 the task, ``root`` (container path P lives at root + P), the state file and container name
-(``{attempt}`` in them is ``$JOBFERRY_ATTEMPT``: a requeued task's attempts keep apart), the
-runtime and what may be reached. It stages the inputs, runs the executors in turn, each in a
-container confined like every jobferry container (numeric non-root user, no capabilities or new
-privileges, no network unless allowed), stages the outputs, rewriting the state file atomically
-after each step. Exit: 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
+(``{attempt}`` in them is ``$JOBFERRY_ATTEMPT``, so attempts keep apart), the runtime and what
+may be reached. It stages the inputs, runs the executors in turn, each in a container confined
+like every jobferry container (numeric non-root user, no capabilities, no new privileges, no
+network unless allowed), stages the outputs, and rewrites the state file atomically after every
+step. Exits 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
 
 Threat model: the task's author names paths and URLs; the containers write into root.
-``file://`` URLs must resolve (realpath) inside ``file_roots``, then every file is reached
-by a descriptor walk that follows no symlink (a path swapped for one after the check fails,
-not escapes); a symlink in a DIRECTORY input is followed only into the file roots; the
-containers' symlinks in root are never followed, so no output, stdin or stdout reaches
-outside root. http(s) goes only to ``http_hosts``, without proxies or redirects.
+``file://`` URLs must resolve inside ``file_roots``, then every file is reached by a
+descriptor walk that follows no symlink (a path swapped for one after the check fails);
+a DIRECTORY input's symlinks are followed only into the file roots; the containers'
+symlinks in root never are. http(s) goes only to ``http_hosts``, without proxy or redirect.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import http.client
 import io
 import json
 import os
@@ -32,13 +30,11 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-CHUNK = 1 << 16
-HTTP_TIMEOUT_S = 60
+CHUNK, HTTP_TIMEOUT_S = 1 << 16, 60
 #: Seconds the container CLI may take to remove a container, or to end after that.
 KILL_TIMEOUT_S = 60
 EXIT = {"COMPLETE": 0, "EXECUTOR_ERROR": 1, "SYSTEM_ERROR": 2, "CANCELED": 143}
@@ -80,7 +76,7 @@ def step(what: str) -> Iterator[None]:
     """Turn a failure of one staging step into a TaskError that names the step."""
     try:
         yield
-    except (OSError, ValueError, http.client.HTTPException, TaskError) as exc:
+    except Exception as exc:  # OSError, ValueError, http.client's (not imported up front)
         raise TaskError(f"{what}: {exc}") from exc
 
 
@@ -178,11 +174,6 @@ def pump(stream: Any, out_fd: int | None, keep: int) -> tuple[threading.Thread, 
     return thread, data
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect could lead to a host not in http_hosts: an error
-
-
 class Task:
     """One attempt of one TES task, as the plan describes it."""
 
@@ -200,7 +191,17 @@ class Task:
         self.tail_bytes = int(plan.get("tail_bytes") or 65536)
         self.state: dict[str, Any] = {"phase": "INITIALIZING", "start_time": now()}
         self.state.update(end_time=None, logs=[], outputs=[], system_logs=[])
-        self.http = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+        self.http: Any = None  # see opener
+
+    def opener(self) -> Any:
+        """urllib's opener (no proxy, no redirect), made on first use: its import costs ~45 ms."""
+        if self.http is None:
+            import urllib.request as req
+
+            stop = {"redirect_request": lambda *args, **kwargs: None}
+            no = type("NoRedirect", (req.HTTPRedirectHandler,), stop)
+            self.http = req.build_opener(req.ProxyHandler({}), no)
+        return self.http
 
     def save(self) -> None:
         """Rewrite the state file atomically (tmp + rename): readers never see half of it."""
@@ -265,7 +266,7 @@ class Task:
         if scheme != "file":
             if kind == "DIRECTORY":
                 raise TaskError("DIRECTORY inputs cannot be fetched over http(s)")
-            with self.http.open(url, timeout=HTTP_TIMEOUT_S) as response:
+            with self.opener().open(url, timeout=HTTP_TIMEOUT_S) as response:
                 self.write_in(path, response.read)
             return
         base, rel = self.confine(url)
@@ -342,14 +343,14 @@ class Task:
 
     def mounts(self) -> list[tuple[str, bool]]:
         """The minimal set of bind mounts (container path, read-only): a path under another
-        mounted one is covered by it, unless that is read-only and this one is not."""
+        mounted one is covered by it, unless that is read-only and this one is not (Docker
+        mounts the deeper path over the shallower one)."""
         wanted = self.mount_wants(self.task.get("volumes") or [], self.task.get("outputs") or [])
         wanted += [(clean(item["path"]), True) for item in self.task.get("inputs") or []]
         chosen: list[tuple[str, bool]] = []
         for path, read_only in sorted(wanted, key=lambda w: (len(parts_of(w[0])), w[1])):
             if path == "/" or any(ch in path for ch in ":,\n"):
                 raise TaskError(f"cannot mount {path!r}: / or a path with ':', ',' or newline")
-            # Docker mounts the deeper path over the shallower one.
             if not any(under(path, c) and (read_only or not ro) for c, ro in chosen):
                 chosen.append((path, read_only))
         return chosen
@@ -358,8 +359,7 @@ class Task:
         image, argv, rt = executor["image"], executor["command"], self.rt
         if image.startswith("-"):
             raise TaskError(f"executors[{index}].image: may not start with '-'")
-        cmd = self.cli + ["run", "--rm", "--name", name]
-        cmd += ["--user", self.user]
+        cmd = self.cli + ["run", "--rm", "--name", name, "--user", self.user]
         cmd += ["--security-opt", "no-new-privileges", "--cap-drop", "ALL"]
         cmd += [] if rt.get("network") else ["--network", "none"]
         cmd += ["--cpus", str(rt["cpus"])] if rt.get("cpus") else []
@@ -412,8 +412,8 @@ class Task:
         for thread, _ in tails:
             thread.join(KILL_TIMEOUT_S)
         out, err = (bytes(data).decode("utf-8", "replace") for _, data in tails)
-        log.update(end_time=now(), exit_code=128 - code if code < 0 else code)
-        log.update(stdout=out, stderr=err)
+        code = 128 - code if code < 0 else code
+        log.update(end_time=now(), exit_code=code, stdout=out, stderr=err)
         self.state["logs"].append(log)
         self.save()
 
@@ -478,11 +478,12 @@ class Task:
         elif fd is None:
             return
         else:
+            import urllib.request as req
+
             with os.fdopen(os.dup(fd), "rb") as body:
-                request = urllib.request.Request(url, data=body, method="PUT")
-                request.add_header("Content-Length", str(size))
-                request.add_header("Content-Type", "application/octet-stream")
-                with self.http.open(request, timeout=HTTP_TIMEOUT_S) as response:
+                headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+                request = req.Request(url, data=body, method="PUT", headers=headers)
+                with self.opener().open(request, timeout=HTTP_TIMEOUT_S) as response:
                     response.read()
         self.state["outputs"].append({"url": url, "path": path, "size_bytes": str(size)})
         self.save()
@@ -490,9 +491,8 @@ class Task:
 
 def main(argv: list[str]) -> int:
     """``tes_task.py PLAN_JSON``: run the plan's task; the exit status says how it ended."""
-    with open(argv[1], encoding="utf-8") as plan_file:
-        plan = json.load(plan_file)
-    return Task(plan).run()
+    with open(argv[1], encoding="utf-8") as plan_file:  # close-on-exec: no child gets it
+        return Task(json.load(plan_file)).run()
 
 
 if __name__ == "__main__":

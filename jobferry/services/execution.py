@@ -29,6 +29,7 @@ from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunStatus
 from jobferry.runners.wrapper import read_result
+from jobferry.services import tes_plan
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
@@ -155,9 +156,9 @@ class ExecutionService:
             "JOBFERRY_ATTEMPT": str(job.attempt),
             **dest.env,
         }
-        if job.memory_mb and dest.runner != "docker":
+        if job.memory_mb and dest.runner != "docker" and not tes_plan.runs_task(job.argv):
             # No cgroup here (a local process; Slurm without cgroup plugins): the
-            # wrapper caps the job's address space instead.
+            # wrapper caps the job's address space instead (a TES task's: see runs_task).
             env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
         remote_dir: str | None = None
         stage_in: tuple[str, ...] = ()

@@ -254,13 +254,14 @@ class TesService:
             "params": {},
             "home_node": self.core.node_name,
             # The task program starts the containers itself: see tes_plan's docstring
-            # (any other runner was refused by container_command).
-            "runner": "local",
+            # (a destination that cannot was refused by container_command).
+            "runner": tes_plan.job_runner(dest),
             "destination": placement.destination,
             "cores": cores,
-            # No memory on the job: a local job's memory becomes an address-space cap
-            # of the task program (and of the engine's client); the containers get it.
-            "memory_mb": None,
+            # The containers get the memory. A Slurm job has it too, as its allocation
+            # (--mem; else Slurm gives it the whole node's), never as the wrapper's
+            # address-space cap (tes_plan.runs_task); a local job has none.
+            "memory_mb": memory if dest.runner == "slurm" else None,
             "gpus": placement.resources.gpus,
             "walltime_s": placement.resources.walltime_s,
             "job_dir": str(job_dir),

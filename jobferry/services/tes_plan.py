@@ -27,6 +27,14 @@ destination's) and runs with runner ``local`` (``ExecutionService.destination``
 gives such a job its runner's defaults: the daemon's interpreter, no image). The
 destination's confinement goes into the plan instead: its network, the task's cpus
 and memory, the configured user, and the engine the docker runner uses.
+
+On a slurm destination with ``container: {runtime: docker|podman}`` the job runs
+through the slurm runner: the batch job runs the job's copy of the task program
+(``ExecutionService.spec``: the destination's interpreter, shared staging) and the
+executors are containers of that runtime on the execution host. ``scancel``'s
+SIGTERM reaches the task program, which removes its container (``KillWait`` must
+leave it the time). The job's memory is Slurm's ``--mem`` (else Slurm gives a job
+the whole node's), without the wrapper's address-space cap (``runs_task``).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +110,16 @@ def executor_user(config: Config) -> str:
 def container_command(config: Config, name: str, dest: DestinationConfig) -> list[str]:
     """The engine command line the task program runs ``<cmd> run ...`` with.
 
-    A docker destination: ``tes.container_command`` or ``docker`` on the engine its
-    runner uses. A local destination runs containers only with an explicit
-    ``tes.container_command`` (a plain local destination is not allowed the engine).
-    Any other destination is refused (ValidationError): Slurm is not supported yet.
+    A destination's ``container:`` (slurm or local; the engine on its execution
+    host) comes first. A docker destination: ``tes.container_command`` or ``docker``
+    on the engine its runner uses. A local destination runs containers only with an
+    explicit ``tes.container_command`` (a plain local destination is not allowed the
+    engine). Anything else is refused (ValidationError), and so is remote staging: the
+    task program reads its plan and writes its state file in the job's directory.
     """
     configured = config.tes.container_command
+    if dest.container is not None and dest.staging == "shared":
+        return dest.container.argv()
     if dest.runner == "docker":
         if configured:
             return list(configured)
@@ -115,15 +127,29 @@ def container_command(config: Config, name: str, dest: DestinationConfig) -> lis
         return ["docker"] if url == _DEFAULT_DOCKER_URL else ["docker", "-H", url]
     if dest.runner == "local" and configured:
         return list(configured)
-    why = (
-        "it is a local destination without tes.container_command"
-        if dest.runner == "local"
-        else f"TES tasks do not run on {dest.runner} destinations yet"
-    )
+    if dest.staging == "remote":
+        why = "it stages remotely (TES tasks need the job directory shared: staging: shared)"
+    elif dest.runner == "local":
+        why = "it is a local destination without container: or tes.container_command"
+    else:
+        why = f"it is a {dest.runner} destination without container: {{runtime: docker|podman}}"
     raise ValidationError(
         f"destination {name!r} cannot run containers: {why}",
         errors={"destination": [f"Destination {name!r} cannot run containers."]},
     )
+
+
+def job_runner(dest: DestinationConfig) -> str:
+    """The runner of a task's job: slurm on a slurm destination (the batch job runs
+    the task program on the execution host), else local (see the module's docstring)."""
+    return "slurm" if dest.runner == "slurm" else "local"
+
+
+def runs_task(argv: Sequence[object]) -> bool:
+    """Whether a job's argv runs the task program: such a job is not given the wrapper's
+    address-space cap (``ExecutionService.spec``), under which the engine's CLI cannot
+    start (Go reserves far more than it uses); its containers get the memory instead."""
+    return len(argv) >= 2 and str(argv[1]) == str(TES_TASK_PROGRAM)
 
 
 def memory_mb(doc: Mapping[str, Any], default: int | None) -> int | None:

@@ -12,7 +12,6 @@ Every test touches the store, so all run on both engines.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,19 +23,9 @@ import pytest
 import requests
 import tes
 
+from tests.e2e.tes_support import remove_task_containers, task_job_ids
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, require
-
-
-def remove_task_containers(jobs: list[dict[str, Any]]) -> None:
-    """Remove, by name, any container left by the executors of *jobs* (a job list)."""
-    names = subprocess.run(
-        ["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True
-    ).stdout.split()
-    ours = [n for n in names if any(n.startswith(f"jobferry-{j['id']}-") for j in jobs)]
-    if ours:
-        subprocess.run(["docker", "rm", "-f", *ours], capture_output=True, check=False)
-
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -81,11 +70,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         bob = daemon.cli("user", "create", "bob").stdout.strip()
         yield Setup(daemon, daemon.admin_key, alice, bob, base / "files")
     finally:
-        listed = daemon.cli("job", "list", "--json", "--limit", "10000", check=False).stdout
+        ids = task_job_ids(daemon)
         daemon.stop()
         # The executors' containers are named jobferry-<job id>-<attempt>-<index>. Only
         # this daemon's: the other engine's suite may run containers at the same time.
-        remove_task_containers(json.loads(listed or "[]"))
+        remove_task_containers(ids)
 
 
 def task(name: str, argv: list[str], **extra: Any) -> tes.Task:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.e2e.tes_support import remove_task_containers, task_job_ids
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, cwltes_command, require
 
@@ -103,14 +104,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         netrc.write_text(f"machine 127.0.0.1 login carol password {key}\n")
         yield Setup(daemon, shared, netrc, key)
     finally:
+        ids = task_job_ids(daemon)
         daemon.stop()
-        # The executors' containers are named jobferry-<job id>-<attempt>-<index>.
-        subprocess.run(
-            "docker ps -aq --filter name=^jobferry- | xargs -r docker rm -f",
-            shell=True,
-            capture_output=True,
-            check=False,
-        )
+        remove_task_containers(ids)
 
 
 def run_cwltes(

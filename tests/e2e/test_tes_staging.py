@@ -11,8 +11,6 @@ through for a real client.
 from __future__ import annotations
 
 import http.server
-import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 import tes
 
+from tests.e2e.tes_support import remove_task_containers, task_job_ids
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, require
 
@@ -100,20 +99,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         client = tes.HTTPClient(daemon.url, token=daemon.admin_key, timeout=TIMEOUT)
         yield Setup(daemon, client, files, web, f"http://{host}")
     finally:
-        listed = daemon.cli("job", "list", "--json", "--limit", "1000", check=False).stdout
+        ids = task_job_ids(daemon)
         daemon.stop()
         server.shutdown()
         server.server_close()
-        _remove_containers(json.loads(listed or "[]"))
-
-
-def _remove_containers(jobs: list[dict[str, Any]]) -> None:
-    names = subprocess.run(
-        ["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True
-    ).stdout.split()
-    ours = [n for n in names if any(n.startswith(f"jobferry-{j['id']}-") for j in jobs)]
-    if ours:
-        subprocess.run(["docker", "rm", "-f", *ours], capture_output=True, check=False)
+        remove_task_containers(ids)
 
 
 def run(setup: Setup, doc: tes.Task) -> tes.Task:
