@@ -29,7 +29,8 @@ import requests
 from tests.helpers import DEADLINE_S, DaemonProcess, eventually
 from tests.services import PYTHON_IMAGE, require
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+# What these check (staging, runners) does not depend on the store engine: SQLite only.
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
 ENDED = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
 INPUT = "the quick brown fox\njumps over the lazy dog\n"

@@ -24,7 +24,8 @@ from tests.e2e.tes_support import remove_task_containers, task_job_ids
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, require
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+# What these check (staging, runners) does not depend on the store engine: SQLite only.
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
 TIMEOUT = int(DEADLINE_S)
 
