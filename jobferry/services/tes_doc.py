@@ -387,8 +387,9 @@ def task_state(job_state: str, exit_code: int | None, phase: str | None) -> str:
 
     *exit_code* is the job's recorded exit status (None while it runs or if none
     was recorded); *phase* is the ``phase`` of the latest attempt's state file
-    (None before the task program wrote one). A running job is ``INITIALIZING``
-    until the task program starts its first executor. An ended job is
+    (None before the task program wrote one). A running job whose task program has
+    not begun (pending in Slurm, or being started) is still ``QUEUED``; it is
+    ``INITIALIZING`` from the program's start until its first executor starts. An ended job is
     ``EXECUTOR_ERROR`` only when the program says so *and* exited with its status
     for it (1): anything else that ended badly (killed, out of memory, a staging
     failure, a lost node) is the system's error.
@@ -396,7 +397,9 @@ def task_state(job_state: str, exit_code: int | None, phase: str | None) -> str:
     if job_state in (JobState.NEW, JobState.QUEUED):
         return "QUEUED"
     if job_state == JobState.RUNNING:
-        return "INITIALIZING" if phase in (None, "INITIALIZING") else "RUNNING"
+        if phase is None:
+            return "QUEUED"
+        return "INITIALIZING" if phase == "INITIALIZING" else "RUNNING"
     if job_state == JobState.DELETING:
         return "CANCELING"
     if job_state == JobState.DELETED:

@@ -66,7 +66,8 @@ _DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 #: TES states by the job states they can come from (the list's state filter reads the
 #: job states in SQL, then the exact TES state of each candidate).
 JOB_STATES_OF: Mapping[str, tuple[str, ...]] = {
-    "QUEUED": (JobState.NEW.value, JobState.QUEUED.value),
+    # A running job whose task program has not begun (pending in Slurm) is QUEUED too.
+    "QUEUED": (JobState.NEW.value, JobState.QUEUED.value, JobState.RUNNING.value),
     "INITIALIZING": (JobState.RUNNING.value,),
     "RUNNING": (JobState.RUNNING.value,),
     "CANCELING": (JobState.DELETING.value,),

@@ -434,7 +434,7 @@ def test_tes_states_are_the_specifications_eleven() -> None:
     [
         (JobState.NEW, None, None, "QUEUED"),
         (JobState.QUEUED, None, None, "QUEUED"),
-        (JobState.RUNNING, None, None, "INITIALIZING"),
+        (JobState.RUNNING, None, None, "QUEUED"),  # e.g. pending in Slurm
         (JobState.RUNNING, None, "INITIALIZING", "INITIALIZING"),
         (JobState.RUNNING, None, "RUNNING", "RUNNING"),
         (JobState.RUNNING, None, "COMPLETE", "RUNNING"),  # the wrapper has not ended yet

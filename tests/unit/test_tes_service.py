@@ -185,7 +185,7 @@ def test_get__the_state_comes_from_the_job_and_the_attempts_state_file(
     task_id = services.tes.create(alice, task())
     assert services.tes.get(alice, task_id)["state"] == "QUEUED"
     job_dir = _set_job(services, task_id, state=JobState.RUNNING.value, attempt=1)
-    assert services.tes.get(alice, task_id)["state"] == "INITIALIZING"  # no file yet
+    assert services.tes.get(alice, task_id)["state"] == "QUEUED"  # the program has not begun
     _state_file(job_dir, "RUNNING")
     assert services.tes.get(alice, task_id)["state"] == "RUNNING"
     log = {"start_time": "2026-12-03T11:00:01.000000Z", "exit_code": 2, "stdout": "o"}
@@ -304,7 +304,7 @@ def test_end__a_requeued_tasks_two_attempts_and_final_state_outlive_its_job_dire
     second = execution.claim_next(["dock"], None).job
     assert second is not None and second.attempt == 2
     running = services.tes.get(alice, task_id, "FULL")
-    assert running["state"] == "INITIALIZING"  # attempt 2 wrote nothing yet
+    assert running["state"] == "QUEUED"  # attempt 2's program has not begun
     assert [a["logs"][0]["stdout"] for a in running["logs"]] == ["one"]
     _attempt_file(job_dir, 2, "RUNNING", [])
     assert services.tes.get(alice, task_id)["state"] == "RUNNING"  # attempt 2's own file
