@@ -52,7 +52,7 @@ from bench.common.daemons import JOB_SCRIPTS, Daemon, bench_run
 from bench.common.report import CPUS, log, table, write_results
 from bench.common.stats import LoadMeter, own_cpu_s, percentile, process_cpu_s
 from jobferry.config import load_config
-from jobferry.services.container import build
+from jobferry.services.container import Services, build
 from jobferry.services.core import Core, Principal
 from jobferry.services.scripts import ScriptUpload
 from jobferry.store.engine import check_schema
@@ -99,23 +99,43 @@ class Seeded:
     seconds: float
 
 
-def seed(data_dir: Path, jobs: int, rng: random.Random) -> Seeded:
-    started = time.perf_counter()
+@dataclass
+class FreshStore:
+    """A new store with its admin (key in ``admin-api-key``) and three users."""
+
+    core: Core
+    services: Services
+    admin_id: str
+    admin_key: str
+    keys: dict[str, str]  # user name → API key
+    ids: dict[str, str]  # user name → id
+
+
+def fresh_store(data_dir: Path) -> FreshStore:
+    """The schema made in *data_dir*'s new store, the admin and ann, ben and cat in it;
+    the caller closes ``core``."""
     config = load_config(None, environ={}, overrides={"data_dir": str(data_dir)})
     core = Core(config)
+    core.ensure_dirs()
+    check_schema(core.engine)  # a fresh store: creates the schema
+    services = build(core)
+    admin_info, admin_key = services.auth.create_user("admin", is_admin=True)
+    (data_dir / "admin-api-key").write_text(admin_key + "\n")
+    keys: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for name in ("ann", "ben", "cat"):
+        info, key = services.auth.create_user(name, email=f"{name}@example.org")
+        keys[name], ids[name] = key, info.id
+    return FreshStore(core, services, admin_info.id, admin_key, keys, ids)
+
+
+def seed(data_dir: Path, jobs: int, rng: random.Random) -> Seeded:
+    started = time.perf_counter()
+    store = fresh_store(data_dir)
+    core, services, keys, ids = store.core, store.services, store.keys, store.ids
+    admin_key = store.admin_key
     try:
-        core.ensure_dirs()
-        check_schema(core.engine)  # a fresh store: creates the schema
-        services = build(core)
-        auth = services.auth
-        admin_info, admin_key = auth.create_user("admin", is_admin=True)
-        (data_dir / "admin-api-key").write_text(admin_key + "\n")
-        keys: dict[str, str] = {}
-        ids: dict[str, str] = {}
-        for name in ("ann", "ben", "cat"):
-            info, key = auth.create_user(name, email=f"{name}@example.org")
-            keys[name], ids[name] = key, info.id
-        principal = Principal(admin_info.id, "admin", True)
+        principal = Principal(store.admin_id, "admin", True)
         scripts = services.scripts
         versions: list[tuple[str, str]] = []
         for path in SCRIPTS:
@@ -125,7 +145,7 @@ def seed(data_dir: Path, jobs: int, rng: random.Random) -> Seeded:
             assert result[0]["success"], result
             detail = scripts.get_script(result[0]["slug"])
             versions.append((detail["slug"], detail["default_version"]["id"]))
-        owners = [admin_info.id, *ids.values()]
+        owners = [store.admin_id, *ids.values()]
         histories = [new_id() for _ in range(50)]
         weights = [w for _, w, _, _ in STATES]
         now = datetime.now(UTC)

@@ -31,12 +31,8 @@ import requests
 from bench.common.daemons import Daemon
 from bench.common.report import BenchError, log
 from bench.common.stats import percentile, process_cpu_s
-from bench.jobs_list import WARMUP, other_load, time_gets, wait_idle
-from jobferry.config import load_config
-from jobferry.services.container import build
-from jobferry.services.core import Core
+from bench.jobs_list import WARMUP, fresh_store, other_load, time_gets, wait_idle
 from jobferry.services.tes_doc import validate_task
-from jobferry.store.engine import check_schema
 from jobferry.store.models import Base, new_id
 
 TARGET_LIST_P99_MS = 50.0
@@ -100,20 +96,10 @@ def task_doc(name: str, tags: dict[str, str]) -> dict[str, Any]:
 def seed_tasks(data_dir: Path, count: int, rng: random.Random) -> SeededTasks:
     """The store of part 3, written before the daemon starts (see the module docstring)."""
     started = time.perf_counter()
-    config = load_config(None, environ={}, overrides={"data_dir": str(data_dir)})
-    core = Core(config)
+    store = fresh_store(data_dir)
+    core, keys, admin_key = store.core, store.keys, store.admin_key
+    owners = [store.admin_id, *store.ids.values()]
     try:
-        core.ensure_dirs()
-        check_schema(core.engine)  # a fresh store: creates the schema
-        auth = build(core).auth
-        admin_info, admin_key = auth.create_user("admin", is_admin=True)
-        (data_dir / "admin-api-key").write_text(admin_key + "\n")
-        keys: dict[str, str] = {}
-        owners = [admin_info.id]
-        for name in ("ann", "ben", "cat"):
-            info, key = auth.create_user(name, email=f"{name}@example.org")
-            keys[name] = key
-            owners.append(info.id)
         weights = [w for _, w, *_ in STATES]
         now = datetime.now(UTC)
         jobs_table = Base.metadata.tables["jobs"]
