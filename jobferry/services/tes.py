@@ -52,6 +52,7 @@ from jobferry.services.tes_doc import (
     encode_page_token,
     keep_supported_backend_parameters,
     rfc3339,
+    tag_filter,
     tags_match,
     task_state,
     unsupported_backend_parameters,
@@ -413,6 +414,11 @@ class TesService:
             stmt = stmt.where(_TASKS.c.name.like(escaped + "%", escape="\\"))
         if states is not None:
             stmt = stmt.where(Job.__table__.c.state.in_(list(states)))
+        # The tags in SQL too (json_extract / ->>), so a page reads only matching rows;
+        # tags_match below stays the rule (the spec's truth table).
+        for key, value in tag_filter(query.tag_keys, query.tag_values).items():
+            tag = _TASKS.c.tags[key].as_string()
+            stmt = stmt.where(tag.is_not(None) if value is None else tag == value)
         after = decode_page_token(query.page_token) if query.page_token else None
         found: list[dict[str, Any]] = []
         scanned = 0
