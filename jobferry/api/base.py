@@ -12,6 +12,8 @@ details never reach the client.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -258,3 +260,23 @@ class NotFoundHandler(ApiHandler):
 
     def prepare(self) -> None:
         raise errors.NotFoundError(f"no such endpoint: {self.request.path}")
+
+
+def decode_baseauth(header: str) -> tuple[str, str]:
+    """``Basic <b64>`` or bare ``<b64>`` (bioblend's form) -> (identity, password): the
+    Galaxy face's baseauth and the TES face's Basic credentials alike."""
+    parts = header.split()
+    if len(parts) == 2 and parts[0].lower() == "basic":
+        encoded = parts[1]
+    elif len(parts) == 1:
+        encoded = parts[0]
+    else:
+        raise errors.RequestError("Invalid Authorization header: expected Basic credentials.")
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise errors.RequestError("Invalid Authorization header: not base64 credentials.") from None
+    identity, colon, password = decoded.partition(":")
+    if not colon or not identity:
+        raise errors.RequestError("Invalid Authorization header: expected identity:password.")
+    return identity, password

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import random
 from typing import Any
 
 from jobferry import __version__, errors
+from jobferry.api.base import decode_baseauth
 from jobferry.api.galaxy.common import GalaxyResource, route
 from jobferry.api.galaxy.formats import GALAXY_VERSION_MAJOR, GALAXY_VERSION_MINOR
 from jobferry.api.galaxy.users_json import user_brief
@@ -107,25 +106,6 @@ class ConfigurationHandler(GalaxyResource):
                 }
             )
         return data
-
-
-def decode_baseauth(header: str) -> tuple[str, str]:
-    """``Basic <b64>`` or bare ``<b64>`` (bioblend's form) -> (identity, password)."""
-    parts = header.split()
-    if len(parts) == 2 and parts[0].lower() == "basic":
-        encoded = parts[1]
-    elif len(parts) == 1:
-        encoded = parts[0]
-    else:
-        raise errors.RequestError("Invalid Authorization header: expected Basic credentials.")
-    try:
-        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise errors.RequestError("Invalid Authorization header: not base64 credentials.") from None
-    identity, colon, password = decoded.partition(":")
-    if not colon or not identity:
-        raise errors.RequestError("Invalid Authorization header: expected identity:password.")
-    return identity, password
 
 
 class BaseAuthHandler(GalaxyResource):

@@ -15,14 +15,12 @@ one error schema of the OpenAPI document true.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import tornado.web
 
 from jobferry import errors
-from jobferry.api.base import ApiMixin
+from jobferry.api.base import ApiMixin, decode_baseauth
 from jobferry.http_status import lookup_status
 from jobferry.services.core import Principal
 from jobferry.services.tes import ListQuery
@@ -38,22 +36,6 @@ TES_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
 _BODY_SLACK = 256 * 1024
 
 
-def decode_basic(header: str) -> tuple[str, str] | None:
-    """``Basic <base64 user:secret>`` -> (user, secret); None for another scheme.
-    Raises RequestError for malformed Basic credentials."""
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise errors.RequestError("Invalid Authorization header: not base64 credentials.") from None
-    identity, colon, secret = decoded.partition(":")
-    if not colon or not identity:
-        raise errors.RequestError("Invalid Authorization header: expected user:password.")
-    return identity, secret
-
-
 class TesMixin(ApiMixin):
     def face_status(self, exc: errors.JobferryError) -> int | None:
         return lookup_status(TES_STATUS_BY_ERROR, exc)
@@ -64,9 +46,10 @@ class TesMixin(ApiMixin):
         return {"code": status, **super().error_body(exc, status, message)}
 
     async def authenticate(self) -> Principal:
-        basic = decode_basic(self.request.headers.get("Authorization", ""))
-        if basic is None:
+        header = self.request.headers.get("Authorization", "")
+        if header.strip().partition(" ")[0].lower() != "basic":  # Bearer, key, or none
             return await super().authenticate()
+        basic = decode_baseauth(header)
         principal = await self.call(
             self.services.tes.authenticate_basic, *basic, self.request.remote_ip or ""
         )
