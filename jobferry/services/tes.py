@@ -19,10 +19,8 @@ polling a task costs at most one password hash per that time, not one per poll.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,15 +32,15 @@ from sqlalchemy import Select, Table, literal, select, tuple_
 
 from jobferry import __version__
 from jobferry.errors import (
-    AuthenticationError,
     ConflictError,
-    InvalidCredentialsError,
+    NodeDownError,
     NotAllowedByConfigError,
     NotFoundError,
     ValidationError,
 )
 from jobferry.services import tes_plan
 from jobferry.services.auth import AuthService
+from jobferry.services.basic_auth import BasicAuthenticator
 from jobferry.services.core import Core, Principal
 from jobferry.services.jobs import JobService
 from jobferry.services.routing import ResourceRequest
@@ -104,63 +102,13 @@ class TesService:
         self.jobs = jobs
         self.auth = auth
         self.users = users
-        #: sha256 of "identity\0password" -> (when verified, who): ``authenticate_basic``.
-        self._basic: dict[str, tuple[float, Principal]] = {}
+        self._basic = BasicAuthenticator(core, auth, users)
 
     # --- authentication ---------------------------------------------------------------
 
     def authenticate_basic(self, identity: str, secret: str, client: str = "") -> Principal:
-        """The user named by HTTP Basic credentials: *identity* with a password or one of
-        their API keys. Raises InvalidCredentialsError or TooManyRequestsError.
-
-        A verified password is remembered for ``api.key_cache_s`` (keyed by a hash of
-        the pair, never the password): within that time neither a password hash nor
-        the store is asked again, as for keys (whose own cache ``AuthService`` keeps,
-        with its revocations)."""
-        is_key = secret.startswith("jf_")
-        digest = hashlib.sha256(f"{identity}\0{secret}".encode("utf-8", "surrogateescape"))
-        cache_key = digest.hexdigest()
-        ttl = self.core.config.api.key_cache_s
-        cached = None if is_key else self._basic.get(cache_key)
-        if cached is not None and time.monotonic() - cached[0] < ttl:
-            return cached[1]
-        counted = (f"user:{identity.casefold()}", f"addr:{client}")
-        failures = self.users.failures
-        failures.check(*counted)
-        try:
-            principal = (
-                self._with_key(identity, secret)
-                if is_key
-                else self._with_password(identity, secret)
-            )
-        except InvalidCredentialsError:
-            failures.failed(*counted)
-            raise
-        failures.forget(counted[0])
-        if ttl > 0 and not is_key:
-            if len(self._basic) > 10_000:
-                self._basic.clear()
-            self._basic[cache_key] = (time.monotonic(), principal)
-        return principal
-
-    def _with_key(self, identity: str, key: str) -> Principal:
-        """The key's owner, if *identity* names them (user name, else their email)."""
-        try:
-            principal = self.auth.cached(key) or self.auth.authenticate(key)
-        except AuthenticationError as exc:
-            raise InvalidCredentialsError() from exc
-        if identity != principal.username:
-            try:
-                email = self.auth.get_user(principal.username).email
-            except NotFoundError as exc:
-                raise InvalidCredentialsError() from exc
-            if identity != email:
-                raise InvalidCredentialsError()
-        return principal
-
-    def _with_password(self, identity: str, password: str) -> Principal:
-        record = self.users.verify_credentials(identity, password)
-        return Principal(record.id, record.username, record.is_admin)
+        """The user named by HTTP Basic credentials (``BasicAuthenticator``)."""
+        return self._basic.authenticate(identity, secret, client)
 
     # --- service-info -------------------------------------------------------------------
 
@@ -317,6 +265,7 @@ class TesService:
             j.state_reason,
             j.job_dir,
             j.node,
+            j.home_node,
             j.destination,
             j.attempt,
             j.started_at,
@@ -326,28 +275,56 @@ class TesService:
             columns += [_TASKS.c.doc, _TASKS.c.notes, _TASKS.c.final_logs]
         return select(*columns).join(Job.__table__, j.id == _TASKS.c.job_id)
 
-    def get(self, principal: Principal, task_id: str, view: str = "MINIMAL") -> dict[str, Any]:
-        """``GET /tasks/{id}``: the task in *view* (ValidationError for an unknown view)."""
+    def get(
+        self, principal: Principal, task_id: str, view: str = "MINIMAL", *, here: bool = False
+    ) -> dict[str, Any]:
+        """``GET /tasks/{id}``: the task in *view* (ValidationError for an unknown view).
+
+        A running task whose files are on another live node (``node.shared_filesystem``
+        false) raises ElsewhereError: its state and logs are in files only that node
+        reads, so the face asks it (``api.tes``). With *here* (that node did not answer,
+        or this is its answer being asked for), the task is shown from the store alone."""
         self._require_enabled()
         _check_view(view)
         row = self._row(principal, task_id, with_doc=view != "MINIMAL")
+        if not here and self._elsewhere(row):
+            try:
+                self.core.require_files_here(row.home_node)
+            except NodeDownError:
+                pass  # shown from the store: it is requeued once the node is declared dead
         return render(self._record(row, view), view)
+
+    def _elsewhere(self, row: Any) -> bool:
+        """Whether *row*'s running task writes its state files on another node's disk."""
+        return (
+            row.final_state is None
+            and row.state in (JobState.RUNNING.value, JobState.DELETING.value)
+            and not self.core.config.node.shared_filesystem
+            and row.home_node not in (None, self.core.node_name)
+        )
 
     def _record(self, row: Any, view: str) -> TaskRecord:
         """The task as its row says, with its attempts' state files: kept in the row once
         its job ended (``services.tes_end``), else read from the job's directory (the
-        current attempt's alone when only the state is wanted)."""
+        current attempt's alone when only the state is wanted) if it is on this node's
+        disk; a task running on another node (``_elsewhere``) shows its job's facts."""
         if row.final_state is not None:
             state = str(row.final_state)
             files = list(row.final_logs or []) if view != "MINIMAL" else []
         else:
             job_dir = Path(row.job_dir)
+            # Its files on another node's disk (no shared file system): not read here,
+            # whatever this node's disk holds at that path. Claimed, it has begun.
+            mine = not self._elsewhere(row)
             current = None
-            if view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE:
+            if mine and (view != "MINIMAL" or row.state in tes_plan.NEEDS_PHASE):
                 current = tes_plan.read_state(job_dir, row.attempt)
-            state = task_state(row.state, row.exit_code, current.get("phase") if current else None)
+            phase = current.get("phase") if current else None
+            if not mine and row.state == JobState.RUNNING.value:
+                phase = "INITIALIZING"
+            state = task_state(row.state, row.exit_code, phase)
             files = []
-            if view != "MINIMAL" and row.attempt > 0:
+            if mine and view != "MINIMAL" and row.attempt > 0:
                 files = [tes_plan.read_state(job_dir, n) for n in range(1, row.attempt)]
                 files.append(current)
         attempts = self._attempts(row, state, files) if view != "MINIMAL" else []

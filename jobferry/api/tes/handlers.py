@@ -15,9 +15,12 @@ one error schema of the OpenAPI document true.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jobferry import errors
 from jobferry.api.base import ApiMixin, decode_baseauth
@@ -32,8 +35,14 @@ TES_STATUS_BY_ERROR: dict[type[errors.JobferryError], int] = {
     errors.FormError: 400,
     errors.ScriptNotFoundError: 404,
 }
+#: The header a node's request to the node holding a task's files carries.
+FORWARDED = "X-Jobferry-Forwarded-By"
+#: How long a node waits for the node holding a task's files.
+_ASK_TIMEOUT_S = 5.0
 #: Slack over twice the largest inline content: JSON escapes and the rest of the task.
 _BODY_SLACK = 256 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 class TesMixin(ApiMixin):
@@ -69,12 +78,57 @@ class ServiceInfoHandler(TesHandler):
 
 
 class TaskHandler(TesHandler):
-    """``GET /tasks/{id}?view=``."""
+    """``GET /tasks/{id}?view=``.
+
+    A running task whose files are on another node (``node.shared_filesystem``
+    false: ``TesService.get`` raises ElsewhereError) is asked of that node with the
+    client's own credentials, and its answer relayed: a redirect would do, but
+    clients drop ``Authorization`` on a redirect to another host or port (requests,
+    hence py-tes, does), and a workflow engine's poll must not fail. The nodes share
+    the store, its users and keys, so the credential means the same there. That node
+    answers from its disk (``FORWARDED``); if it does not answer, the task is shown
+    from the store here."""
 
     async def get(self, task_id: str) -> None:
         principal = await self.authenticate()
         view = self.get_query_argument("view", "MINIMAL")
-        self.send_json(await self.call(self.services.tes.get, principal, task_id, view))
+        tes = self.services.tes
+        here = FORWARDED in self.request.headers
+        try:
+            body = await self.call(tes.get, principal, task_id, view, here=here)
+        except errors.ElsewhereError as exc:
+            body = await self._ask(exc) or await self.call(
+                tes.get, principal, task_id, view, here=True
+            )
+        self.send_json(body)
+
+    async def _ask(self, elsewhere: errors.ElsewhereError) -> dict[str, Any] | None:
+        """The task as the node holding its files shows it (None: it did not answer)."""
+        headers = {FORWARDED: self.core.node_name}
+        if "Authorization" in self.request.headers:
+            headers["Authorization"] = self.request.headers["Authorization"]
+        url = elsewhere.node_url.rstrip("/") + (self.request.uri or "/")
+        node = elsewhere.details.get("node")
+        try:
+            response = await AsyncHTTPClient().fetch(
+                url,
+                headers=headers,
+                raise_error=False,
+                follow_redirects=False,
+                request_timeout=_ASK_TIMEOUT_S,
+                connect_timeout=_ASK_TIMEOUT_S,
+            )
+        except (OSError, HTTPClientError) as exc:  # unreachable, timed out
+            logger.warning("node %s did not answer for a task: %s", node, exc)
+            return None
+        if response.code != 200 or response.body is None:
+            logger.warning("node %s did not show a task: status %s", node, response.code)
+            return None
+        try:
+            found = json.loads(response.body)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
 
 class CancelHandler(TesHandler):
