@@ -162,6 +162,7 @@ class TesService:
                 f"(known: {known})"
             )
         command = tes_plan.container_command(config, name, dest)
+        tes_plan.check_disk(doc, self.core.jobs_path)
         cpu = resources.get("cpu_cores")
         placement = intake.place_request(
             principal,

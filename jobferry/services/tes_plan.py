@@ -42,13 +42,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobferry import runners
 from jobferry.config import Config, DestinationConfig
-from jobferry.errors import ValidationError
+from jobferry.errors import UnsatisfiableError, ValidationError
 from jobferry.store.models import JobState
 
 #: The task program (runs with the daemon's interpreter, imports nothing of jobferry).
@@ -157,6 +158,25 @@ def memory_mb(doc: Mapping[str, Any], default: int | None) -> int | None:
     """The task's ``resources.ram_gb`` in MiB (rounded up), else *default*."""
     ram = (doc.get("resources") or {}).get("ram_gb")
     return default if ram is None else max(1, math.ceil(float(ram) * 1024))
+
+
+def check_disk(doc: Mapping[str, Any], data_dir: Path) -> None:
+    """Refuse a task whose ``resources.disk_gb`` exceeds the whole file system its job's
+    directory lives on (its inputs, volumes and outputs are there): it could never run.
+    Raises UnsatisfiableError (400). What is free now is the disk guard's business."""
+    disk = (doc.get("resources") or {}).get("disk_gb")
+    if disk is None:
+        return
+    try:
+        total = shutil.disk_usage(data_dir).total
+    except OSError:
+        return  # the data directory's own checks report it
+    if float(disk) * (1 << 30) > total:
+        message = (
+            f"resources.disk_gb: {disk:g} GB of disk asked for, and the file system of the "
+            f"job directories holds {total / (1 << 30):.1f} GB"
+        )
+        raise UnsatisfiableError(message, errors={"resources.disk_gb": [message]})
 
 
 def build_plan(

@@ -1,5 +1,6 @@
 """TES resources at create (a real store, no daemon): a task no node could ever hold is
-refused with 400 naming the resource; one that fits is queued with its cores and
+refused with 400 naming the resource (disk: more than the job directories' whole
+file system); one that fits is queued with its cores and
 memory; ``preemptible`` and ``zones`` are recorded and read back."""
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def alice(services: Services) -> Principal:
 
 @pytest.mark.parametrize(
     ("resources", "named"),
-    [({"cpu_cores": 64}, "core"), ({"ram_gb": 100000}, "memory")],
-    ids=["more-cores-than-any-node", "more-memory-than-any-node"],
+    [({"cpu_cores": 64}, "core"), ({"ram_gb": 100000}, "memory"), ({"disk_gb": 999999}, "disk")],
+    ids=["more-cores-than-any-node", "more-memory-than-any-node", "more-disk-than-the-data-dir"],
 )
 def test_create__a_task_no_node_could_ever_hold_is_refused_naming_the_resource(
     services: Services, alice: Principal, resources: dict[str, int], named: str
@@ -49,7 +50,13 @@ def test_create__a_task_no_node_could_ever_hold_is_refused_naming_the_resource(
 def test_create__resources_that_fit_become_the_jobs_and_the_rest_is_recorded(
     services: Services, alice: Principal
 ) -> None:
-    resources = {"cpu_cores": 2, "ram_gb": 0.5, "preemptible": True, "zones": ["a", "b"]}
+    resources = {
+        "cpu_cores": 2,
+        "ram_gb": 0.5,
+        "disk_gb": 0.001,
+        "preemptible": True,
+        "zones": ["a", "b"],
+    }
     task_id = services.tes.create(alice, task(resources=resources))
     with services.core.sessions.read() as connection:
         cores = connection.execute(select(Job.cores).where(Job.id == task_id)).scalar_one()
@@ -58,3 +65,4 @@ def test_create__resources_that_fit_become_the_jobs_and_the_rest_is_recorded(
     assert shown["resources"]["preemptible"] is True
     assert shown["resources"]["zones"] == ["a", "b"]
     assert shown["resources"]["ram_gb"] == 0.5
+    assert shown["resources"]["disk_gb"] == 0.001
