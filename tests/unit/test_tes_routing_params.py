@@ -228,8 +228,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
             data,
         )
     )
-    runners = {"local": FakeRunner(), "docker": FakeRunner(), "slurm": FakeRunner()}
-    core = Core(cfg, runners=runners)  # type: ignore[arg-type]
+    core = Core(cfg, runners={"local": FakeRunner(), "docker": FakeRunner(), "slurm": FakeRunner()})
     core.ensure_dirs()
     check_schema(core.engine)
     built = build(core)
