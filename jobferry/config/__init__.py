@@ -27,6 +27,8 @@ from jobferry.config.operations import (
     StorageConfig,
     WebConfig,
 )
+from jobferry.config.routing import RoutingConfig
+from jobferry.config.routing import RoutingRule as RoutingRule  # re-exported
 from jobferry.config.tes import ContainerConfig, TesConfig
 from jobferry.config_yaml import load_yaml as _load_yaml
 from jobferry.errors import ConfigError
@@ -226,33 +228,6 @@ class DestinationConfig(_Section):
         if self.runner == "local" and self.staging == "remote":
             raise ValueError("staging: remote needs runner docker or slurm")
         return self
-
-
-class RoutingRule(_Section):
-    """Send matching jobs to a destination; the first matching rule wins."""
-
-    destination: str
-    script: str | None = None
-    tool: str | None = None
-    user: str | None = None
-    group: str | None = None
-
-    @model_validator(mode="after")
-    def _one_match(self) -> RoutingRule:
-        given = [k for k in ("script", "tool", "user", "group") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("a rule names exactly one of script, tool, user, group")
-        return self
-
-
-class RoutingConfig(_Section):
-    """Which destination a job goes to."""
-
-    default: str = Field("local", description="Destination of a job no rule matches.")
-    rules: list[RoutingRule] = Field(
-        default_factory=list,
-        description="First match wins; each names one of script/tool/user/group and a destination.",
-    )
 
 
 class NodeConfig(_Section):

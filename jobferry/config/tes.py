@@ -16,6 +16,8 @@ from jobferry.config.base import _Section
 
 #: ``uid:gid``, both numeric (a name would be resolved inside the image).
 _UID_GID = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+#: A Docker network's name (``docker network create``'s rule; never ``a:b`` forms).
+_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: ``host`` or ``host:port`` (no scheme, no path).
 _HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}")
 
@@ -56,8 +58,10 @@ class TesConfig(_Section):
     )
     destination: str | None = Field(
         None,
-        description="Destination of TES tasks (a docker destination, a slurm or local one "
-        "with a container:, or a local one with container_command); default: routing.default.",
+        description="Destination of TES tasks no routing rule (tes, image, user) sends "
+        "elsewhere (a docker destination, a slurm or local one with a container:, or a "
+        "local one with container_command); default: routing.default. A task's backend "
+        "parameter destination comes first, then the rules, then this.",
     )
     file_roots: list[str] = Field(
         default_factory=list,
@@ -72,6 +76,12 @@ class TesConfig(_Section):
         None,
         description="The container engine's command line (e.g. [podman]); default: [docker] "
         "for a docker destination (with its runner's base_url); a local destination needs it.",
+    )
+    docker_networks: list[str] = Field(
+        default_factory=list,
+        description="Docker networks a task may name in its backend parameter "
+        "docker_network (on docker destinations and those with container:); its "
+        "executors then join that network instead of none.",
     )
     max_content_kb: Annotated[int, Field(ge=1)] = Field(
         1024, description="Largest inline input content of a task, KiB."
@@ -97,6 +107,14 @@ class TesConfig(_Section):
             if not _HOST.fullmatch(host):
                 raise ValueError(f"{host!r} is not host or host:port")
         return hosts
+
+    @field_validator("docker_networks")
+    @classmethod
+    def _networks(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _NETWORK.fullmatch(name):
+                raise ValueError(f"{name!r} is not a network name (letters, digits, _ . -)")
+        return names
 
     @field_validator("container_command")
     @classmethod

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
 
 from sqlalchemy import Connection, Update, bindparam, insert, select
 from sqlalchemy.orm import Session
@@ -29,13 +27,13 @@ from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunStatus
 from jobferry.runners.wrapper import read_result
-from jobferry.services import tes_plan
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
 from jobferry.services.logfields import job_fields
 from jobferry.services.ports import JobEnded, no_job_ended
-from jobferry.services.remote_paths import SCRIPT_COPY, copy_script, files_under, relocate
+from jobferry.services.remote_paths import copy_script
+from jobferry.services.run_spec import JobFacts, run_spec
 from jobferry.services.telemetry import counts_store_errors
 from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
@@ -49,34 +47,6 @@ _STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
 #: Whether a node is drained (built once: read by every claim).
 _NODES = Node.__table__.c
 _DRAINED = select(_NODES.drained).where(_NODES.name == bindparam("node"))
-
-
-class JobFacts(Protocol):
-    """What ``ExecutionService.spec`` reads of a job: a ``Job`` row, or the record a
-    claim returns (``transitions.ClaimedRow``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def attempt(self) -> int: ...
-    @property
-    def runner(self) -> str: ...
-    @property
-    def destination(self) -> str: ...
-    @property
-    def job_dir(self) -> str: ...
-    @property
-    def argv(self) -> list[Any]: ...
-    @property
-    def cores(self) -> int: ...
-    @property
-    def gpus(self) -> int: ...
-    @property
-    def memory_mb(self) -> int | None: ...
-    @property
-    def walltime_s(self) -> float | None: ...
-    @property
-    def home_node(self) -> str | None: ...
 
 
 @functools.lru_cache(maxsize=2)
@@ -141,57 +111,8 @@ class ExecutionService:
         return str(url or self.base_url)
 
     def spec(self, job: JobFacts) -> RunSpec:
-        """How to run *job*'s current attempt here (argv, paths, environment, resources)."""
-        job_dir = Path(job.job_dir)
-        dest = self.destination(job)
-        argv = [str(a) for a in job.argv]
-        if dest.runner != "local" and len(argv) >= 2 and argv[0] == self.core.config.interpreter:
-            # The daemon's interpreter does not exist in a container or on a cluster
-            # node: run the job's private copy of the script with the node's python3.
-            argv[0:2] = [dest.interpreter, str(job_dir / SCRIPT_COPY / Path(argv[1]).name)]
-        env = {
-            "JOBFERRY_URL": self._home_url(job),
-            "JOBFERRY_JOB_ID": job.id,
-            "JOBFERRY_JOB_KEY": self.core.job_key(job.id),
-            "JOBFERRY_ATTEMPT": str(job.attempt),
-            **dest.env,
-        }
-        if job.memory_mb and dest.runner != "docker" and not tes_plan.runs_task(job.argv):
-            # No cgroup here (a local process; Slurm without cgroup plugins): the
-            # wrapper caps the job's address space instead (a TES task's: see runs_task).
-            env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
-        remote_dir: str | None = None
-        stage_in: tuple[str, ...] = ()
-        if dest.staging == "remote":
-            remote_dir = f"{dest.scratch_dir.rstrip('/')}/{job.id}.{job.attempt}"
-            argv = [relocate(a, str(job_dir), remote_dir) for a in argv]
-            stage_in = files_under(job_dir, ("inputs", SCRIPT_COPY))
-            env["JOBFERRY_STAGING"] = "remote"
-            env["JOBFERRY_STAGE_IN"] = json.dumps(stage_in)
-        return RunSpec(
-            job_id=job.id,
-            argv=tuple(argv),
-            workdir=str(job_dir / "work"),
-            stdout_path=str(job_dir / "stdout"),
-            stderr_path=str(job_dir / "stderr"),
-            result_path=str(job_dir / "result"),
-            env=env,
-            walltime_s=job.walltime_s,
-            cores=job.cores,
-            memory_mb=job.memory_mb,
-            attempt=job.attempt,
-            destination=job.destination,
-            gpus=job.gpus,
-            image=dest.image,
-            network=dest.network,
-            partition=dest.partition,
-            sbatch_args=tuple(dest.sbatch_args),
-            staging=dest.staging,
-            job_dir=str(job_dir),
-            remote_dir=remote_dir,
-            stage_in=stage_in,
-            max_log_bytes=self.core.config.jobs.max_log_mb << 20,
-        )
+        """How to run *job*'s current attempt here (``services.run_spec``)."""
+        return run_spec(self.core, job, self.destination(job), self._home_url(job))
 
     @counts_store_errors("claim")
     def claim_next(self, destinations: list[str], fit: transitions.NodeResources | None) -> Claim:

@@ -3,6 +3,9 @@
 A destination is a runner plus parameters (config ``destinations``). The
 router applies ``routing.rules`` in order (a script slug, a Galaxy tool id, a
 username or a script group each name a destination), else ``routing.default``.
+A TES task (``route_task``) is matched by ``tes: true``, ``image`` (a glob over
+its executors' images) and ``user`` rules only, else ``tes.destination``; a
+script's or Galaxy job never matches a ``tes`` or ``image`` rule.
 A submission may also ask for a destination by name and for resources (cores,
 memory, GPUs, walltime) beyond the destination's defaults; ``check_fits``
 refuses a job that no node or cluster of its runner could ever hold, so it is
@@ -11,7 +14,8 @@ rejected at once instead of waiting in the queue forever.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from jobferry.config import Config, DestinationConfig
@@ -65,6 +69,8 @@ class Router:
     ) -> str:
         """The destination a job of *slug* by *username* goes to (first rule wins)."""
         for rule in self.config.routing.rules:
+            if rule.tes or rule.image is not None:
+                continue  # TES tasks' rules (route_task)
             if (
                 (rule.script is not None and rule.script == slug)
                 or (rule.tool is not None and rule.tool == tool_id)
@@ -73,6 +79,25 @@ class Router:
             ):
                 return rule.destination
         return self.config.routing.default
+
+    def route_task(self, images: Iterable[str], username: str) -> str:
+        """The destination of a TES task whose executors use *images*, by *username*:
+        the first ``tes: true`` rule, ``image`` rule (an fnmatch glob, matched against
+        each executor's image: any one matching is enough) or ``user`` rule that
+        matches, else ``tes.destination``, else ``routing.default``. A task's own
+        ``destination`` backend parameter comes before this (``TesService.create``)."""
+        wanted = list(images)
+        for rule in self.config.routing.rules:
+            if (
+                rule.tes
+                or (rule.user is not None and rule.user == username)
+                or (
+                    rule.image is not None
+                    and any(fnmatch.fnmatchcase(image, rule.image) for image in wanted)
+                )
+            ):
+                return rule.destination
+        return self.config.tes.destination or self.config.routing.default
 
     def place(
         self,

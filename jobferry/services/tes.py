@@ -38,7 +38,7 @@ from jobferry.errors import (
     NotFoundError,
     ValidationError,
 )
-from jobferry.services import tes_plan
+from jobferry.services import tes_params, tes_plan
 from jobferry.services.auth import AuthService
 from jobferry.services.basic_auth import BasicAuthenticator
 from jobferry.services.core import Core, Principal
@@ -53,7 +53,6 @@ from jobferry.services.tes_doc import (
     tag_filter,
     tags_match,
     task_state,
-    unsupported_backend_parameters,
     validate_task,
 )
 from jobferry.services.tes_views import TaskRecord, render, service_info
@@ -63,8 +62,6 @@ from jobferry.store.models import Job, JobState, TesTask, new_id, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: Backend parameters a task may give (``resources.backend_parameters``).
-BACKEND_PARAMETERS = ("destination",)
 #: The list's page size when the client names none, and the largest it may name.
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
@@ -122,7 +119,7 @@ class TesService:
             name="jobferry",
             version=__version__,
             storage=storage,
-            backend_parameters=list(BACKEND_PARAMETERS),
+            backend_parameters=tes_params.advertised(self.core.config),
             organization_url=base_url,
             description="jobferry's GA4GH TES face: each task runs as a jobferry job.",
         )
@@ -143,15 +140,11 @@ class TesService:
         config = self.core.config
         doc = validate_task(raw, max_content_bytes=config.tes.max_content_kb * 1024)
         resources = doc.get("resources") or {}
-        params = resources.get("backend_parameters") or {}
-        unsupported = unsupported_backend_parameters(doc, BACKEND_PARAMETERS)
-        if unsupported and resources.get("backend_parameters_strict"):
-            raise ValidationError(
-                "resources.backend_parameters: not supported here: " + ", ".join(unsupported)
-            )
-        notes = [f"backend parameters ignored (not supported): {', '.join(unsupported)}"]
-        doc = keep_supported_backend_parameters(doc, BACKEND_PARAMETERS)  # not stored: spec
-        name = params.get("destination") or config.tes.destination or config.routing.default
+        # The destination: the task's own parameter, else the first routing rule
+        # that matches it (tes, image, user), else tes.destination, else routing.default.
+        name = tes_params.requested_destination(doc) or self.core.router.route_task(
+            (str(executor["image"]) for executor in doc["executors"]), principal.username
+        )
         intake = self.jobs.intake
         intake.disk.require("new submissions")
         dest = config.destinations.get(name)
@@ -161,6 +154,10 @@ class TesService:
                 f"resources.backend_parameters.destination: unknown destination {name!r} "
                 f"(known: {known})"
             )
+        chosen = tes_params.choose(config, dest, doc)  # strict: unsupported ones refused
+        given = resources.get("backend_parameters") or {}
+        applied = [key for key in given if key not in chosen.unsupported]
+        doc = keep_supported_backend_parameters(doc, applied)  # not stored: the spec
         command = tes_plan.container_command(config, name, dest)
         tes_plan.check_disk(doc, self.core.jobs_path)
         cpu = resources.get("cpu_cores")
@@ -185,6 +182,7 @@ class TesService:
             dest=dest,
             cores=cores,
             memory=memory,
+            network=chosen.network,
         )
         now = utcnow()
         title = str(doc.get("name") or DEFAULT_NAME)[:255]
@@ -214,6 +212,7 @@ class TesService:
             "memory_mb": memory if dest.runner == "slurm" else None,
             "gpus": placement.resources.gpus,
             "walltime_s": placement.resources.walltime_s,
+            "runner_options": chosen.runner_options,  # slurm's partition, qos
             "job_dir": str(job_dir),
             "created_at": now,
             "updated_at": now,
@@ -224,7 +223,7 @@ class TesService:
             "name": str(doc.get("name") or ""),
             "doc": doc,
             "tags": dict(doc.get("tags") or {}),
-            "notes": notes if unsupported else [],
+            "notes": tes_params.note(chosen),
             "created_at": now,
         }
         try:

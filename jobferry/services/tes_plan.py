@@ -189,8 +189,14 @@ def build_plan(
     dest: DestinationConfig,
     cores: int,
     memory: int | None,
+    network: str | None = None,
 ) -> dict[str, Any]:
-    """The plan of a task's every attempt (``{attempt}`` in its paths: the docstring)."""
+    """The plan of a task's every attempt (``{attempt}`` in its paths: the docstring).
+
+    *network*: a Docker network the task asked for and the operator allowed
+    (``services.tes_params``): the executors join it (``--network <name>``, the task
+    program's ``extra_args``) instead of the destination's rule (none, or the
+    engine's default network with ``network: true``)."""
     tes = config.tes
     return {
         "task": dict(doc),
@@ -199,11 +205,11 @@ def build_plan(
         "runtime": {
             "command": command,
             "user": executor_user(config),
-            "network": bool(dest.network),
+            "network": bool(dest.network) or network is not None,
             "cpus": cores,
             "memory_mb": memory,
             "name": f"jobferry-{job_id}-{ATTEMPT}",
-            "extra_args": [],
+            "extra_args": ["--network", network] if network else [],
         },
         "file_roots": list(tes.file_roots),
         "http_hosts": list(tes.http_hosts),

@@ -237,6 +237,9 @@ class Job(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     memory_mb: Mapped[int | None] = mapped_column(Integer)
     walltime_s: Mapped[float | None] = mapped_column(Float)
+    #: What the submission asked of the runner beyond its destination (a TES task's
+    #: Slurm ``{"partition": ..., "qos": ...}``), read by ``ExecutionService.spec``.
+    runner_options: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     job_dir: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

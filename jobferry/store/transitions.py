@@ -295,6 +295,7 @@ class ClaimedRow:
     walltime_s: float | None
     home_node: str | None
     created_at: datetime
+    runner_options: dict[str, Any] | None  # a TES task's Slurm partition, qos
 
 
 _CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)  # the claim's RETURNING
