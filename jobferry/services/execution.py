@@ -149,6 +149,9 @@ class ExecutionService:
             # The daemon's interpreter does not exist in a container or on a cluster
             # node: run the job's private copy of the script with the node's python3.
             argv[0:2] = [dest.interpreter, str(job_dir / SCRIPT_COPY / Path(argv[1]).name)]
+        task = tes_plan.runs_task(job.argv)
+        if task:
+            argv = tes_plan.run_argv(argv)
         env = {
             "JOBFERRY_URL": self._home_url(job),
             "JOBFERRY_JOB_ID": job.id,
@@ -156,7 +159,7 @@ class ExecutionService:
             "JOBFERRY_ATTEMPT": str(job.attempt),
             **dest.env,
         }
-        if job.memory_mb and dest.runner != "docker" and not tes_plan.runs_task(job.argv):
+        if job.memory_mb and dest.runner != "docker" and not task:
             # No cgroup here (a local process; Slurm without cgroup plugins): the
             # wrapper caps the job's address space instead (a TES task's: see runs_task).
             env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
@@ -190,7 +193,7 @@ class ExecutionService:
             job_dir=str(job_dir),
             remote_dir=remote_dir,
             stage_in=stage_in,
-            max_log_bytes=self.core.config.jobs.max_log_mb << 20,
+            max_log_bytes=0 if task else self.core.config.jobs.max_log_mb << 20,
         )
 
     @counts_store_errors("claim")
