@@ -495,5 +495,5 @@ def main(argv: list[str]) -> int:
         return Task(json.load(plan_file)).run()
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+if __name__ == "__main__":  # os._exit: no interpreter teardown (~7 ms of each task's end);
+    os._exit(main(sys.argv))  # it prints nothing, so no buffer is left to flush

@@ -73,6 +73,9 @@ def run_spec(core: Core, job: JobFacts, dest: DestinationConfig, home_url: str) 
         # The daemon's interpreter does not exist in a container or on a cluster
         # node: run the job's private copy of the script with the node's python3.
         argv[0:2] = [dest.interpreter, str(job_dir / SCRIPT_COPY / Path(argv[1]).name)]
+    task = tes_plan.runs_task(job.argv)
+    if task:
+        argv = tes_plan.run_argv(argv)
     env = {
         "JOBFERRY_URL": home_url,
         "JOBFERRY_JOB_ID": job.id,
@@ -80,7 +83,7 @@ def run_spec(core: Core, job: JobFacts, dest: DestinationConfig, home_url: str) 
         "JOBFERRY_ATTEMPT": str(job.attempt),
         **dest.env,
     }
-    if job.memory_mb and dest.runner != "docker" and not tes_plan.runs_task(job.argv):
+    if job.memory_mb and dest.runner != "docker" and not task:
         # No cgroup here (a local process; Slurm without cgroup plugins): the
         # wrapper caps the job's address space instead (a TES task's: see runs_task).
         env["JOBFERRY_MEMORY_KB"] = str(job.memory_mb * 1024)
@@ -115,5 +118,6 @@ def run_spec(core: Core, job: JobFacts, dest: DestinationConfig, home_url: str) 
         job_dir=str(job_dir),
         remote_dir=remote_dir,
         stage_in=stage_in,
-        max_log_bytes=core.config.jobs.max_log_mb << 20,
+        # A task program prints a traceback at most: no log-cap filters (tes_plan).
+        max_log_bytes=0 if task else core.config.jobs.max_log_mb << 20,
     )
