@@ -58,7 +58,7 @@ from jobferry.services.tes_doc import (
     unsupported_backend_parameters,
     validate_task,
 )
-from jobferry.services.tes_views import TaskRecord, render, service_info
+from jobferry.services.tes_views import TaskRecord, attempt_notes, render, service_info
 from jobferry.services.users import UserService
 from jobferry.staging.paths import make_job_dir
 from jobferry.store.models import Job, JobState, TesTask, new_id, utcnow
@@ -77,6 +77,8 @@ MAX_SCANNED = 10_000
 DEFAULT_NAME = "tes-task"
 
 _TASKS: Table = TesTask.__table__  # type: ignore[assignment]
+#: What an attempt's program says of where it ran (its state file's ``metadata``).
+_RAN = ("node", "host")
 
 
 @dataclass(frozen=True)
@@ -371,18 +373,24 @@ class TesService:
             if state_file is None and last:
                 attempt.update(start_time=rfc3339(row.started_at))
                 attempt.update(end_time=rfc3339(row.finished_at))
-            system_logs = [str(note) for note in row.notes or []]
-            system_logs += [str(s) for s in attempt.get("system_logs") or []]
-            if not last:
+            notes = attempt_notes(row.notes, number)
+            system_logs = notes.shared + [str(s) for s in attempt.get("system_logs") or []]
+            system_logs += notes.ended  # why a requeued attempt ended (tes_end)
+            if not last and not notes.ended:
                 system_logs.append(f"attempt {number} did not end: the task was requeued")
-            elif state == "SYSTEM_ERROR" and row.state_reason:
+            elif last and state == "SYSTEM_ERROR" and row.state_reason:
                 system_logs.append(str(row.state_reason))
             attempt["system_logs"] = system_logs
             attempt.setdefault("outputs", [])
             attempt.setdefault("logs", [])
-            attempt["metadata"] = {"destination": str(row.destination), "attempt": str(number)}
+            ran = attempt.get("metadata")  # the program's: node and host (tes_task)
+            metadata = {"destination": str(row.destination), "attempt": str(number)}
             if last:  # the job's node is the current attempt's
-                attempt["metadata"]["node"] = str(row.node or "")
+                metadata["node"] = str(row.node or "")
+            metadata.update(notes.metadata)
+            if isinstance(ran, dict):
+                metadata.update({k: v for k, v in ran.items() if k in _RAN and v})
+            attempt["metadata"] = metadata
             attempts.append(attempt)
         return attempts
 
