@@ -359,12 +359,13 @@ class TesService:
     def _attempts(
         self, row: Any, state: str, files: list[dict[str, Any] | None]
     ) -> list[dict[str, Any]]:
-        """The task's logs, one per attempt: its state file with the job's facts. An
-        earlier attempt (its node was lost, the task requeued) says so; the last one
-        without a file is shown only once the job ended (it never started: why)."""
+        """The task's logs, one per attempt: its state file with the job's facts. A
+        requeued attempt says why it ended and where (its note: ``tes_end``); the last
+        one without a file is shown once the job ended or requeued it (never started)."""
         ended = row.state in (JobState.OK.value, JobState.ERROR.value, JobState.DELETED.value)
         if files and files[-1] is None and not ended:
-            files = files[:-1]  # the current attempt has not begun yet
+            if not attempt_notes(row.notes, len(files)).ended:  # else it was requeued
+                files = files[:-1]  # the current attempt has not begun yet
         queued = row.state in (JobState.NEW.value, JobState.QUEUED.value)  # requeued
         attempts = []
         for number, state_file in enumerate(files, start=1):

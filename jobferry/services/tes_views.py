@@ -115,12 +115,17 @@ def attempt_notes(notes: object, number: int) -> AttemptNotes:
     for note in notes if isinstance(notes, list) else []:
         if isinstance(note, str):
             shared.append(note)
-        elif isinstance(note, Mapping) and note.get("attempt") == number:
+        elif isinstance(note, Mapping) and _is_int(note.get("attempt"), number):
             if isinstance(note.get("log"), str):
                 ended.append(note["log"])
             if isinstance(note.get("node"), str):
                 metadata["node"] = note["node"]
     return AttemptNotes(shared, ended, metadata)
+
+
+def _is_int(value: object, number: int) -> bool:
+    """*value* is the integer *number* (``True`` is not 1 here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == number
 
 
 def _time(value: object) -> str | None:
