@@ -243,12 +243,10 @@ class Task:
 
     def prepare(self) -> None:
         """Check output URLs (before any work), make the directories, stage the inputs."""
-        earlier = [self.names.replace("{attempt}", str(n)) for n in range(1, self.attempt)]
-        earlier = [f"{e}-{i}" for e in earlier for i in range(len(self.task["executors"]))]
-        if earlier and (gone := self.remove_containers(earlier)):  # they may write in root
-            self.state["system_logs"].append(
-                f"removed {', '.join(gone)}: earlier attempts' containers"
-            )
+        old = [self.names.replace("{attempt}", str(n)) for n in range(1, self.attempt)]
+        old = [f"{o}-{i}" for o in old for i in range(len(self.task["executors"]))]
+        if old and (gone := ", ".join(self.remove_containers(old))):  # they may write in root
+            self.state["system_logs"].append(f"removed {gone}: earlier attempts' containers")
         for output in self.task.get("outputs") or []:
             with step(f"staging out {output['path']} to {output['url']}"):
                 if self.check_url(output["url"]) == "file":
