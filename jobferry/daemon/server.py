@@ -39,7 +39,7 @@ from jobferry.runners.registry import build_runners
 from jobferry.services.container import build as build_services
 from jobferry.services.core import Core
 from jobferry.services.execution import ExecutionService
-from jobferry.services.tes_end import record_task_end
+from jobferry.services.tes_end import TASK_ENDS
 from jobferry.staging.uploads import sweep_partial_uploads
 from jobferry.store.engine import check_schema
 from jobferry.store.notify import Listener
@@ -125,7 +125,7 @@ class Daemon:
         self.port = sockets[0].getsockname()[1]
         host = self.config.server.host
         self.url = self.config.server.base_url or f"http://{host}:{self.port}"
-        execution = ExecutionService(core, base_url=self.url, on_end=record_task_end)
+        execution = ExecutionService(core, base_url=self.url, on_end=TASK_ENDS)
         self.scheduler = Scheduler(core, execution, self.runners, slots=self.slots)
         services = build_services(
             core, dispatcher=self.scheduler.direct, job_events=self.scheduler, execution=execution

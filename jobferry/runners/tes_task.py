@@ -1,13 +1,12 @@
 """The task program of a GA4GH TES task: ``python3 tes_task.py PLAN_JSON``.
 
-Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution host
-under the job wrapper and may be copied there alone. The plan (``services/tes_plan.py``) names
-the task, ``root`` (container path P lives at root + P), the state file and container name
-(``{attempt}`` in them is ``$JOBFERRY_ATTEMPT``, so attempts keep apart), the runtime and what
-may be reached. It stages the inputs, runs the executors in turn, each in a container confined
-like every jobferry container (numeric non-root user, no capabilities, no new privileges, no
-network unless allowed), stages the outputs, and rewrites the state file atomically after every
-step. Exits 0 COMPLETE, 1 EXECUTOR_ERROR, 2 SYSTEM_ERROR, 143 canceled.
+Standalone (Python 3.8's standard library, no jobferry import): it runs on the execution host under
+the job wrapper and may be copied there alone. The plan (``services/tes_plan.py``) names the task,
+``root`` (container path P lives at root + P), the state file and container name (``{attempt}`` in
+them is ``$JOBFERRY_ATTEMPT``, so attempts keep apart), the runtime and what may be reached. It
+removes earlier attempts' containers, stages the inputs, runs the executors in turn (each in a
+container confined like every jobferry one: numeric non-root user, no capabilities or new
+privileges, no network unless allowed), stages the outputs, and rewrites the state file each step.
 
 Threat model: the task's author names paths and URLs; the containers write into root.
 ``file://`` URLs must resolve inside ``file_roots``, then every file is reached by a
@@ -180,28 +179,28 @@ class Task:
     def __init__(self, plan: dict[str, Any]) -> None:
         self.task: dict[str, Any] = plan["task"]
         self.root = os.path.abspath(plan["root"])
-        attempt = os.environ.get("JOBFERRY_ATTEMPT", "1")  # set for every job by the daemon
-        self.state_path: str = plan["state_path"].replace("{attempt}", attempt)
+        self.attempt = int(os.environ.get("JOBFERRY_ATTEMPT", "1"))  # the daemon sets it
+        self.state_path: str = plan["state_path"].replace("{attempt}", str(self.attempt))
         self.rt: dict[str, Any] = plan.get("runtime") or {}
-        self.name = str(self.rt.get("name") or "jobferry-tes").replace("{attempt}", attempt)
+        self.names = str(self.rt.get("name") or "jobferry-tes")  # "{attempt}": the attempt's
+        self.name = self.names.replace("{attempt}", str(self.attempt))
         self.cli = list(self.rt.get("command") or ["docker"])
         self.user = str(self.rt.get("user") or "65534:65534")  # never the image's (root?)
         self.file_roots = [os.path.realpath(r) for r in plan.get("file_roots") or []]
         self.http_hosts = set(plan.get("http_hosts") or [])
         self.tail_bytes = int(plan.get("tail_bytes") or 65536)
+        where = {"node": os.environ.get("JOBFERRY_NODE", ""), "host": os.uname().nodename}
         self.state: dict[str, Any] = {"phase": "INITIALIZING", "start_time": now()}
-        self.state.update(end_time=None, logs=[], outputs=[], system_logs=[])
-        self.http: Any = None  # see opener
+        self.state.update(end_time=None, logs=[], outputs=[], system_logs=[], metadata=where)
 
+    @functools.cached_property
     def opener(self) -> Any:
         """urllib's opener (no proxy, no redirect), made on first use: its import costs ~45 ms."""
-        if self.http is None:
-            import urllib.request as req
+        import urllib.request as req
 
-            stop = {"redirect_request": lambda *args, **kwargs: None}
-            no = type("NoRedirect", (req.HTTPRedirectHandler,), stop)
-            self.http = req.build_opener(req.ProxyHandler({}), no)
-        return self.http
+        stop = {"redirect_request": lambda *args, **kwargs: None}
+        no = type("NoRedirect", (req.HTTPRedirectHandler,), stop)
+        return req.build_opener(req.ProxyHandler({}), no)
 
     def save(self) -> None:
         """Rewrite the state file atomically (tmp + rename): readers never see half of it."""
@@ -244,13 +243,16 @@ class Task:
 
     def prepare(self) -> None:
         """Check output URLs (before any work), make the directories, stage the inputs."""
-        outputs = self.task.get("outputs") or []
-        for output in outputs:
+        old = [self.names.replace("{attempt}", str(n)) for n in range(1, self.attempt)]
+        old = [f"{o}-{i}" for o in old for i in range(len(self.task["executors"]))]
+        if old and (gone := ", ".join(self.remove_containers(old))):  # they may write in root
+            self.state["system_logs"].append(f"removed {gone}: earlier attempts' containers")
+        for output in self.task.get("outputs") or []:
             with step(f"staging out {output['path']} to {output['url']}"):
                 if self.check_url(output["url"]) == "file":
                     self.confine(output["url"])
         os.makedirs(self.root, 0o755, exist_ok=True)
-        for path, _ in self.mount_wants(self.task.get("volumes") or [], outputs):
+        for path, _ in self.mount_wants():
             os.close(open_dirs(self.root, parts_of(path), create=True))
         for item in self.task.get("inputs") or []:
             with step(f"staging in {item.get('url') or 'content'}"):
@@ -262,11 +264,10 @@ class Task:
         if item.get("content") is not None:
             self.write_in(path, io.BytesIO(item["content"].encode("utf-8")).read)
             return
-        scheme = self.check_url(url)
-        if scheme != "file":
+        if self.check_url(url) != "file":
             if kind == "DIRECTORY":
                 raise TaskError("DIRECTORY inputs cannot be fetched over http(s)")
-            with self.opener().open(url, timeout=HTTP_TIMEOUT_S) as response:
+            with self.opener.open(url, timeout=HTTP_TIMEOUT_S) as response:
                 self.write_in(path, response.read)
             return
         base, rel = self.confine(url)
@@ -291,8 +292,7 @@ class Task:
         parsed = urllib.parse.urlsplit(url)
         scheme = parsed.scheme.lower()
         if scheme in ("http", "https"):
-            default = 443 if scheme == "https" else 80
-            host_port = f"{parsed.hostname}:{parsed.port or default}"
+            host_port = f"{parsed.hostname}:{parsed.port or (443 if scheme == 'https' else 80)}"
             if not {parsed.netloc.rpartition("@")[2], host_port} & self.http_hosts:
                 raise TaskError(f"host {parsed.netloc!r} is not an allowed http host")
         elif scheme != "file":
@@ -330,10 +330,10 @@ class Task:
                 elif st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode):
                     os.chmod(path, 0o777 if stat.S_ISDIR(st.st_mode) else 0o666)
 
-    def mount_wants(self, volumes: list[str], outputs: list[dict[str, Any]]) -> list[Any]:
+    def mount_wants(self) -> list[Any]:
         """Directories for volumes and outputs (a FILE's parent, a wildcard's fixed part)."""
-        wanted = [(clean(v), False) for v in volumes]
-        for output in outputs:
+        wanted = [(clean(v), False) for v in self.task.get("volumes") or []]
+        for output in self.task.get("outputs") or []:
             parts = parts_of(output["path"])
             cut = next((i for i, p in enumerate(parts) if any(c in p for c in WILDCARDS)), None)
             if cut is None:
@@ -345,7 +345,7 @@ class Task:
         """The minimal set of bind mounts (container path, read-only): a path under another
         mounted one is covered by it, unless that is read-only and this one is not (Docker
         mounts the deeper path over the shallower one)."""
-        wanted = self.mount_wants(self.task.get("volumes") or [], self.task.get("outputs") or [])
+        wanted = self.mount_wants()
         wanted += [(clean(item["path"]), True) for item in self.task.get("inputs") or []]
         chosen: list[tuple[str, bool]] = []
         for path, read_only in sorted(wanted, key=lambda w: (len(parts_of(w[0])), w[1])):
@@ -402,7 +402,7 @@ class Task:
                 code = proc.wait()
                 self.record(log, code, tails)  # a cancel here still removes the container:
             except Canceled:  # the CLI may have died of the same SIGTERM, not the container
-                self.remove_container(name, proc)
+                self.remove_containers([name], proc)
                 if proc and len(tails) == 2 and all(x is not log for x in self.state["logs"]):
                     self.record(log, -15 if proc.returncode is None else proc.returncode, tails)
                 raise
@@ -412,24 +412,24 @@ class Task:
         for thread, _ in tails:
             thread.join(KILL_TIMEOUT_S)
         out, err = (bytes(data).decode("utf-8", "replace") for _, data in tails)
-        code = 128 - code if code < 0 else code
+        code = 128 - code if code < 0 else code  # a signal's number
         log.update(end_time=now(), exit_code=code, stdout=out, stderr=err)
         self.state["logs"].append(log)
         self.save()
 
-    def remove_container(self, name: str, proc: subprocess.Popen[bytes] | None) -> None:
-        """Kill and remove the container by name (the CLI then ends); again if the CLI
-        had to be killed: it may have created the container after the first removal."""
-        rm = self.cli + ["rm", "-f", name]
-        subprocess.run(rm, capture_output=True, timeout=KILL_TIMEOUT_S, check=False)
-        if proc is None:
-            return
+    def remove_containers(self, names: list[str], proc: Any = None) -> list[str]:
+        """Kill and remove containers by exact name (their CLI *proc* then ends; again if it
+        had to be killed: it may have made one after the first removal); those there."""
+        rm = self.cli + ["rm", "-f", *names]
+        run = subprocess.run(rm, capture_output=True, timeout=KILL_TIMEOUT_S, check=False)
         try:
-            proc.wait(KILL_TIMEOUT_S)
+            if proc is not None:
+                proc.wait(KILL_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             subprocess.run(rm, capture_output=True, timeout=KILL_TIMEOUT_S, check=False)
+        return run.stdout.decode("utf-8", "replace").split()
 
     def stage_out(self, output: dict[str, Any]) -> None:
         """One output: a path, or each wildcard match (less path_prefix, added to the URL)."""
@@ -483,7 +483,7 @@ class Task:
             with os.fdopen(os.dup(fd), "rb") as body:
                 headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
                 request = req.Request(url, data=body, method="PUT", headers=headers)
-                with self.opener().open(request, timeout=HTTP_TIMEOUT_S) as response:
+                with self.opener.open(request, timeout=HTTP_TIMEOUT_S) as response:
                     response.read()
         self.state["outputs"].append({"url": url, "path": path, "size_bytes": str(size)})
         self.save()

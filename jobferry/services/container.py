@@ -31,7 +31,7 @@ from jobferry.services.ports import NO_DISPATCH, NO_JOB_EVENTS, Dispatcher, JobE
 from jobferry.services.retention import RetentionService
 from jobferry.services.scripts import ScriptService
 from jobferry.services.tes import TesService
-from jobferry.services.tes_end import record_task_end
+from jobferry.services.tes_end import TASK_ENDS
 from jobferry.services.users import UserService
 from jobferry.services.web_sessions import WebSessionService
 
@@ -94,11 +94,11 @@ def build(
         users=users,
         scripts=ScriptService(core),
         jobs=jobs,
-        nodes=NodeService(core),
+        nodes=NodeService(core, on_end=TASK_ENDS),
         job_files=JobFilesService(core, disk),
         callbacks=CallbackService(
             core,
-            execution or ExecutionService(core, base_url="", on_end=record_task_end),
+            execution or ExecutionService(core, base_url="", on_end=TASK_ENDS),
             job_events,
         ),
         galaxy=galaxy,

@@ -2,17 +2,25 @@
 
 Kept apart from ``execution`` (which drives claims, starts and recovery) so that the
 mapping from a runner's final status to a job's state and reason is one small,
-testable piece.
+testable piece. An attempt that ends by being requeued ends here too
+(``requeue``): every requeue site (``execution``, the reaper in ``nodes``)
+goes through it, so none forgets to tell the face (``ports.JobEnded.requeued``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from jobferry.runners.base import RunState, RunStatus
+from jobferry.services.ports import EndedAttempt, JobEnded, Requeue
 from jobferry.staging.paths import file_digest
+from jobferry.store import transitions
 from jobferry.store.models import JobState
 
 #: Most output files collected per job (more are ignored).
@@ -87,3 +95,32 @@ def scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
             if len(found) >= MAX_OUTPUT_FILES:
                 return found
     return found
+
+
+def requeue(
+    ends: JobEnded,
+    session: Session,
+    job_id: str,
+    attempt: int,
+    argv: Sequence[Any],
+    reason: str,
+    node: str | None,
+) -> None:
+    """Put a claimed job back in the queue (fenced by *attempt*, and by *node* if given:
+    ``transitions.requeue_job``) and let the face record why that attempt ended, in the
+    same transaction: a task's log never misses a requeue that happened."""
+    transitions.requeue_job(session, job_id, attempt, reason, on_node=node)
+    ends.requeued(session, job_id, attempt, argv, Requeue(reason, node))
+
+
+class ClaimedAttempt(EndedAttempt, Protocol):
+    """A claimed attempt (``execution.ClaimedJob``) and the node that claimed it."""
+
+    @property
+    def node(self) -> str | None: ...
+
+
+def requeue_claimed(ends: JobEnded, session: Session, claimed: ClaimedAttempt, reason: str) -> None:
+    """``requeue`` for an attempt this node claimed."""
+    job_id, attempt, argv = claimed.job_id, claimed.attempt, claimed.spec.argv
+    requeue(ends, session, job_id, attempt, argv, reason, claimed.node)

@@ -27,6 +27,7 @@ from jobferry.config import DestinationConfig
 from jobferry.errors import ConflictError
 from jobferry.runners.base import RunHandle, RunSpec, RunStatus
 from jobferry.runners.wrapper import read_result
+from jobferry.services import endings
 from jobferry.services.core import Core
 from jobferry.services.endings import Ending, no_space_left, scan_outputs
 from jobferry.services.endings import outcome as _outcome
@@ -166,7 +167,7 @@ class ExecutionService:
         except OSError as exc:
             with self.core.sessions.begin() as session:
                 reason = f"requeued: its directory could not be made ({exc.strerror})"
-                transitions.requeue_job(session, job.id, job.attempt, reason, on_node=node)
+                endings.requeue(self.on_end, session, job.id, job.attempt, job.argv, reason, node)
             raise
         claimed = ClaimedJob(job.id, job.attempt, job.runner, self.spec(job), node=node)
         self.core.telemetry.job_started(job.destination, job.created_at)
@@ -218,9 +219,7 @@ class ExecutionService:
         """Put a claimed job whose runner could not take it back in the queue."""
         self.core.telemetry.runner_error(claimed.runner, "unavailable")
         with self.core.sessions.begin() as session:
-            transitions.requeue_job(
-                session, claimed.job_id, claimed.attempt, reason, on_node=claimed.node
-            )
+            endings.requeue_claimed(self.on_end, session, claimed, reason)
 
     def abandon(self, claimed: ClaimedJob, reason: str) -> str:
         """End a job this daemon cannot follow: error, or deleted if it was being cancelled."""
@@ -398,13 +397,7 @@ class ExecutionService:
             )
             return JobState.ERROR.value
         with self.core.sessions.begin() as session:
-            transitions.requeue_job(
-                session,
-                claimed.job_id,
-                claimed.attempt,
-                "requeued: never started",
-                on_node=claimed.node,
-            )
+            endings.requeue_claimed(self.on_end, session, claimed, "requeued: never started")
         return JobState.QUEUED.value
 
     def owners(self, job_ids: set[str]) -> dict[str, tuple[str | None, int, str]]:

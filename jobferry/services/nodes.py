@@ -32,8 +32,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobferry.errors import AdminRequiredError, ConflictError, NotFoundError
+from jobferry.services import endings
 from jobferry.services.core import Core, Principal
 from jobferry.services.logfields import job_fields
+from jobferry.services.ports import JobEnded, no_job_ended
 from jobferry.store import transitions
 from jobferry.store.engine import is_postgres
 from jobferry.store.models import Job, JobState, Node, NodeState, UTCDateTime, utcnow
@@ -112,8 +114,9 @@ def _age_s(heartbeat_at: datetime | None, now: datetime) -> float | None:
 
 
 class NodeService:
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, core: Core, *, on_end: JobEnded = no_job_ended) -> None:
+        # on_end: the face's record of why a dead node's attempt ended (its requeue).
+        self.core, self.on_end = core, on_end
         self._url = ""
 
     @property
@@ -263,20 +266,20 @@ class NodeService:
                 Node.state == NodeState.DEAD.value, Node.name != self.name
             )
             jobs = session.execute(
-                select(Job.id, Job.node, Job.attempt, Job.state, Job.runner)
+                select(Job.id, Job.node, Job.attempt, Job.state, Job.runner, Job.argv)
                 .where(
                     Job.node.in_(dead_nodes),
                     Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
                 )
                 .order_by(Job.id)
             ).all()
-            for job_id, node, attempt, state, runner in jobs:
+            for job_id, node, attempt, state, runner, argv in jobs:
                 assert node is not None
                 try:
                     self._recover_job(
                         session,
                         done,
-                        (job_id, node, attempt, state, runner),
+                        (job_id, node, attempt, state, runner, argv),
                         max_attempts,
                         adopt_runners,
                     )
@@ -293,11 +296,11 @@ class NodeService:
         self,
         session: Session,
         done: Reaped,
-        job: tuple[str, str, int, str, str],
+        job: tuple[str, str, int, str, str, list[Any]],
         max_attempts: int,
         adopt_runners: frozenset[str] | set[str],
     ) -> None:
-        job_id, node, attempt, state, runner = job
+        job_id, node, attempt, state, runner, argv = job
         if state == JobState.DELETING.value:
             transitions.transition_job(
                 session,
@@ -318,13 +321,8 @@ class NodeService:
             ):
                 done.adopted.append(job_id)
         elif attempt < max_attempts:
-            transitions.requeue_job(
-                session,
-                job_id,
-                attempt,
-                f"requeued: node {node} died (attempt {attempt} of {max_attempts})",
-                on_node=node,
-            )
+            reason = f"requeued: node {node} died (attempt {attempt} of {max_attempts})"
+            endings.requeue(self.on_end, session, job_id, attempt, argv, reason, node)
             done.requeued.append(job_id)
         else:
             transitions.transition_job(

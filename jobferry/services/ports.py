@@ -8,11 +8,14 @@ they are given these small interfaces through their constructors
 (``services.container.build``), and the daemon passes its implementations. The
 CLI and tests, which run no scheduler, get the do-nothing ones below: every
 submission is queued, and nothing is told. ``JobEnded`` goes the other way: what
-a face adds to a job's end, which the composition roots give ``ExecutionService``.
+a face adds to a job's end or an attempt's requeue, which the composition roots give
+``ExecutionService`` and ``NodeService``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
@@ -70,10 +73,12 @@ class EndedAttempt(Protocol):
 
 
 class JobEnded(Protocol):
-    """What else a job's end records, in the transaction that records it (a face's
-    own lasting record of the job: ``services.tes_end`` keeps a TES task's final
-    state and logs). Called by ``ExecutionService`` for every end it records, in a
-    worker thread: it must be cheap for the jobs it has nothing to do with."""
+    """What else the end of a job's attempt records, in the transaction that records it
+    (a face's own lasting record of the job: ``services.tes_end`` keeps a TES task's
+    final state and logs, and why an attempt was requeued). Called by
+    ``ExecutionService`` for every end it records (``__call__``) and by every requeue
+    (``requeued``: ``services.endings.requeue``), in a worker thread: it must
+    be cheap for the jobs it has nothing to do with."""
 
     def __call__(
         self,
@@ -82,6 +87,21 @@ class JobEnded(Protocol):
         state: JobState,
         exit_code: int | None,
     ) -> None: ...
+
+    def requeued(
+        self, session: Session, job_id: str, attempt: int, argv: Sequence[Any], why: Requeue
+    ) -> None:
+        """Attempt *attempt* of *job_id* (whose argv is *argv*: a cheap test of whether
+        it is the face's at all) was put back in the queue, for *why*."""
+        ...
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Why an attempt was requeued: the reason stored with the job, and the node it ran on."""
+
+    reason: str
+    node: str | None
 
 
 class NoDispatch:
@@ -109,12 +129,27 @@ class NoJobEvents:
         pass
 
 
-def no_job_ended(
-    session: Session | Connection, claimed: EndedAttempt, state: JobState, exit_code: int | None
-) -> None:
-    """Nothing else to record (an ``ExecutionService`` nobody gave a ``JobEnded``)."""
+class NoJobEnded:
+    """Nothing else to record (an ``ExecutionService`` or ``NodeService`` nobody gave a
+    ``JobEnded``)."""
+
+    def __call__(
+        self,
+        session: Session | Connection,
+        claimed: EndedAttempt,
+        state: JobState,
+        exit_code: int | None,
+    ) -> None:
+        pass
+
+    def requeued(
+        self, session: Session, job_id: str, attempt: int, argv: Sequence[Any], why: Requeue
+    ) -> None:
+        pass
 
 
 #: The defaults ``services.container.build`` uses without a daemon.
 NO_DISPATCH: Dispatcher[Any] = NoDispatch()
 NO_JOB_EVENTS: JobEvents = NoJobEvents()
+#: Lower case: the name ``ExecutionService``'s default has always had.
+no_job_ended: JobEnded = NoJobEnded()

@@ -81,6 +81,7 @@ def run_spec(core: Core, job: JobFacts, dest: DestinationConfig, home_url: str) 
         "JOBFERRY_JOB_ID": job.id,
         "JOBFERRY_JOB_KEY": core.job_key(job.id),
         "JOBFERRY_ATTEMPT": str(job.attempt),
+        "JOBFERRY_NODE": core.node_name,  # e.g. a TES task log's node
         **dest.env,
     }
     if job.memory_mb and dest.runner != "docker" and not task:

@@ -55,7 +55,7 @@ from jobferry.services.tes_doc import (
     task_state,
     validate_task,
 )
-from jobferry.services.tes_views import TaskRecord, render, service_info
+from jobferry.services.tes_views import TaskRecord, attempt_notes, render, service_info
 from jobferry.services.users import UserService
 from jobferry.staging.paths import make_job_dir
 from jobferry.store.models import Job, JobState, TesTask, new_id, utcnow
@@ -72,6 +72,8 @@ MAX_SCANNED = 10_000
 DEFAULT_NAME = "tes-task"
 
 _TASKS: Table = TesTask.__table__  # type: ignore[assignment]
+#: What an attempt's program says of where it ran (its state file's ``metadata``).
+_RAN = ("node", "host")
 
 
 @dataclass(frozen=True)
@@ -334,12 +336,13 @@ class TesService:
     def _attempts(
         self, row: Any, state: str, files: list[dict[str, Any] | None]
     ) -> list[dict[str, Any]]:
-        """The task's logs, one per attempt: its state file with the job's facts. An
-        earlier attempt (its node was lost, the task requeued) says so; the last one
-        without a file is shown only once the job ended (it never started: why)."""
+        """The task's logs, one per attempt: its state file with the job's facts. A
+        requeued attempt says why it ended and where (its note: ``tes_end``); the last
+        one without a file is shown once the job ended or requeued it (never started)."""
         ended = row.state in (JobState.OK.value, JobState.ERROR.value, JobState.DELETED.value)
         if files and files[-1] is None and not ended:
-            files = files[:-1]  # the current attempt has not begun yet
+            if not attempt_notes(row.notes, len(files)).ended:  # else it was requeued
+                files = files[:-1]  # the current attempt has not begun yet
         queued = row.state in (JobState.NEW.value, JobState.QUEUED.value)  # requeued
         attempts = []
         for number, state_file in enumerate(files, start=1):
@@ -348,18 +351,24 @@ class TesService:
             if state_file is None and last:
                 attempt.update(start_time=rfc3339(row.started_at))
                 attempt.update(end_time=rfc3339(row.finished_at))
-            system_logs = [str(note) for note in row.notes or []]
-            system_logs += [str(s) for s in attempt.get("system_logs") or []]
-            if not last:
+            notes = attempt_notes(row.notes, number)
+            system_logs = notes.shared + [str(s) for s in attempt.get("system_logs") or []]
+            system_logs += notes.ended  # why a requeued attempt ended (tes_end)
+            if not last and not notes.ended:
                 system_logs.append(f"attempt {number} did not end: the task was requeued")
-            elif state == "SYSTEM_ERROR" and row.state_reason:
+            elif last and state == "SYSTEM_ERROR" and row.state_reason:
                 system_logs.append(str(row.state_reason))
             attempt["system_logs"] = system_logs
             attempt.setdefault("outputs", [])
             attempt.setdefault("logs", [])
-            attempt["metadata"] = {"destination": str(row.destination), "attempt": str(number)}
+            ran = attempt.get("metadata")  # the program's: node and host (tes_task)
+            metadata = {"destination": str(row.destination), "attempt": str(number)}
             if last:  # the job's node is the current attempt's
-                attempt["metadata"]["node"] = str(row.node or "")
+                metadata["node"] = str(row.node or "")
+            metadata.update(notes.metadata)
+            if isinstance(ran, dict):
+                metadata.update({k: v for k, v in ran.items() if k in _RAN and v})
+            attempt["metadata"] = metadata
             attempts.append(attempt)
         return attempts
 

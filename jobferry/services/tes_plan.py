@@ -14,7 +14,8 @@ and container name hold ``{attempt}``, which the program replaces with
 runner). So a task requeued after its node died writes ``state-2.json`` beside
 attempt 1's (whose program may even still be running on a node cut off from the
 store: it cannot overwrite the new attempt's file, nor clash with its containers'
-names), with no plan to rewrite at claim time and nothing runner-specific. When the
+names; the new attempt removes earlier attempts' containers left on its engine, by
+name), with no plan to rewrite at claim time and nothing runner-specific. When the
 job ends, the attempts' files are kept in the store (``attempt_files``, read by
 ``services.tes_end``), so the task reads the same after retention removed its files.
 

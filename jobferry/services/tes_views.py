@@ -25,7 +25,15 @@ from typing import Any
 from jobferry.errors import ValidationError
 from jobferry.services.tes_doc import TASK_KEYS, TES_STATES, VIEWS, rfc3339
 
-__all__ = ["SERVICE_ID", "TaskRecord", "parse_view", "render", "service_info"]
+__all__ = [
+    "SERVICE_ID",
+    "AttemptNotes",
+    "TaskRecord",
+    "attempt_notes",
+    "parse_view",
+    "render",
+    "service_info",
+]
 
 #: The service-info ``id`` (reverse-domain style, as GA4GH service-info recommends).
 SERVICE_ID = "org.jobferry.tes"
@@ -86,6 +94,38 @@ def render(task: TaskRecord, view: str) -> dict[str, Any]:
 
 
 # --- logs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptNotes:
+    """What a task's notes say of one attempt: ``shared`` lines (known at create, for
+    every attempt), ``ended`` lines (why this attempt ended: its requeue) and
+    ``metadata`` (the node it ran on, as the requeue knew it)."""
+
+    shared: list[str]
+    ended: list[str]
+    metadata: dict[str, str]
+
+
+def attempt_notes(notes: object, number: int) -> AttemptNotes:
+    """Attempt *number*'s share of ``tes_tasks.notes``: plain strings are task-wide; a
+    map tagged ``attempt`` (``tes_end.record_requeue``: ``log``, ``node``) belongs to
+    that attempt alone, so a requeued attempt's log says why it ended and where."""
+    shared, ended, metadata = [], [], {}
+    for note in notes if isinstance(notes, list) else []:
+        if isinstance(note, str):
+            shared.append(note)
+        elif isinstance(note, Mapping) and _is_int(note.get("attempt"), number):
+            if isinstance(note.get("log"), str):
+                ended.append(note["log"])
+            if isinstance(note.get("node"), str):
+                metadata["node"] = note["node"]
+    return AttemptNotes(shared, ended, metadata)
+
+
+def _is_int(value: object, number: int) -> bool:
+    """*value* is the integer *number* (``True`` is not 1 here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == number
 
 
 def _time(value: object) -> str | None:

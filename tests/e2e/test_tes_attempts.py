@@ -9,8 +9,10 @@ sleeps (attempt 1) or, finding the marker, ends at once (attempt 2: the volume l
 in the task's directory, which both attempts share).
 
 The machine "dies" once attempt 1's first executor log is visible: its daemon and
-the task's process group get SIGKILL (the orphaned container is removed at the end,
-with every container the test's task started).
+the task's process group get SIGKILL, but attempt 1's sleeping container lives on (as
+on a machine whose daemon alone died). Attempt 2 removes it before it stages anything,
+and says so; attempt 1's log says why it ended (the reaper's requeue) and where both
+attempts ran. Any container left is removed at the end, by the test's task id.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeo
 
 HEARTBEAT_S = 0.5
 DEAD_AFTER_S = 3.0
+#: The daemons' ``jobs.max_attempts`` (the reaper's requeue reason names it).
+MAX_ATTEMPTS = 3
 #: py-tes wants whole seconds.
 TIMEOUT = int(DEADLINE_S)
 
@@ -66,6 +70,7 @@ class Pair:
                 "heartbeat_s": HEARTBEAT_S,
                 "dead_after_s": DEAD_AFTER_S,
             },
+            "jobs": {"max_attempts": MAX_ATTEMPTS},
             "runners": {
                 "local": {"slots": 2, "kill_grace_s": 1},
                 "docker": {"enabled": True, "slots": 2},
@@ -139,6 +144,11 @@ def test_node_killed__another_node_reruns_the_task_and_full_shows_two_attempts(
         )
 
 
+def _container_exists(name: str) -> bool:
+    ps = ["docker", "ps", "-aq", "--filter", f"name=^{name}$"]
+    return bool(subprocess.run(ps, capture_output=True, text=True, check=True).stdout.strip())
+
+
 def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: str) -> None:
     client = pair.client("n1")
 
@@ -153,6 +163,10 @@ def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: 
     running = client.get_task(task_id, view="FULL")
     assert running.state == "RUNNING" and len(running.logs) == 1
     assert pair.job(task_id)["node"] == "n1"
+    assert running.logs[0].metadata["node"] == "n1"
+    assert running.logs[0].metadata["host"] == os.uname().nodename
+    sleeper = f"jobferry-{task_id}-1-1"  # attempt 1's second executor
+    assert _container_exists(sleeper)
 
     # The machine dies: the daemon and its task's processes, all at once.
     assert n1.proc is not None
@@ -174,9 +188,15 @@ def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: 
     assert [log.metadata["attempt"] for log in full.logs] == ["1", "2"]
     first, rerun = full.logs
     assert [e.stdout for e in first.logs] == ["first\n"]  # cut off in its second executor
-    assert "attempt 1 did not end: the task was requeued" in first.system_logs
+    ended = [line for line in first.system_logs if line.startswith("attempt 1 ended: ")]
+    assert ended == [f"attempt 1 ended: requeued: node n1 died (attempt 1 of {MAX_ATTEMPTS})"]
+    assert first.metadata["node"] == "n1" and first.metadata["host"] == os.uname().nodename
     assert [(e.exit_code, e.stdout) for e in rerun.logs] == [(0, "first\n"), (0, "second\n")]
     assert rerun.metadata["node"] == "n2" and rerun.end_time is not None
+    assert rerun.metadata["host"] == os.uname().nodename
+    # Attempt 2 removed attempt 1's container (by its exact name) before it staged.
+    assert f"removed {sleeper}: earlier attempts' containers" in rerun.system_logs
+    assert not _container_exists(sleeper)
     row = pair.job(task_id)
     assert row["attempt"] == 2 and row["node"] == "n2"
     kept = store_sql(

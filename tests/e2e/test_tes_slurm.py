@@ -16,6 +16,7 @@ machine, failed under ``CI=true``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -184,8 +185,14 @@ def test_same_task__on_docker_and_on_slurm__gives_the_same_outputs_and_executor_
         assert not containers(task_id)
         job = job_of(setup, task_id)
         assert job["runner"] == ("slurm" if destination == "cluster" else "local")
+        assert attempt["metadata"]["node"] == job["node"]  # the jobferry node that ran it
         if destination == "cluster":
             assert job["external_id"]  # a Slurm job id: the batch job ran the task program
+            # The host the task program ran on: Slurm's compute host.
+            hosts = subprocess.run(["sinfo", "-h", "-o", "%n"], capture_output=True, text=True)
+            assert attempt["metadata"]["host"] in hosts.stdout.split()
+        else:
+            assert attempt["metadata"]["host"] == os.uname().nodename
 
     files, logs, delivered = results["cluster"]
     assert results["dock"] == results["cluster"]

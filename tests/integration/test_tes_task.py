@@ -399,3 +399,40 @@ def test_each_attempt_writes_its_own_state_file_and_names_its_own_containers(
     assert second["phase"] == "COMPLETE" and second["logs"][0]["stdout"] == "two\n"
     assert json.loads(first.read_text()) == {"phase": "RUNNING"}
     assert not (plan.dir / "tes" / "state-{attempt}.json").exists()
+
+
+def test_a_later_attempt_removes_earlier_attempts_containers_by_exact_name_and_says_where_it_ran(
+    plan: Plan,
+) -> None:
+    """Attempt 3 removes the containers attempts 1 and 2 left (their program outlived its
+    daemon) before it stages anything, and only those: a name that merely begins like
+    one is another's. Its state file says on which node and host it ran."""
+    path = plan.write({"executors": [sh("echo one"), sh("echo two")]})
+    body = json.loads(path.read_text())
+    body["state_path"] = str(plan.dir / "tes" / "state-{attempt}.json")
+    body["runtime"]["name"] = plan.name + "-{attempt}"
+    path.write_text(json.dumps(body))
+    left = [f"{plan.name}-1-0", f"{plan.name}-2-1"]
+    other = f"{plan.name}-1-0-other"
+    for name in [*left, other]:
+        run = ["docker", "run", "-d", "--name", name, "--network", "none", "--user", USER]
+        subprocess.run([*run, PYTHON_IMAGE, "sleep", "300"], capture_output=True, check=True)
+    env = {**os.environ, "JOBFERRY_ATTEMPT": "3", "JOBFERRY_NODE": "n7"}
+    done = subprocess.run([PYTHON, str(PROGRAM), str(path)], env=env, timeout=150)
+    assert done.returncode == 0
+
+    def exists(name: str) -> bool:
+        ps = ["docker", "ps", "-aq", "--filter", f"name=^{name}$"]
+        return bool(subprocess.run(ps, capture_output=True, text=True).stdout.strip())
+
+    assert not any(exists(name) for name in left) and exists(other)
+    state = json.loads((plan.dir / "tes" / "state-3.json").read_text())
+    assert state["phase"] == "COMPLETE"
+    assert f"removed {', '.join(left)}: earlier attempts' containers" in state["system_logs"]
+    assert state["metadata"] == {"node": "n7", "host": os.uname().nodename}
+
+
+def test_a_first_attempt_removes_nothing(plan: Plan) -> None:
+    code, state = plan.run({"executors": [sh("echo one")]})
+    assert code == 0 and state["system_logs"] == []
+    assert state["metadata"]["host"] == os.uname().nodename

@@ -17,7 +17,14 @@ from tes.utils import unmarshal
 
 from jobferry.errors import ValidationError
 from jobferry.services.tes_doc import TES_STATES, validate_task
-from jobferry.services.tes_views import SERVICE_ID, TaskRecord, parse_view, render, service_info
+from jobferry.services.tes_views import (
+    SERVICE_ID,
+    TaskRecord,
+    attempt_notes,
+    parse_view,
+    render,
+    service_info,
+)
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
@@ -333,3 +340,28 @@ def test_a_list_page_of_rendered_tasks_reads_back_through_py_tes(view: str) -> N
     }
     model = unmarshal(json.dumps(page), tes.ListTasksResponse)
     assert [task.state for task in model.tasks] == ["COMPLETE", "QUEUED"]
+
+
+def test_notes__plain_strings_are_every_attempts_a_tagged_one_only_its_attempts() -> None:
+    """``tes_tasks.notes``: lines known at create are task-wide; a requeue's note (tagged
+    with its attempt, ``tes_end.record_requeue``) says why that attempt ended and where."""
+    notes: list[Any] = [
+        "backend parameters ignored (not supported): x",
+        {"attempt": 1, "node": "n1", "log": "attempt 1 ended: requeued: node n1 died"},
+        {"attempt": 2, "log": "attempt 2 ended: requeued: never started"},
+        {"attempt": True, "node": "bool", "log": "not attempt 1"},  # True is no attempt number
+        {"attempt": "1", "node": "text", "log": "not attempt 1 either"},
+        {"attempt": 1, "node": 7, "log": None},  # a foreign entry's wrong types are left out
+        3,
+    ]
+    first = attempt_notes(notes, 1)
+    assert first.shared == ["backend parameters ignored (not supported): x"]
+    assert first.ended == ["attempt 1 ended: requeued: node n1 died"]
+    assert first.metadata == {"node": "n1"}
+    second = attempt_notes(notes, 2)
+    assert second.shared == first.shared
+    assert second.ended == ["attempt 2 ended: requeued: never started"]
+    assert second.metadata == {}
+    third = attempt_notes(notes, 3)
+    assert (third.ended, third.metadata) == ([], {})
+    assert attempt_notes(None, 1) == attempt_notes({"attempt": 1}, 1) == attempt_notes([], 1)
