@@ -68,10 +68,12 @@ def record_task_end(
 
 
 def may_run_task(argv: Sequence[Any]) -> bool:
-    """Whether *argv* may be a TES task's: the task program as the daemon runs it
-    (``tes_plan.runs_task``) or a job's copy of it (a slurm destination's argv,
-    ``ExecutionService.spec``). A cheap filter: ``tes_tasks``' row is the truth."""
-    return len(argv) >= 2 and Path(str(argv[1])).name == tes_plan.TES_TASK_PROGRAM.name
+    """Whether *argv* may be a TES task's: the task program as stored (``tes_plan.
+    runs_task``), as run (``tes_plan.run_argv``: options first, maybe its bytecode
+    ``tes_task.cpython-3XY.pyc``) or a job's copy of it (a slurm destination's argv,
+    ``services.run_spec``). A cheap filter: ``tes_tasks``' row is the truth."""
+    stem = tes_plan.TES_TASK_PROGRAM.stem + "."
+    return any(Path(str(word)).name.startswith(stem) for word in argv[1:4])
 
 
 def record_requeue(session: Session, job_id: str, attempt: int, why: Requeue) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,7 +26,7 @@ from jobferry.services.core import Principal
 from jobferry.services.nodes import read_db_now
 from jobferry.services.ports import Requeue
 from jobferry.services.tes_end import TASK_ENDS, may_run_task
-from jobferry.services.tes_plan import TES_TASK_PROGRAM, state_path
+from jobferry.services.tes_plan import TES_TASK_PROGRAM, run_argv, state_path
 from jobferry.store.models import Job, Node, NodeState, TesTask
 from tests.unit.test_tes_service import make_services, task
 
@@ -144,6 +145,8 @@ def test_a_requeued_job_that_is_no_task_costs_no_query_and_changes_no_task(
     assert not may_run_task(["python3", "/srv/scripts/align.py"]) and not may_run_task([])
     assert may_run_task(["python3", str(TES_TASK_PROGRAM), "plan.json"])
     assert may_run_task(["python3", "/scratch/job/script/tes_task.py", "plan.json"])  # slurm's
+    run = run_argv([sys.executable, str(TES_TASK_PROGRAM), "plan.json"])  # as spawned
+    assert run[1:3] == ["-I", "-S"] and may_run_task(run)
     before = _notes(services, task_id)
     statements: list[str] = []
 
