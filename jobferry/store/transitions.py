@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from jobferry.errors import ConflictError
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
-from jobferry.store.records import JOBS
+from jobferry.store.records import HOLDING, JOBS, in_fixed
+from jobferry.store.records import running_per_destination as running_per_destination
 
 
 def transition_job(
@@ -154,7 +155,7 @@ def attempt_update(fenced_by_node: bool) -> Update:
     c = JOBS.c
     stmt = update(JOBS).where(
         c.id == bindparam("job_id"),
-        c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        in_fixed(c.state, HOLDING),
         c.attempt == bindparam("fence_attempt"),
     )
     if fenced_by_node:
@@ -241,9 +242,7 @@ def mark_cancelled(session: Session, job_id: str) -> JobState:
 
 def jobs_in_flight(session: Session, *, node: str) -> Sequence[Job]:
     """Jobs this node had running or being cancelled (for recovery after a restart)."""
-    stmt = select(Job).where(
-        Job.node == node, Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value])
-    )
+    stmt = select(Job).where(Job.node == node, Job.state.in_(HOLDING))
     return session.execute(stmt).scalars().all()
 
 
@@ -256,7 +255,7 @@ def adopt_job(session: Session, job_id: str, *, attempt: int, from_node: str, to
             Job.id == job_id,
             Job.node == from_node,
             Job.attempt == attempt,
-            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+            Job.state.in_(HOLDING),
         )
         .values(node=to_node, updated_at=utcnow())
         .execution_options(synchronize_session=False)
@@ -341,13 +340,16 @@ def _claim_sql(
     """
     c = JOBS.c
     memory = func.coalesce(c.memory_mb, 0)
-    conditions: list[Any] = [c.state == JobState.QUEUED.value, c.destination.in_(destinations)]
+    destination = in_fixed(c.destination, destinations)
+    conditions: list[Any] = [c.state == JobState.QUEUED.value, destination]
     if homed:
         # No shared filesystem: a job runs where its directory is, unless its
         # destination moves its files over HTTP (staging: remote).
         conditions.append(
             or_(
-                c.home_node == bindparam("home"), c.home_node.is_(None), c.destination.in_(anywhere)
+                c.home_node == bindparam("home"),
+                c.home_node.is_(None),
+                in_fixed(c.destination, anywhere),
             )
         )
     if fitted:
@@ -360,7 +362,7 @@ def _claim_sql(
     # running now goes first (round-robin as jobs start), then the oldest job.
     running = (
         select(c.user_id.label("user_id"), func.count().label("n"))
-        .where(c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]))
+        .where(in_fixed(c.state, HOLDING))
         .group_by(c.user_id)
         .subquery("running_per_user")
     )
@@ -477,23 +479,3 @@ def more_queued(
     conn = _connection(session)
     sql = _claim_statements(conn, destinations, fit, home, anywhere)
     return conn.execute(sql.more, _claim_params(fit, home)).first() is not None
-
-
-def running_per_destination(
-    session: Session | Connection, destinations: Iterable[str]
-) -> dict[str, int]:
-    """Jobs running (or being cancelled) now, by destination, on every node."""
-    c = JOBS.c
-    rows = (
-        _connection(session)
-        .execute(
-            select(c.destination, func.count())
-            .where(
-                c.destination.in_(list(destinations)),
-                c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-            )
-            .group_by(c.destination)
-        )
-        .all()
-    )
-    return {name: int(count) for name, count in rows}
