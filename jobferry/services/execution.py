@@ -158,9 +158,11 @@ class ExecutionService:
             job = found.job
             if job is None:
                 return Claim(None, backlog=held_back or found.held_back)
-            more = held_back or transitions.more_queued(
-                conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
-            )
+            more = held_back or found.more  # None: the claim's read could not tell
+            if more is None:
+                more = transitions.more_queued(
+                    conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
+                )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
         # job at the next start (claimed, no handle, never started); a failure (a full

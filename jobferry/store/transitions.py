@@ -309,6 +309,10 @@ class NextJob:
     #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
     #: fit what is free now). False with no job: nothing is queued for the claim.
     held_back: bool = False
+    #: With a job: whether the candidate read saw another queued behind it (SQLite's
+    #: reads two rows, which costs what one does); None: not known (PostgreSQL's locks
+    #: what it reads, so it reads one row): ask ``more_queued``.
+    more: bool | None = None
 
 
 #: ``claim_next_job`` found nothing queued for it.
@@ -321,6 +325,7 @@ class _ClaimSql(NamedTuple):
     candidate: Select[str, int, int, int]
     claim: Update
     more: Select[str]
+    peeks: bool  # the candidate reads the next job too (``NextJob.more``)
 
 
 @functools.lru_cache(maxsize=256)
@@ -371,9 +376,10 @@ def _claim_sql(
         .outerjoin(running, running.c.user_id == c.user_id)
         .where(*conditions)
         .order_by(c.priority.desc(), func.coalesce(running.c.n, 0), c.created_at, c.id)
-        .limit(1)
     )
-    if dialect == "postgresql":
+    peeks = dialect != "postgresql"  # SQLite: one writer, and a read locks no row
+    candidate = candidate.limit(2) if peeks else candidate.limit(1)
+    if not peeks:
         candidate = candidate.with_for_update(of=JOBS, skip_locked=True)
     claim = (
         update(JOBS)
@@ -388,7 +394,7 @@ def _claim_sql(
         .returning(*(c[name] for name in _CLAIMED_COLUMNS))
     )
     more = select(c.id).where(*conditions).limit(1)
-    return _ClaimSql(candidate, claim, more)
+    return _ClaimSql(candidate, claim, more, peeks)
 
 
 def _connection(session: Session | Connection) -> Connection:
@@ -435,9 +441,10 @@ def claim_next_job(
     the head job among them is *reserved*: if it does not fit what is free now,
     nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented), or
-    ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
-    ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
+    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented; on
+    SQLite with ``NextJob.more``, read with it), or ``NOTHING_QUEUED``. On
+    PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
+    concurrent claimers skip it; on SQLite writers
     are serialised. Either way the claim is a conditional UPDATE whose row count
     is checked. With *home* (nodes share no filesystem), only jobs whose
     directory is on *home* are taken, or jobs of the *anywhere* destinations
@@ -450,17 +457,17 @@ def claim_next_job(
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
-        row = conn.execute(sql.candidate, params).first()
-        if row is None:
+        rows = conn.execute(sql.candidate, params).all()
+        if not rows:
             return NOTHING_QUEUED
-        job_id, cores, memory_mb, gpus = row
+        job_id, cores, memory_mb, gpus = rows[0]
         if fit is not None and (
             cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
         ):
             return HEAD_RESERVED
         claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return NextJob(ClaimedRow(*claimed))
+            return NextJob(ClaimedRow(*claimed), more=len(rows) > 1 if sql.peeks else None)
     return NOTHING_QUEUED
 
 
