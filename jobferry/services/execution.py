@@ -53,10 +53,16 @@ _DRAINED = select(_NODES.drained).where(_NODES.name == bindparam("node"))
 @functools.lru_cache(maxsize=2)
 def _record_handle_sql(fenced_by_node: bool) -> Update:
     """``record_handle``'s statement, built once (it runs for every job started)."""
-    return transitions.attempt_update(fenced_by_node).values(
-        handle=bindparam("new_handle"),
-        external_id=bindparam("new_external_id"),
-        updated_at=bindparam("now"),
+    return (
+        transitions.attempt_update(fenced_by_node)
+        .values(
+            handle=bindparam("new_handle"),
+            external_id=bindparam("new_external_id"),
+            updated_at=bindparam("now"),
+        )
+        # The state as written, in the same statement: one statement per start instead
+        # of an UPDATE and a SELECT (SQLite >= 3.35 and PostgreSQL both return rows).
+        .returning(JOBS.c.state)
     )
 
 
@@ -153,9 +159,11 @@ class ExecutionService:
             job = found.job
             if job is None:
                 return Claim(None, backlog=held_back or found.held_back)
-            more = held_back or transitions.more_queued(
-                conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
-            )
+            more = held_back or found.more  # None: the claim's read could not tell
+            if more is None:
+                more = transitions.more_queued(
+                    conn, destinations=destinations, fit=fit, home=home, anywhere=anywhere
+                )
         # Files after the commit: the claim's transaction (the single writer on SQLite,
         # a row lock on PostgreSQL) waits for no disk. A crash in between requeues the
         # job at the next start (claimed, no handle, never started); a failure (a full
@@ -188,9 +196,9 @@ class ExecutionService:
     def record_handle(self, claimed: ClaimedJob, handle: RunHandle) -> str:
         """Store the handle of a started job; return the job's state (it may be deleting).
 
-        The write comes first and the state is read in the same write transaction,
-        so a cancel either sees the handle (and kills the process itself) or is
-        seen here (and the caller kills it): it can never fall between the two.
+        The write returns the state it left (``RETURNING``: one statement), so a
+        cancel either sees the handle (and kills the process itself) or is seen
+        here (and the caller kills it): it can never fall between the two.
 
         Raises:
             ConflictError: the attempt is no longer running or being cancelled (on
@@ -205,11 +213,11 @@ class ExecutionService:
             "now": utcnow(),
         }
         with self.core.sessions.transaction() as conn:  # Core only: no ORM session
-            result = conn.execute(_record_handle_sql(claimed.node is not None), params)
-            state = conn.execute(_STATE, params).scalar()
-            if result.rowcount != 1:
+            written = conn.execute(_record_handle_sql(claimed.node is not None), params).first()
+            if written is None:  # not this attempt's (on this node) any more: say what it is
+                state = conn.execute(_STATE, params).scalar()
                 raise ConflictError(f"job {claimed.job_id} attempt {claimed.attempt} is {state}")
-            return str(state)
+            return str(written[0])
 
     def fail_to_start(self, claimed: ClaimedJob, reason: str) -> None:
         self.core.telemetry.runner_error(claimed.runner, "submit_failed")

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from jobferry.errors import ConflictError
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
-from jobferry.store.records import JOBS
+from jobferry.store.records import HOLDING, JOBS, in_fixed
+from jobferry.store.records import running_per_destination as running_per_destination
 
 
 def transition_job(
@@ -154,7 +155,7 @@ def attempt_update(fenced_by_node: bool) -> Update:
     c = JOBS.c
     stmt = update(JOBS).where(
         c.id == bindparam("job_id"),
-        c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+        in_fixed(c.state, HOLDING),
         c.attempt == bindparam("fence_attempt"),
     )
     if fenced_by_node:
@@ -241,9 +242,7 @@ def mark_cancelled(session: Session, job_id: str) -> JobState:
 
 def jobs_in_flight(session: Session, *, node: str) -> Sequence[Job]:
     """Jobs this node had running or being cancelled (for recovery after a restart)."""
-    stmt = select(Job).where(
-        Job.node == node, Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value])
-    )
+    stmt = select(Job).where(Job.node == node, Job.state.in_(HOLDING))
     return session.execute(stmt).scalars().all()
 
 
@@ -256,7 +255,7 @@ def adopt_job(session: Session, job_id: str, *, attempt: int, from_node: str, to
             Job.id == job_id,
             Job.node == from_node,
             Job.attempt == attempt,
-            Job.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
+            Job.state.in_(HOLDING),
         )
         .values(node=to_node, updated_at=utcnow())
         .execution_options(synchronize_session=False)
@@ -310,6 +309,10 @@ class NextJob:
     #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
     #: fit what is free now). False with no job: nothing is queued for the claim.
     held_back: bool = False
+    #: With a job: whether the candidate read saw another queued behind it (SQLite's
+    #: reads two rows, which costs what one does); None: not known (PostgreSQL's locks
+    #: what it reads, so it reads one row): ask ``more_queued``.
+    more: bool | None = None
 
 
 #: ``claim_next_job`` found nothing queued for it.
@@ -322,6 +325,7 @@ class _ClaimSql(NamedTuple):
     candidate: Select[str, int, int, int]
     claim: Update
     more: Select[str]
+    peeks: bool  # the candidate reads the next job too (``NextJob.more``)
 
 
 @functools.lru_cache(maxsize=256)
@@ -341,13 +345,16 @@ def _claim_sql(
     """
     c = JOBS.c
     memory = func.coalesce(c.memory_mb, 0)
-    conditions: list[Any] = [c.state == JobState.QUEUED.value, c.destination.in_(destinations)]
+    destination = in_fixed(c.destination, destinations)
+    conditions: list[Any] = [c.state == JobState.QUEUED.value, destination]
     if homed:
         # No shared filesystem: a job runs where its directory is, unless its
         # destination moves its files over HTTP (staging: remote).
         conditions.append(
             or_(
-                c.home_node == bindparam("home"), c.home_node.is_(None), c.destination.in_(anywhere)
+                c.home_node == bindparam("home"),
+                c.home_node.is_(None),
+                in_fixed(c.destination, anywhere),
             )
         )
     if fitted:
@@ -360,7 +367,7 @@ def _claim_sql(
     # running now goes first (round-robin as jobs start), then the oldest job.
     running = (
         select(c.user_id.label("user_id"), func.count().label("n"))
-        .where(c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]))
+        .where(in_fixed(c.state, HOLDING))
         .group_by(c.user_id)
         .subquery("running_per_user")
     )
@@ -369,9 +376,10 @@ def _claim_sql(
         .outerjoin(running, running.c.user_id == c.user_id)
         .where(*conditions)
         .order_by(c.priority.desc(), func.coalesce(running.c.n, 0), c.created_at, c.id)
-        .limit(1)
     )
-    if dialect == "postgresql":
+    peeks = dialect != "postgresql"  # SQLite: one writer, and a read locks no row
+    candidate = candidate.limit(2) if peeks else candidate.limit(1)
+    if not peeks:
         candidate = candidate.with_for_update(of=JOBS, skip_locked=True)
     claim = (
         update(JOBS)
@@ -386,7 +394,7 @@ def _claim_sql(
         .returning(*(c[name] for name in _CLAIMED_COLUMNS))
     )
     more = select(c.id).where(*conditions).limit(1)
-    return _ClaimSql(candidate, claim, more)
+    return _ClaimSql(candidate, claim, more, peeks)
 
 
 def _connection(session: Session | Connection) -> Connection:
@@ -433,9 +441,10 @@ def claim_next_job(
     the head job among them is *reserved*: if it does not fit what is free now,
     nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
-    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented), or
-    ``NOTHING_QUEUED``. On PostgreSQL the candidate row is locked with
-    ``FOR UPDATE SKIP LOCKED`` so concurrent claimers skip it; on SQLite writers
+    claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented; on
+    SQLite with ``NextJob.more``, read with it), or ``NOTHING_QUEUED``. On
+    PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
+    concurrent claimers skip it; on SQLite writers
     are serialised. Either way the claim is a conditional UPDATE whose row count
     is checked. With *home* (nodes share no filesystem), only jobs whose
     directory is on *home* are taken, or jobs of the *anywhere* destinations
@@ -448,17 +457,17 @@ def claim_next_job(
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
-        row = conn.execute(sql.candidate, params).first()
-        if row is None:
+        rows = conn.execute(sql.candidate, params).all()
+        if not rows:
             return NOTHING_QUEUED
-        job_id, cores, memory_mb, gpus = row
+        job_id, cores, memory_mb, gpus = rows[0]
         if fit is not None and (
             cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
         ):
             return HEAD_RESERVED
         claimed = conn.execute(sql.claim, {**claim, "job_id": job_id}).first()
         if claimed is not None:
-            return NextJob(ClaimedRow(*claimed))
+            return NextJob(ClaimedRow(*claimed), more=len(rows) > 1 if sql.peeks else None)
     return NOTHING_QUEUED
 
 
@@ -477,23 +486,3 @@ def more_queued(
     conn = _connection(session)
     sql = _claim_statements(conn, destinations, fit, home, anywhere)
     return conn.execute(sql.more, _claim_params(fit, home)).first() is not None
-
-
-def running_per_destination(
-    session: Session | Connection, destinations: Iterable[str]
-) -> dict[str, int]:
-    """Jobs running (or being cancelled) now, by destination, on every node."""
-    c = JOBS.c
-    rows = (
-        _connection(session)
-        .execute(
-            select(c.destination, func.count())
-            .where(
-                c.destination.in_(list(destinations)),
-                c.state.in_([JobState.RUNNING.value, JobState.DELETING.value]),
-            )
-            .group_by(c.destination)
-        )
-        .all()
-    )
-    return {name: int(count) for name, count in rows}

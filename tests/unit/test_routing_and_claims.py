@@ -20,7 +20,12 @@ from jobferry.services.routing import (
     parse_request,
 )
 from jobferry.store.models import Job, JobState, User
-from jobferry.store.transitions import NodeResources, claim_next_job, running_per_destination
+from jobferry.store.transitions import (
+    NodeResources,
+    claim_next_job,
+    more_queued,
+    running_per_destination,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -272,3 +277,30 @@ def test_claim_next__priority_still_beats_fair_share(
     add(sessions, user_id, age=0)
     urgent = add(sessions, user_id, age=1, priority=9)
     assert claim_one(sessions, ["local"], None) == urgent
+
+
+@pytest.mark.parametrize(
+    ("behind", "left"),
+    [
+        ({}, True),  # a second job of the destination
+        ({"destination": "elsewhere"}, False),  # not one of the claim's destinations
+        ({"cores": 8}, False),  # too big for this node, ever
+        (None, False),  # nothing behind the claimed job
+    ],
+)
+def test_claim_next__says_whether_a_claimable_job_is_left_as_more_queued_does(
+    sessions: sessionmaker[Session], user_id: str, behind: dict[str, object] | None, left: bool
+) -> None:
+    add(sessions, user_id, age=0)
+    if behind is not None:
+        add(sessions, user_id, age=1, **behind)  # type: ignore[arg-type]
+    with sessions.begin() as session:
+        got = claim_next_job(session, destinations=["local"], node="n1", fit=fit(4))
+        assert got.job is not None
+        asked = more_queued(session, destinations=["local"], fit=fit(4))
+    # SQLite's claim reads the next job too; PostgreSQL's locks what it reads, so it
+    # says None and the caller asks more_queued.
+    assert asked is left
+    assert got.more in (left, None)
+    if session.get_bind().dialect.name == "sqlite":
+        assert got.more is left
