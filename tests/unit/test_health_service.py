@@ -29,7 +29,7 @@ from jobferry.services.health import OK, STORE_DOWN, HealthService
 from jobferry.services.nodes import NodeService
 from jobferry.store.engine import check_schema
 from tests.db import store_sql, with_database
-from tests.helpers import DEADLINE_S
+from tests.helpers import DEADLINE_S, wait_for
 
 ADMIN = Principal("u-admin", "admin", True)
 
@@ -176,6 +176,9 @@ def test_readiness__a_hung_check_is_reported_and_not_started_again(core: Core) -
         assert not result.ready
         assert result.checks["hung"] == "no answer within 0.2 s"
     assert len(calls) == 1  # the second evaluation waited on the same run
+    # Once that run has answered (a busy machine may take a while), the next
+    # evaluation starts the check again; while it still ran, it would wait on it.
+    wait_for("the hung run to be done", lambda: service._running["hung"].done())
     service.timeout_s = DEADLINE_S
     [after] = readiness(service)
     assert after.checks["hung"] == OK and len(calls) == 2
