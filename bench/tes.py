@@ -270,7 +270,7 @@ def summary(rows: list[Figure]) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="latency,accept,list", help="comma-separated")
-    parser.add_argument("--tasks", type=int, default=None, help="latency: tasks (100: a p99 of 20 runs is their slowest)")
+    parser.add_argument("--tasks", type=int, default=None, help="latency: tasks (100)")
     parser.add_argument("--poll-ms", type=float, default=20.0, help="latency: poll interval")
     parser.add_argument("--accept-tasks", type=int, default=None, help="creations (2000)")
     parser.add_argument("--rounds", type=int, default=3, help="acceptance rounds")
