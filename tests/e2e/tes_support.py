@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+from pathlib import Path
+from typing import Any
 
-from tests.helpers import DaemonProcess
+import tes
+
+from tests.db import fresh_pg_database, store_sql
+from tests.helpers import DEADLINE_S, DaemonProcess
+from tests.services import PYTHON_IMAGE
+
+#: py-tes wants whole seconds.
+TIMEOUT = int(DEADLINE_S)
 
 
 def task_job_ids(daemon: DaemonProcess) -> list[str]:
@@ -27,3 +37,61 @@ def remove_task_containers(job_ids: list[str]) -> None:
     ours = [n for n in names if any(n.startswith(f"jobferry-{j}-") for j in job_ids)]
     if ours:
         subprocess.run(["docker", "rm", "-f", *ours], capture_output=True, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TesNodes:
+    """Daemons (nodes) on one fresh PostgreSQL store (from tests.db), each with the TES
+    face on a Docker destination (``dock``) and heartbeats every 0.5 s; *node* and
+    *extra* add to every node's ``node:`` section and top-level configuration."""
+
+    def __init__(
+        self, base: Path, node: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
+        self.base, self.node, self.extra = base, dict(node or {}), dict(extra or {})
+        self.store_url = fresh_pg_database()
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def start(self, name: str) -> DaemonProcess:
+        config = {
+            "database": {"url": self.store_url, "pool_size": 3},
+            "server": {"host": "127.0.0.1", "port": free_port()},
+            "node": {"name": name, "cores": 4, "heartbeat_s": 0.5, **self.node},
+            "runners": {
+                "local": {"slots": 2, "kill_grace_s": 1},
+                "docker": {"enabled": True, "slots": 2},
+            },
+            "destinations": {
+                "local": {"runner": "local"},
+                "dock": {"runner": "docker", "image": PYTHON_IMAGE},
+            },
+            "tes": {"enabled": True, "destination": "dock"},
+            **self.extra,
+        }
+        daemon = DaemonProcess(self.base / name / "data", config)
+        self.daemons[name] = daemon
+        return daemon.start()
+
+    @property
+    def admin_key(self) -> str:
+        return next(iter(self.daemons.values())).admin_key
+
+    def client(self, name: str) -> tes.HTTPClient:
+        return tes.HTTPClient(self.daemons[name].url, token=self.admin_key, timeout=TIMEOUT)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        rows = store_sql(self.store_url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        assert rows, job_id
+        return dict(rows[0])
+
+    def close(self) -> None:
+        for daemon in self.daemons.values():
+            try:
+                daemon.stop()
+            except Exception:
+                daemon.kill()

@@ -20,17 +20,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 import tes
 
-from tests.db import fresh_pg_database, store_sql
+from tests.db import store_sql
+from tests.e2e.tes_support import TIMEOUT, TesNodes
 from tests.helpers import DEADLINE_S, DaemonProcess, wait_for
 from tests.services import PYTHON_IMAGE, require
 
@@ -38,78 +37,20 @@ from tests.services import PYTHON_IMAGE, require
 # run uses: this test makes its own database and runs once.
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
-HEARTBEAT_S = 0.5
 DEAD_AFTER_S = 3.0
 #: The daemons' ``jobs.max_attempts`` (the reaper's requeue reason names it).
 MAX_ATTEMPTS = 3
-#: py-tes wants whole seconds.
-TIMEOUT = int(DEADLINE_S)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Pair:
-    """Daemons n1 and n2 on one fresh store, with the TES face on a Docker destination."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.store_url = fresh_pg_database()
-        self.daemons: dict[str, DaemonProcess] = {}
-
-    def start(self, name: str) -> DaemonProcess:
-        config = {
-            "database": {"url": self.store_url, "pool_size": 3},
-            "server": {"host": "127.0.0.1", "port": free_port()},
-            "node": {
-                "name": name,
-                "cores": 4,
-                "heartbeat_s": HEARTBEAT_S,
-                "dead_after_s": DEAD_AFTER_S,
-            },
-            "jobs": {"max_attempts": MAX_ATTEMPTS},
-            "runners": {
-                "local": {"slots": 2, "kill_grace_s": 1},
-                "docker": {"enabled": True, "slots": 2},
-            },
-            "destinations": {
-                "local": {"runner": "local"},
-                "dock": {"runner": "docker", "image": PYTHON_IMAGE},
-            },
-            "tes": {"enabled": True, "destination": "dock"},
-        }
-        daemon = DaemonProcess(self.base / name / "data", config)
-        self.daemons[name] = daemon
-        return daemon.start()
-
-    @property
-    def admin_key(self) -> str:
-        return self.daemons["n1"].admin_key
-
-    def client(self, name: str) -> tes.HTTPClient:
-        return tes.HTTPClient(self.daemons[name].url, token=self.admin_key, timeout=TIMEOUT)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        rows = store_sql(self.store_url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
-        assert rows, job_id
-        return dict(rows[0])
-
-    def close(self) -> None:
-        for daemon in self.daemons.values():
-            try:
-                daemon.stop()
-            except Exception:
-                daemon.kill()
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
+def pair(tmp_path: Path) -> Iterator[TesNodes]:
     require("postgres")
     require("docker")
-    nodes = Pair(tmp_path)
+    nodes = TesNodes(
+        tmp_path,
+        node={"dead_after_s": DEAD_AFTER_S},
+        extra={"jobs": {"max_attempts": MAX_ATTEMPTS}},
+    )
     try:
         yield nodes
     finally:
@@ -117,7 +58,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 
 def test_node_killed__another_node_reruns_the_task_and_full_shows_two_attempts(
-    pair: Pair,
+    pair: TesNodes,
 ) -> None:
     n1 = pair.start("n1")
     n2 = pair.start("n2")
@@ -149,7 +90,7 @@ def _container_exists(name: str) -> bool:
     return bool(subprocess.run(ps, capture_output=True, text=True, check=True).stdout.strip())
 
 
-def _run_and_kill_n1(pair: Pair, n1: DaemonProcess, n2: DaemonProcess, task_id: str) -> None:
+def _run_and_kill_n1(pair: TesNodes, n1: DaemonProcess, n2: DaemonProcess, task_id: str) -> None:
     client = pair.client("n1")
 
     def first_executor_logged() -> bool:

@@ -13,89 +13,27 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tes
 
-from tests.db import fresh_pg_database, store_sql
-from tests.e2e.tes_support import remove_task_containers
-from tests.helpers import DEADLINE_S, DaemonProcess, wait_for
+from tests.e2e.tes_support import TesNodes, remove_task_containers
+from tests.helpers import DaemonProcess, wait_for
 from tests.services import PYTHON_IMAGE, require
 
 # Several daemons on one store is PostgreSQL's case whatever engine the rest of the
 # run uses: this test makes its own database and runs once.
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
-#: py-tes wants whole seconds.
-TIMEOUT = int(DEADLINE_S)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Nodes:
-    """n1 and n2 on one fresh store, no shared file system, TES on Docker."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.store_url = fresh_pg_database()
-        self.daemons: dict[str, DaemonProcess] = {}
-
-    def start(self, name: str) -> DaemonProcess:
-        config = {
-            "database": {"url": self.store_url, "pool_size": 3},
-            "server": {"host": "127.0.0.1", "port": free_port()},
-            "node": {
-                "name": name,
-                "cores": 4,
-                "heartbeat_s": 0.5,
-                # Long enough that a node stopped for the "no answer" case stays alive.
-                "dead_after_s": 120,
-                "shared_filesystem": False,
-            },
-            "runners": {
-                "local": {"slots": 2, "kill_grace_s": 1},
-                "docker": {"enabled": True, "slots": 2},
-            },
-            "destinations": {
-                "local": {"runner": "local"},
-                "dock": {"runner": "docker", "image": PYTHON_IMAGE},
-            },
-            "tes": {"enabled": True, "destination": "dock"},
-        }
-        daemon = DaemonProcess(self.base / name / "data", config)
-        self.daemons[name] = daemon
-        return daemon.start()
-
-    def client(self, name: str) -> tes.HTTPClient:
-        key = self.daemons["n1"].admin_key
-        return tes.HTTPClient(self.daemons[name].url, token=key, timeout=TIMEOUT)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        rows = store_sql(self.store_url, "SELECT * FROM jobs WHERE id = :id", {"id": job_id})
-        assert rows, job_id
-        return dict(rows[0])
-
-    def close(self) -> None:
-        for daemon in self.daemons.values():
-            try:
-                daemon.stop()
-            except Exception:
-                daemon.kill()
-
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
+def nodes(tmp_path: Path) -> Iterator[TesNodes]:
     require("postgres")
     require("docker")
-    found = Nodes(tmp_path)
+    # dead_after_s: long enough that a node stopped for the "no answer" case stays alive.
+    found = TesNodes(tmp_path, node={"dead_after_s": 120, "shared_filesystem": False})
     try:
         yield found
     finally:
@@ -103,7 +41,7 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
 
 
 def test_a_running_task_on_another_node_shows_its_logs_and_state_through_any_node(
-    nodes: Nodes,
+    nodes: TesNodes,
 ) -> None:
     n1 = nodes.start("n1")
     nodes.start("n2")
@@ -123,7 +61,7 @@ def test_a_running_task_on_another_node_shows_its_logs_and_state_through_any_nod
         remove_task_containers([task_id])
 
 
-def _check(nodes: Nodes, n1: DaemonProcess, task_id: str) -> None:
+def _check(nodes: TesNodes, n1: DaemonProcess, task_id: str) -> None:
     home, other = nodes.client("n1"), nodes.client("n2")
 
     def second_running() -> bool:
