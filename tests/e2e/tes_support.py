@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 import tes
 
 from tests.db import fresh_pg_database, store_sql
@@ -16,6 +19,46 @@ from tests.services import PYTHON_IMAGE
 
 #: py-tes wants whole seconds.
 TIMEOUT = int(DEADLINE_S)
+#: The states a task ends in.
+ENDED = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
+
+
+@dataclass
+class TesHttp:
+    """A daemon's TES face over plain HTTP (the admin's key), and the tasks created."""
+
+    daemon: DaemonProcess
+    created: list[str] = field(default_factory=list, kw_only=True)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(
+            method,
+            self.daemon.url + "/ga4gh/tes/v1" + path,
+            headers={"Authorization": f"Bearer {self.daemon.admin_key}"},
+            timeout=DEADLINE_S,
+            **kwargs,
+        )
+
+    def create(self, doc: dict[str, Any]) -> str:
+        response = self.call("POST", "/tasks", json=doc)
+        assert response.status_code == 200, response.text
+        self.created.append(str(response.json()["id"]))
+        return self.created[-1]
+
+    def get(self, task_id: str, view: str = "FULL") -> dict[str, Any]:
+        response = self.call("GET", f"/tasks/{task_id}", params={"view": view})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_state(self, task_id: str, states: set[str] | frozenset[str] = ENDED) -> dict[str, Any]:
+        """The task (FULL) once in one of *states* (by default: ended)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            task = self.get(task_id)
+            if task["state"] in states:
+                return task
+            time.sleep(0.2)
+        raise AssertionError(f"task {task_id} never reached {states}: {self.get(task_id)}")
 
 
 def task_job_ids(daemon: DaemonProcess) -> list[str]:

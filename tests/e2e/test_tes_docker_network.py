@@ -13,39 +13,25 @@ under ``CI=true``.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
 
-from tests.e2e.tes_support import remove_task_containers
+from tests.e2e.tes_support import TesHttp, remove_task_containers
 from tests.helpers import DEADLINE_S, DaemonProcess
 from tests.services import PYTHON_IMAGE, require
 
 # What these check (the executors' network) does not depend on the store engine.
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
-ENDED = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
-
 
 @dataclass
-class Setup:
-    daemon: DaemonProcess
+class Setup(TesHttp):
     network: str
-    created: list[str] = field(default_factory=list)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method,
-            self.daemon.url + "/ga4gh/tes/v1" + path,
-            headers={"Authorization": f"Bearer {self.daemon.admin_key}"},
-            timeout=DEADLINE_S,
-            **kwargs,
-        )
 
     def run(self, params: dict[str, str]) -> dict[str, Any]:
         """Create a task listing its network interfaces; wait for its end (FULL)."""
@@ -53,18 +39,7 @@ class Setup:
             "executors": [{"image": PYTHON_IMAGE, "command": ["ls", "/sys/class/net"]}],
             "resources": {"backend_parameters": params},
         }
-        response = self.call("POST", "/tasks", json=doc)
-        assert response.status_code == 200, response.text
-        task_id = str(response.json()["id"])
-        self.created.append(task_id)
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            got = self.call("GET", f"/tasks/{task_id}", params={"view": "FULL"})
-            assert got.status_code == 200, got.text
-            if got.json()["state"] in ENDED:
-                return dict(got.json())
-            time.sleep(0.3)
-        raise AssertionError(f"task {task_id} never ended")
+        return self.wait_state(self.create(doc))
 
 
 def interfaces(task: dict[str, Any]) -> set[str]:

@@ -18,59 +18,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from tests.helpers import DEADLINE_S, DaemonProcess, eventually
+from tests.e2e.tes_support import ENDED, TesHttp
+from tests.helpers import DaemonProcess, eventually
 from tests.services import PYTHON_IMAGE, require
 
 # What these check (staging, runners) does not depend on the store engine: SQLite only.
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
-ENDED = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
 INPUT = "the quick brown fox\njumps over the lazy dog\n"
 
 
 @dataclass
-class Setup:
-    daemon: DaemonProcess
+class Setup(TesHttp):
     files: Path
-    created: list[str] = field(default_factory=list)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method,
-            self.daemon.url + "/ga4gh/tes/v1" + path,
-            headers={"Authorization": f"Bearer {self.daemon.admin_key}"},
-            timeout=DEADLINE_S,
-            **kwargs,
-        )
-
-    def create(self, doc: dict[str, Any]) -> str:
-        response = self.call("POST", "/tasks", json=doc)
-        assert response.status_code == 200, response.text
-        self.created.append(str(response.json()["id"]))
-        return self.created[-1]
-
-    def get(self, task_id: str, view: str = "FULL") -> dict[str, Any]:
-        response = self.call("GET", f"/tasks/{task_id}", params={"view": view})
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def wait_state(self, task_id: str, states: set[str]) -> dict[str, Any]:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            task = self.get(task_id)
-            if task["state"] in states:
-                return task
-            time.sleep(0.2)
-        raise AssertionError(f"task {task_id} never reached {states}: {self.get(task_id)}")
 
 
 def containers(task_id: str) -> list[str]:

@@ -22,61 +22,35 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
-import requests
 
-from tests.e2e.tes_support import remove_task_containers
-from tests.helpers import DEADLINE_S, DaemonProcess
+from tests.e2e.tes_support import TesHttp, remove_task_containers
+from tests.helpers import DaemonProcess
 from tests.services import PYTHON_IMAGE, require
 
 # What these check (sbatch's options) does not depend on the store engine: SQLite only.
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_independent, pytest.mark.timeout(300)]
 
-ENDED = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
 #: The cluster's partition (``sinfo``: the single-node Slurm has only ``debug``).
 PARTITION = "debug"
 
 
 @dataclass
-class Setup:
-    daemon: DaemonProcess
+class Setup(TesHttp):
     missing: str  # the destination's partition, which Slurm does not have
-    created: list[str] = field(default_factory=list)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method,
-            self.daemon.url + "/ga4gh/tes/v1" + path,
-            headers={"Authorization": f"Bearer {self.daemon.admin_key}"},
-            timeout=DEADLINE_S,
-            **kwargs,
+    def submit(self, params: dict[str, str]) -> str:
+        """Create an ``echo`` task with these backend parameters."""
+        return self.create(
+            {
+                "executors": [{"image": PYTHON_IMAGE, "command": ["echo", "ran"]}],
+                "resources": {"ram_gb": 0.25, "backend_parameters": params},
+            }
         )
-
-    def create(self, params: dict[str, str]) -> str:
-        doc = {
-            "executors": [{"image": PYTHON_IMAGE, "command": ["echo", "ran"]}],
-            "resources": {"ram_gb": 0.25, "backend_parameters": params},
-        }
-        response = self.call("POST", "/tasks", json=doc)
-        assert response.status_code == 200, response.text
-        self.created.append(str(response.json()["id"]))
-        return self.created[-1]
-
-    def wait_ended(self, task_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            response = self.call("GET", f"/tasks/{task_id}", params={"view": "FULL"})
-            assert response.status_code == 200, response.text
-            if response.json()["state"] in ENDED:
-                return dict(response.json())
-            time.sleep(0.3)
-        raise AssertionError(f"task {task_id} never ended")
 
     def slurm_job(self, task_id: str) -> dict[str, str]:
         """What Slurm itself reports of the task's batch job (``scontrol show job``:
@@ -124,8 +98,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 def test_slurm_partition__overrides_the_destinations_and_slurm_runs_the_job_there(
     setup: Setup,
 ) -> None:
-    task_id = setup.create({"slurm_partition": PARTITION})
-    task = setup.wait_ended(task_id)
+    task_id = setup.submit({"slurm_partition": PARTITION})
+    task = setup.wait_state(task_id)
 
     assert task["state"] == "COMPLETE", task
     assert task["logs"][0]["logs"][0]["stdout"] == "ran\n"
@@ -137,8 +111,8 @@ def test_slurm_partition__overrides_the_destinations_and_slurm_runs_the_job_ther
 def test_unknown_partition__sbatch_refuses_it_and_the_task_ends_system_error(
     setup: Setup, params: dict[str, str]
 ) -> None:
-    task_id = setup.create(params)  # none: the destination's partition, missing too
-    task = setup.wait_ended(task_id)
+    task_id = setup.submit(params)  # none: the destination's partition, missing too
+    task = setup.wait_state(task_id)
 
     assert task["state"] == "SYSTEM_ERROR", task
     reasons = "\n".join(task["logs"][-1]["system_logs"])
@@ -148,8 +122,8 @@ def test_unknown_partition__sbatch_refuses_it_and_the_task_ends_system_error(
 def test_slurm_qos__reaches_sbatch__which_without_accounting_accepts_and_ignores_it(
     setup: Setup,
 ) -> None:
-    task_id = setup.create({"slurm_partition": PARTITION, "slurm_qos": "jfqos1"})
-    task = setup.wait_ended(task_id)
+    task_id = setup.submit({"slurm_partition": PARTITION, "slurm_qos": "jfqos1"})
+    task = setup.wait_state(task_id)
 
     assert task["state"] == "COMPLETE", task
     assert task["resources"]["backend_parameters"]["slurm_qos"] == "jfqos1"
