@@ -51,7 +51,7 @@ def test_accept__needs_300_per_second_with_every_task_still_queued() -> None:
 def test_parse__quick_shrinks_the_counts_not_given() -> None:
     full = parse([])
     assert (full.tasks, full.accept_tasks, full.list_tasks, full.requests) == (
-        20,
+        100,
         2000,
         100_000,
         300,
