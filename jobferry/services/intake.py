@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from jobferry.argspec.bounded import CommandChecker, CommandLimits
 from jobferry.argspec.tokens import arg_budget
 from jobferry.errors import UnsatisfiableError
+from jobferry.request_ids import fresh_uuid4
 from jobferry.services.core import Core, Principal
 from jobferry.services.disk import DiskGuard
 from jobferry.services.logfields import job_fields
@@ -274,7 +274,7 @@ class Intake:
         r = placement.resources
         job: dict[str, Any] = {
             "id": job_id,
-            "uuid": str(uuid.uuid4()),
+            "uuid": fresh_uuid4(),
             "user_id": principal.user_id,
             "script_version_id": version.id,
             "name": name,
