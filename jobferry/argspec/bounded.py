@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 INLINE_CHARS = 4096
 #: Most tokens of a command checked inline (argparse takes ~2 ms for this many).
 INLINE_TOKENS = 128
+#: Results of short commands remembered by ``CommandChecker`` (all scripts together).
+BUILT_CACHE = 512
 #: Address-space limit of a worker, MiB.
 WORKER_MEMORY_MB = 512
 #: Niceness added to a worker: the daemon's threads (and jobs) go first.
@@ -178,6 +180,8 @@ class CommandChecker:
         self._slots = threading.BoundedSemaphore(limits.slots)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
+        #: (id(spec), command, arg budget) -> (the spec, its check's result).
+        self._built: dict[tuple[int, str, int | None], tuple[ScriptSpec, BuiltCommand]] = {}
         # Idle workers are stopped when the checker goes away, or at exit.
         weakref.finalize(self, _stop_workers, self._lock, self._idle)
 
@@ -202,9 +206,11 @@ class CommandChecker:
             IntrospectionError: the stored spec cannot be turned into a parser.
         """
         if self.is_inline(command):
-            return build_command(
-                spec, command, uploads, max_tokens=self.limits.max_tokens, arg_budget=arg_budget
-            )
+            if uploads:
+                return build_command(
+                    spec, command, uploads, max_tokens=self.limits.max_tokens, arg_budget=arg_budget
+                )
+            return self._inline_cached(spec, command, arg_budget)
         if not self._slots.acquire(blocking=False):
             raise TooManyRequestsError(
                 "Too many long commands are being checked; try again shortly.", retry_after=1
@@ -213,6 +219,36 @@ class CommandChecker:
             return self._in_worker(spec, command, uploads, arg_budget)
         finally:
             self._slots.release()
+
+    def _inline_cached(
+        self, spec: ScriptSpec, command: str, arg_budget: int | None
+    ) -> BuiltCommand:
+        """``build_command`` of a short command without uploads, remembered per spec.
+
+        Clients submit the same command to the same script over and over (every
+        submission of the acceptance benchmark is the empty command), and the check
+        (two argparse parses, the rendering) was the costliest step of a submission
+        on the event loop. ``build_command`` is a pure function of the spec, the
+        command, the limits and *arg_budget* (no uploads: nothing on disk is looked
+        at), so its result can be reused as long as the spec is the same object:
+        the key holds the spec itself (a spec is never changed in place; a script
+        version's new spec is a new object, see ``services.submission``). Only
+        successes are kept (a refused command is checked again each time), at most
+        ``BUILT_CACHE`` of them (short commands only: a few MiB at worst); each
+        caller gets its own copy of the values.
+        """
+        key = (id(spec), command, arg_budget)
+        entry = self._built.get(key)
+        if entry is not None and entry[0] is spec:
+            built = entry[1]
+        else:
+            built = build_command(
+                spec, command, {}, max_tokens=self.limits.max_tokens, arg_budget=arg_budget
+            )
+            if len(self._built) >= BUILT_CACHE:
+                self._built.clear()
+            self._built[key] = (spec, built)
+        return replace(built, values=_copied(built.values), input_files={})
 
     def close(self) -> None:
         """Stop the idle workers (busy ones are stopped when their check ends)."""
@@ -252,6 +288,15 @@ class CommandChecker:
                 },
             )
         return _from_answer(answer)
+
+
+def _copied(value: Any) -> Any:
+    """A copy of JSON data (dicts and lists copied, the rest is immutable)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 def _stop_workers(lock: threading.Lock, workers: list[_Worker]) -> None:

@@ -406,8 +406,8 @@ def build_command(
         raise ValidationError(
             _INVALID, errors={"command": "The command must not contain NUL bytes."}
         )
-    tokens = split_command(command, max_tokens)
-    given, errors = _parse(spec, _expand_flag_words(spec, tokens))
+    tokens = _expand_flag_words(spec, split_command(command, max_tokens))
+    given, errors = _parse(spec, tokens)
 
     def fail(param: ParamSpec, message: str) -> None:
         messages = errors.setdefault(param.display_name, [])
@@ -432,8 +432,10 @@ def build_command(
     if errors:
         raise ValidationError(_INVALID, errors=errors)
     # The argv is rendered from the parsed values; parsing it again must give them back.
-    reparsed, _ = _parse(spec, _render(spec, given))
-    if reparsed != given:
+    # When it is the very tokens just parsed (an empty or already canonical command),
+    # parsing them again would give the same values: that second parse is skipped.
+    argv = _render(spec, given)
+    if argv != tokens and _parse(spec, argv)[0] != given:
         raise ValidationError(
             _INVALID, errors={"command": "ambiguous arguments: put positional arguments after --"}
         )
