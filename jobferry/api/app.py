@@ -30,11 +30,17 @@ from jobferry.services.container import Services
 def make_app(
     services: Services, extra_routes: Sequence[tuple[Any, ...]] = ()
 ) -> tornado.web.Application:
+    # Tornado tries the routes in order, a regular expression each: the Wooey routes
+    # (submissions and status polls, the hot ones) and the probes come first, so the
+    # usual request is matched by its first few patterns instead of after the two
+    # dozen of the browser face. None of their paths (/api/scripts/v1/..,
+    # /api/jobs/v1/.., /healthz, /readyz, /metrics) is one an extra route (the browser
+    # face: / and /ui/..) could match, so no route shadows another differently.
     routes = [
-        *extra_routes,
+        *wooey_routes(services),
         *health_routes(services),
         *metrics_routes(services),
-        *wooey_routes(services),
+        *extra_routes,
         *openapi_routes(services),
         *callback_routes(services),
         *node_routes(services),

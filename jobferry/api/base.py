@@ -109,10 +109,14 @@ class ApiMixin(CountsSentBytes):
         return self.services.core
 
     def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header(REQUEST_ID_HEADER, request_id(self.request))
+        # Straight into the header map: ``set_header`` checks each value for
+        # control characters, on every request; these are constants and a request
+        # id (``request_ids.SANE_ID`` or fresh hex: no CR, LF or control character).
+        headers = self._headers
+        headers["Content-Type"] = "application/json; charset=UTF-8"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Cache-Control"] = "no-store"
+        headers[REQUEST_ID_HEADER] = request_id(self.request)
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.core.call(fn, *args, **kwargs)
@@ -120,6 +124,11 @@ class ApiMixin(CountsSentBytes):
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data, default=str))
+
+    def send_text(self, text: str, status: int = 200) -> None:
+        """Answer with *text*, JSON already encoded (a hot path's fixed shape)."""
+        self.set_status(status)
+        self.finish(text)
 
     # --- authentication ---------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from urllib.parse import quote
@@ -9,7 +10,7 @@ from urllib.parse import quote
 from jobferry import errors
 from jobferry.api.downloads import Download, DownloadHandler
 from jobferry.api.wooey.base import StreamingFormHandler, WooeyHandler, WooeyMixin
-from jobferry.api.wooey.serialize import TERMINAL_VALUES, job_details, status_body
+from jobferry.api.wooey.serialize import TERMINAL_VALUES, job_details, status_json
 from jobferry.services.core import Principal
 from jobferry.services.jobs import JobStatus, SubmitRequest
 from jobferry.services.routing import RESOURCE_FIELDS, parse_request
@@ -37,7 +38,8 @@ class SubmitHandler(StreamingFormHandler):
         )
         job_id = await self.services.jobs.submit_async(self.principal, request, form.files)
         self.core.telemetry.submitted("wooey")
-        self.send_json({"valid": True, "job_id": job_id})
+        # {"valid": true, "job_id": ...} without a json.dumps of the dict.
+        self.send_text(f'{{"valid": true, "job_id": {json.dumps(job_id)}}}')
 
 
 class JobStatusHandler(WooeyHandler):
@@ -53,7 +55,7 @@ class JobStatusHandler(WooeyHandler):
                 status = status._replace(**ended._asdict())
             else:
                 status = await self._status(principal, job_id)
-        self.send_json(status_body(status.state, status.exit_code, status.state_reason))
+        self.send_text(status_json(status.state, status.exit_code, status.state_reason))
 
     async def _status(self, principal: Principal, job_id: str) -> JobStatus:
         """The job's status: read on the loop where the store allows (SQLite), which

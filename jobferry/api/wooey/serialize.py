@@ -7,13 +7,14 @@ place (``reference/wooey-contract.md``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from jobferry.services.jobs import JobView
 from jobferry.services.states import TERMINAL_VALUES, JobState
 
-__all__ = ["TERMINAL_VALUES", "job_details", "status_body", "wooey_status"]
+__all__ = ["TERMINAL_VALUES", "job_details", "status_body", "status_json", "wooey_status"]
 
 
 def wooey_status(state: str, exit_code: int | None, reason: str | None) -> str:
@@ -39,6 +40,22 @@ def status_body(state: str, exit_code: int | None, reason: str | None) -> dict[s
         "status": wooey_status(state, exit_code, reason),
         "is_complete": state in TERMINAL_VALUES,
     }
+
+
+#: status_body's JSON by (status string, is complete): a few entries at most.
+_STATUS_JSON: dict[tuple[str, bool], str] = {}
+
+
+def status_json(state: str, exit_code: int | None, reason: str | None) -> str:
+    """``status_body`` as JSON text, encoded once per distinct answer: a poll is the
+    most frequent request, and its two-key body has a handful of possible values."""
+    status, complete = wooey_status(state, exit_code, reason), state in TERMINAL_VALUES
+    text = _STATUS_JSON.get((status, complete))
+    if text is None:
+        text = _STATUS_JSON[(status, complete)] = json.dumps(
+            {"status": status, "is_complete": complete}
+        )
+    return text
 
 
 def job_details(
