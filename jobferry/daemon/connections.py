@@ -11,6 +11,16 @@ until ``accept`` fails with EMFILE, which Tornado logs as a traceback per attemp
   proxy, the proxy) and a total cap below the descriptor limit; a connection
   over either is answered with a short JSON 503 and closed;
 * a minimum average upload rate, enforced once a body has taken a grace period.
+
+It also keeps Tornado's two timers itself: the header timeout (a whole request
+head within ``idle_connection_timeout`` of the connection opening or its last
+answer) and the body timeout. Tornado arms both per request with
+``gen.with_timeout`` (a timer, a future chained to the read, the timer removed
+again): a py-spy profile of the acceptance benchmark put that at ~5-8 % of the
+event loop's time per request. Here each request costs a dict entry instead
+(``_heads``, the connections waiting for a head, in the order they began to
+wait), and one sweep timer closes what is overdue, to within ``_sweep_every``
+(one second at most): the same limits, enforced a little later at worst.
 """
 
 from __future__ import annotations
@@ -80,6 +90,15 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         **kwargs: Any,
     ) -> None:
         super().initialize(*args, **kwargs)
+        # Tornado's per-request timers off: the sweep enforces both (module docstring).
+        params = self.conn_params
+        self.header_timeout: float = params.header_timeout or 3600.0
+        self.body_timeout: float | None = params.body_timeout
+        params.header_timeout = None
+        params.body_timeout = None
+        #: Connections waiting for a request head -> (since when, that request's
+        #: connection); insertion order is waiting order.
+        self._heads: dict[object, tuple[float, HTTP1Connection]] = {}
         self.max_per_address = max_per_address
         self.max_total = (
             max_total if max_total is not None else max(64, raise_fd_limit() - RESERVED_FDS)
@@ -91,7 +110,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         self._sweeper: object | None = None
         #: How often open uploads are checked (a check is due after the grace period,
         #: then every min(5, grace) seconds).
-        self._sweep_every = min(1.0, body_grace_s / 4)
+        self._sweep_every = min(1.0, body_grace_s / 4, self.header_timeout / 4)
         self._per_address: dict[str, int] = {}
         self._address_of: dict[int, str] = {}
         self.open_connections = 0
@@ -122,6 +141,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:
+        self._heads.pop(server_conn, None)
         stream = getattr(server_conn, "stream", None)
         ip = self._address_of.pop(id(stream), None)
         if ip is not None:
@@ -158,13 +178,16 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> tornado.httputil.HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
-        if self.min_body_rate <= 0 or not isinstance(request_conn, HTTP1Connection):
-            return delegate
-        return _RateGuard(delegate, request_conn, self)
+        assert isinstance(request_conn, HTTP1Connection)  # what HTTPServer serves
+        self._heads[server_conn] = (time.monotonic(), request_conn)
+        if self._sweeper is None:
+            self._sweeper = IOLoop.current().call_later(self._sweep_every, self._sweep)
+        return _RateGuard(delegate, request_conn, self, server_conn)
 
-    # The uploads under watch: one sweep timer for all of them, armed while any is
-    # open, instead of a timer added and removed per request (the common request's
-    # body is complete long before the grace period: it costs a set add and discard).
+    # The heads and uploads under watch: one sweep timer for all of them, armed while
+    # any is open, instead of timers added and removed per request (the common
+    # request's head and body are complete long before any limit: it costs a dict
+    # entry, and a set add and discard when it has a body).
 
     def _watch(self, guard: _RateGuard) -> None:
         self._uploads.add(guard)
@@ -176,35 +199,45 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     def _sweep(self) -> None:
         self._sweeper = None
-        if not self._uploads:
-            return
         now = time.monotonic()
+        overdue = now - self.header_timeout
+        late = []
+        for since, request_conn in self._heads.values():  # oldest first
+            if since > overdue:
+                break
+            late.append(request_conn)
+        for request_conn in late:
+            request_conn.close()  # no head in time: closed, as Tornado's timeout did
         for guard in [g for g in self._uploads if g.due <= now]:
             guard.check(now)
-        if self._uploads:
+        if self._heads or self._uploads:
             self._sweeper = IOLoop.current().call_later(self._sweep_every, self._sweep)
 
 
 class _RateGuard(tornado.httputil.HTTPMessageDelegate):
-    """Closes the connection when a body arrives slower than the minimum average rate.
+    """One request's limits: its head arrived (no longer under the header timeout);
+    its body within the body timeout, and not slower than the minimum average rate.
 
-    Checked first after the grace period, then every few seconds until the body is
-    complete (by the server's sweep, to within ``_sweep_every``). The rate is the
-    average since the head arrived, so a pause is fine as long as the upload has
-    been fast enough overall.
+    The body is checked first after the grace period (or the body timeout, when no
+    minimum rate is set), then every few seconds until it is complete (by the
+    server's sweep, to within ``_sweep_every``). The rate is the average since the
+    head arrived, so a pause is fine as long as the upload has been fast enough
+    overall.
     """
 
-    __slots__ = ("inner", "conn", "server", "received", "started", "due", "watched")
+    __slots__ = ("inner", "conn", "server", "server_conn", "received", "started", "due", "watched")
 
     def __init__(
         self,
         inner: tornado.httputil.HTTPMessageDelegate,
         conn: HTTP1Connection,
         server: GuardedHTTPServer,
+        server_conn: object,
     ) -> None:
         self.inner = inner
         self.conn = conn
         self.server = server
+        self.server_conn = server_conn
         self.received = 0
         self.started = 0.0
         self.due = 0.0
@@ -215,11 +248,15 @@ class _RateGuard(tornado.httputil.HTTPMessageDelegate):
         start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
+        server = self.server
+        server._heads.pop(self.server_conn, None)
         if headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers:
-            self.started = time.monotonic()
-            self.due = self.started + self.server.body_grace_s
-            self.watched = True
-            self.server._watch(self)
+            if server.min_body_rate > 0 or server.body_timeout is not None:
+                self.started = time.monotonic()
+                first = server.body_grace_s if server.min_body_rate > 0 else server.body_timeout
+                self.due = self.started + (first or 0.0)
+                self.watched = True
+                server._watch(self)
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
@@ -230,6 +267,11 @@ class _RateGuard(tornado.httputil.HTTPMessageDelegate):
         """Close the connection if the body so far is too slow, else check again later."""
         server = self.server
         elapsed = now - self.started
+        if server.body_timeout is not None and elapsed >= server.body_timeout:
+            logger.info("closing an upload still unfinished after %.0f s", elapsed)
+            self._stop()
+            self.conn.close()
+            return
         if self.received < server.min_body_rate * elapsed:
             logger.info(
                 "closing a slow upload: %d bytes in %.0f s (minimum %.0f bytes/s)",
@@ -241,6 +283,8 @@ class _RateGuard(tornado.httputil.HTTPMessageDelegate):
             self.conn.close()
             return
         self.due = now + min(5.0, server.body_grace_s)
+        if server.body_timeout is not None:
+            self.due = min(self.due, self.started + server.body_timeout)
 
     def _stop(self) -> None:
         if self.watched:
