@@ -57,6 +57,11 @@ class JobStatusHandler(WooeyHandler):
                 status = await self._status(principal, job_id)
         self.send_text(status_json(status.state, status.exit_code, status.state_reason))
 
+    def compute_etag(self) -> str | None:
+        """No ETag: Tornado hashes every GET's body for one, and a status answer is
+        ``Cache-Control: no-store`` (never revalidated) and the hottest request."""
+        return None
+
     async def _status(self, principal: Principal, job_id: str) -> JobStatus:
         """The job's status: read on the loop where the store allows (SQLite), which
         costs less than the hop to a worker thread; else in a worker."""
