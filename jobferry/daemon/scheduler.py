@@ -14,8 +14,8 @@ the node's remaining cores, memory and GPUs, and the head job is reserved (see
 ``transitions.claim_next_job``) so large jobs do not starve; Slurm jobs use no
 node resources (what jobs hold and what is left: ``daemon.resources``). A runner
 that reports itself unavailable (engine or controller down) pauses claims for its
-destinations with back-off; its jobs stay queued and the outage is logged once. A
-job's end is learned from ``Runner.wait`` or, first, from its wrapper's callback
+destinations with back-off (``daemon.pauses``); its jobs stay queued and the outage
+is logged once. A job's end is learned from ``Runner.wait`` or, first, from its wrapper's callback
 (``job_callback``), whichever comes first (``daemon.endings``).
 
 Claim rounds happen only when they can find something: after a submission
@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
 from jobferry.daemon.endings import follow_to_end
 from jobferry.daemon.logcontext import job_context, job_task
+from jobferry.daemon.pauses import Pauses
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
 from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
@@ -68,8 +69,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
-#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
-MAX_PAUSE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,8 @@ class Scheduler:
         self._in_round = False
         self._closed = False
         self._starting: set[asyncio.Task[RunHandle | None]] = set()
-        # runner -> (loop time before which no claims, current back-off) while unavailable
-        self._paused: dict[str, tuple[float, float]] = {}
+        #: Runners that reported themselves unavailable: no claims for a while.
+        self._paused = Pauses()
         self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
@@ -223,7 +222,7 @@ class Scheduler:
             runner = dest.runner
             if runner not in self.runners or self._free(runner) <= 0:
                 continue
-            if self._paused.get(runner, (0.0, 0.0))[0] > now:
+            if self._paused.until(runner) > now:
                 continue
             (node if runner in NODE_RUNNERS else cluster).append(name)
         return node, cluster
@@ -272,7 +271,7 @@ class Scheduler:
                 continue  # there are more queued
             # Jittered, so that nodes polling one store do not fall into step.
             timeout = TICK_S * random.uniform(0.8, 1.2)
-            for until, _ in self._paused.values():
+            for until in self._paused.ends():
                 if until > now:
                     timeout = min(timeout, until - now)
             await self._sleep(timeout)
@@ -299,19 +298,6 @@ class Scheduler:
             return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
         state = self._record(claimed, handle)  # in this call too: one hop less per job
         return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
-
-    def _pause(self, runner: str, message: str) -> None:
-        """Back off claims for *runner* (unavailable); log once per outage."""
-        loop = asyncio.get_running_loop()
-        _, backoff = self._paused.get(runner, (0.0, 0.0))
-        if not backoff:
-            logger.error("runner %s is unavailable; its jobs stay queued: %s", runner, message)
-        backoff = min(MAX_PAUSE_S, backoff * 2 if backoff else 1.0)
-        self._paused[runner] = (loop.time() + backoff, backoff)
-
-    def _resume(self, runner: str) -> None:
-        if self._paused.pop(runner, None) is not None:
-            logger.warning("runner %s is available again", runner)
 
     def _start(self, start: StartingJob) -> None:
         claimed = start.claimed  # its task's lines are about it (``daemon.logcontext``)
@@ -371,7 +357,7 @@ class Scheduler:
             else:
                 handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
-            self._pause(runner.name, exc.message)
+            self._paused.pause(runner.name, asyncio.get_running_loop().time(), exc.message)
             extra = job_context(claimed, self.core.node_name)
             logger.info("job %s stays queued: %s", claimed.job_id, exc.message, extra=extra)
             await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
@@ -382,7 +368,7 @@ class Scheduler:
             logger.warning("job %s could not start: %s", claimed.job_id, message, extra=extra)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
-        self._resume(runner.name)
+        self._paused.resume(runner.name)
         if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
             if state == "gone":  # not this attempt's (on this node) any more
                 await self._guard(self.core.call(runner.stop_stale, handle))
