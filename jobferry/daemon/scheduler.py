@@ -27,7 +27,9 @@ competes with it for the CPU while it starts and ends.
 
 For runners that start jobs quickly (``Runner.quick_submit``: the local runner),
 the claim, the spawn and storing the handle are one executor call, so a job is
-spawned the moment its claim commits, without a round trip through the event loop.
+spawned the moment its claim commits (``daemon.claims``). While jobs wait, that
+call is chained to the end of the job whose slot it takes (``_chain``): a round of
+its own, in the end's executor call.
 
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
@@ -42,18 +44,21 @@ while this node was declared dead) are ``daemon.recovery``'s, through ``watch``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Any
 
-from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
-from jobferry.daemon.endings import follow_to_end
+from jobferry.daemon.claims import Claimed, Claims
+from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob, direct_destinations
+from jobferry.daemon.endings import Then, follow_to_end
 from jobferry.daemon.logcontext import job_context, job_task
 from jobferry.daemon.pauses import Pauses
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
-from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
+from jobferry.errors import JobferryError, RunnerUnavailableError
 from jobferry.runners.base import RunHandle, Runner
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
@@ -69,15 +74,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    """One claim of a round (``Scheduler._claim``): the job to start (None: nothing
-    claimed) and whether queued jobs may still wait (``Claim.backlog``)."""
-
-    start: StartingJob | None
-    backlog: bool
 
 
 class Scheduler:
@@ -97,6 +93,8 @@ class Scheduler:
         #: The attempt followed for each job in ``running`` (with its handle once known).
         self._claims: dict[str, ClaimedJob] = {}
         self._use: dict[str, HeldResources] = {}
+        #: The blocking side of claims and starts (worker threads).
+        self.claims = Claims(execution, runners, core.node_name)
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
         #: Set by ``wake`` (and a freed slot with a backlog) until the next round begins.
@@ -109,14 +107,17 @@ class Scheduler:
             runners=runners,
             spec=execution.spec,
             node=core.node_name,
-            record=self._record,
+            record=self.claims.record,
             take_over=self.take_over,
             drained=lambda: self.drained,
             wake=self.wake,
         )
         self._in_round = False
         self._closed = False
-        self._starting: set[asyncio.Task[RunHandle | None]] = set()
+        #: Starts in progress (and chained claims): a stop lets them store their handles.
+        self._starting: set[asyncio.Future[Any]] = set()
+        #: Done when the claim chained to a job's end (``_chain``) is back on the loop.
+        self._chained: asyncio.Future[None] | None = None
         #: Runners that reported themselves unavailable: no claims for a while.
         self._paused = Pauses()
         self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
@@ -132,8 +133,9 @@ class Scheduler:
             self._rouse()
 
     def _slot_freed(self) -> None:
-        """A job ended: claim again only if jobs may be waiting."""
-        if self._backlog:
+        """A job ended: claim again only if jobs may be waiting and a round could claim
+        (a claim chained to the end may have taken the slot already)."""
+        if self._backlog and any(self._claimable(asyncio.get_running_loop().time())):
             self._rouse()
         self._publish()
 
@@ -169,13 +171,7 @@ class Scheduler:
         if self._backlog or self.drained or self._closed or self._in_round:
             self.direct.publish(None)
             return
-        destinations: dict[str, str] = {}
-        for name, dest in self.core.config.destinations.items():
-            runner = self.runners.get(dest.runner)
-            if runner is None or not runner.quick_submit or dest.runner in self._paused:
-                continue
-            if dest.staging == "shared" and not dest.max_concurrent:
-                destinations[name] = dest.runner
+        destinations = direct_destinations(self.core.config, self.runners, self._paused)
         if not destinations:
             self.direct.publish(None)
             return
@@ -241,6 +237,8 @@ class Scheduler:
 
     async def _rounds(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            while self._chained is not None:  # a chained claim is a round of its own
+                await asyncio.wait({self._chained})
             self._woken = False
             self._in_round = True
             self.direct.publish(None)  # what this round hands out is not on offer meanwhile
@@ -254,7 +252,7 @@ class Scheduler:
                 if not destinations:
                     continue
                 try:
-                    got = await self.core.call(self._claim, destinations, fit)
+                    got = await self.core.call(self.claims.claim, destinations, fit)
                 except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
                     backlog = True
@@ -283,21 +281,54 @@ class Scheduler:
             for name, dest in self.core.config.destinations.items()
         )
 
-    def _claim(self, destinations: list[str], fit: transitions.NodeResources | None) -> _Claimed:
-        """Blocking: claim a job; spawn it at once if its runner starts jobs quickly."""
-        claim = self.execution.claim_next(destinations, fit)
-        claimed = claim.job
-        if claimed is None:
-            return _Claimed(None, claim.backlog)
-        runner = self.runners[claimed.runner]
-        if not runner.quick_submit:
-            return _Claimed(StartingJob(claimed), claim.backlog)
+    def _chain(self, ending: ClaimedJob) -> Then | None:
+        """On the loop, right before *ending*'s end is recorded: the claim of the next
+        job into its slot, to run in the same executor call (None: not now; the freed
+        slot rouses a round as usual). A round of its own (``daemon.claims``)."""
+        runner = self.runners.get(ending.runner)
+        if runner is None or not runner.quick_submit or ending.runner not in NODE_RUNNERS:
+            return None
+        if not self._backlog or self.drained or self._closed or self._in_round:
+            return None
+        self.direct.publish(None)  # none while jobs wait; and the fit counts reservations
+        held = self._use.pop(ending.job_id, None)  # free once its end is recorded
+        node, _ = self._claimable(asyncio.get_running_loop().time())
+        fit = self._fit()
+        if held is not None:
+            self._use[ending.job_id] = held
+        if not node:
+            return None
+        self._in_round = True  # no offer and no other round until it is back
+        chained = asyncio.get_running_loop().create_future()
+        self._chained = chained
+        self._starting.add(chained)  # a stop waits for it, like any start in progress
+        done = functools.partial(self._chain_done, node, chained)
+        return Then(functools.partial(self.claims.claim, node, fit), done)
+
+    def _chain_done(
+        self,
+        destinations: list[str],
+        chained: asyncio.Future[None],
+        got: Claimed | None,
+        error: BaseException | None,
+    ) -> None:
+        """A chained claim is back: follow what it started, as a round would."""
         try:
-            handle = runner.submit(claimed.spec)
-        except Exception as exc:  # handled on the loop, like a failed start in _begin
-            return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
-        state = self._record(claimed, handle)  # in this call too: one hop less per job
-        return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
+            if error is not None:
+                logger.error("claiming jobs failed: %s", error)
+            if got is None:  # failed, or not run (the end was not recorded)
+                self._backlog = True
+                self._rouse()  # let a round claim (after the usual end's bookkeeping)
+                return
+            if got.start is not None:
+                self._start(got.start)
+            self._backlog = got.backlog or self.drained or self._unclaimable(destinations)
+        finally:
+            self._in_round = False
+            self._chained = None
+            self._starting.discard(chained)
+            chained.set_result(None)
+            self._publish()
 
     def _start(self, start: StartingJob) -> None:
         claimed = start.claimed  # its task's lines are about it (``daemon.logcontext``)
@@ -353,9 +384,9 @@ class Scheduler:
             if start.handle is not None:  # spawned, and its handle stored unless state is None
                 handle, state = start.handle, start.state
                 if state is None:
-                    state = await self.core.call(self._record, claimed, handle)
+                    state = await self.core.call(self.claims.record, claimed, handle)
             else:
-                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
+                handle, state = await self.core.call(self.claims.spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
             self._paused.pause(runner.name, asyncio.get_running_loop().time(), exc.message)
             extra = job_context(claimed, self.core.node_name)
@@ -376,29 +407,13 @@ class Scheduler:
                 await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
         return handle
 
-    def _spawn_and_record(self, runner: Runner, claimed: ClaimedJob) -> tuple[RunHandle, str]:
-        """Blocking: start the job, then store its handle; (handle, the job's state)."""
-        handle = runner.submit(claimed.spec)
-        return handle, self._record(claimed, handle)
-
-    def _record(self, claimed: ClaimedJob, handle: RunHandle) -> str:
-        """Blocking: store a started job's handle; the job's state ("gone": no longer ours)."""
-        try:
-            return self.execution.record_handle(claimed, handle)
-        except ConflictError:
-            return "gone"
-        except Exception:
-            # Follow it anyway: its end is recorded by attempt, not by handle.
-            extra = job_context(claimed, self.core.node_name)
-            logger.exception("job %s: storing its handle failed", claimed.job_id, extra=extra)
-            return JobState.RUNNING.value
-
     async def _follow(self, claimed: ClaimedJob) -> None:
         """Until its end is recorded (``daemon.endings``); then its slot is free."""
         elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Future())
         try:
             runner = self.runners[claimed.runner]
-            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
+            chain = functools.partial(self._chain, claimed)
+            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere, chain)
         finally:
             self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed)
