@@ -1,10 +1,11 @@
 """A running job's end: learned, recorded (never given up while the daemon runs),
 and cleaned up after.
 
-``follow_to_end`` waits for the first of the job's runner (``Runner.wait``) and
-its wrapper's callback (which records the end itself and says so), then records
-what the runner said and lets the runner release what it holds for the job (one
-executor call: ``record_end``), and tells the core (``Core.job_changed``). The
+``follow_to_end`` waits for the first of the job's runner (``Runner.wait_ended``)
+and its wrapper's callback (which records the end itself and says so), then records
+what the runner says (its final ``poll`` too, when ``wait_ended`` left it to us) and
+lets the runner release what it holds for the job (one executor call:
+``record_end``), and tells the core (``Core.job_changed``). The
 scheduler runs it as one task per job it follows, and frees the job's slot when it
 returns.
 
@@ -90,7 +91,7 @@ async def follow_to_end(
         if claimed.state == JobState.DELETING.value:
             # Re-attached while being cancelled: the kill may never have happened.
             await _cancel(core, runner, claimed, context)
-        waiting = asyncio.ensure_future(runner.wait(claimed.handle))
+        waiting = asyncio.ensure_future(runner.wait_ended(claimed.handle))
         first: set[asyncio.Future[Any]] = {waiting, told}
         try:  # *told* is a plain future: no task of its own to make and cancel per job
             await asyncio.wait(first, return_when="FIRST_COMPLETED")
@@ -100,9 +101,13 @@ async def follow_to_end(
         ended: JobEnd | None = None
         cleaned = False
         if waiting.done() and not waiting.cancelled():
-            status = waiting.result()
+            status = waiting.result()  # None: the end's own call polls for it
             try:
-                ended = await record_end(core, execution, claimed, status, runner, chain)
+                try:
+                    ended = await record_end(core, execution, claimed, status, runner, chain)
+                except _NotEnded:  # not expected once the runner said it ended
+                    status = await runner.wait(claimed.handle)
+                    ended = await record_end(core, execution, claimed, status, runner, chain)
                 cleaned = True  # in the same call (record_end)
                 logger.debug("job %s ended %s", claimed.job_id, ended.state, extra=context)
             except ConflictError as exc:  # e.g. a callback recorded the end first
@@ -131,17 +136,21 @@ async def _cancel(core: Core, runner: Runner, claimed: ClaimedJob, context: dict
         logger.exception("unexpected error", extra=context)
 
 
+class _NotEnded(Exception):
+    """The runner's final ``poll`` did not find the job ended (or failed)."""
+
+
 async def record_end(
     core: Core,
     execution: ExecutionService,
     claimed: ClaimedJob,
-    status: RunStatus,
+    status: RunStatus | None,
     runner: Runner | None = None,
     chain: Chain | None = None,
 ) -> JobEnd:
-    """Record *claimed*'s end (*status*); return it as recorded. With *runner*, its
-    ``cleanup`` of the job follows once the end is recorded; with *chain*, what it
-    gives (``Then``) runs after that.
+    """Record *claimed*'s end (*status*; None: *runner*'s ``poll`` says it, in the same
+    call); return it as recorded. With *runner*, its ``cleanup`` of the job follows
+    once the end is recorded; with *chain*, what it gives (``Then``) runs after that.
 
     Each attempt is one executor call: the end is collected (the first time only),
     recorded, cleaned up after and the chained work done in the same call (hops
@@ -163,7 +172,7 @@ async def record_end(
                 end = await core.call(_record, execution, claimed, status, collected, runner)
             else:
                 end = await _record_then(core, execution, claimed, status, collected, runner, then)
-        except (ConflictError, asyncio.CancelledError):
+        except (ConflictError, _NotEnded, asyncio.CancelledError):
             raise
         except Exception as exc:
             failures += 1
@@ -190,7 +199,7 @@ async def _record_then(
     core: Core,
     execution: ExecutionService,
     claimed: ClaimedJob,
-    status: RunStatus,
+    status: RunStatus | None,
     collected: list[Ending],
     runner: Runner | None,
     then: Then,
@@ -214,7 +223,7 @@ async def _record_then(
 def _record_and_run(
     execution: ExecutionService,
     claimed: ClaimedJob,
-    status: RunStatus,
+    status: RunStatus | None,
     collected: list[Ending],
     runner: Runner | None,
     run: Callable[[], Any],
@@ -231,13 +240,26 @@ def _record_and_run(
 def _record(
     execution: ExecutionService,
     claimed: ClaimedJob,
-    status: RunStatus,
+    status: RunStatus | None,
     collected: list[Ending],
     runner: Runner | None,
 ) -> JobEnd:
     """Blocking: one attempt at recording the end (collected into *collected* first,
-    if it is empty), then the runner's cleanup."""
+    if it is empty, after the runner's final poll if *status* is None), then the
+    runner's cleanup.
+
+    Raises:
+        _NotEnded: the final poll did not find the job ended (or it failed).
+    """
     if not collected:
+        if status is None:
+            assert runner is not None and claimed.handle is not None
+            try:
+                status = runner.poll(claimed.handle)
+            except Exception as exc:  # the caller's ``wait`` tries again (and says why)
+                raise _NotEnded() from exc
+            if not status.is_final:
+                raise _NotEnded()
         collected.append(execution.collect_end(claimed, status))
     end = execution.record_end(claimed, collected[0])
     if runner is not None and claimed.handle is not None:

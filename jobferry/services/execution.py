@@ -246,10 +246,11 @@ class ExecutionService:
         often recording is retried) and whether the job's disk was full (the wrapper
         could not write its result at first, or hardly any space is left now)."""
         spec = claimed.spec
-        result = read_result(spec.result_path)
-        disk_full = (result is not None and result.disk_full) or no_space_left(
-            Path(spec.job_dir or spec.workdir)
-        )
+        disk_full = status.disk_full  # the runner read the result file already
+        if disk_full is None:
+            result = read_result(spec.result_path)
+            disk_full = result is not None and result.disk_full
+        disk_full = disk_full or no_space_left(Path(spec.job_dir or spec.workdir))
         metrics = {
             "wall_s": status.metrics.wall_s,
             "cpu_user_s": status.metrics.cpu_user_s,
