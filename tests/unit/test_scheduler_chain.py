@@ -6,6 +6,7 @@ start every job exactly once, and survive a daemon stop in the middle."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from jobferry.runners.fake import FakeRunner
 from jobferry.services.core import Core
 from jobferry.services.execution import Claim
 from jobferry.store.models import JobState
+from tests.unit.test_nodes import job as state
 from tests.unit.test_scheduler import (
     CountingExecution,
     Running,
@@ -26,7 +28,6 @@ from tests.unit.test_scheduler import (
     scheduling,
     until,
 )
-from tests.unit.test_nodes import job as state
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -34,6 +35,10 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 def queued_in_order(core: Core, count: int, **values: Any) -> list[str]:  # noqa: F811
     """*count* queued jobs, oldest first (claims take them in this order)."""
     return [queue(core, created_at=START + timedelta(seconds=i), **values) for i in range(count)]
+
+
+def ended_ok(core: Core, job_id: str) -> bool:  # noqa: F811
+    return state(core, job_id).state == JobState.OK.value
 
 
 def count_chains(run: Running) -> list[Claimed | None]:
@@ -80,7 +85,7 @@ def test_burst__each_end_claims_the_next_job_in_order_and_starts_each_once(
             oldest = running[0]
             runner.finish(oldest)
             finished.append(oldest)
-            await until(lambda: state(core, oldest).state == JobState.OK.value)
+            await until(functools.partial(ended_ok, core, oldest))
         await until(lambda: not run.scheduler.running)
         submits = [job_id for method, job_id in runner.calls if method == "submit"]
         assert submits == jobs  # the claims' order, each job started once
