@@ -289,7 +289,7 @@ class Scheduler:
         if runner is None or not runner.quick_submit or ending.runner not in NODE_RUNNERS:
             return None
         if not self._backlog or self.drained or self._closed or self._in_round:
-            return None
+            return None  # nothing waits, or no claim may be made now
         self.direct.publish(None)  # none while jobs wait; and the fit counts reservations
         held = self._use.pop(ending.job_id, None)  # free once its end is recorded
         node, _ = self._claimable(asyncio.get_running_loop().time())
@@ -299,10 +299,9 @@ class Scheduler:
         if not node:
             return None
         self._in_round = True  # no offer and no other round until it is back
-        chained = asyncio.get_running_loop().create_future()
-        self._chained = chained
-        self._starting.add(chained)  # a stop waits for it, like any start in progress
-        done = functools.partial(self._chain_done, node, chained)
+        self._chained = asyncio.get_running_loop().create_future()
+        self._starting.add(self._chained)  # a stop waits for it, like a start in progress
+        done = functools.partial(self._chain_done, node, self._chained)
         return Then(functools.partial(self.claims.claim, node, fit), done)
 
     def _chain_done(
@@ -356,11 +355,14 @@ class Scheduler:
     async def _launch(self, start: StartingJob) -> None:
         claimed = start.claimed
         try:
-            # Shielded: cancelling this task (daemon stop) must not lose a started process.
-            begin = asyncio.ensure_future(self._begin(start))
-            self._starting.add(begin)
-            begin.add_done_callback(self._starting.discard)
-            handle = await asyncio.shield(begin)
+            if start.handle is not None and start.state == JobState.RUNNING.value:
+                handle: RunHandle | None = start.handle  # started and stored: nothing to await
+                self._paused.resume(self.runners[claimed.runner].name)
+            else:  # shielded: cancelling this task (a stop) must not lose a started process
+                begin = asyncio.ensure_future(self._begin(start))
+                self._starting.add(begin)
+                begin.add_done_callback(self._starting.discard)
+                handle = await asyncio.shield(begin)
             if handle is not None:
                 current = self._claims.get(claimed.job_id)
                 claimed = replace(claimed, handle=handle)

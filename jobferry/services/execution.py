@@ -250,14 +250,14 @@ class ExecutionService:
         if disk_full is None:
             result = read_result(spec.result_path)
             disk_full = result is not None and result.disk_full
-        disk_full = disk_full or no_space_left(Path(spec.job_dir or spec.workdir))
+        disk_full = disk_full or no_space_left(spec.job_dir or spec.workdir)
         metrics = {
             "wall_s": status.metrics.wall_s,
             "cpu_user_s": status.metrics.cpu_user_s,
             "cpu_sys_s": status.metrics.cpu_sys_s,
             "peak_rss_kb": status.metrics.peak_rss_kb,
         }
-        return Ending(status, scan_outputs(Path(spec.workdir)), disk_full, metrics)
+        return Ending(status, scan_outputs(spec.workdir), disk_full, metrics)
 
     def record_end(self, claimed: ClaimedJob, ending: Ending) -> JobEnd:
         """Record a collected end. The state is read and written in one transaction (a
