@@ -118,8 +118,7 @@ class Scheduler:
         self._starting: set[asyncio.Future[Any]] = set()
         #: Done when the claim chained to a job's end (``_chain``) is back on the loop.
         self._chained: asyncio.Future[None] | None = None
-        #: Runners that reported themselves unavailable: no claims for a while.
-        self._paused = Pauses()
+        self._paused = Pauses()  # runners that said they are unavailable: no claims a while
         self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
@@ -134,8 +133,9 @@ class Scheduler:
 
     def _slot_freed(self) -> None:
         """A job ended: claim again only if jobs may be waiting and a round could claim
-        (a claim chained to the end may have taken the slot already)."""
-        if self._backlog and any(self._claimable(asyncio.get_running_loop().time())):
+        (a claim chained to the end may have taken the slot; a pause sets the timeout)."""
+        now = asyncio.get_running_loop().time()
+        if self._backlog and (any(self._claimable(now)) or self._paused.ends()):
             self._rouse()
         self._publish()
 
