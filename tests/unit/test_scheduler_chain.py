@@ -1,7 +1,9 @@
 """The claim chained to a job's end (``Scheduler._chain``): while jobs wait, the end
 is recorded and the next job claimed, spawned and its handle stored in one executor
 call. It must hand out no slot twice, keep the node's fit and the claims' order,
-start every job exactly once, and survive a daemon stop in the middle."""
+start every job exactly once, and survive a daemon stop (or the ending job's task
+being cancelled) in the middle. And the end's own call polls the runner only for a
+job that has ended."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from jobferry.daemon.claims import Claimed
+from jobferry.runners.base import RunHandle, RunState, RunStatus
 from jobferry.runners.fake import FakeRunner
 from jobferry.services.core import Core
 from jobferry.services.execution import Claim
@@ -175,5 +178,66 @@ def test_stop_during_a_chained_claim__waits_for_it_and_its_job_keeps_its_handle(
         assert row.state == JobState.RUNNING.value and row.handle is not None
         assert [j for m, j in runner.calls if m == "submit"] == [first, second]
         assert not run.scheduler.running  # nothing left followed (or pending) here
+
+    asyncio.run(main())
+
+
+class EndsEarly(FakeRunner):
+    """Says a job ended (``wait_ended`` gives None: "poll now") before it has: the
+    end's own call must not record a running job, but wait for its true end."""
+
+    async def wait_ended(self, handle: RunHandle) -> RunStatus | None:
+        return None
+
+
+def test_end_call_polling_a_job_still_running__waits_for_its_true_end(
+    core: Core,  # noqa: F811
+) -> None:
+    runner = EndsEarly(default=None, quick_submit=True)
+    job_id = queue(core)
+
+    async def body(run: Running) -> None:
+        run.scheduler.wake()
+        await until(lambda: runner.running == [job_id])
+        await asyncio.sleep(0.3)
+        assert state(core, job_id).state == JobState.RUNNING.value  # not ended by the poll
+        runner.finish(job_id, RunStatus(RunState.EXITED, exit_code=5))
+        await until(lambda: state(core, job_id).state == JobState.ERROR.value)
+        assert state(core, job_id).exit_code == 5
+
+    scheduling(core, runner, body)
+
+
+def test_job_taken_over_while_its_end_claims__the_claimed_job_is_still_followed(
+    core: Core,  # noqa: F811
+) -> None:
+    runner = FakeRunner(default=None, quick_submit=True)
+    first, second = queued_in_order(core, 2)
+
+    async def main() -> None:
+        run = Running(core, runner, 1)
+        execution = HeldClaims(core)
+        run.scheduler.execution = execution
+        run.scheduler.claims.execution = execution
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(run.scheduler.run(stop))
+        try:
+            run.scheduler.wake()
+            await until(lambda: runner.running == [first])
+            execution.hold.set()
+            runner.finish(first)
+            await until(execution.held.is_set)  # its end recorded, the claim in flight
+            # Its task is cancelled meanwhile (as when another node takes the job over).
+            run.scheduler.drop(run.scheduler.followed()[first], kill=False)
+            execution.hold.clear()
+            execution.go.set()
+            await until(lambda: second in run.scheduler.running)  # followed all the same
+            runner.finish(second)
+            await until(lambda: state(core, second).state == JobState.OK.value)
+            await until(lambda: not run.scheduler.running)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+            await run.scheduler.detach()
 
     asyncio.run(main())
