@@ -15,8 +15,8 @@ the node's remaining cores, memory and GPUs, and the head job is reserved (see
 node resources (what jobs hold and what is left: ``daemon.resources``). A runner
 that reports itself unavailable (engine or controller down) pauses claims for its
 destinations with back-off (``daemon.pauses``); its jobs stay queued and the outage
-is logged once. A job's end is learned from ``Runner.wait`` or, first, from its wrapper's callback
-(``job_callback``), whichever comes first (``daemon.endings``).
+is logged once. A job's end is learned from its runner (``Runner.wait_ended``) or
+its wrapper's callback (``job_callback``), whichever comes first (``daemon.endings``).
 
 Claim rounds happen only when they can find something: after a submission
 (``wake``), on the tick, or when a slot frees while jobs may be waiting (a claim
