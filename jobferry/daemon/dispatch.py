@@ -38,13 +38,30 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
+from jobferry.config import Config
 from jobferry.daemon.logcontext import job_scope
 from jobferry.runners.base import RunHandle, Runner, RunSpec
 from jobferry.services.execution import ClaimedJob
 from jobferry.store.models import Job
+
+
+def direct_destinations(
+    config: Config, runners: Mapping[str, Runner], paused: Container[str]
+) -> dict[str, str]:
+    """destination -> its runner, for the destinations whose jobs a submission may start
+    itself: a runner that starts jobs quickly and is not *paused*, shared disk, no
+    ``max_concurrent`` (counting it would take the store)."""
+    destinations: dict[str, str] = {}
+    for name, dest in config.destinations.items():
+        runner = runners.get(dest.runner)
+        if runner is None or not runner.quick_submit or dest.runner in paused:
+            continue
+        if dest.staging == "shared" and not dest.max_concurrent:
+            destinations[name] = dest.runner
+    return destinations
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,7 @@ class StartingJob:
     """A claimed job on its way to running; spawned already (``handle`` or ``error``
     set) when its runner has ``quick_submit`` (by the claim's own call, or by a
     direct start), and then its handle is stored too, in the same call: ``state`` is
-    the job's state as that store found it (``Scheduler._record``)."""
+    the job's state as that store found it (``daemon.claims.Claims.record``)."""
 
     claimed: ClaimedJob
     handle: RunHandle | None = None

@@ -14,9 +14,9 @@ the node's remaining cores, memory and GPUs, and the head job is reserved (see
 ``transitions.claim_next_job``) so large jobs do not starve; Slurm jobs use no
 node resources (what jobs hold and what is left: ``daemon.resources``). A runner
 that reports itself unavailable (engine or controller down) pauses claims for its
-destinations with back-off; its jobs stay queued and the outage is logged once. A
-job's end is learned from ``Runner.wait`` or, first, from its wrapper's callback
-(``job_callback``), whichever comes first (``daemon.endings``).
+destinations with back-off (``daemon.pauses``); its jobs stay queued and the outage
+is logged once. A job's end is learned from its runner (``Runner.wait_ended``) or
+its wrapper's callback (``job_callback``), whichever comes first (``daemon.endings``).
 
 Claim rounds happen only when they can find something: after a submission
 (``wake``), on the tick, or when a slot frees while jobs may be waiting (a claim
@@ -27,7 +27,9 @@ competes with it for the CPU while it starts and ends.
 
 For runners that start jobs quickly (``Runner.quick_submit``: the local runner),
 the claim, the spawn and storing the handle are one executor call, so a job is
-spawned the moment its claim commits, without a round trip through the event loop.
+spawned the moment its claim commits (``daemon.claims``). While jobs wait, that
+call is chained to the end of the job whose slot it takes (``_chain``): a round of
+its own, in the end's executor call.
 
 Starting a job (spawn, then store its handle) is never cut in half by a daemon
 stop: ``detach`` lets starts in progress record their handles first, so the
@@ -42,17 +44,21 @@ while this node was declared dead) are ``daemon.recovery``'s, through ``watch``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Any
 
-from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob
-from jobferry.daemon.endings import follow_to_end
+from jobferry.daemon.claims import Claimed, Claims
+from jobferry.daemon.dispatch import DirectStart, SlotOffer, StartingJob, direct_destinations
+from jobferry.daemon.endings import Then, follow_to_end
 from jobferry.daemon.logcontext import job_context, job_task
+from jobferry.daemon.pauses import Pauses
 from jobferry.daemon.recovery import Recovery
 from jobferry.daemon.resources import NODE_RUNNERS, HeldResources, node_fit
-from jobferry.errors import ConflictError, JobferryError, RunnerUnavailableError
+from jobferry.errors import JobferryError, RunnerUnavailableError
 from jobferry.runners.base import RunHandle, Runner
 from jobferry.services.core import Core
 from jobferry.services.execution import ClaimedJob, ExecutionService
@@ -68,17 +74,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 2.0
 #: How long a daemon stop waits for job starts in progress to record their handles.
 START_GRACE_S = 10.0
-#: Longest pause of a runner's claims after it reported itself unavailable, seconds.
-MAX_PAUSE_S = 30.0
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    """One claim of a round (``Scheduler._claim``): the job to start (None: nothing
-    claimed) and whether queued jobs may still wait (``Claim.backlog``)."""
-
-    start: StartingJob | None
-    backlog: bool
 
 
 class Scheduler:
@@ -98,6 +93,8 @@ class Scheduler:
         #: The attempt followed for each job in ``running`` (with its handle once known).
         self._claims: dict[str, ClaimedJob] = {}
         self._use: dict[str, HeldResources] = {}
+        #: The blocking side of claims and starts (worker threads).
+        self.claims = Claims(execution, runners, core.node_name)
         #: Set from the node's row (an admin drained it): claim nothing new.
         self.drained = False
         #: Set by ``wake`` (and a freed slot with a backlog) until the next round begins.
@@ -110,16 +107,18 @@ class Scheduler:
             runners=runners,
             spec=execution.spec,
             node=core.node_name,
-            record=self._record,
+            record=self.claims.record,
             take_over=self.take_over,
             drained=lambda: self.drained,
             wake=self.wake,
         )
         self._in_round = False
         self._closed = False
-        self._starting: set[asyncio.Task[RunHandle | None]] = set()
-        # runner -> (loop time before which no claims, current back-off) while unavailable
-        self._paused: dict[str, tuple[float, float]] = {}
+        #: Starts in progress (and chained claims): a stop lets them store their handles.
+        self._starting: set[asyncio.Future[Any]] = set()
+        #: Done when the claim chained to a job's end (``_chain``) is back on the loop.
+        self._chained: asyncio.Future[None] | None = None
+        self._paused = Pauses()  # runners that said they are unavailable: no claims a while
         self._finished_elsewhere: dict[str, asyncio.Future[None]] = {}  # see job_callback
         self._stopping: set[asyncio.Future[None]] = set()
         #: Jobs followed without a claim: re-attached at start, adopted, or lost.
@@ -133,8 +132,10 @@ class Scheduler:
             self._rouse()
 
     def _slot_freed(self) -> None:
-        """A job ended: claim again only if jobs may be waiting."""
-        if self._backlog:
+        """A job ended: claim again only if jobs may be waiting and a round could claim
+        (a claim chained to the end may have taken the slot; a pause sets the timeout)."""
+        now = asyncio.get_running_loop().time()
+        if self._backlog and (any(self._claimable(now)) or self._paused.ends()):
             self._rouse()
         self._publish()
 
@@ -170,13 +171,7 @@ class Scheduler:
         if self._backlog or self.drained or self._closed or self._in_round:
             self.direct.publish(None)
             return
-        destinations: dict[str, str] = {}
-        for name, dest in self.core.config.destinations.items():
-            runner = self.runners.get(dest.runner)
-            if runner is None or not runner.quick_submit or dest.runner in self._paused:
-                continue
-            if dest.staging == "shared" and not dest.max_concurrent:
-                destinations[name] = dest.runner
+        destinations = direct_destinations(self.core.config, self.runners, self._paused)
         if not destinations:
             self.direct.publish(None)
             return
@@ -223,7 +218,7 @@ class Scheduler:
             runner = dest.runner
             if runner not in self.runners or self._free(runner) <= 0:
                 continue
-            if self._paused.get(runner, (0.0, 0.0))[0] > now:
+            if self._paused.until(runner) > now:
                 continue
             (node if runner in NODE_RUNNERS else cluster).append(name)
         return node, cluster
@@ -242,6 +237,8 @@ class Scheduler:
 
     async def _rounds(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            while self._chained is not None:  # a chained claim is a round of its own
+                await asyncio.wait({self._chained})
             self._woken = False
             self._in_round = True
             self.direct.publish(None)  # what this round hands out is not on offer meanwhile
@@ -255,7 +252,7 @@ class Scheduler:
                 if not destinations:
                     continue
                 try:
-                    got = await self.core.call(self._claim, destinations, fit)
+                    got = await self.core.call(self.claims.claim, destinations, fit)
                 except Exception as exc:  # the store may be busy or down: retry on the tick
                     logger.error("claiming jobs failed: %s", exc)
                     backlog = True
@@ -272,7 +269,7 @@ class Scheduler:
                 continue  # there are more queued
             # Jittered, so that nodes polling one store do not fall into step.
             timeout = TICK_S * random.uniform(0.8, 1.2)
-            for until, _ in self._paused.values():
+            for until in self._paused.ends():
                 if until > now:
                     timeout = min(timeout, until - now)
             await self._sleep(timeout)
@@ -284,34 +281,53 @@ class Scheduler:
             for name, dest in self.core.config.destinations.items()
         )
 
-    def _claim(self, destinations: list[str], fit: transitions.NodeResources | None) -> _Claimed:
-        """Blocking: claim a job; spawn it at once if its runner starts jobs quickly."""
-        claim = self.execution.claim_next(destinations, fit)
-        claimed = claim.job
-        if claimed is None:
-            return _Claimed(None, claim.backlog)
-        runner = self.runners[claimed.runner]
-        if not runner.quick_submit:
-            return _Claimed(StartingJob(claimed), claim.backlog)
+    def _chain(self, ending: ClaimedJob) -> Then | None:
+        """On the loop, right before *ending*'s end is recorded: the claim of the next
+        job into its slot, to run in the same executor call (None: not now; the freed
+        slot rouses a round as usual). A round of its own (``daemon.claims``)."""
+        runner = self.runners.get(ending.runner)
+        if runner is None or not runner.quick_submit or ending.runner not in NODE_RUNNERS:
+            return None
+        if not self._backlog or self.drained or self._closed or self._in_round:
+            return None  # nothing waits, or no claim may be made now
+        self.direct.publish(None)  # none while jobs wait; and the fit counts reservations
+        held = self._use.pop(ending.job_id, None)  # free once its end is recorded
+        node, _ = self._claimable(asyncio.get_running_loop().time())
+        fit = self._fit()
+        if held is not None:
+            self._use[ending.job_id] = held
+        if not node:
+            return None
+        self._in_round = True  # no offer and no other round until it is back
+        self._chained = asyncio.get_running_loop().create_future()
+        self._starting.add(self._chained)  # a stop waits for it, like a start in progress
+        done = functools.partial(self._chain_done, node, self._chained)
+        return Then(functools.partial(self.claims.claim, node, fit), done)
+
+    def _chain_done(
+        self,
+        destinations: list[str],
+        chained: asyncio.Future[None],
+        got: Claimed | None,
+        error: BaseException | None,
+    ) -> None:
+        """A chained claim is back: follow what it started, as a round would."""
         try:
-            handle = runner.submit(claimed.spec)
-        except Exception as exc:  # handled on the loop, like a failed start in _begin
-            return _Claimed(StartingJob(claimed, error=exc), claim.backlog)
-        state = self._record(claimed, handle)  # in this call too: one hop less per job
-        return _Claimed(StartingJob(claimed, handle, state=state), claim.backlog)
-
-    def _pause(self, runner: str, message: str) -> None:
-        """Back off claims for *runner* (unavailable); log once per outage."""
-        loop = asyncio.get_running_loop()
-        _, backoff = self._paused.get(runner, (0.0, 0.0))
-        if not backoff:
-            logger.error("runner %s is unavailable; its jobs stay queued: %s", runner, message)
-        backoff = min(MAX_PAUSE_S, backoff * 2 if backoff else 1.0)
-        self._paused[runner] = (loop.time() + backoff, backoff)
-
-    def _resume(self, runner: str) -> None:
-        if self._paused.pop(runner, None) is not None:
-            logger.warning("runner %s is available again", runner)
+            if error is not None:
+                logger.error("claiming jobs failed: %s", error)
+            if got is None:  # failed, or not run (the end was not recorded)
+                self._backlog = True
+                self._rouse()  # let a round claim (after the usual end's bookkeeping)
+                return
+            if got.start is not None:
+                self._start(got.start)
+            self._backlog = got.backlog or self.drained or self._unclaimable(destinations)
+        finally:
+            self._in_round = False
+            self._chained = None
+            self._starting.discard(chained)
+            chained.set_result(None)
+            self._publish()
 
     def _start(self, start: StartingJob) -> None:
         claimed = start.claimed  # its task's lines are about it (``daemon.logcontext``)
@@ -339,11 +355,14 @@ class Scheduler:
     async def _launch(self, start: StartingJob) -> None:
         claimed = start.claimed
         try:
-            # Shielded: cancelling this task (daemon stop) must not lose a started process.
-            begin = asyncio.ensure_future(self._begin(start))
-            self._starting.add(begin)
-            begin.add_done_callback(self._starting.discard)
-            handle = await asyncio.shield(begin)
+            if start.handle is not None and start.state == JobState.RUNNING.value:
+                handle: RunHandle | None = start.handle  # started and stored: nothing to await
+                self._paused.resume(self.runners[claimed.runner].name)
+            else:  # shielded: cancelling this task (a stop) must not lose a started process
+                begin = asyncio.ensure_future(self._begin(start))
+                self._starting.add(begin)
+                begin.add_done_callback(self._starting.discard)
+                handle = await asyncio.shield(begin)
             if handle is not None:
                 current = self._claims.get(claimed.job_id)
                 claimed = replace(claimed, handle=handle)
@@ -367,11 +386,11 @@ class Scheduler:
             if start.handle is not None:  # spawned, and its handle stored unless state is None
                 handle, state = start.handle, start.state
                 if state is None:
-                    state = await self.core.call(self._record, claimed, handle)
+                    state = await self.core.call(self.claims.record, claimed, handle)
             else:
-                handle, state = await self.core.call(self._spawn_and_record, runner, claimed)
+                handle, state = await self.core.call(self.claims.spawn_and_record, runner, claimed)
         except RunnerUnavailableError as exc:
-            self._pause(runner.name, exc.message)
+            self._paused.pause(runner.name, asyncio.get_running_loop().time(), exc.message)
             extra = job_context(claimed, self.core.node_name)
             logger.info("job %s stays queued: %s", claimed.job_id, exc.message, extra=extra)
             await self._guard(self.core.call(self.execution.requeue, claimed, exc.message))
@@ -382,7 +401,7 @@ class Scheduler:
             logger.warning("job %s could not start: %s", claimed.job_id, message, extra=extra)
             await self._guard(self.core.call(self.execution.fail_to_start, claimed, message))
             return None
-        self._resume(runner.name)
+        self._paused.resume(runner.name)
         if state != JobState.RUNNING.value:  # cancelled (or ended by a callback) while starting
             if state == "gone":  # not this attempt's (on this node) any more
                 await self._guard(self.core.call(runner.stop_stale, handle))
@@ -390,29 +409,13 @@ class Scheduler:
                 await self._guard(self.core.call(runner.cancel, handle, "cancelled"))
         return handle
 
-    def _spawn_and_record(self, runner: Runner, claimed: ClaimedJob) -> tuple[RunHandle, str]:
-        """Blocking: start the job, then store its handle; (handle, the job's state)."""
-        handle = runner.submit(claimed.spec)
-        return handle, self._record(claimed, handle)
-
-    def _record(self, claimed: ClaimedJob, handle: RunHandle) -> str:
-        """Blocking: store a started job's handle; the job's state ("gone": no longer ours)."""
-        try:
-            return self.execution.record_handle(claimed, handle)
-        except ConflictError:
-            return "gone"
-        except Exception:
-            # Follow it anyway: its end is recorded by attempt, not by handle.
-            extra = job_context(claimed, self.core.node_name)
-            logger.exception("job %s: storing its handle failed", claimed.job_id, extra=extra)
-            return JobState.RUNNING.value
-
     async def _follow(self, claimed: ClaimedJob) -> None:
         """Until its end is recorded (``daemon.endings``); then its slot is free."""
         elsewhere = self._finished_elsewhere.setdefault(claimed.job_id, asyncio.Future())
         try:
             runner = self.runners[claimed.runner]
-            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere)
+            chain = functools.partial(self._chain, claimed)
+            await follow_to_end(self.core, self.execution, runner, claimed, elsewhere, chain)
         finally:
             self._finished_elsewhere.pop(claimed.job_id, None)
             self._done(claimed)

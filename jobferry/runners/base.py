@@ -5,8 +5,9 @@ cluster job), reports how it ends, stops it on request and re-attaches to it
 after a daemon restart. The scheduler decides what runs and when; runners never
 count resources or choose jobs.
 
-Methods are plain blocking calls, except ``wait`` which is a coroutine; the
-daemon calls the blocking ones through its executor, never on the event loop.
+Methods are plain blocking calls, except ``wait`` (and ``wait_ended``) which are
+coroutines; the daemon calls the blocking ones through its executor, never on the
+event loop.
 """
 
 from __future__ import annotations
@@ -243,6 +244,11 @@ class RunStatus:
     reason: str | None = None
     finished_at: float | None = None
     metrics: RunMetrics = RunMetrics()
+    #: Whether the job wrapper's result file says the disk was full when the job ended
+    #: (what it wrote may be cut short), for a runner that read that file to conclude
+    #: (the local runner): the end's collection need not read it again. None: not
+    #: read here, the caller reads the result file itself.
+    disk_full: bool | None = None
 
     @property
     def is_final(self) -> bool:
@@ -340,6 +346,15 @@ class Runner(abc.ABC):
                 return status
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def wait_ended(self, handle: RunHandle) -> RunStatus | None:
+        """``wait``, for a caller that polls in a worker thread anyway once the job has
+        ended (the daemon: in the one call that records the end): it may return None
+        instead of the final status, once the job has ended and ``poll`` says how. A
+        runner whose final status costs a blocking call overrides it (one round trip
+        between the event loop and the worker threads less per job). The default
+        returns ``wait``'s status."""
+        return await self.wait(handle)
 
     def close(self) -> None:  # noqa: B027
         """Release the runner's own resources at daemon shutdown (jobs keep running)."""

@@ -289,7 +289,8 @@ class LocalRunner(Runner):
                 cpu_sys_s=None if result is None else result.cpu_sys_s,
                 peak_rss_kb=sampled,
             )
-        status = RunStatus(state, exit_code, reason, finished_at, metrics)
+        disk_full = result is not None and result.disk_full  # no second read of the file
+        status = RunStatus(state, exit_code, reason, finished_at, metrics, disk_full)
         self._final[handle.external_id] = status
         logger.info(
             "job %s ended: %s exit=%s%s (process %s)",
@@ -337,6 +338,19 @@ class LocalRunner(Runner):
         Raises:
             RunnerError: the handle is malformed.
         """
+        status = await self.wait_ended(handle)
+        delay = 0.05
+        while status is None or not status.is_final:  # not expected once the pidfd fired
+            if status is not None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            status = await asyncio.get_running_loop().run_in_executor(None, self.poll, handle)
+        return status
+
+    async def wait_ended(self, handle: RunHandle) -> RunStatus | None:
+        """``wait`` up to the wrapper's exit (its pidfd: the exit is final), without the
+        final ``poll`` (reaping it, reading its result file: blocking), which the
+        caller makes in its own worker call; the status where polling found it."""
         job = LocalPayload.of(handle)
         loop = asyncio.get_running_loop()
         deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
@@ -384,12 +398,7 @@ class LocalRunner(Runner):
             if fd is not None and fd >= 0:
                 loop.remove_reader(fd)
                 os.close(fd)
-        status = await loop.run_in_executor(None, self.poll, handle)
-        while not status.is_final:  # not expected once the pidfd fired; never report RUNNING
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            status = await loop.run_in_executor(None, self.poll, handle)
-        return status
+        return None
 
     def _sample(self, handle: RunHandle, job: LocalPayload) -> None:
         """Note the peak memory of the job's processes so far (blocking; cheap)."""

@@ -152,8 +152,10 @@ def clear_stale(result_path: str, suffixes: tuple[str, ...]) -> None:
 
 
 def read_kill(result_path: str) -> str | None:
-    """Why the job was killed by its runner, or None if it was not."""
+    """Why the job was killed by its runner, or None if it was not (read at every job's
+    end: a plain ``open``, no ``pathlib``)."""
     try:
-        return Path(killed_path(result_path)).read_text(encoding="utf-8") or "killed"
+        with open(killed_path(result_path), encoding="utf-8") as f:
+            return f.read() or "killed"
     except OSError:
         return None

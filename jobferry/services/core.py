@@ -107,9 +107,14 @@ class Core:
 
         *fn* runs in a copy of the caller's context (``run_in_executor`` copies none),
         so what it logs carries the caller's request id or job (context variables)."""
+        return await self.future(fn, *args, **kwargs)
+
+    def future(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """``call``, as a future: for a caller that must see its outcome even when it is
+        cancelled itself (it shields the future and adds a done callback). On the loop."""
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await loop.run_in_executor(self.executor, call)
+        return loop.run_in_executor(self.executor, call)
 
     # --- waiting for a job to change -------------------------------------------------
 

@@ -41,7 +41,7 @@ class Ending:
     metrics: dict[str, float | int | None]
 
 
-def no_space_left(path: Path) -> bool:
+def no_space_left(path: Path | str) -> bool:
     """True when the filesystem of *path* has (almost) no space left for us."""
     try:
         found = os.statvfs(path)
@@ -77,11 +77,19 @@ def outcome(
     return JobState.ERROR, status.reason or "the job was lost"
 
 
-def scan_outputs(workdir: Path) -> list[tuple[str, int, str]]:
-    """Regular files under the working directory (symlinks are not followed)."""
+def scan_outputs(workdir: Path | str) -> list[tuple[str, int, str]]:
+    """Regular files under the working directory (symlinks are not followed).
+
+    An empty (or missing) directory, the usual case, costs one ``scandir`` and no
+    ``pathlib`` (this runs at every job's end)."""
     found: list[tuple[str, int, str]] = []
-    if not workdir.is_dir():
+    try:
+        with os.scandir(workdir) as entries:
+            if next(entries, None) is None:
+                return found
+    except OSError:  # missing, or not a directory
         return found
+    workdir = Path(workdir)
     for root, dirs, files in os.walk(workdir, followlinks=False):
         dirs.sort()
         for name in sorted(files):

@@ -246,17 +246,18 @@ class ExecutionService:
         often recording is retried) and whether the job's disk was full (the wrapper
         could not write its result at first, or hardly any space is left now)."""
         spec = claimed.spec
-        result = read_result(spec.result_path)
-        disk_full = (result is not None and result.disk_full) or no_space_left(
-            Path(spec.job_dir or spec.workdir)
-        )
+        disk_full = status.disk_full  # the runner read the result file already
+        if disk_full is None:
+            result = read_result(spec.result_path)
+            disk_full = result is not None and result.disk_full
+        disk_full = disk_full or no_space_left(spec.job_dir or spec.workdir)
         metrics = {
             "wall_s": status.metrics.wall_s,
             "cpu_user_s": status.metrics.cpu_user_s,
             "cpu_sys_s": status.metrics.cpu_sys_s,
             "peak_rss_kb": status.metrics.peak_rss_kb,
         }
-        return Ending(status, scan_outputs(Path(spec.workdir)), disk_full, metrics)
+        return Ending(status, scan_outputs(spec.workdir), disk_full, metrics)
 
     def record_end(self, claimed: ClaimedJob, ending: Ending) -> JobEnd:
         """Record a collected end. The state is read and written in one transaction (a

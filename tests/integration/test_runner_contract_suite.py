@@ -79,6 +79,22 @@ def test_exit_code__the_jobs_own_code_is_recorded(kind: Kind) -> None:
         assert RunHandle.loads(handle.dumps()) == handle
 
 
+def test_wait_ended__gives_the_final_status_or_leaves_it_to_poll(kind: Kind) -> None:
+    runner = kind.make()
+    spec = kind.job(Exits(3))
+    handle = runner.submit(spec)
+
+    async def main() -> Any:
+        return await asyncio.wait_for(runner.wait_ended(handle), DEADLINE_S)
+
+    ended = asyncio.run(main())
+    status = runner.poll(handle) if ended is None else ended  # None: poll says it now
+
+    assert (status.state, status.exit_code, status.reason) == (RunState.EXITED, 3, None)
+    assert status.disk_full in (None, False)  # read from the result file, or left to us
+    assert runner.poll(handle) == status
+
+
 @pytest.mark.parametrize("kind", PROGRAMS, indirect=True)
 def test_streams__stdout_and_stderr_land_in_their_files(kind: Kind) -> None:
     runner = kind.make()

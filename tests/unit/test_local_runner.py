@@ -418,3 +418,33 @@ def test_reused_pid__is_not_taken_for_the_job(runner: LocalRunner, tmp_path: Pat
     assert runner.poll(live).state is RunState.RUNNING
     runner.cancel(live)
     assert wait(runner, live).state is RunState.KILLED
+
+
+# --- what the end's collection takes from the status --------------------------------------
+
+
+def test_final_status__carries_the_result_files_disk_full_flag(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "sh", "-c", "sleep 30")
+    handle = submit_in_other_process(spec)
+    runner = LocalRunner()
+    runner.adopt(handle, spec)
+    os.killpg(handle.data["pid"], signal.SIGKILL)
+    assert wait_gone(handle.data["pid"])
+    # As the wrapper leaves it when its first write failed on a full disk.
+    Path(spec.result_path).write_text("exit_code=0\ncpu=0m0.01s 0m0.00s\ndisk_full=1\n")
+
+    status = runner.poll(handle)
+
+    assert (status.state, status.exit_code, status.disk_full) == (RunState.EXITED, 0, True)
+
+
+def test_wait_ended__returns_at_the_exit_and_poll_then_says_how(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    handle = runner.submit(make_spec(tmp_path, "sh", "-c", "exit 4"))
+
+    ended = asyncio.run(asyncio.wait_for(runner.wait_ended(handle), DEADLINE_S))
+
+    assert ended is None  # the pidfd fired: reaping and the result file are the poll's
+    status = runner.poll(handle)
+    assert (status.state, status.exit_code, status.disk_full) == (RunState.EXITED, 4, False)
