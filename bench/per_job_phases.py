@@ -77,7 +77,9 @@ PHASES: list[tuple[str, list[tuple[str, str]]]] = [
     (
         "following",
         [
-            ("jobferry/daemon/endings.py", ""),
+            # Not the call that records an end and then claims the next job: that
+            # claim is the claim's (``daemon.claims``), its end the end's.
+            ("jobferry/daemon/endings.py", r"^(?!_record_and_run$)"),
             ("jobferry/daemon/scheduler.py", r"_follow|watch"),
             ("jobferry/runners/local.py", r"wait|on_exit|_sample|poll|_pidfd|_alive|_process"),
             ("jobferry/runners/proctree.py", r"wait|descendant|_children"),
@@ -90,6 +92,7 @@ PHASES: list[tuple[str, list[tuple[str, str]]]] = [
             ("jobferry/runners/wrapper.py", ""),
             ("jobferry/runners/proctree.py", r"start_ticks"),
             ("jobferry/daemon/scheduler.py", r"_begin|_spawn|_record|_launch|spawn"),
+            ("jobferry/daemon/claims.py", r"spawn|record"),
             ("jobferry/daemon/dispatch.py", r"\.start$|spawn"),
             ("jobferry/services/execution.py", r"record_handle|spawn"),
         ],
@@ -98,6 +101,7 @@ PHASES: list[tuple[str, list[tuple[str, str]]]] = [
         "claim",
         [
             ("jobferry/daemon/scheduler.py", ""),
+            ("jobferry/daemon/claims.py", ""),
             ("jobferry/daemon/dispatch.py", ""),
             ("jobferry/daemon/resources.py", ""),
             ("jobferry/services/execution.py", ""),
