@@ -171,18 +171,19 @@ class RawStatement:
             else:
                 cursor.execute(compiled.sql, arguments)
             if not fetch:
-                return cursor.rowcount
+                count = cursor.rowcount
+                cursor.close()
+                return count
             rows = cursor.fetchall()
             processors: Any = compiled.results
             if processors is _UNKNOWN:
                 processors = compiled.results = compiled.result_processors(cursor.description)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            # Exactly what Core does with a driver error: DBAPIError (which
-            # ``_unit_of_work`` maps), a lost connection invalidated with its pool.
+            cursor.close()
+        except BaseException as exc:
+            # Exactly what Core does with any error of a statement: a driver error
+            # becomes a DBAPIError (which ``_unit_of_work`` maps), a lost connection is
+            # invalidated with its pool, an interrupt invalidates the connection too.
             conn._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
-        finally:
-            if cursor is not None:
-                cursor.close()
         if processors is None:
             return rows
         return [
