@@ -6,6 +6,9 @@ acceptance rate and the latency under polling are made of. The statements are
 built once, at import (building one per call and computing its cache key cost
 more than running it on SQLite), and run on a bare Core connection where the
 caller has one (``SessionFactory.transaction``): no session, no identity map.
+The few that every job's life runs in the worker threads (``STATE``, ``DRAINED``,
+``INSERT_OUTPUT``, ``running_per_destination``, and ``transitions``' claim and end)
+go one step further: ``store.dbapi`` runs them on the transaction's DB-API cursor.
 """
 
 from __future__ import annotations
