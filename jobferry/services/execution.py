@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Update, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from jobferry.config import DestinationConfig
@@ -38,22 +38,18 @@ from jobferry.services.run_spec import JobFacts, run_spec
 from jobferry.services.telemetry import counts_store_errors
 from jobferry.staging.paths import make_job_dir
 from jobferry.store import transitions
+from jobferry.store.dbapi import RawStatement
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, Node, new_id, utcnow
-from jobferry.store.records import JOB_FILES, JOBS, JobEnd
+from jobferry.store.records import DRAINED, INSERT_OUTPUT, JOBS, STATE, JobEnd
 
 logger = logging.getLogger(__name__)
 
-#: A job's state (built once: read at the end of every job).
-_STATE = select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
-#: Whether a node is drained (built once: read by every claim).
-_NODES = Node.__table__.c
-_DRAINED = select(_NODES.drained).where(_NODES.name == bindparam("node"))
-
 
 @functools.lru_cache(maxsize=2)
-def _record_handle_sql(fenced_by_node: bool) -> Update:
-    """``record_handle``'s statement, built once (it runs for every job started)."""
-    return (
+def _record_handle_sql(fenced_by_node: bool) -> RawStatement:
+    """``record_handle``'s statement, built once and run on the DB-API cursor
+    (``store.dbapi``): it runs for every job started."""
+    return RawStatement(
         transitions.attempt_update(fenced_by_node)
         .values(
             handle=bindparam("new_handle"),
@@ -140,7 +136,7 @@ class ExecutionService:
         home = None if self.core.config.node.shared_filesystem else node
         anywhere = [n for n, d in self.core.config.destinations.items() if d.staging == "remote"]
         with self.core.sessions.transaction() as conn:  # Core only: no ORM session
-            if conn.execute(_DRAINED, {"node": node}).scalar():
+            if DRAINED.scalar(conn, {"node": node}):
                 return NOTHING_TO_CLAIM
             held_back = False
             if limits:
@@ -169,7 +165,7 @@ class ExecutionService:
         # job at the next start (claimed, no handle, never started); a failure (a full
         # disk) requeues it now, or it would wait, claimed, for the next start.
         try:
-            make_job_dir(Path(job.job_dir))  # not made at submission (no uploads)
+            make_job_dir(job.job_dir)  # not made at submission (no uploads)
             if job.runner != "local":
                 copy_script(Path(job.job_dir), job.argv)
         except OSError as exc:
@@ -213,9 +209,9 @@ class ExecutionService:
             "now": utcnow(),
         }
         with self.core.sessions.transaction() as conn:  # Core only: no ORM session
-            written = conn.execute(_record_handle_sql(claimed.node is not None), params).first()
+            written = _record_handle_sql(claimed.node is not None).first(conn, params)
             if written is None:  # not this attempt's (on this node) any more: say what it is
-                state = conn.execute(_STATE, params).scalar()
+                state = STATE.scalar(conn, params)
                 raise ConflictError(f"job {claimed.job_id} attempt {claimed.attempt} is {state}")
             return str(written[0])
 
@@ -266,7 +262,7 @@ class ExecutionService:
         status = ending.status
         finished = datetime.fromtimestamp(status.finished_at, UTC) if status.finished_at else None
         with self.core.sessions.transaction() as conn:  # Core only: no ORM session
-            current = conn.execute(_STATE, {"job_id": claimed.job_id}).scalar()
+            current = STATE.scalar(conn, {"job_id": claimed.job_id})
             state, reason = _outcome(
                 status, cancelled=current == JobState.DELETING.value, disk_full=ending.disk_full
             )
@@ -333,8 +329,9 @@ class ExecutionService:
         self.on_end(session, claimed, state, exit_code)
         if outputs:
             now = utcnow()
-            session.execute(
-                insert(JOB_FILES),
+            conn = session if isinstance(session, Connection) else session.connection()
+            INSERT_OUTPUT.many(
+                conn,
                 [
                     {
                         "id": new_id(),

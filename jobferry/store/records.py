@@ -6,21 +6,36 @@ acceptance rate and the latency under polling are made of. The statements are
 built once, at import (building one per call and computing its cache key cost
 more than running it on SQLite), and run on a bare Core connection where the
 caller has one (``SessionFactory.transaction``): no session, no identity map.
+The few that every job's life runs in the worker threads (``STATE``, ``DRAINED``,
+``INSERT_OUTPUT``, ``running_per_destination``, and ``transitions``' claim and end)
+go one step further: ``store.dbapi`` runs them on the transaction's DB-API cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures import Future as ThreadFuture
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, literal, select
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.orm import Session
 
+from jobferry.store.dbapi import RawStatement
 from jobferry.store.models import Base, JobState, new_id, utcnow
 from jobferry.store.notify import notify_queued
 
@@ -28,15 +43,29 @@ JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
 NODES = Base.metadata.tables["nodes"]
 _DRAINED = select(NODES.c.drained).where(NODES.c.name == bindparam("node"))
+#: Whether a node is drained (parameter ``node``), on the DB-API cursor: read by every claim.
+DRAINED = RawStatement(_DRAINED)
+#: A job's state (parameter ``job_id``), on the DB-API cursor: read at every job's end.
+STATE = RawStatement(select(JOBS.c.state).where(JOBS.c.id == bindparam("job_id")))
+#: A job's output file (parameters by column name), on the DB-API cursor: a job's end.
+INSERT_OUTPUT = RawStatement(
+    insert(JOB_FILES).values(
+        {
+            name: bindparam(name)
+            for name in ("id", "job_id", "kind", "name", "param", "size", "sha256", "created_at")
+        }
+    )
+)
 
 
 def in_fixed(column: Any, values: Sequence[str]) -> Any:
     """``column IN (...)`` for values fixed when a statement is built once (states, a
     claim's destinations): one plain bound parameter per value, not SQLAlchemy's
     "expanding" parameter, which is re-rendered into the SQL at every execution
-    (a sixth of what a hot statement's execution costs). Empty: the usual form."""
+    (a sixth of what a hot statement's execution costs). Empty: false, which is what
+    an empty ``IN`` means (and needs no expanding parameter: ``store.dbapi``)."""
     if not values:
-        return column.in_([])
+        return false()
     return column.in_([literal(value, column.type) for value in values])
 
 
@@ -329,18 +358,22 @@ def replace_output_file(session: Session, job_id: str, name: str, size: int, sha
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _running_sql(destinations: tuple[str, ...]) -> RawStatement:
+    """``running_per_destination``'s statement for one set of destinations, built once
+    (a claim with ``max_concurrent`` limits runs it for every job)."""
+    c = JOBS.c
+    return RawStatement(
+        select(c.destination, func.count())
+        .where(in_fixed(c.destination, destinations), in_fixed(c.state, HOLDING))
+        .group_by(c.destination)
+    )
+
+
 def running_per_destination(
     session: Session | Connection, destinations: Iterable[str]
 ) -> dict[str, int]:
     """Jobs running (or being cancelled) now, by destination, on every node."""
-    c = JOBS.c
-    rows = (
-        (session if isinstance(session, Connection) else session.connection())
-        .execute(
-            select(c.destination, func.count())
-            .where(c.destination.in_(list(destinations)), in_fixed(c.state, HOLDING))
-            .group_by(c.destination)
-        )
-        .all()
-    )
+    conn = session if isinstance(session, Connection) else session.connection()
+    rows = _running_sql(tuple(sorted(destinations))).all(conn, {})
     return {name: int(count) for name, count in rows}
