@@ -11,6 +11,7 @@ import asyncio
 import functools
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -146,20 +147,42 @@ class HeldClaims(CountingExecution):
         return super().claim_next(destinations, fit)
 
 
+@dataclass
+class HeldChain:
+    """Two queued jobs on a one-slot scheduler whose claims can be held (``HeldClaims``):
+    the set-up for catching the first job's chained claim mid-call."""
+
+    runner: FakeRunner
+    first: str
+    second: str
+    run: Running
+    execution: HeldClaims
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+def start_held_chain(core: Core) -> HeldChain:  # noqa: F811
+    """Queue the two jobs and start the scheduler (called on the test's loop; its task
+    first runs at the caller's next ``await``, so a spy set before then sees it all)."""
+    runner = FakeRunner(default=None, quick_submit=True)
+    first, second = queued_in_order(core, 2)
+    run = Running(core, runner, 1)
+    execution = HeldClaims(core)
+    run.scheduler.execution = execution
+    run.scheduler.claims.execution = execution
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(run.scheduler.run(stop))
+    return HeldChain(runner, first, second, run, execution, stop, task)
+
+
 def test_stop_during_a_chained_claim__waits_for_it_and_its_job_keeps_its_handle(
     core: Core,  # noqa: F811
 ) -> None:
-    runner = FakeRunner(default=None, quick_submit=True)
-    first, second = queued_in_order(core, 2)
-
     async def main() -> None:
-        run = Running(core, runner, 1)
-        execution = HeldClaims(core)
-        run.scheduler.execution = execution
-        run.scheduler.claims.execution = execution
-        chains = count_chains(run)
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(run.scheduler.run(stop))
+        chain = start_held_chain(core)
+        runner, first, second = chain.runner, chain.first, chain.second
+        run, execution, stop, task = chain.run, chain.execution, chain.stop, chain.task
+        chains = count_chains(run)  # before the scheduler's task first runs
         run.scheduler.wake()
         await until(lambda: runner.running == [first])
         execution.hold.set()
@@ -211,16 +234,10 @@ def test_end_call_polling_a_job_still_running__waits_for_its_true_end(
 def test_job_taken_over_while_its_end_claims__the_claimed_job_is_still_followed(
     core: Core,  # noqa: F811
 ) -> None:
-    runner = FakeRunner(default=None, quick_submit=True)
-    first, second = queued_in_order(core, 2)
-
     async def main() -> None:
-        run = Running(core, runner, 1)
-        execution = HeldClaims(core)
-        run.scheduler.execution = execution
-        run.scheduler.claims.execution = execution
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(run.scheduler.run(stop))
+        chain = start_held_chain(core)
+        runner, first, second = chain.runner, chain.first, chain.second
+        run, execution, stop, task = chain.run, chain.execution, chain.stop, chain.task
         try:
             run.scheduler.wake()
             await until(lambda: runner.running == [first])
