@@ -445,10 +445,16 @@ def _which(name: str, path: str) -> str | None:
 
 
 def main() -> None:
-    ctrl = socket.socket(fileno=os.dup(0))  # not inheritable, unlike fd 0
+    ctrl_fd = os.dup(0)  # not inheritable, unlike fd 0
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    os.close(null)
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != ctrl_fd:  # what the daemon inherited: not the jobs' business
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+    ctrl = socket.socket(fileno=ctrl_fd)
     Host(ctrl).run()
 
 
