@@ -90,10 +90,10 @@ class TreeDaemon:
     def cpu_s(self) -> float:
         return self.daemon.cpu()[0]
 
-    def host_cpu_s(self) -> float:
+    def host_cpu_s(self, jobs: bool = False) -> float:
         """CPU seconds of the daemon's job hosts (``runners/jobhost.py``: they start and
         record its local jobs, the work a shell wrapper per job did before; none in a
-        tree without them)."""
+        tree without them); with *jobs*, also of the jobs they reaped."""
         total = 0.0
         try:
             children = psutil.Process(self.daemon.pid).children()
@@ -104,6 +104,8 @@ class TreeDaemon:
                 if any(arg.endswith("jobhost.py") for arg in child.cmdline()):
                     times = child.cpu_times()
                     total += times.user + times.system
+                    if jobs:
+                        total += times.children_user + times.children_system
             except psutil.Error:
                 pass
         return total
@@ -129,7 +131,7 @@ class TreeDaemon:
         conns = self.conns(CONNECTIONS)
         try:
             # Ours: this process, the daemon, its job host and its reaped children (jobs).
-            meter = LoadMeter(lambda: own_cpu_s() + sum(self.daemon.cpu()) + self.host_cpu_s())
+            meter = LoadMeter(lambda: own_cpu_s() + sum(self.daemon.cpu()) + self.host_cpu_s(True))
             cpu0, host0 = self.cpu_s(), self.host_cpu_s()
             t0 = time.perf_counter()
             ids = await deadline.bounded(submit_many(conns, self.slug, n), "submitting")
