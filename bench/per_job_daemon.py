@@ -90,6 +90,26 @@ class TreeDaemon:
     def cpu_s(self) -> float:
         return self.daemon.cpu()[0]
 
+    def host_cpu_s(self, jobs: bool = False) -> float:
+        """CPU seconds of the daemon's job hosts (``runners/jobhost.py``: they start and
+        record its local jobs, the work a shell wrapper per job did before; none in a
+        tree without them); with *jobs*, also of the jobs they reaped."""
+        total = 0.0
+        try:
+            children = psutil.Process(self.daemon.pid).children()
+        except psutil.Error:
+            return 0.0
+        for child in children:
+            try:
+                if any(arg.endswith("jobhost.py") for arg in child.cmdline()):
+                    times = child.cpu_times()
+                    total += times.user + times.system
+                    if jobs:
+                        total += times.children_user + times.children_system
+            except psutil.Error:
+                pass
+        return total
+
     def conns(self, count: int) -> list[HttpConn]:
         return [self.daemon.conn() for _ in range(count)]
 
@@ -110,9 +130,9 @@ class TreeDaemon:
         checked once (the profiler stops there)."""
         conns = self.conns(CONNECTIONS)
         try:
-            # Ours: this process, the daemon and its reaped children (the jobs).
-            meter = LoadMeter(lambda: own_cpu_s() + sum(self.daemon.cpu()))
-            cpu0 = self.cpu_s()
+            # Ours: this process, the daemon, its job host and its reaped children (jobs).
+            meter = LoadMeter(lambda: own_cpu_s() + sum(self.daemon.cpu()) + self.host_cpu_s(True))
+            cpu0, host0 = self.cpu_s(), self.host_cpu_s()
             t0 = time.perf_counter()
             ids = await deadline.bounded(submit_many(conns, self.slug, n), "submitting")
             submitted_s = time.perf_counter() - t0
@@ -127,6 +147,7 @@ class TreeDaemon:
             )
             seconds = time.perf_counter() - t0
             cpu = self.cpu_s() - cpu0
+            host = self.host_cpu_s() - host0  # a host started meanwhile: its start too
             load = meter.stop()
             if measured is not None:
                 await measured()
@@ -147,6 +168,7 @@ class TreeDaemon:
             "submitted_s": submitted_s,
             "jobs_per_s": n / seconds,
             "cpu_ms_per_job": 1000 * cpu / n,
+            "host_cpu_ms_per_job": 1000 * host / n,
             "failed": failed,
             **load,
         }

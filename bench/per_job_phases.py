@@ -89,6 +89,7 @@ PHASES: list[tuple[str, list[tuple[str, str]]]] = [
         "spawn",
         [
             ("jobferry/runners/local.py", r"submit|find|_spawn|spawn"),
+            ("jobferry/runners/hostclient.py", ""),
             ("jobferry/runners/wrapper.py", ""),
             ("jobferry/runners/proctree.py", r"start_ticks"),
             ("jobferry/daemon/scheduler.py", r"_begin|_spawn|_record|_launch|spawn"),

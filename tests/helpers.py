@@ -221,6 +221,24 @@ class DaemonProcess:
             self.proc.wait(DEADLINE_S)
 
 
+def job_hosts(daemon_pid: int) -> list[int]:
+    """The pids of the job hosts a daemon started (``runners/jobhost.py``): the local
+    jobs' recorders, which outlive the daemon."""
+    import psutil
+
+    found = []
+    try:
+        for child in psutil.Process(daemon_pid).children():
+            try:
+                if any(arg.endswith("jobhost.py") for arg in child.cmdline()):
+                    found.append(child.pid)
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return found
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFERRY_")}
     env["PYTHONPATH"] = str(ROOT)

@@ -1,21 +1,23 @@
 """The local runner: jobs as process trees on this machine that outlive the daemon.
 
-Owns spawning jobs under ``wrapper.sh`` (each in its own session), learning of
-their end through a pidfd, reaping its own children, enforcing walltime,
-killing whole process trees, and reading the wrapper's result file so that a
-restarted daemon can re-attach to jobs an earlier daemon started. A job's peak
-memory is the larger of what ``wait4`` reports above the daemon's own peak and
-the samples ``wait`` takes of the job's processes (``runners.memory``).
+Owns having its job host (``jobhost.py``, through ``hostclient``) start jobs, each in
+its own session; learning of their end through the done pipe the host closes once it
+has recorded it; enforcing walltime; killing whole process trees; and reading the
+result file the host writes, so that a restarted daemon can re-attach to jobs an
+earlier daemon started. A job's peak memory is the larger of what the host's
+``wait4`` reported above the host's own peak and the samples ``wait`` takes of the
+job's processes. Handles of jobs an earlier version started under ``wrapper.sh``
+(their pid is the wrapper's) are followed by polling, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import resource
+import select
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from jobferry.runners.base import (
     RunState,
     RunStatus,
 )
+from jobferry.runners.hostclient import HostClient
 from jobferry.runners.joblog import job_of
 from jobferry.runners.proctree import (
     create_time_of,
@@ -43,7 +46,7 @@ from jobferry.runners.proctree import (
     wait_gone,
     wait_job_exec,
 )
-from jobferry.runners.wrapper import WRAPPER, clear_stale, read_kill, read_result, record_kill
+from jobferry.runners.wrapper import clear_stale, read_kill, read_result, record_kill
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +59,12 @@ SAMPLE_MAX_S = 2.0
 
 @dataclass(frozen=True)
 class LocalPayload(HandlePayload):
-    """What a local handle carries: the wrapper process and its files.
+    """What a local handle carries: the job's process and its files.
 
     ``pid`` with ``start_ticks`` (or, where those are unknown, ``create_time``)
-    identifies the wrapper even after its pid is reused.
+    identifies the process even after its pid is reused. ``host_pid`` is set (0 when
+    unknown) for a job a job host started: its pid is the job's own, which stays a
+    zombie until its result is written. Without it the pid is a ``wrapper.sh``'s.
     """
 
     runner: ClassVar[str] = "local"
@@ -71,39 +76,44 @@ class LocalPayload(HandlePayload):
     stdout_path: str = ""
     stderr_path: str = ""
     walltime_s: float | None = None
+    host_pid: int | None = None
+
+    def encode(self) -> dict[str, Any]:
+        """The stored form; a wrapper's handle stays as earlier versions wrote it."""
+        data = dict(vars(self))
+        if self.host_pid is None:
+            del data["host_pid"]
+        return data
 
 
 class LocalRunner(Runner):
-    """Runs jobs as local processes, each under ``wrapper.sh`` in its own session.
+    """Runs jobs as local processes, each in its own session, through a job host.
 
     Args:
         kill_grace_s: How long ``cancel`` waits after SIGTERM before SIGKILL.
-        shell: The POSIX shell that runs the wrapper.
+        python: The interpreter that runs the job host (this one by default).
     """
 
     name = "local"
     quick_submit = True
 
-    def __init__(self, kill_grace_s: float = 5.0, shell: str = "/bin/sh") -> None:
+    def __init__(self, kill_grace_s: float = 5.0, python: str = sys.executable) -> None:
         self.kill_grace_s = kill_grace_s
-        self.shell = shell
-        self._children: set[int] = set()  # pids this instance spawned and has not reaped
+        self._host = HostClient(python)
+        self._done: dict[str, int] = {}  # external_id -> the done pipe of a job we started
         self._killed: dict[str, str] = {}  # external_id -> cancel reason
         self._final: dict[str, RunStatus] = {}  # external_id -> final status once known
-        # pid -> our own peak RSS when we spawned it: exec from our address space sets the
-        # wrapper's ru_maxrss to that, so only a larger figure can be the job's.
-        self._spawn_rss_kb: dict[int, int] = {}
         self._peak_kb: dict[str, int] = {}  # external_id -> highest sample of the job's tree
         self._lock = threading.Lock()
 
     # --- submit / adopt -----------------------------------------------------------
 
     def submit(self, spec: RunSpec) -> RunHandle:
-        """Start the job under the wrapper and return its handle. Blocking; not idempotent.
+        """Have the job host start the job and return its handle. Blocking; not idempotent.
 
         Raises:
             SubmitError: argv is empty or starts with ``-``, the workdir or an
-                output directory does not exist, or the wrapper cannot be spawned.
+                output directory does not exist, or the job cannot be started.
         """
         if not spec.argv or spec.argv[0].startswith("-"):
             raise SubmitError(f"invalid argv for job {spec.job_id}: {list(spec.argv)!r}")
@@ -120,58 +130,63 @@ class LocalRunner(Runner):
         }
         env.update((k, os.environ[k]) for k in ("TMPDIR", "USER", "LOGNAME") if k in os.environ)
         env.update(spec.env)
-        argv = [self.shell, str(WRAPPER), spec.workdir, spec.stdout_path, spec.stderr_path]
-        argv += [spec.result_path, str(spec.max_log_bytes), "--", *spec.argv]
-        devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        request = {
+            "argv": list(spec.argv),
+            "env": env,
+            "cwd": spec.workdir,
+            "out": spec.stdout_path,
+            "err": spec.stderr_path,
+            "result": spec.result_path,
+            "cap": spec.max_log_bytes,
+        }
         started_at = time.time()
         try:
-            pid = os.posix_spawn(
-                self.shell,
-                argv,
-                env,
-                file_actions=devnull,
-                setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                setsigmask=(),
-            )
-        except (OSError, ValueError) as exc:
+            spawned = self._host.spawn(request)
+        except SubmitError as exc:
             raise SubmitError(f"cannot start job {spec.job_id}: {exc}") from exc
-        with self._lock:
-            self._children.add(pid)
-            self._spawn_rss_kb[pid] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Our unreaped child cannot vanish, so this lookup cannot race with pid reuse:
-        # one read of /proc/<pid>/stat (psutil.Process would read it twice more).
-        ticks = start_ticks(pid)
+        ticks = spawned.ticks  # read by the host while the job was its unreaped child
         create_time = time.time() if ticks is None else create_time_of(ticks)
         payload = LocalPayload(
-            pid=pid,
+            pid=spawned.pid,
             create_time=create_time,
             start_ticks=ticks,
             result_path=spec.result_path,
             stdout_path=spec.stdout_path,
             stderr_path=spec.stderr_path,
             walltime_s=spec.walltime_s,
+            host_pid=spawned.host_pid,
         )
-        logger.info("started job %s as pid %d", spec.job_id, pid)
-        return RunHandle.of(self.name, f"{pid}@{create_time}", started_at, payload)
+        handle = RunHandle.of(self.name, f"{spawned.pid}@{create_time}", started_at, payload)
+        with self._lock:
+            self._done[handle.external_id] = spawned.done_fd
+        logger.info("started job %s as pid %d", spec.job_id, spawned.pid)
+        return handle
 
     def find(self, spec: RunSpec) -> RunHandle | None:
-        """Find a wrapper started for *spec* whose handle was never stored. Blocking.
+        """Find a job started for *spec* whose handle was never stored. Blocking.
 
-        The wrapper writes its pid to ``<result_path>.pid`` before anything else;
-        the process is accepted only if its command line names this job's result
-        file. A wrapper that already ended yields a handle whose ``poll`` reads
-        its result file (or reports it lost).
+        The job host writes ``<result_path>.pid`` ("pid start_ticks") before it
+        answers; the process is taken for the job only if its start ticks match. (A
+        ``wrapper.sh`` of an earlier version wrote its pid alone there, and is taken if
+        its command line names this job's result file.) A job that already ended
+        yields a handle whose ``poll`` reads its result file (or reports it lost).
         """
         try:
-            pid = int(Path(spec.result_path + ".pid").read_text().strip())
-        except (OSError, ValueError):
+            fields = Path(spec.result_path + ".pid").read_text().split()
+            pid = int(fields[0])
+            recorded = int(fields[1]) if len(fields) > 1 and fields[1] != "None" else None
+        except (OSError, ValueError, IndexError):
             return None
+        hosted = len(fields) > 1
         create_time, ticks = 0.0, -1
         try:
-            proc = psutil.Process(pid)
-            if spec.result_path in proc.cmdline():
-                create_time, ticks = proc.create_time(), start_ticks(pid) or -1
+            if hosted:
+                if recorded is not None and start_ticks(pid) == recorded:
+                    create_time, ticks = create_time_of(recorded), recorded
+            else:
+                proc = psutil.Process(pid)
+                if spec.result_path in proc.cmdline():
+                    create_time, ticks = proc.create_time(), start_ticks(pid) or -1
         except psutil.Error:
             pass
         payload = LocalPayload(
@@ -182,6 +197,7 @@ class LocalRunner(Runner):
             stdout_path=spec.stdout_path,
             stderr_path=spec.stderr_path,
             walltime_s=spec.walltime_s,
+            host_pid=0 if hosted else None,
         )
         started_at = create_time or os.path.getmtime(spec.result_path + ".pid")
         return RunHandle.of(self.name, f"{pid}@{create_time}", started_at, payload)
@@ -211,84 +227,61 @@ class LocalRunner(Runner):
             return None
 
     def _alive(self, job: LocalPayload) -> bool:
-        """True while the wrapper runs (a zombie that is not ours counts as ended)."""
+        """True while the job has not ended for good: a job host's job stays a zombie
+        until the host has written its result; a zombie wrapper has ended."""
         proc = self._process(job)
+        if proc is None or job.host_pid is not None:
+            return proc is not None
         try:
-            return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+            return proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
     def poll(self, handle: RunHandle) -> RunStatus:
-        """Return the job's status, reaping it if it is our ended child. Blocking; idempotent."""
+        """Return the job's status. Blocking; idempotent.
+
+        A job this runner started is running until the host closes its done pipe
+        (having written the result); then, or for a job it did not start, the
+        process and the result file tell (a host that died closes the pipe too: its
+        job, if it still runs, is followed as an adopted one)."""
         job = LocalPayload.of(handle)
         with self._lock:
             final = self._final.get(handle.external_id)
             if final is not None:
                 return final
-            if job.pid in self._children:
-                try:
-                    pid, wait_status, rusage = os.wait4(job.pid, os.WNOHANG)
-                except ChildProcessError:  # reaped by someone else: fall back to the files
-                    self._children.discard(job.pid)
-                    self._spawn_rss_kb.pop(job.pid, None)
-                else:
-                    if pid == 0:
-                        return RunStatus(RunState.RUNNING)
-                    self._children.discard(job.pid)
-                    return self._conclude(handle, job, wait_status, rusage)
-            elif self._alive(job):
-                return RunStatus(RunState.RUNNING)
-            return self._conclude(handle, job, None, None)
+            done = self._done.get(handle.external_id)
+        if done is not None and not select.select([done], [], [], 0)[0]:
+            return RunStatus(RunState.RUNNING)
+        if self._alive(job):
+            return RunStatus(RunState.RUNNING)
+        return self._conclude(handle, job)
 
-    def _conclude(
-        self,
-        handle: RunHandle,
-        job: LocalPayload,
-        wait_status: int | None,
-        rusage: Any,
-    ) -> RunStatus:
-        """Build and cache the final status from the wait status and/or the files."""
+    def _conclude(self, handle: RunHandle, job: LocalPayload) -> RunStatus:
+        """Build and cache the final status from the result file and the kill marker."""
         now = time.time()
         result = read_result(job.result_path)
         killed = self._killed.get(handle.external_id)
         if killed is None:
             killed = read_kill(job.result_path)
         exit_code = None if result is None else result.exit_code
-        if exit_code is None and wait_status is not None:
-            code = os.waitstatus_to_exitcode(wait_status)
-            exit_code = code if code >= 0 else 128 - code
-        # Our own child is reaped the moment it ends; else the result file's mtime says when.
-        finished_at = now if rusage is not None or result is None else result.mtime
+        finished_at = now if result is None else result.mtime
         reason: str | None
         if killed is not None:
             state, reason = RunState.KILLED, killed
         elif result is not None and result.exit_code is not None:
             state, reason = RunState.EXITED, result.reason
-        elif wait_status is not None and os.WIFEXITED(wait_status):
-            state, reason = RunState.EXITED, "result file missing; exit code from the wrapper"
         else:
             state, exit_code = RunState.LOST, None
-            lost = (result.reason if result is not None else None) or _LOST_REASON
-            if wait_status is not None and os.WIFSIGNALED(wait_status):
-                lost += f" (wrapper killed by signal {os.WTERMSIG(wait_status)})"
-            reason = lost
-        sampled = self._peak_kb.get(handle.external_id)
-        if rusage is not None:
-            floor = self._spawn_rss_kb.pop(job.pid, 0)
-            measured = rusage.ru_maxrss if rusage.ru_maxrss > floor else None
-            metrics = RunMetrics(
-                wall_s=max(0.0, finished_at - handle.started_at),
-                cpu_user_s=rusage.ru_utime,
-                cpu_sys_s=rusage.ru_stime,
-                peak_rss_kb=max(measured or 0, sampled or 0) or None,
-            )
-        else:
-            metrics = RunMetrics(
-                wall_s=None if result is None else max(0.0, finished_at - handle.started_at),
-                cpu_user_s=None if result is None else result.cpu_user_s,
-                cpu_sys_s=None if result is None else result.cpu_sys_s,
-                peak_rss_kb=sampled,
-            )
+            reason = (result.reason if result is not None else None) or _LOST_REASON
+        peak = self._peak_kb.get(handle.external_id, 0)
+        if result is not None and result.peak_rss_kb is not None:
+            peak = max(peak, result.peak_rss_kb)
+        metrics = RunMetrics(
+            wall_s=None if result is None else max(0.0, finished_at - handle.started_at),
+            cpu_user_s=None if result is None else result.cpu_user_s,
+            cpu_sys_s=None if result is None else result.cpu_sys_s,
+            peak_rss_kb=peak or None,
+        )
         disk_full = result is not None and result.disk_full  # no second read of the file
         status = RunStatus(state, exit_code, reason, finished_at, metrics, disk_full)
         self._final[handle.external_id] = status
@@ -304,43 +297,19 @@ class LocalRunner(Runner):
 
     # --- waiting ----------------------------------------------------------------
 
-    def _pidfd(self, job: LocalPayload) -> int | None:
-        """Open a pidfd on the wrapper; -1 if it is already gone, None if unsupported."""
-        try:
-            fd = os.pidfd_open(job.pid)
-        except ProcessLookupError:
-            return -1
-        except AttributeError:
-            return None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSYS, errno.EPERM):
-                # E.g. EMFILE with many jobs: polling still follows the job.
-                logger.warning(
-                    "job %s: pidfd_open(%d) failed (%s); polling instead",
-                    job_of(job.result_path),
-                    job.pid,
-                    exc,
-                )
-            return None
-        # Check identity after opening, so the fd cannot refer to a reused pid.
-        if job.pid not in self._children and self._process(job) is None:
-            os.close(fd)
-            return -1
-        return fd
-
     async def wait(self, handle: RunHandle) -> RunStatus:
-        """Wait for the job's end without polling (pidfd) and enforce its walltime.
+        """Wait for the job's end and enforce its walltime: without polling (the done
+        pipe) for a job this runner started, else by polling with back-off.
 
         On walltime expiry it runs ``cancel`` in the default executor with reason
-        ``walltime exceeded (<N>s)``. Falls back to polling with back-off where
-        pidfds are unavailable. Cancelling the coroutine leaves the job running.
+        ``walltime exceeded (<N>s)``. Cancelling the coroutine leaves the job running.
 
         Raises:
             RunnerError: the handle is malformed.
         """
         status = await self.wait_ended(handle)
         delay = 0.05
-        while status is None or not status.is_final:  # not expected once the pidfd fired
+        while status is None or not status.is_final:  # a job whose host died: polled
             if status is not None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -348,26 +317,27 @@ class LocalRunner(Runner):
         return status
 
     async def wait_ended(self, handle: RunHandle) -> RunStatus | None:
-        """``wait`` up to the wrapper's exit (its pidfd: the exit is final), without the
-        final ``poll`` (reaping it, reading its result file: blocking), which the
-        caller makes in its own worker call; the status where polling found it."""
+        """``wait`` up to the job's recorded end (its done pipe), without the final
+        ``poll`` (reading its result file: blocking), which the caller makes in its
+        own worker call; the status where polling found it."""
         job = LocalPayload.of(handle)
         loop = asyncio.get_running_loop()
         deadline = None if job.walltime_s is None else handle.started_at + job.walltime_s
-        fd = self._pidfd(job)
+        with self._lock:
+            fd = self._done.get(handle.external_id)
         ended: asyncio.Future[None] = loop.create_future()
 
         def on_exit() -> None:
             if not ended.done():
                 ended.set_result(None)
 
-        if fd is not None and fd >= 0:
+        if fd is not None:
             loop.add_reader(fd, on_exit)
         delay = 0.05
         sample_every = SAMPLE_FIRST_S
         next_sample = time.monotonic() + sample_every
         try:
-            while fd is None or fd >= 0:
+            while True:
                 timeout: float | None = None
                 if fd is None:  # no pidfd: poll with back-off
                     status = await loop.run_in_executor(None, self.poll, handle)
@@ -395,9 +365,8 @@ class LocalRunner(Runner):
                     if ended.done():
                         break
         finally:
-            if fd is not None and fd >= 0:
-                loop.remove_reader(fd)
-                os.close(fd)
+            if fd is not None:
+                loop.remove_reader(fd)  # the pipe is closed by ``cleanup``
         return None
 
     def _sample(self, handle: RunHandle, job: LocalPayload) -> None:
@@ -425,7 +394,8 @@ class LocalRunner(Runner):
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
                 return
-            wait_job_exec(wrapper, job.pid, job.result_path)
+            if job.host_pid is None:  # a wrapper: its job may not have been exec'd yet
+                wait_job_exec(wrapper, job.pid, job.result_path)
             procs = wrapper.children(recursive=True)
         except psutil.Error:
             return
@@ -444,7 +414,8 @@ class LocalRunner(Runner):
         try:
             if wrapper is None or wrapper.status() == psutil.STATUS_ZOMBIE:
                 return
-            wait_job_exec(wrapper, job.pid, job.result_path)
+            if job.host_pid is None:  # a wrapper: its job may not have been exec'd yet
+                wait_job_exec(wrapper, job.pid, job.result_path)
             procs = wrapper.children(recursive=True)
         except psutil.Error:
             return
@@ -480,11 +451,8 @@ class LocalRunner(Runner):
     # --- cleanup ----------------------------------------------------------------
 
     def check_usable(self) -> str | None:
-        """Usable while the shell and the wrapper are there (slots are the scheduler's)."""
-        for path, mode in ((self.shell, os.X_OK), (str(WRAPPER), os.R_OK)):
-            if not os.access(path, mode):
-                return f"cannot run jobs: {path} is missing or not accessible"
-        return None
+        """Usable while the job host can be run (slots are the scheduler's)."""
+        return self._host.usable()
 
     def cleanup(self, handle: RunHandle) -> None:
         """Forget what this runner remembers about a finished job. Idempotent; cheap."""
@@ -493,3 +461,15 @@ class LocalRunner(Runner):
             self._final.pop(handle.external_id, None)
             self._killed.pop(handle.external_id, None)
             self._peak_kb.pop(handle.external_id, None)
+            done = self._done.pop(handle.external_id, None)
+        if done is not None:
+            os.close(done)
+
+    def close(self) -> None:
+        """Let the job host go (it finishes the jobs it runs); they are followed, if
+        need be, as adopted ones."""
+        with self._lock:
+            done, self._done = list(self._done.values()), {}
+        for fd in done:
+            os.close(fd)
+        self._host.close()

@@ -63,6 +63,8 @@ class WrapperResult:
     #: The wrapper's first attempt at writing this file failed (a full disk): what the
     #: job wrote may be cut short.
     disk_full: bool = False
+    #: The job's peak memory (the job host's ``wait4``, when above the host's own).
+    peak_rss_kb: int | None = None
 
 
 def parse_times(text: str) -> tuple[float, float]:
@@ -89,6 +91,7 @@ def read_result(path: str) -> WrapperResult | None:
     reason: str | None = None
     user = sys_ = 0.0
     have_cpu = disk_full = False
+    peak: int | None = None
     for line in lines:
         key, _, value = line.partition("=")
         try:
@@ -98,6 +101,8 @@ def read_result(path: str) -> WrapperResult | None:
                 exit_code = int(value)
             elif key == "reason":
                 reason = value
+            elif key == "peak_rss_kb":
+                peak = int(value)
             elif key == "cpu":
                 u, s = parse_times(value)
                 user, sys_, have_cpu = user + u, sys_ + s, True
@@ -106,7 +111,7 @@ def read_result(path: str) -> WrapperResult | None:
     if exit_code is None:
         reason = reason or "result file has no exit code"
     cpu_user, cpu_sys = (user, sys_) if have_cpu else (None, None)
-    return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime, disk_full)
+    return WrapperResult(exit_code, reason, cpu_user, cpu_sys, mtime, disk_full, peak)
 
 
 # --- the kill marker ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-# jobferry job wrapper (POSIX sh, dash-compatible); used by jobferry.runners.local.
+# jobferry job wrapper (POSIX sh, dash-compatible); used by the Docker and Slurm runners
+# (local jobs have the job host, jobhost.py, which writes the same files).
 #
 # Usage: sh wrapper.sh WORKDIR STDOUT STDERR RESULT LOGCAP -- ARGV...
 #

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from tests.db import fresh_pg_database, store_sql
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, job_hosts, wait_for
 from tests.services import require
 
 # Several daemons on one store is PostgreSQL's case whatever engine the rest of the
@@ -114,7 +114,7 @@ class Nodes:
         return found
 
     def kill_job_processes(self, job_id: str) -> None:
-        """SIGKILL the job's whole process group (its wrapper leads a session)."""
+        """SIGKILL the job's whole process group (the job leads a session)."""
         external = self.job(job_id)["external_id"]
         pid = int(str(external).split("@")[0])
         try:
@@ -270,8 +270,11 @@ def test_kill9_of_a_node__declared_dead_and_its_jobs_requeued_and_run_on_survivo
     assert {nodes.job(j)["node"] for j in running} == {"n1"}
     queued = [nodes.submit("n1", 0.5) for _ in range(3)]  # n1 has 2 slots: these wait
 
-    # The machine dies: the daemon and its jobs' processes, all at once.
+    # The machine dies: the daemon, its job host and its jobs' processes, all at once.
+    hosts = job_hosts(nodes.daemons["n1"].proc.pid)  # type: ignore[union-attr]
     os.kill(nodes.daemons["n1"].proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    for host in hosts:
+        os.kill(host, signal.SIGKILL)
     for job in running:
         nodes.kill_job_processes(job)
     killed_at = time.time()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from tests.db import database_url, store_sql
-from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, wait_for
+from tests.helpers import JOB_SCRIPTS, Client, DaemonProcess, job_hosts, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +125,8 @@ class Env:
         store_sql(self.store_url, statement, params)
 
     def wrapper(self, job_id: str) -> psutil.Process:
-        """The job's wrapper process, from the handle (``pid@create_time``)."""
+        """The job's process, from the handle (``pid@create_time``): the job itself,
+        started by the job host (a ``wrapper.sh`` before it)."""
         pid, _, created = self.row(job_id)["external_id"].partition("@")
         proc = psutil.Process(int(pid))
         assert abs(proc.create_time() - float(created)) < 0.01
@@ -252,7 +253,12 @@ def test_job_whose_process_vanished_without_a_result__ends_error_with_a_reason(
     job_id = env.counter(client, sleep=60)
     proc = env.started(first, job_id)
     wrapper = env.wrapper(job_id)
+    assert first.proc is not None
+    hosts = [psutil.Process(pid) for pid in job_hosts(first.proc.pid)]
+    assert hosts
     first.kill()
+    for host in hosts:  # e.g. a reboot: nothing is left to record the job's end
+        host.kill()
     os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
     wait_for("the job's processes to die", lambda: gone(proc) and gone(wrapper))
     assert not (env.job_dir(job_id) / "result").exists()

@@ -161,7 +161,7 @@ class LocalKind(Kind):
         return LocalRunner(kill_grace_s=1.0)
 
     def unusable(self) -> Runner:
-        return LocalRunner(shell=str(self.tmp_path / "no-such-shell"))
+        return LocalRunner(python=str(self.tmp_path / "no-such-python"))
 
 
 class DockerKind(Kind):

@@ -1,5 +1,5 @@
-"""Tests of what only LocalRunner does, with real processes: the wrapper, sessions and
-signals, process trees, pidfds, rusage and memory samples, orphans and reused pids.
+"""Tests of what only LocalRunner does, with real processes: its job host, sessions and
+signals, process trees, done pipes, rusage and memory samples, orphans and reused pids.
 
 What every runner does (exit codes, streams, outputs, hostile argv, walltime, cancel,
 restart re-attachment, garbage handles) is the contract suite's
@@ -40,15 +40,12 @@ PY = sys.executable
 def runner() -> Iterator[LocalRunner]:
     runner = LocalRunner(kill_grace_s=1.0)
     yield runner
-    for pid in list(runner._children):  # never leave processes or zombies behind
+    for external_id in list(runner._done):  # never leave processes behind
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(int(external_id.split("@")[0]), signal.SIGKILL)
         except OSError:
             pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    runner.close()
 
 
 def make_spec(tmp_path: Path, *argv: str, job_id: str = "j1", **kwargs: Any) -> RunSpec:
@@ -206,7 +203,7 @@ def test_submit__rejects_what_cannot_start(runner: LocalRunner, tmp_path: Path) 
     with pytest.raises(SubmitError):
         runner.submit(make_spec(tmp_path))
     with pytest.raises(SubmitError, match="cannot start"):
-        LocalRunner(shell=str(tmp_path / "no-shell")).submit(good)
+        LocalRunner(python=str(tmp_path / "no-python")).submit(good)
 
 
 def test_submit__clears_a_stale_result_from_an_earlier_attempt(
@@ -265,18 +262,23 @@ def test_wait__does_not_report_the_daemons_memory_as_the_jobs(
     assert status.metrics.peak_rss_kb is None or status.metrics.peak_rss_kb < min(own_kb, 64 << 10)
 
 
-def test_wait__falls_back_to_polling_without_pidfd(
-    runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_wait__follows_by_polling_a_job_whose_host_died(
+    runner: LocalRunner, tmp_path: Path
 ) -> None:
-    def no_pidfd(pid: int, flags: int = 0) -> int:
-        raise OSError(38, "Function not implemented")  # ENOSYS, as on kernels < 5.3
+    go = tmp_path / "go"
+    spec = make_spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done")
+    handle = runner.submit(spec)
+    os.kill(handle.data["host_pid"], signal.SIGKILL)  # its done pipe closes: no result
+    assert wait_gone(handle.data["host_pid"])
 
-    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
-    quick = runner.submit(make_spec(tmp_path, "sh", "-c", "exit 6", job_id="quick"))
-    slow = runner.submit(make_spec(tmp_path, "sleep", "30", walltime_s=0.5, job_id="slow"))
+    assert runner.poll(handle).state is RunState.RUNNING  # the job itself runs on
+    go.touch()
+    status = wait(runner, handle)
 
-    assert wait(runner, quick).exit_code == 6
-    assert wait(runner, slow).state is RunState.KILLED
+    assert status.state is RunState.LOST and status.exit_code is None
+    # The next job gets a new host.
+    again = run_job(runner, make_spec(tmp_path, "sh", "-c", "exit 6", job_id="again"))
+    assert again.exit_code == 6
 
 
 def test_poll__reports_running_then_the_exit(runner: LocalRunner, tmp_path: Path) -> None:
@@ -292,9 +294,8 @@ def test_poll__reports_running_then_the_exit(runner: LocalRunner, tmp_path: Path
         time.sleep(0.02)
 
     assert (status.state, status.exit_code) == (RunState.EXITED, 2)
-    assert status.metrics.cpu_user_s is not None  # our own child: reaped with its rusage
+    assert status.metrics.cpu_user_s is not None  # the host's rusage of it
     assert runner.poll(handle) == status == wait(runner, handle)
-    assert handle.data["pid"] not in runner._children
 
 
 # --- cancel ------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_cancel__escalates_to_sigkill_when_sigterm_is_ignored(
     assert 0.9 <= time.monotonic() - started < 3.5
     status = wait(runner, handle)
     assert (status.state, status.reason) == (RunState.KILLED, "cancelled")
-    assert status.exit_code == 128 + signal.SIGKILL  # from the wrapper's wait status
+    assert status.exit_code == 128 + signal.SIGKILL  # from the host's wait status
 
 
 def test_cancel__gives_the_job_sigterm_first(runner: LocalRunner, tmp_path: Path) -> None:
@@ -350,7 +351,7 @@ def test_cancel__gives_the_job_sigterm_first(runner: LocalRunner, tmp_path: Path
     status = wait(runner, handle)
 
     assert (status.state, status.reason) == (RunState.KILLED, "first")
-    assert status.exit_code == 128 + signal.SIGTERM  # from the wrapper's wait status
+    assert status.exit_code == 128 + signal.SIGTERM  # from the host's wait status
 
 
 # --- adoption after a daemon restart ---------------------------------------------
@@ -382,7 +383,7 @@ def test_adopt__enforces_walltime_from_the_original_start(tmp_path: Path) -> Non
     status = wait(runner, handle)
 
     assert status.state is RunState.KILLED and "walltime" in (status.reason or "")
-    assert status.exit_code == 128 + signal.SIGTERM  # recorded by the wrapper
+    assert status.exit_code == 128 + signal.SIGTERM  # recorded by the host
     assert time.time() - handle.started_at < 5
     assert wait_gone(handle.data["pid"])
 
@@ -393,11 +394,27 @@ def test_adopt__job_gone_without_a_result_is_lost(tmp_path: Path) -> None:
     runner = LocalRunner()
     runner.adopt(handle, spec)
 
-    os.killpg(handle.data["pid"], signal.SIGKILL)  # e.g. the OOM killer or a reboot
+    # E.g. a reboot, or the OOM killer taking the host: nobody records the job's end.
+    os.kill(handle.data["host_pid"], signal.SIGKILL)
+    assert wait_gone(handle.data["host_pid"])
+    os.killpg(handle.data["pid"], signal.SIGKILL)
     status = wait(runner, handle)
 
     assert status.state is RunState.LOST and status.exit_code is None
     assert status.reason == "process ended without recording a result"
+
+
+def test_adopt__a_job_killed_by_a_signal_is_recorded_by_its_host(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "sleep", "30")
+    handle = submit_in_other_process(spec)
+    runner = LocalRunner()
+    runner.adopt(handle, spec)
+
+    os.killpg(handle.data["pid"], signal.SIGKILL)  # e.g. the OOM killer, the host lives
+    status = wait(runner, handle)
+
+    assert (status.state, status.exit_code) == (RunState.EXITED, 128 + signal.SIGKILL)
+    assert wait_gone(handle.data["host_pid"])  # its daemon gone and its job done: it exits
 
 
 def test_reused_pid__is_not_taken_for_the_job(runner: LocalRunner, tmp_path: Path) -> None:
@@ -429,8 +446,8 @@ def test_final_status__carries_the_result_files_disk_full_flag(tmp_path: Path) -
     runner = LocalRunner()
     runner.adopt(handle, spec)
     os.killpg(handle.data["pid"], signal.SIGKILL)
-    assert wait_gone(handle.data["pid"])
-    # As the wrapper leaves it when its first write failed on a full disk.
+    assert wait_gone(handle.data["host_pid"])  # done with its last job: results written
+    # As the host leaves it when its first write failed on a full disk.
     Path(spec.result_path).write_text("exit_code=0\ncpu=0m0.01s 0m0.00s\ndisk_full=1\n")
 
     status = runner.poll(handle)
@@ -445,6 +462,6 @@ def test_wait_ended__returns_at_the_exit_and_poll_then_says_how(
 
     ended = asyncio.run(asyncio.wait_for(runner.wait_ended(handle), DEADLINE_S))
 
-    assert ended is None  # the pidfd fired: reaping and the result file are the poll's
+    assert ended is None  # the done pipe closed: reading the result file is the poll's
     status = runner.poll(handle)
     assert (status.state, status.exit_code, status.disk_full) == (RunState.EXITED, 4, False)

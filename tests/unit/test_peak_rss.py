@@ -68,7 +68,7 @@ def test_a_local_job_smaller_than_the_daemon_reports_its_peak_rss(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
     """Guards: local jobs reported `peak_rss_kb: null` whenever they used less memory
-    than the daemon (the wrapper's ru_maxrss starts at the daemon's peak)."""
+    than the daemon (the wrapper's ru_maxrss started at the daemon's peak)."""
     _raise_own_peak_above(4 * ALLOC_MB)
 
     status = _run(runner, tmp_path, sys.executable, "-c", JOB)

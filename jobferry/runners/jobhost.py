@@ -1,0 +1,462 @@
+"""The job host: one small process per local runner that starts jobs and records their end.
+
+Run as ``python -I -S jobhost.py`` by ``jobferry.runners.hostclient`` (standard library
+only: it imports nothing of jobferry). Its standard input is a Unix stream socket to
+the daemon; requests are JSON lines, each answered by one JSON line.
+
+Why a host and not a shell wrapper per job: ``wrapper.sh`` forks and execs a shell and
+two ``dd`` log filters per job (about 8 ms of CPU for a job that does nothing; see
+``bench/per_job.py``). The host is started once; per job it makes one ``posix_spawn``
+of the job itself, reads the job's two pipes, and writes the same files the wrapper
+writes, with the same guarantees:
+
+- **The pid file first.** ``<result>.pid`` ("pid start_ticks") is written before the
+  reply, so a daemon that dies before recording the handle finds the job instead of
+  starting it twice.
+- **The result before the pid is free.** The job stays a zombie (``waitid`` with
+  ``WNOWAIT``) until its streams have ended and ``<result>`` says ``exit_code=N``; only
+  then is it reaped. Whoever sees the process gone finds the result, exactly as when
+  the wrapper itself was the process. The reap's rusage (exact CPU, peak memory) then
+  replaces the file atomically, and the job's *done* pipe is closed: the daemon that
+  started the job waits on that pipe (passed to it with the reply), not on the pid.
+- **Outlives the daemon.** The host leads its own session. When the daemon's socket
+  closes (a restart, a crash) it takes no new jobs, finishes those it has, and exits.
+  A job whose host is killed ends up as its wrapper's did when killed: its pipes
+  break and no result is written (``LOST``).
+- **Log caps** (``jobs.max_log_mb``) as in ``wrapper.sh``: a log beyond the cap keeps
+  its first half and its last half with one marker line that says exactly how many
+  bytes were dropped; a running job's log is the file itself (its head, written as it
+  comes); the overflow goes through a ring of nine chunk files of an eighth of the
+  half each, so the disk holds at most about 1.125 x cap per log at every write. On
+  a full disk a log's stream is drained (the job is never killed by SIGPIPE) and the
+  result says ``disk_full=1``; a result that cannot be written is retried each second
+  while its directory exists and is writable.
+- **The job's own status and signals.** Exit code N, or 128+signal; the job leads
+  its own session with default signal dispositions and an empty mask; a cancel's
+  SIGTERM to that session does not reach the host. A job with ``JOBFERRY_MEMORY_KB``
+  in its environment is started through ``sh`` (``ulimit -v``), and a program that
+  cannot be executed (not found, not executable, no ``#!``) is handed to ``sh``'s
+  ``exec``, which says why on stderr and exits 126/127, as under the wrapper.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+SHELL = "/bin/sh"
+CHUNK_FILES = 9  # the overflow ring: 8 chunks hold the tail, 1 is being written
+_TICK = os.sysconf("SC_CLK_TCK")
+_MARKER = (
+    "\n[jobferry: {d} bytes dropped here; this log keeps its first {h} and last {t} "
+    "bytes (jobs.max_log_mb)]\n"
+)
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_hwm_kb() -> int:
+    """The peak RSS of this process's address space: a child starts from it (it runs
+    in that space until its exec), so only a larger ``ru_maxrss`` is the job's. Not
+    ``getrusage``: that also counts the daemon's space, which this host started in."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _zombie_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU of an unreaped child and its reaped descendants (clock ticks:
+    the first result; the reap's exact rusage replaces it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        ut, st, cut, cst = (int(x) for x in fields[11:15])
+        return (ut + cut) / _TICK, (st + cst) / _TICK
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
+def _times(user: float, sys_: float) -> str:
+    """The ``times`` builtin's format, which ``wrapper.read_result`` parses."""
+    return f"{int(user // 60)}m{user % 60:.6f}s {int(sys_ // 60)}m{sys_ % 60:.6f}s"
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class CappedLog:
+    """One stream of a job into its log file, kept within the cap (0: no cap)."""
+
+    def __init__(self, path: str, cap: int) -> None:
+        self.path = path
+        self.cap = cap
+        self.head = cap // 2
+        self.tail = cap - self.head
+        self.chunk = max(1, -(-self.tail // (CHUNK_FILES - 1)))
+        self.seen = 0  # bytes the job wrote
+        self.disk_full = False
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        self.chunk_fd = -1
+        self.chunk_no = -1
+
+    def _chunk_path(self, no: int) -> str:
+        return f"{self.path}.{no % CHUNK_FILES}"
+
+    def write(self, data: bytes) -> None:
+        start, self.seen = self.seen, self.seen + len(data)
+        if self.disk_full:
+            return  # drained: the job goes on, its log stays as it was
+        try:
+            if not self.cap or start < self.head:
+                n = len(data) if not self.cap else min(len(data), self.head - start)
+                _write_all(self.fd, data[:n])
+                data, start = data[n:], start + n
+            while data:  # the overflow, into the ring of chunks
+                over = start - self.head
+                no, offset = divmod(over, self.chunk)
+                if no != self.chunk_no:
+                    if self.chunk_fd >= 0:
+                        os.close(self.chunk_fd)
+                        self.chunk_fd = -1
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                    self.chunk_fd = os.open(self._chunk_path(no), flags, 0o600)
+                    self.chunk_no = no
+                n = min(len(data), self.chunk - offset)
+                _write_all(self.chunk_fd, data[:n])
+                data, start = data[n:], start + n
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                print(f"jobhost: cannot write {self.path}: {exc}", file=sys.stderr)
+            self.disk_full = True
+
+    def close(self) -> None:
+        """Append the kept overflow (with the marker if bytes were dropped), remove the
+        chunks and close the log."""
+        if self.chunk_fd >= 0:
+            os.close(self.chunk_fd)
+        over = max(0, self.seen - self.head) if self.cap else 0
+        try:
+            if over and not self.disk_full:
+                first = max(0, over - self.tail)  # the first overflow byte kept
+                if first:
+                    marker = _MARKER.format(d=first, h=self.head, t=self.tail)
+                    _write_all(self.fd, marker.encode())
+                no, offset = divmod(first, self.chunk)
+                while no <= self.chunk_no:
+                    self._append_chunk(no, offset)
+                    no, offset = no + 1, 0
+        except OSError as exc:
+            print(f"jobhost: cannot finish {self.path}: {exc}", file=sys.stderr)
+            self.disk_full = True
+        finally:
+            for no in range(max(0, self.chunk_no - CHUNK_FILES + 1), self.chunk_no + 1):
+                try:
+                    os.unlink(self._chunk_path(no))
+                except OSError:
+                    pass
+            os.close(self.fd)
+
+    def _append_chunk(self, no: int, offset: int) -> None:
+        src = os.open(self._chunk_path(no), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(src).st_size
+            while offset < size:
+                sent = os.sendfile(self.fd, src, offset, size - offset)
+                if not sent:
+                    break
+                offset += sent
+        finally:
+            os.close(src)
+        os.unlink(self._chunk_path(no))  # at most a chunk more than the log at any time
+
+
+class Job:
+    """A job the host started and has not finished recording."""
+
+    def __init__(self, pid: int, req: dict[str, Any], done_w: int, floor_kb: int) -> None:
+        self.pid = pid
+        self.result = str(req["result"])
+        self.done_w = done_w
+        self.floor_kb = floor_kb
+        self.logs: dict[int, CappedLog] = {}  # pipe fd -> its log
+        self.status: int | None = None  # the exit code, once the process has exited
+        self.text = ""  # the result, once written
+        self.disk_full = False
+        self.retry_at = 0.0
+
+
+class Host:
+    """The host's loop: requests on the daemon's socket, job output, SIGCHLD."""
+
+    def __init__(self, ctrl: socket.socket) -> None:
+        self.ctrl = ctrl
+        self.sel = selectors.DefaultSelector()
+        self.jobs: dict[int, Job] = {}  # pid -> job
+        self.pipes: dict[int, Job] = {}  # pipe fd -> job
+        self.buf = b""
+        self.attached = True
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.sel.register(ctrl, selectors.EVENT_READ, "ctrl")
+
+    def run(self) -> None:
+        while self.attached or self.jobs:
+            retrying = [j.retry_at for j in self.jobs.values() if j.retry_at]
+            timeout = max(0.0, min(retrying) - time.monotonic()) if retrying else None
+            for key, _ in self.sel.select(timeout):
+                if key.data == "ctrl":
+                    self._requests()
+                elif key.data == "wake":
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._output(key.fd)
+                if key.data == "wake":
+                    self._reap()
+            for job in [j for j in self.jobs.values() if j.retry_at]:
+                if job.retry_at <= time.monotonic():
+                    self._finish(job)
+
+    # --- requests -------------------------------------------------------------------
+
+    def _requests(self) -> None:
+        try:
+            data = self.ctrl.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:  # the daemon has gone: finish what runs, then exit
+            self.sel.unregister(self.ctrl)
+            self.attached = False
+            return
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            fds: list[int] = []
+            try:
+                reply, fds = self._spawn(json.loads(line))
+            except Exception as exc:  # noqa: BLE001 - any failure is this job's, not the host's
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            try:
+                socket.send_fds(self.ctrl, [json.dumps(reply).encode() + b"\n"], fds)
+            except OSError:
+                pass  # the daemon has gone; the job runs on and is recorded
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def _spawn(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        argv = [str(a) for a in req["argv"]]
+        env = {str(k): str(v) for k, v in req["env"].items()}
+        cap = int(req["cap"])
+        if "JOBFERRY_MEMORY_KB" in env:
+            argv = [
+                SHELL,
+                "-c",
+                'ulimit -v "$JOBFERRY_MEMORY_KB"; exec "$@"',
+                "jobferry-job",
+            ] + argv
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        logs: dict[int, CappedLog] = {}
+        reads: list[int] = []
+        ends: list[int] = []
+        try:
+            for fd, path in ((1, req["out"]), (2, req["err"])):
+                r, w = os.pipe()
+                reads.append(r)
+                ends.append(w)
+                logs[r] = CappedLog(str(path), cap)
+                actions.append((os.POSIX_SPAWN_DUP2, w, fd))
+            pid = self._posix_spawn(argv, env, str(req["cwd"]), actions)
+        except BaseException:
+            for r in reads:
+                os.close(r)
+            for log in logs.values():
+                log.close()
+            raise
+        finally:
+            for w in ends:
+                os.close(w)
+        ticks = _start_ticks(pid)
+        try:
+            with open(req["result"] + ".pid", "w", encoding="utf-8") as f:
+                f.write(f"{pid} {ticks}\n")
+        except OSError:
+            pass  # as the wrapper's `echo $$ >"$r.pid"`: the handle is the record
+        done_r, done_w = os.pipe()
+        job = Job(pid, req, done_w, _own_hwm_kb())
+        for r, log in logs.items():
+            os.set_blocking(r, False)
+            job.logs[r] = log
+            self.pipes[r] = job
+            self.sel.register(r, selectors.EVENT_READ, "out")
+        self.jobs[pid] = job
+        return {"pid": pid, "ticks": ticks}, [done_r]
+
+    def _posix_spawn(
+        self, argv: list[str], env: dict[str, str], cwd: str, actions: list[tuple[Any, ...]]
+    ) -> int:
+        """Start argv in cwd as posix_spawnp would with *env*'s PATH; a program that
+        cannot be executed goes to ``sh -c 'exec "$@"'`` for the shell's message and
+        exit code (126, 127; a script without ``#!`` runs as a shell script)."""
+        os.chdir(cwd)
+        try:
+            path = _which(argv[0], env.get("PATH", os.defpath))
+            if path is not None:
+                try:
+                    return _spawn_one(path, argv, env, actions)
+                except OSError:
+                    pass
+            return _spawn_one(
+                SHELL, [SHELL, "-c", 'exec "$@"', "jobferry-job", *argv], env, actions
+            )
+        finally:
+            os.chdir("/")
+
+    # --- output and ends ------------------------------------------------------------
+
+    def _output(self, fd: int) -> None:
+        job = self.pipes[fd]
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            job.logs[fd].write(data)
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.pipes[fd]
+        log = job.logs.pop(fd)
+        log.close()
+        job.disk_full = job.disk_full or log.disk_full
+        if job.status is not None and not job.logs:
+            self._finish(job)
+
+    def _reap(self) -> None:
+        """Note which jobs have exited (they stay zombies until their result is written)."""
+        for job in list(self.jobs.values()):
+            if job.status is not None:
+                continue
+            try:
+                info = os.waitid(os.P_PID, job.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+                job.status = 255
+            if info is not None:
+                code = info.si_status
+                job.status = code if info.si_code == os.CLD_EXITED else 128 + code
+            if job.status is not None and not job.logs:
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """Write the result (retried each second on a full disk), then reap, then the
+        exact figures, then tell the daemon through the done pipe."""
+        user, sys_ = _zombie_cpu(job.pid)
+        head = f"exit_code={job.status}\n"
+        flags = "disk_full=1\n" if job.disk_full else ""
+        try:
+            with open(job.result, "w", encoding="utf-8") as f:
+                f.write(f"{head}cpu={_times(0, 0)}\ncpu={_times(user, sys_)}\n{flags}")
+        except OSError:
+            directory = os.path.dirname(job.result) or "."
+            if os.path.isdir(directory) and os.access(directory, os.W_OK):
+                job.disk_full = True
+                job.retry_at = time.monotonic() + 1.0
+                return
+            print(f"jobhost: cannot write {job.result}; giving up", file=sys.stderr)
+        job.retry_at = 0.0
+        try:
+            _, _, usage = os.wait4(job.pid, 0)
+        except ChildProcessError:
+            usage = None
+        if usage is not None:
+            peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > job.floor_kb else ""
+            cpu = f"cpu={_times(0, 0)}\ncpu={_times(usage.ru_utime, usage.ru_stime)}\n"
+            tmp = job.result + ".tmp"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(f"{head}{cpu}{peak}{flags}")
+                os.replace(tmp, job.result)
+            except OSError:
+                pass  # the first result stands
+        del self.jobs[job.pid]
+        os.close(job.done_w)
+
+
+def _spawn_one(
+    path: str, argv: list[str], env: dict[str, str], actions: list[tuple[Any, ...]]
+) -> int:
+    """The job leads its own session, with default SIGPIPE and SIGXFSZ (ignored here)
+    and no blocked signals."""
+    return os.posix_spawn(
+        path,
+        argv,
+        env,
+        file_actions=actions,
+        setsid=True,
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        setsigmask=(),
+    )
+
+
+def _which(name: str, path: str) -> str | None:
+    """The file execvp would run for *name* with this PATH, or None."""
+    if "/" in name:
+        return name
+    for d in path.split(os.pathsep):
+        full = os.path.join(d or ".", name)
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return full
+    return None
+
+
+def main() -> None:
+    ctrl_fd = os.dup(0)  # not inheritable, unlike fd 0
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != ctrl_fd:  # what the daemon inherited: not the jobs' business
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+    ctrl = socket.socket(fileno=ctrl_fd)
+    Host(ctrl).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Tests of the local runner's job host (``runners/jobhost.py``): its log cap, byte for
+byte, with the disk bound at every write; and, with real processes, what it does that
+the wrapper did (memory limits, programs that cannot be executed, the pid file) and
+its own life (it outlives its runner for the jobs it has, then exits).
+
+The log cap's behaviour through every runner is ``tests/integration/test_runner_log_caps.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
+from jobferry.runners.jobhost import CHUNK_FILES, CappedLog
+from jobferry.runners.local import LocalRunner
+from tests.helpers import DEADLINE_S, wait_for
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
+
+MARKER = re.compile(rb"\n\[jobferry: (\d+) bytes dropped here; [^\n]*\]\n")
+
+
+def _on_disk(log: Path) -> int:
+    return sum(p.stat().st_size for p in log.parent.iterdir() if p.name.startswith(log.name))
+
+
+def _feed(log_path: Path, cap: int, data: bytes, seed: int) -> int:
+    """Write *data* through a CappedLog in random pieces; return the most bytes the
+    log and its chunk files held on disk after any write."""
+    log = CappedLog(str(log_path), cap)
+    rng = random.Random(seed)
+    most, at = 0, 0
+    while at < len(data):
+        n = rng.choice((1, 7, 100, log.chunk - 1, log.chunk + 3, 4096))
+        log.write(data[at : at + n])
+        at += n
+        most = max(most, _on_disk(log_path))
+    log.close()
+    return most
+
+
+@pytest.mark.parametrize("cap", [64, 1000, 4097])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 37, 10_000, 123_457])
+def test_capped_log__keeps_head_marker_and_tail_exactly_and_bounds_the_disk(
+    tmp_path: Path, cap: int, extra: int
+) -> None:
+    data = random.Random(cap * extra).randbytes(cap + extra)
+    path = tmp_path / "stdout"
+
+    most = _feed(path, cap, data, seed=extra)
+
+    log = path.read_bytes()
+    head, tail = cap // 2, cap - cap // 2
+    if len(data) <= cap:
+        assert log == data  # within the cap: byte for byte
+    else:
+        found = MARKER.search(log, head)
+        assert found is not None and found.start() == head
+        assert int(found.group(1)) == len(data) - cap  # the exact count dropped
+        assert log[:head] == data[:head] and log[found.end() :] == data[-tail:]
+    chunk = -(-tail // (CHUNK_FILES - 1))
+    assert most <= head + CHUNK_FILES * chunk  # about 1.125 x the cap, at every write
+    assert [p.name for p in tmp_path.iterdir()] == ["stdout"]  # no chunk left behind
+
+
+def test_capped_log__without_a_cap_keeps_everything(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    _feed(tmp_path / "out", 0, data, seed=1)
+    assert (tmp_path / "out").read_bytes() == data
+
+
+# --- the host, with real processes ----------------------------------------------------------
+
+
+@pytest.fixture
+def runner() -> Iterator[LocalRunner]:
+    runner = LocalRunner(kill_grace_s=1.0)
+    yield runner
+    for external_id in list(runner._done):
+        try:
+            os.killpg(int(external_id.split("@")[0]), signal.SIGKILL)
+        except OSError:
+            pass
+    runner.close()
+
+
+def _spec(tmp_path: Path, *argv: str, job_id: str = "j", **kwargs: object) -> RunSpec:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return RunSpec(
+        job_id=job_id,
+        argv=tuple(argv),
+        workdir=str(work),
+        stdout_path=str(tmp_path / f"{job_id}.out"),
+        stderr_path=str(tmp_path / f"{job_id}.err"),
+        result_path=str(tmp_path / f"{job_id}.result"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _wait(runner: LocalRunner, handle: RunHandle) -> RunStatus:
+    async def main() -> RunStatus:
+        return await asyncio.wait_for(runner.wait(handle), DEADLINE_S)
+
+    return asyncio.run(main())
+
+
+def test_host__caps_a_jobs_address_space_from_its_environment(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path, "sh", "-c", "ulimit -v", env={"JOBFERRY_MEMORY_KB": "262144"})
+
+    status = _wait(runner, runner.submit(spec))
+
+    assert (status.state, status.exit_code) == (RunState.EXITED, 0)
+    assert Path(spec.stdout_path).read_text().strip() == "262144"
+
+
+def test_host__runs_a_file_without_hashbang_with_sh_and_refuses_one_not_executable(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    script = tmp_path / "plain"
+    script.write_text("echo from-plain; exit 5\n")
+    script.chmod(0o755)
+    locked = tmp_path / "locked"
+    locked.write_text("#!/bin/sh\nexit 0\n")
+    locked.chmod(0o644)
+
+    plain = _wait(runner, runner.submit(_spec(tmp_path, str(script), job_id="plain")))
+    denied = _wait(runner, runner.submit(_spec(tmp_path, str(locked), job_id="locked")))
+
+    assert (plain.exit_code, (tmp_path / "plain.out").read_text()) == (5, "from-plain\n")
+    assert denied.exit_code == 126  # as sh's exec says, and why on stderr
+    assert "ermission denied" in (tmp_path / "locked.err").read_text()
+
+
+def test_host__writes_the_pid_file_that_find_takes_for_the_job(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    spec = _spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done; exit 4")
+    handle = runner.submit(spec)
+
+    pid, ticks = Path(spec.result_path + ".pid").read_text().split()
+    assert int(pid) == handle.data["pid"] and int(ticks) == handle.data["start_ticks"]
+    found = LocalRunner().find(spec)  # as a daemon that died before storing the handle
+    assert found is not None and found.external_id == handle.external_id
+    go.touch()
+    assert _wait(runner, handle).exit_code == 4
+
+
+def test_host__outlives_its_closed_runner_for_its_jobs_then_exits(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    spec = _spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done; exit 9")
+    handle = runner.submit(spec)
+    host = psutil.Process(handle.data["host_pid"])
+    runner.close()  # as a daemon that stops: its jobs keep running
+
+    assert host.is_running() and host.status() != psutil.STATUS_ZOMBIE
+    go.touch()
+    result = Path(spec.result_path)
+    wait_for("the job's result", lambda: result.exists() and "exit_code=9" in result.read_text())
+    wait_for("the host to exit", lambda: host.status() == psutil.STATUS_ZOMBIE)
+    os.waitpid(host.pid, 0)  # our child (the runner started it): reaped here
+    follower = LocalRunner()
+    assert follower.poll(handle).exit_code == 9
+
+
+def test_host__keeps_no_descriptor_of_the_daemon_open(runner: LocalRunner, tmp_path: Path) -> None:
+    handle = runner.submit(_spec(tmp_path, "sleep", "30"))
+    host = psutil.Process(handle.data["host_pid"])
+    job = psutil.Process(handle.data["pid"])
+
+    for fd in (0, 1, 2):  # the daemon's stdio is not held: a supervisor sees it close
+        assert os.readlink(f"/proc/{host.pid}/fd/{fd}") == os.devnull
+    links = [os.readlink(f"/proc/{host.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{host.pid}/fd")]
+    assert sum(link.startswith("socket:") for link in links) == 1  # the runner's pair
+    job_fds = sorted(int(fd) for fd in os.listdir(f"/proc/{job.pid}/fd"))
+    assert job_fds == [0, 1, 2]  # nothing of the host's leaks into the job
+    assert os.readlink(f"/proc/{job.pid}/fd/0") == os.devnull
+    assert os.readlink(f"/proc/{host.pid}/cwd") == "/"  # no job's directory held
+    assert host.cmdline()[0] == sys.executable
