@@ -87,8 +87,12 @@ class HostClient:
         logger.info("started the job host as pid %d", pid)
         return ours
 
-    def _drop(self) -> None:
+    def _drop(self, why: str = "") -> None:
         """Forget a host that stopped answering (it finishes its jobs on its own)."""
+        if why:
+            # Its jobs are followed by polling; those still running when it died end
+            # without a recorded result (``lost``), as after a reboot.
+            logger.warning("the job host (pid %d) has gone: %s", self._pid, why)
         if self._sock is not None:
             self._sock.close()
         self._sock = None
@@ -116,8 +120,8 @@ class HostClient:
                 self._reap()  # a host that died since is a zombie of ours until now
             try:
                 sock.sendall(line)
-            except OSError:  # gone before it read it: a new host takes it
-                self._drop()
+            except OSError as exc:  # gone before it read it: a new host takes it
+                self._drop(f"cannot send it a job: {exc}")
                 sock = self._start()
                 sock.sendall(line)
             reply, fds = self._reply(sock)
@@ -146,7 +150,7 @@ class HostClient:
         except (OSError, ValueError) as exc:
             parsed = {"error": f"the job host failed: {exc}"}
         if not data.endswith(b"\n"):
-            self._drop()
+            self._drop(str(parsed.get("error", "no reply")))
         return parsed, fds
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import resource
 import signal
@@ -263,7 +264,7 @@ def test_wait__does_not_report_the_daemons_memory_as_the_jobs(
 
 
 def test_wait__follows_by_polling_a_job_whose_host_died(
-    runner: LocalRunner, tmp_path: Path
+    runner: LocalRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     go = tmp_path / "go"
     spec = make_spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done")
@@ -276,9 +277,12 @@ def test_wait__follows_by_polling_a_job_whose_host_died(
     status = wait(runner, handle)
 
     assert status.state is RunState.LOST and status.exit_code is None
-    # The next job gets a new host.
-    again = run_job(runner, make_spec(tmp_path, "sh", "-c", "exit 6", job_id="again"))
+    # The next job gets a new host, and the log says the old one had gone.
+    with caplog.at_level(logging.WARNING, logger="jobferry.runners.hostclient"):
+        again = run_job(runner, make_spec(tmp_path, "sh", "-c", "exit 6", job_id="again"))
     assert again.exit_code == 6
+    gone = f"the job host (pid {handle.data['host_pid']}) has gone"
+    assert any(gone in record.getMessage() for record in caplog.records), caplog.text
 
 
 def test_poll__reports_running_then_the_exit(runner: LocalRunner, tmp_path: Path) -> None:
