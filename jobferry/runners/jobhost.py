@@ -234,20 +234,30 @@ class Host:
             retrying = [j.retry_at for j in self.jobs.values() if j.retry_at]
             timeout = max(0.0, min(retrying) - time.monotonic()) if retrying else None
             for key, _ in self.sel.select(timeout):
-                if key.data == "ctrl":
-                    self._requests()
-                elif key.data == "wake":
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._output(key.fd)
-                if key.data == "wake":
-                    self._reap()
+                self._guarded(self._dispatch, key.data, key.fd)
             for job in [j for j in self.jobs.values() if j.retry_at]:
                 if job.retry_at <= time.monotonic():
-                    self._finish(job)
+                    self._guarded(self._finish, job)
+
+    def _guarded(self, handler: Any, *args: Any) -> None:
+        """Run one handler; an unexpected error is this event's, never the host's end
+        (which would leave every other job unrecorded)."""
+        try:
+            handler(*args)
+        except Exception as exc:  # noqa: BLE001
+            print(f"jobhost: {handler.__name__} failed: {exc!r}", file=sys.stderr)
+
+    def _dispatch(self, what: str, fd: int) -> None:
+        if what == "ctrl":
+            self._requests()
+        elif what == "wake":
+            try:
+                os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                pass
+            self._reap()
+        elif fd in self.pipes:
+            self._output(fd)
 
     # --- requests -------------------------------------------------------------------
 
