@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jobferry.errors import SubmitError
-from jobferry.runners.proctree import start_ticks
+from jobferry.runners.jobhost import start_ticks
 
 logger = logging.getLogger(__name__)
 

@@ -61,7 +61,9 @@ _MARKER = (
 )
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
+    """Return the process start time in clock ticks since boot (immune to clock steps).
+    Defined here, where only the standard library may be used; ``proctree`` uses it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -318,7 +320,7 @@ class Host:
         finally:
             for w in ends:
                 os.close(w)
-        ticks = _start_ticks(pid)
+        ticks = start_ticks(pid)
         try:
             with open(req["result"] + ".pid", "w", encoding="utf-8") as f:
                 f.write(f"{pid} {ticks}\n")

@@ -37,11 +37,11 @@ from jobferry.runners.base import (
     RunStatus,
 )
 from jobferry.runners.hostclient import HostClient
+from jobferry.runners.jobhost import start_ticks
 from jobferry.runners.joblog import job_of
 from jobferry.runners.proctree import (
     create_time_of,
     signal_tree,
-    start_ticks,
     tree_peak_rss_kb,
     wait_gone,
     wait_job_exec,

@@ -86,16 +86,6 @@ def _vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def start_ticks(pid: int) -> int | None:
-    """Return the process start time in clock ticks since boot (immune to clock steps)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

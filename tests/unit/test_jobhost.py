@@ -8,11 +8,9 @@ The log cap's behaviour through every runner is ``tests/integration/test_runner_
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import re
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobferry.runners.base import RunHandle, RunSpec, RunState, RunStatus
+from jobferry.runners.base import RunSpec, RunState
 from jobferry.runners.jobhost import CHUNK_FILES, CappedLog
 from jobferry.runners.local import LocalRunner
-from tests.helpers import DEADLINE_S, wait_for
+from tests.helpers import wait_for
+from tests.unit.test_local_runner import local_runner, make_spec, run_job, wait
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.engine_independent]
 
@@ -84,43 +83,22 @@ def test_capped_log__without_a_cap_keeps_everything(tmp_path: Path) -> None:
 
 @pytest.fixture
 def runner() -> Iterator[LocalRunner]:
-    runner = LocalRunner(kill_grace_s=1.0)
-    yield runner
-    for external_id in list(runner._done):
-        try:
-            os.killpg(int(external_id.split("@")[0]), signal.SIGKILL)
-        except OSError:
-            pass
-    runner.close()
+    yield from local_runner()
 
 
-def _spec(tmp_path: Path, *argv: str, job_id: str = "j", **kwargs: object) -> RunSpec:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return RunSpec(
-        job_id=job_id,
-        argv=tuple(argv),
-        workdir=str(work),
-        stdout_path=str(tmp_path / f"{job_id}.out"),
-        stderr_path=str(tmp_path / f"{job_id}.err"),
-        result_path=str(tmp_path / f"{job_id}.result"),
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def _wait(runner: LocalRunner, handle: RunHandle) -> RunStatus:
-    async def main() -> RunStatus:
-        return await asyncio.wait_for(runner.wait(handle), DEADLINE_S)
-
-    return asyncio.run(main())
+def _held(tmp_path: Path, code: int) -> tuple[RunSpec, Path]:
+    """A job that runs until the returned file exists, then exits *code*."""
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.02; done; exit {code}"
+    return make_spec(tmp_path, "sh", "-c", script), go
 
 
 def test_host__caps_a_jobs_address_space_from_its_environment(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
-    spec = _spec(tmp_path, "sh", "-c", "ulimit -v", env={"JOBFERRY_MEMORY_KB": "262144"})
+    spec = make_spec(tmp_path, "sh", "-c", "ulimit -v", env={"JOBFERRY_MEMORY_KB": "262144"})
 
-    status = _wait(runner, runner.submit(spec))
+    status = run_job(runner, spec)
 
     assert (status.state, status.exit_code) == (RunState.EXITED, 0)
     assert Path(spec.stdout_path).read_text().strip() == "262144"
@@ -136,19 +114,18 @@ def test_host__runs_a_file_without_hashbang_with_sh_and_refuses_one_not_executab
     locked.write_text("#!/bin/sh\nexit 0\n")
     locked.chmod(0o644)
 
-    plain = _wait(runner, runner.submit(_spec(tmp_path, str(script), job_id="plain")))
-    denied = _wait(runner, runner.submit(_spec(tmp_path, str(locked), job_id="locked")))
+    plain = run_job(runner, make_spec(tmp_path, str(script), job_id="plain"))
+    denied = run_job(runner, make_spec(tmp_path, str(locked), job_id="locked"))
 
-    assert (plain.exit_code, (tmp_path / "plain.out").read_text()) == (5, "from-plain\n")
+    assert (plain.exit_code, Path(tmp_path, "meta", "plain.out").read_text()) == (5, "from-plain\n")
     assert denied.exit_code == 126  # as sh's exec says, and why on stderr
-    assert "ermission denied" in (tmp_path / "locked.err").read_text()
+    assert "ermission denied" in Path(tmp_path, "meta", "locked.err").read_text()
 
 
 def test_host__writes_the_pid_file_that_find_takes_for_the_job(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"
-    spec = _spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done; exit 4")
+    spec, go = _held(tmp_path, 4)
     handle = runner.submit(spec)
 
     pid, ticks = Path(spec.result_path + ".pid").read_text().split()
@@ -156,14 +133,13 @@ def test_host__writes_the_pid_file_that_find_takes_for_the_job(
     found = LocalRunner().find(spec)  # as a daemon that died before storing the handle
     assert found is not None and found.external_id == handle.external_id
     go.touch()
-    assert _wait(runner, handle).exit_code == 4
+    assert wait(runner, handle).exit_code == 4
 
 
 def test_host__outlives_its_closed_runner_for_its_jobs_then_exits(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"
-    spec = _spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done; exit 9")
+    spec, go = _held(tmp_path, 9)
     handle = runner.submit(spec)
     host = psutil.Process(handle.data["host_pid"])
     runner.close()  # as a daemon that stops: its jobs keep running
@@ -179,7 +155,7 @@ def test_host__outlives_its_closed_runner_for_its_jobs_then_exits(
 
 
 def test_host__keeps_no_descriptor_of_the_daemon_open(runner: LocalRunner, tmp_path: Path) -> None:
-    handle = runner.submit(_spec(tmp_path, "sleep", "30"))
+    handle = runner.submit(make_spec(tmp_path, "sleep", "30"))
     host = psutil.Process(handle.data["host_pid"])
     job = psutil.Process(handle.data["pid"])
 

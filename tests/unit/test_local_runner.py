@@ -39,6 +39,11 @@ PY = sys.executable
 
 @pytest.fixture
 def runner() -> Iterator[LocalRunner]:
+    yield from local_runner()
+
+
+def local_runner() -> Iterator[LocalRunner]:
+    """A runner that kills what its jobs left running, then lets its host go."""
     runner = LocalRunner(kill_grace_s=1.0)
     yield runner
     for external_id in list(runner._done):  # never leave processes behind
