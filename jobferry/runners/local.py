@@ -46,7 +46,13 @@ from jobferry.runners.proctree import (
     wait_gone,
     wait_job_exec,
 )
-from jobferry.runners.wrapper import clear_stale, read_kill, read_result, record_kill
+from jobferry.runners.wrapper import (
+    WrapperResult,
+    clear_stale,
+    read_kill,
+    read_result,
+    record_kill,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,16 +256,25 @@ class LocalRunner(Runner):
             if final is not None:
                 return final
             done = self._done.get(handle.external_id)
-        if done is not None and not select.select([done], [], [], 0)[0]:
-            return RunStatus(RunState.RUNNING)
+        if done is not None:
+            if not select.select([done], [], [], 0)[0]:
+                return RunStatus(RunState.RUNNING)
+            # Closed: the host recorded the end (or died). A result with its exit code
+            # says the job has ended whichever it was (the host writes it only once
+            # the job is a zombie), so its process need not be looked at (psutil, /proc).
+            result = read_result(job.result_path)
+            if result is not None and result.exit_code is not None:
+                return self._conclude(handle, job, result)
         if self._alive(job):
             return RunStatus(RunState.RUNNING)
-        return self._conclude(handle, job)
+        return self._conclude(handle, job, read_result(job.result_path))
 
-    def _conclude(self, handle: RunHandle, job: LocalPayload) -> RunStatus:
-        """Build and cache the final status from the result file and the kill marker."""
+    def _conclude(
+        self, handle: RunHandle, job: LocalPayload, result: WrapperResult | None
+    ) -> RunStatus:
+        """Build and cache the final status from the result file (*result*, read once
+        the job was seen ended) and the kill marker."""
         now = time.time()
-        result = read_result(job.result_path)
         killed = self._killed.get(handle.external_id)
         if killed is None:
             killed = read_kill(job.result_path)

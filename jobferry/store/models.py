@@ -187,14 +187,16 @@ class Job(Base):
         Index("ix_jobs_user_updated", "user_id", "updated_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at", "id"),
-        # The claim's order (priority desc, then oldest), so a claim reads one index
-        # range instead of sorting the whole queue; its state prefix also serves the
+        # The claim's order (priority desc, then per user the oldest), so a claim
+        # reads one index entry per user with queued jobs instead of sorting the
+        # whole queue (``store.fair_claim``); its state prefix also serves the
         # queries on the state alone (metrics, a node's running jobs, recovery).
         Index(
             "ix_jobs_claim",
             "state",
             "destination",
             text("priority DESC"),
+            "user_id",
             "created_at",
             "id",
         ),

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobferry.errors import ConflictError
+from jobferry.store import fair_claim
 from jobferry.store.dbapi import RawStatement
 from jobferry.store.models import TERMINAL_STATES, Job, JobState, utcnow
 from jobferry.store.notify import notify_queued
@@ -300,6 +301,7 @@ class ClaimedRow:
     runner_options: dict[str, Any] | None  # a TES task's Slurm partition, qos
 
 
+Names = tuple[str, ...]
 _CLAIMED_COLUMNS = tuple(ClaimedRow.__dataclass_fields__)  # the claim's RETURNING
 
 
@@ -312,9 +314,8 @@ class NextJob:
     #: Nothing was claimed, yet a job waits: the head job is reserved (it does not
     #: fit what is free now). False with no job: nothing is queued for the claim.
     held_back: bool = False
-    #: With a job: whether the candidate read saw another queued behind it (SQLite's
-    #: reads two rows, which costs what one does); None: not known (PostgreSQL's locks
-    #: what it reads, so it reads one row): ask ``more_queued``.
+    #: With a job: whether another is queued behind it (SQLite: ``fair_claim`` sees);
+    #: None: not known (PostgreSQL locks what it reads, one row): ask ``more_queued``.
     more: bool | None = None
 
 
@@ -330,16 +331,13 @@ class _ClaimSql(NamedTuple):
     candidate: RawStatement
     claim: RawStatement
     more: RawStatement
-    peeks: bool  # the candidate reads the next job too (``NextJob.more``)
+    peeks: bool  # SQLite: the candidate is read by ``walk``, which tells ``NextJob.more``
+    walk: fair_claim.Walk
 
 
 @functools.lru_cache(maxsize=256)
 def _claim_sql(
-    dialect: str,
-    destinations: tuple[str, ...],
-    fitted: bool,
-    homed: bool,
-    anywhere: tuple[str, ...],
+    dialect: str, destinations: tuple[str, ...], fitted: bool, homed: bool, anywhere: Names
 ) -> _ClaimSql:
     """The claim's statements for one shape of claim, built once.
 
@@ -352,8 +350,7 @@ def _claim_sql(
     """
     c = JOBS.c
     memory = func.coalesce(c.memory_mb, 0)
-    destination = in_fixed(c.destination, destinations)
-    conditions: list[Any] = [c.state == JobState.QUEUED.value, destination]
+    conditions: list[Any] = [c.state == JobState.QUEUED.value]
     if homed:
         # No shared filesystem: a job runs where its directory is, unless its
         # destination moves its files over HTTP (staging: remote).
@@ -370,6 +367,8 @@ def _claim_sql(
             memory <= bindparam("total_memory_mb"),
             c.gpus <= bindparam("total_gpus"),
         ]
+    walk = fair_claim.walk_sql(conditions)  # SQLite's candidate (``store.fair_claim``)
+    conditions.append(in_fixed(c.destination, destinations))
     # Fair share between users: within a priority, the user with the fewest jobs
     # running now goes first (round-robin as jobs start), then the oldest job.
     running = (
@@ -384,10 +383,8 @@ def _claim_sql(
         .where(*conditions)
         .order_by(c.priority.desc(), func.coalesce(running.c.n, 0), c.created_at, c.id)
     )
-    peeks = dialect != "postgresql"  # SQLite: one writer, and a read locks no row
-    candidate = candidate.limit(2) if peeks else candidate.limit(1)
-    if not peeks:
-        candidate = candidate.with_for_update(of=JOBS, skip_locked=True)
+    peeks = dialect != "postgresql"  # SQLite: ``walk`` reads the candidate instead
+    candidate = candidate.limit(1).with_for_update(of=JOBS, skip_locked=True)
     claim = (
         update(JOBS)
         .where(c.id == bindparam("job_id"), c.state == JobState.QUEUED.value)
@@ -401,7 +398,7 @@ def _claim_sql(
         .returning(*(c[name] for name in _CLAIMED_COLUMNS))
     )
     more = select(c.id).where(*conditions).limit(1)
-    return _ClaimSql(RawStatement(candidate), RawStatement(claim), RawStatement(more), peeks)
+    return _ClaimSql(RawStatement(candidate), RawStatement(claim), RawStatement(more), peeks, walk)
 
 
 def _connection(session: Session | Connection) -> Connection:
@@ -449,11 +446,11 @@ def claim_next_job(
     nothing is claimed (``HEAD_RESERVED``), so a stream of small jobs cannot
     starve a large one (the node drains until the large one fits). Returns the
     claimed job (``NextJob.job``: a ``ClaimedRow``, its attempt incremented; on
-    SQLite with ``NextJob.more``, read with it), or ``NOTHING_QUEUED``. On
-    PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so
-    concurrent claimers skip it; on SQLite writers
-    are serialised. Either way the claim is a conditional UPDATE whose row count
-    is checked. With *home* (nodes share no filesystem), only jobs whose
+    SQLite with ``NextJob.more``), or ``NOTHING_QUEUED``. On PostgreSQL the
+    candidate row is locked with ``FOR UPDATE SKIP LOCKED`` so concurrent claimers
+    skip it; on SQLite writers are serialised and ``fair_claim`` reads the candidate.
+    Either way the claim is a conditional UPDATE whose row count is checked. With
+    *home* (nodes share no filesystem), only jobs whose
     directory is on *home* are taken, or jobs of the *anywhere* destinations
     (remote staging).
     """
@@ -464,17 +461,24 @@ def claim_next_job(
     params = _claim_params(fit, home)
     claim = {"claim_node": node, "claim_now": now or utcnow()}
     for _ in range(5):  # a candidate taken between our read and our update: try the next
-        rows = sql.candidate.all(conn, params)
-        if not rows:
-            return NOTHING_QUEUED
-        job_id, cores, memory_mb, gpus = rows[0]
+        more: bool | None = None
+        if sql.peeks:
+            found = fair_claim.candidate(conn, sql.walk, destinations, params)
+            if found is None:
+                return NOTHING_QUEUED
+            job_id, cores, memory_mb, gpus, more = found
+        else:
+            rows = sql.candidate.all(conn, params)
+            if not rows:
+                return NOTHING_QUEUED
+            job_id, cores, memory_mb, gpus = rows[0]
         if fit is not None and (
             cores > fit.free_cores or memory_mb > fit.free_memory_mb or gpus > fit.free_gpus
         ):
             return HEAD_RESERVED
         claimed = sql.claim.first(conn, {**claim, "job_id": job_id})
         if claimed is not None:
-            return NextJob(ClaimedRow(*claimed), more=len(rows) > 1 if sql.peeks else None)
+            return NextJob(ClaimedRow(*claimed), more=more)
     return NOTHING_QUEUED
 
 
