@@ -107,6 +107,7 @@ PHASES: list[tuple[str, list[tuple[str, str]]]] = [
             ("jobferry/daemon/resources.py", ""),
             ("jobferry/services/execution.py", ""),
             ("jobferry/store/transitions.py", r"claim|queued|running_per"),
+            ("jobferry/store/fair_claim.py", ""),
             ("jobferry/store/notify.py", ""),
             ("jobferry/staging/paths.py", ""),
             ("jobferry/services/telemetry.py", r"job_started"),
