@@ -355,17 +355,25 @@ class Host:
     def _posix_spawn(
         self, argv: list[str], env: dict[str, str], cwd: str, actions: list[tuple[Any, ...]]
     ) -> int:
-        """Start argv in cwd as posix_spawnp would with *env*'s PATH; a program that
-        cannot be executed goes to ``sh -c 'exec "$@"'`` for the shell's message and
-        exit code (126, 127; a script without ``#!`` runs as a shell script)."""
+        """Start argv in cwd as execvp would with *env*'s PATH; a program that cannot be
+        executed goes to ``sh -c 'exec "$@"'`` for the shell's message and exit code
+        (126, 127; a script without ``#!`` runs as a shell script)."""
+        # posix_spawnp searches PATH in the child it starts, in C and on the job's CPU
+        # time as the wrapper's shell did (a search here cost a stat and an access per
+        # directory each job), with no cache to go stale; but it reads the caller's
+        # PATH: make the host's the job's (none: the C library's default, os.defpath).
+        path = env.get("PATH")
+        if os.environ.get("PATH") != path:
+            if path is None:
+                del os.environ["PATH"]
+            else:
+                os.environ["PATH"] = path
         os.chdir(cwd)
         try:
-            path = _which(argv[0], env.get("PATH", os.defpath))
-            if path is not None:
-                try:
-                    return _spawn_one(path, argv, env, actions)
-                except OSError:
-                    pass
+            try:
+                return _spawn_one(argv[0], argv, env, actions, search=True)
+            except OSError:
+                pass
             return _spawn_one(
                 SHELL, [SHELL, "-c", 'exec "$@"', "jobferry-job", *argv], env, actions
             )
@@ -444,11 +452,16 @@ class Host:
 
 
 def _spawn_one(
-    path: str, argv: list[str], env: dict[str, str], actions: list[tuple[Any, ...]]
+    path: str,
+    argv: list[str],
+    env: dict[str, str],
+    actions: list[tuple[Any, ...]],
+    search: bool = False,
 ) -> int:
     """The job leads its own session, with default SIGPIPE and SIGXFSZ (ignored here)
-    and no blocked signals."""
-    return os.posix_spawn(
+    and no blocked signals. *search*: *path* is looked up in PATH as by execvp."""
+    spawn = os.posix_spawnp if search else os.posix_spawn
+    return spawn(
         path,
         argv,
         env,
@@ -457,17 +470,6 @@ def _spawn_one(
         setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         setsigmask=(),
     )
-
-
-def _which(name: str, path: str) -> str | None:
-    """The file execvp would run for *name* with this PATH, or None."""
-    if "/" in name:
-        return name
-    for d in path.split(os.pathsep):
-        full = os.path.join(d or ".", name)
-        if os.path.isfile(full) and os.access(full, os.X_OK):
-            return full
-    return None
 
 
 def main() -> None:

@@ -122,6 +122,34 @@ def test_host__runs_a_file_without_hashbang_with_sh_and_refuses_one_not_executab
     assert "ermission denied" in Path(tmp_path, "meta", "locked.err").read_text()
 
 
+def test_host__finds_a_program_in_the_jobs_own_path_as_it_is_at_each_start(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    path = f"{first}:{second}:{os.environ['PATH']}"
+
+    def run(job_id: str, own_path: bool = True) -> int | None:
+        env = {"PATH": path} if own_path else {}
+        return run_job(
+            runner, make_spec(tmp_path, "jobferry-tool", job_id=job_id, env=env)
+        ).exit_code
+
+    def install(where: Path, code: int) -> None:
+        (where / "jobferry-tool").write_text(f"#!/bin/sh\nexit {code}\n")
+        (where / "jobferry-tool").chmod(0o755)
+
+    assert run("before") == 127  # not there yet
+    install(second, 3)
+    assert run("appeared") == 3
+    install(first, 4)
+    assert run("shadowed") == 4  # the first directory that has it, as execvp
+    assert run("daemons-path", own_path=False) == 127  # another job's PATH is its own
+    (first / "jobferry-tool").unlink()
+    (second / "jobferry-tool").unlink()
+    assert run("gone") == 127
+
+
 def test_host__writes_the_pid_file_that_find_takes_for_the_job(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
