@@ -61,12 +61,24 @@ _MARKER = (
 )
 
 
+def _read_proc(path: str) -> bytes:
+    """A /proc file's text: an open, reads and a close (a file object adds an fstat, an
+    ioctl and lseeks; these are read for each job)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 8192):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def start_ticks(pid: int) -> int | None:
     """Return the process start time in clock ticks since boot (immune to clock steps).
     Defined here, where only the standard library may be used; ``proctree`` uses it."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _read_proc(f"/proc/{pid}/stat")
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
@@ -77,10 +89,9 @@ def _own_hwm_kb() -> int:
     in that space until its exec), so only a larger ``ru_maxrss`` is the job's. Not
     ``getrusage``: that also counts the daemon's space, which this host started in."""
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
+        for line in _read_proc("/proc/self/status").splitlines():
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -90,8 +101,7 @@ def _zombie_cpu(pid: int) -> tuple[float, float]:
     """User and system CPU of an unreaped child and its reaped descendants (clock ticks:
     the first result; the reap's exact rusage replaces it)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _read_proc(f"/proc/{pid}/stat")
         fields = stat[stat.rindex(b")") + 2 :].split()
         ut, st, cut, cst = (int(x) for x in fields[11:15])
         return (ut + cut) / _TICK, (st + cst) / _TICK
@@ -216,11 +226,10 @@ class CappedLog:
 class Job:
     """A job the host started and has not finished recording."""
 
-    def __init__(self, pid: int, req: dict[str, Any], done_w: int, floor_kb: int) -> None:
+    def __init__(self, pid: int, req: dict[str, Any], done_w: int) -> None:
         self.pid = pid
         self.result = str(req["result"])
         self.done_w = done_w
-        self.floor_kb = floor_kb
         self.logs: dict[int, CappedLog] = {}  # pipe fd -> its log
         self.status: int | None = None  # the exit code, once the process has exited
         self.text = ""  # the result, once written
@@ -238,6 +247,10 @@ class Host:
         self.pipes: dict[int, Job] = {}  # pipe fd -> job
         self.buf = b""
         self.attached = True
+        # The host's own peak RSS, the floor of every job's ``ru_maxrss``. It only
+        # grows, and seldom once the host has run a few jobs: read again only when a
+        # job's peak is above it, not at each spawn.
+        self.floor_kb = _own_hwm_kb()
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -343,7 +356,7 @@ class Host:
         except OSError:
             pass  # as the wrapper's `echo $$ >"$r.pid"`: the handle is the record
         done_r, done_w = os.pipe()
-        job = Job(pid, req, done_w, _own_hwm_kb())
+        job = Job(pid, req, done_w)
         for r, log in logs.items():
             os.set_blocking(r, False)
             job.logs[r] = log
@@ -439,7 +452,12 @@ class Host:
         except ChildProcessError:
             usage = None
         if usage is not None:
-            peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > job.floor_kb else ""
+            if usage.ru_maxrss > self.floor_kb:
+                # The host's peak may have grown since it was read: never take it for
+                # the job's (a peak reached while the host grew goes unreported here;
+                # the runner's own samples of the job's tree may still see it).
+                self.floor_kb = _own_hwm_kb()
+            peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > self.floor_kb else ""
             cpu = f"cpu={_times(0, 0)}\ncpu={_times(usage.ru_utime, usage.ru_stime)}\n"
             tmp = job.result + ".tmp"
             try:
