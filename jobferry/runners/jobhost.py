@@ -52,7 +52,9 @@ import sys
 import time
 from typing import Any
 
+Actions = list[tuple[Any, ...]]  # posix_spawn's file actions
 SHELL = "/bin/sh"
+_LIMIT_MEMORY = 'ulimit -v "$JOBFERRY_MEMORY_KB"; exec "$@"'  # the job's address space
 CHUNK_FILES = 9  # the overflow ring: 8 chunks hold the tail, 1 is being written
 _TICK = os.sysconf("SC_CLK_TCK")
 _MARKER = (
@@ -62,8 +64,7 @@ _MARKER = (
 
 
 def _read_proc(path: str) -> bytes:
-    """A /proc file's text: an open, reads and a close (a file object adds an fstat, an
-    ioctl and lseeks; these are read for each job)."""
+    """A /proc file's text (no file object: its fstat, ioctl and lseeks, for each job)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
@@ -85,11 +86,10 @@ def start_ticks(pid: int) -> int | None:
 
 
 def _ticks_between(pid: int, before_ns: int, after_ns: int) -> int | None:
-    """The start ticks of child *pid*, started between two readings of CLOCK_BOOTTIME.
-    The kernel stamps a new process with that clock, which ``/proc/<pid>/stat`` gives
-    in ticks rounded down: when both readings fall in the same tick, it is that tick,
-    without reading ``/proc`` (about 20 us of system time); else, for the spawn or two
-    in a hundred that straddles a tick, it is read."""
+    """The start ticks of child *pid*, started between two readings of CLOCK_BOOTTIME:
+    the kernel stamps a new process with that clock, which ``/proc/<pid>/stat`` gives
+    in ticks rounded down. Both readings in one tick: that tick, without the ~20 us of
+    reading /proc, which is left for the spawn or two in a hundred across a tick."""
     ns_per_tick, rest = divmod(10**9, _TICK)
     first, last = before_ns // ns_per_tick, after_ns // ns_per_tick
     return first if first == last and not rest else start_ticks(pid)
@@ -132,15 +132,11 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _write_file(path: str, text: str) -> None:
-    """Create (or truncate) *path* holding *text*. Not ``open()``: a file object costs an
-    fstat, an ioctl and lseeks per file, and three small files are written per job.
-
-    No fsync, on purpose (it would cost a journal commit, milliseconds, per file): jobs
-    do not survive a crash of the machine, so neither need their first result, and
-    the pid file only matters while the machine is up. The final result replaces the
-    first by rename, which ext4 (``auto_da_alloc``) and btrfs order after the new
-    file's data; elsewhere a crash may leave it empty (a ``lost`` job, as after any
-    crash)."""
+    """Create or truncate *path* holding *text* (no file object: its fstat, ioctl and
+    lseeks, for three files a job). No fsync (a journal commit per file): jobs do not
+    survive a crash of the machine, nor need their first result or pid file to; the
+    final result replaces the first by rename, which ext4 (``auto_da_alloc``) and btrfs
+    order after its data (elsewhere a crash may leave it empty: ``lost``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         _write_all(fd, text.encode())
@@ -243,7 +239,6 @@ class Job:
         self.done_w = done_w
         self.logs: dict[int, CappedLog] = {}  # pipe fd -> its log
         self.status: int | None = None  # the exit code, once the process has exited
-        self.text = ""  # the result, once written
         self.disk_full = False
         self.retry_at = 0.0
 
@@ -258,9 +253,8 @@ class Host:
         self.pipes: dict[int, Job] = {}  # pipe fd -> job
         self.buf = b""
         self.attached = True
-        # The host's own peak RSS, the floor of every job's ``ru_maxrss``. It only
-        # grows, and seldom once the host has run a few jobs: read again only when a
-        # job's peak is above it, not at each spawn.
+        # The host's own peak RSS, the floor of every job's ``ru_maxrss``: it only grows
+        # and seldom does, so it is read again when a job's peak is above it, not per job.
         self.floor_kb = _own_hwm_kb()
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -334,13 +328,8 @@ class Host:
         env = {str(k): str(v) for k, v in req["env"].items()}
         cap = int(req["cap"])
         if "JOBFERRY_MEMORY_KB" in env:
-            argv = [
-                SHELL,
-                "-c",
-                'ulimit -v "$JOBFERRY_MEMORY_KB"; exec "$@"',
-                "jobferry-job",
-            ] + argv
-        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            argv = [SHELL, "-c", _LIMIT_MEMORY, "jobferry-job", *argv]
+        actions: Actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
         logs: dict[int, CappedLog] = {}
         reads: list[int] = []
         ends: list[int] = []
@@ -378,28 +367,21 @@ class Host:
         self.jobs[pid] = job
         return {"pid": pid, "ticks": ticks}, [done_r]
 
-    def _posix_spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str, actions: list[tuple[Any, ...]]
-    ) -> int:
+    def _posix_spawn(self, argv: list[str], env: dict[str, str], cwd: str, actions: Actions) -> int:
         """Start argv in cwd as execvp would with *env*'s PATH; a program that cannot be
         executed goes to ``sh -c 'exec "$@"'`` for the shell's message and exit code
         (126, 127; a script without ``#!`` runs as a shell script)."""
-        # posix_spawnp searches PATH in the child it starts, in C and on the job's CPU
-        # time as the wrapper's shell did (a search here cost a stat and an access per
-        # directory each job), with no cache to go stale; but it reads the caller's
-        # PATH: make the host's the job's (none: the C library's default, os.defpath).
-        path = env.get("PATH")
-        if os.environ.get("PATH") != path:
-            if path is None:
-                del os.environ["PATH"]
-            else:
-                os.environ["PATH"] = path
+        # posix_spawnp searches PATH in its child (in C, on the job's CPU time as under
+        # the wrapper's shell; not a stat and an access per directory here, nor a cache
+        # to go stale), but the caller's PATH: make the host's the job's (or none).
+        if os.environ.get("PATH") != env.get("PATH"):
+            os.environ.pop("PATH", None)
+            if "PATH" in env:
+                os.environ["PATH"] = env["PATH"]
         os.chdir(cwd)
         try:
-            try:
-                return _spawn_one(argv[0], argv, env, actions, search=True)
-            except OSError:
-                pass
+            return _spawn_one(argv[0], argv, env, actions, search=True)
+        except OSError:
             return _spawn_one(
                 SHELL, [SHELL, "-c", 'exec "$@"', "jobferry-job", *argv], env, actions
             )
@@ -466,9 +448,8 @@ class Host:
             usage = None
         if usage is not None:
             if usage.ru_maxrss > self.floor_kb:
-                # The host's peak may have grown since it was read: never take it for
-                # the job's (a peak reached while the host grew goes unreported here;
-                # the runner's own samples of the job's tree may still see it).
+                # The host's may have grown: never report it as the job's (a job's peak
+                # under a grown host's goes unreported; the runner's samples may see it).
                 self.floor_kb = _own_hwm_kb()
             peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > self.floor_kb else ""
             cpu = f"cpu={_times(0, 0)}\ncpu={_times(usage.ru_utime, usage.ru_stime)}\n"
@@ -483,11 +464,7 @@ class Host:
 
 
 def _spawn_one(
-    path: str,
-    argv: list[str],
-    env: dict[str, str],
-    actions: list[tuple[Any, ...]],
-    search: bool = False,
+    path: str, argv: list[str], env: dict[str, str], actions: Actions, search: bool = False
 ) -> int:
     """The job leads its own session, with default SIGPIPE and SIGXFSZ (ignored here)
     and no blocked signals. *search*: *path* is looked up in PATH as by execvp."""
