@@ -52,7 +52,9 @@ import sys
 import time
 from typing import Any
 
+Actions = list[tuple[Any, ...]]  # posix_spawn's file actions
 SHELL = "/bin/sh"
+_LIMIT_MEMORY = 'ulimit -v "$JOBFERRY_MEMORY_KB"; exec "$@"'  # the job's address space
 CHUNK_FILES = 9  # the overflow ring: 8 chunks hold the tail, 1 is being written
 _TICK = os.sysconf("SC_CLK_TCK")
 _MARKER = (
@@ -61,15 +63,36 @@ _MARKER = (
 )
 
 
+def _read_proc(path: str) -> bytes:
+    """A /proc file's text (no file object: its fstat, ioctl and lseeks, for each job)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 8192):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def start_ticks(pid: int) -> int | None:
     """Return the process start time in clock ticks since boot (immune to clock steps).
     Defined here, where only the standard library may be used; ``proctree`` uses it."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _read_proc(f"/proc/{pid}/stat")
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _ticks_between(pid: int, before_ns: int, after_ns: int) -> int | None:
+    """The start ticks of child *pid*, started between two readings of CLOCK_BOOTTIME:
+    the kernel stamps a new process with that clock, which ``/proc/<pid>/stat`` gives
+    in ticks rounded down. Both readings in one tick: that tick, without the ~20 us of
+    reading /proc, which is left for the spawn or two in a hundred across a tick."""
+    ns_per_tick, rest = divmod(10**9, _TICK)
+    first, last = before_ns // ns_per_tick, after_ns // ns_per_tick
+    return first if first == last and not rest else start_ticks(pid)
 
 
 def _own_hwm_kb() -> int:
@@ -77,10 +100,9 @@ def _own_hwm_kb() -> int:
     in that space until its exec), so only a larger ``ru_maxrss`` is the job's. Not
     ``getrusage``: that also counts the daemon's space, which this host started in."""
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
+        for line in _read_proc("/proc/self/status").splitlines():
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -90,8 +112,7 @@ def _zombie_cpu(pid: int) -> tuple[float, float]:
     """User and system CPU of an unreaped child and its reaped descendants (clock ticks:
     the first result; the reap's exact rusage replaces it)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _read_proc(f"/proc/{pid}/stat")
         fields = stat[stat.rindex(b")") + 2 :].split()
         ut, st, cut, cst = (int(x) for x in fields[11:15])
         return (ut + cut) / _TICK, (st + cst) / _TICK
@@ -108,6 +129,19 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _write_file(path: str, text: str) -> None:
+    """Create or truncate *path* holding *text* (no file object: its fstat, ioctl and
+    lseeks, for three files a job). No fsync (a journal commit per file): jobs do not
+    survive a crash of the machine, nor need their first result or pid file to; the
+    final result replaces the first by rename, which ext4 (``auto_da_alloc``) and btrfs
+    order after its data (elsewhere a crash may leave it empty: ``lost``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        _write_all(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 class CappedLog:
@@ -199,14 +233,12 @@ class CappedLog:
 class Job:
     """A job the host started and has not finished recording."""
 
-    def __init__(self, pid: int, req: dict[str, Any], done_w: int, floor_kb: int) -> None:
+    def __init__(self, pid: int, req: dict[str, Any], done_w: int) -> None:
         self.pid = pid
         self.result = str(req["result"])
         self.done_w = done_w
-        self.floor_kb = floor_kb
         self.logs: dict[int, CappedLog] = {}  # pipe fd -> its log
         self.status: int | None = None  # the exit code, once the process has exited
-        self.text = ""  # the result, once written
         self.disk_full = False
         self.retry_at = 0.0
 
@@ -221,6 +253,9 @@ class Host:
         self.pipes: dict[int, Job] = {}  # pipe fd -> job
         self.buf = b""
         self.attached = True
+        # The host's own peak RSS, the floor of every job's ``ru_maxrss``: it only grows
+        # and seldom does, so it is read again when a job's peak is above it, not per job.
+        self.floor_kb = _own_hwm_kb()
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -293,13 +328,8 @@ class Host:
         env = {str(k): str(v) for k, v in req["env"].items()}
         cap = int(req["cap"])
         if "JOBFERRY_MEMORY_KB" in env:
-            argv = [
-                SHELL,
-                "-c",
-                'ulimit -v "$JOBFERRY_MEMORY_KB"; exec "$@"',
-                "jobferry-job",
-            ] + argv
-        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            argv = [SHELL, "-c", _LIMIT_MEMORY, "jobferry-job", *argv]
+        actions: Actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
         logs: dict[int, CappedLog] = {}
         reads: list[int] = []
         ends: list[int] = []
@@ -310,7 +340,9 @@ class Host:
                 ends.append(w)
                 logs[r] = CappedLog(str(path), cap)
                 actions.append((os.POSIX_SPAWN_DUP2, w, fd))
+            before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             pid = self._posix_spawn(argv, env, str(req["cwd"]), actions)
+            after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         except BaseException:
             for r in reads:
                 os.close(r)
@@ -320,14 +352,13 @@ class Host:
         finally:
             for w in ends:
                 os.close(w)
-        ticks = start_ticks(pid)
+        ticks = _ticks_between(pid, before, after)
         try:
-            with open(req["result"] + ".pid", "w", encoding="utf-8") as f:
-                f.write(f"{pid} {ticks}\n")
+            _write_file(str(req["result"]) + ".pid", f"{pid} {ticks}\n")
         except OSError:
             pass  # as the wrapper's `echo $$ >"$r.pid"`: the handle is the record
         done_r, done_w = os.pipe()
-        job = Job(pid, req, done_w, _own_hwm_kb())
+        job = Job(pid, req, done_w)
         for r, log in logs.items():
             os.set_blocking(r, False)
             job.logs[r] = log
@@ -336,20 +367,21 @@ class Host:
         self.jobs[pid] = job
         return {"pid": pid, "ticks": ticks}, [done_r]
 
-    def _posix_spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str, actions: list[tuple[Any, ...]]
-    ) -> int:
-        """Start argv in cwd as posix_spawnp would with *env*'s PATH; a program that
-        cannot be executed goes to ``sh -c 'exec "$@"'`` for the shell's message and
-        exit code (126, 127; a script without ``#!`` runs as a shell script)."""
+    def _posix_spawn(self, argv: list[str], env: dict[str, str], cwd: str, actions: Actions) -> int:
+        """Start argv in cwd as execvp would with *env*'s PATH; a program that cannot be
+        executed goes to ``sh -c 'exec "$@"'`` for the shell's message and exit code
+        (126, 127; a script without ``#!`` runs as a shell script)."""
+        # posix_spawnp searches PATH in its child (in C, on the job's CPU time as under
+        # the wrapper's shell; not a stat and an access per directory here, nor a cache
+        # to go stale), but the caller's PATH: make the host's the job's (or none).
+        if os.environ.get("PATH") != env.get("PATH"):
+            os.environ.pop("PATH", None)
+            if "PATH" in env:
+                os.environ["PATH"] = env["PATH"]
         os.chdir(cwd)
         try:
-            path = _which(argv[0], env.get("PATH", os.defpath))
-            if path is not None:
-                try:
-                    return _spawn_one(path, argv, env, actions)
-                except OSError:
-                    pass
+            return _spawn_one(argv[0], argv, env, actions, search=True)
+        except OSError:
             return _spawn_one(
                 SHELL, [SHELL, "-c", 'exec "$@"', "jobferry-job", *argv], env, actions
             )
@@ -401,8 +433,7 @@ class Host:
         head = f"exit_code={job.status}\n"
         flags = "disk_full=1\n" if job.disk_full else ""
         try:
-            with open(job.result, "w", encoding="utf-8") as f:
-                f.write(f"{head}cpu={_times(0, 0)}\ncpu={_times(user, sys_)}\n{flags}")
+            _write_file(job.result, f"{head}cpu={_times(0, 0)}\ncpu={_times(user, sys_)}\n{flags}")
         except OSError:
             directory = os.path.dirname(job.result) or "."
             if os.path.isdir(directory) and os.access(directory, os.W_OK):
@@ -416,12 +447,15 @@ class Host:
         except ChildProcessError:
             usage = None
         if usage is not None:
-            peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > job.floor_kb else ""
+            if usage.ru_maxrss > self.floor_kb:
+                # The host's may have grown: never report it as the job's (a job's peak
+                # under a grown host's goes unreported; the runner's samples may see it).
+                self.floor_kb = _own_hwm_kb()
+            peak = f"peak_rss_kb={usage.ru_maxrss}\n" if usage.ru_maxrss > self.floor_kb else ""
             cpu = f"cpu={_times(0, 0)}\ncpu={_times(usage.ru_utime, usage.ru_stime)}\n"
             tmp = job.result + ".tmp"
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(f"{head}{cpu}{peak}{flags}")
+                _write_file(tmp, f"{head}{cpu}{peak}{flags}")
                 os.replace(tmp, job.result)
             except OSError:
                 pass  # the first result stands
@@ -430,11 +464,12 @@ class Host:
 
 
 def _spawn_one(
-    path: str, argv: list[str], env: dict[str, str], actions: list[tuple[Any, ...]]
+    path: str, argv: list[str], env: dict[str, str], actions: Actions, search: bool = False
 ) -> int:
     """The job leads its own session, with default SIGPIPE and SIGXFSZ (ignored here)
-    and no blocked signals."""
-    return os.posix_spawn(
+    and no blocked signals. *search*: *path* is looked up in PATH as by execvp."""
+    spawn = os.posix_spawnp if search else os.posix_spawn
+    return spawn(
         path,
         argv,
         env,
@@ -443,17 +478,6 @@ def _spawn_one(
         setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         setsigmask=(),
     )
-
-
-def _which(name: str, path: str) -> str | None:
-    """The file execvp would run for *name* with this PATH, or None."""
-    if "/" in name:
-        return name
-    for d in path.split(os.pathsep):
-        full = os.path.join(d or ".", name)
-        if os.path.isfile(full) and os.access(full, os.X_OK):
-            return full
-    return None
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from jobferry.runners.base import RunSpec, RunState
-from jobferry.runners.jobhost import CHUNK_FILES, CappedLog
+from jobferry.runners.jobhost import CHUNK_FILES, CappedLog, start_ticks
 from jobferry.runners.local import LocalRunner
 from tests.helpers import wait_for
 from tests.unit.test_local_runner import local_runner, make_spec, run_job, wait
@@ -122,6 +123,34 @@ def test_host__runs_a_file_without_hashbang_with_sh_and_refuses_one_not_executab
     assert "ermission denied" in Path(tmp_path, "meta", "locked.err").read_text()
 
 
+def test_host__finds_a_program_in_the_jobs_own_path_as_it_is_at_each_start(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    path = f"{first}:{second}:{os.environ['PATH']}"
+
+    def run(job_id: str, own_path: bool = True) -> int | None:
+        env = {"PATH": path} if own_path else {}
+        return run_job(
+            runner, make_spec(tmp_path, "jobferry-tool", job_id=job_id, env=env)
+        ).exit_code
+
+    def install(where: Path, code: int) -> None:
+        (where / "jobferry-tool").write_text(f"#!/bin/sh\nexit {code}\n")
+        (where / "jobferry-tool").chmod(0o755)
+
+    assert run("before") == 127  # not there yet
+    install(second, 3)
+    assert run("appeared") == 3
+    install(first, 4)
+    assert run("shadowed") == 4  # the first directory that has it, as execvp
+    assert run("daemons-path", own_path=False) == 127  # another job's PATH is its own
+    (first / "jobferry-tool").unlink()
+    (second / "jobferry-tool").unlink()
+    assert run("gone") == 127
+
+
 def test_host__writes_the_pid_file_that_find_takes_for_the_job(
     runner: LocalRunner, tmp_path: Path
 ) -> None:
@@ -134,6 +163,20 @@ def test_host__writes_the_pid_file_that_find_takes_for_the_job(
     assert found is not None and found.external_id == handle.external_id
     go.touch()
     assert wait(runner, handle).exit_code == 4
+
+
+def test_host__reports_the_start_ticks_proc_gives_for_every_job(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    # The host takes them from the clock around the spawn (reading /proc only when the
+    # spawn straddles a tick): a wrong one would make the job look gone, or let find
+    # miss it and the job run twice. Many spawns: some fall near a tick's edge.
+    for n in range(150):
+        handle = runner.submit(make_spec(tmp_path, "sleep", "60", job_id=f"j{n}"))
+        pid = handle.data["pid"]
+        assert handle.data["start_ticks"] == start_ticks(pid), f"job {n}"
+        os.killpg(pid, signal.SIGKILL)
+        assert wait(runner, handle).exit_code == 128 + signal.SIGKILL
 
 
 def test_host__outlives_its_closed_runner_for_its_jobs_then_exits(
