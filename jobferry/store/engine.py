@@ -265,6 +265,18 @@ class SessionFactory:
         a time on SQLite, ``StoreUnavailableError``/``StoreFullError`` on failure."""
         return self._unit_of_work(self.engine.begin())
 
+    def statement(self) -> AbstractContextManager[Connection]:
+        """A unit of work that is one statement, atomic by itself, on an autocommit
+        Core connection: on PostgreSQL no BEGIN and COMMIT around it, a round trip
+        each (``store.queued_insert``). The same failures as ``transaction``."""
+        return self._unit_of_work(self._autocommit())
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
     @contextmanager
     def _unit_of_work(self, opener: AbstractContextManager[_Unit]) -> Iterator[_Unit]:
         """``opener`` (not yet entered: both openers do nothing before ``__enter__``)

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from jobferry.store.dbapi import RawStatement
 from jobferry.store.models import Base, JobState, new_id, utcnow
 from jobferry.store.notify import notify_queued
+from jobferry.store.queued_insert import insert_queued
 
 JOBS = Base.metadata.tables["jobs"]
 JOB_FILES = Base.metadata.tables["job_files"]
@@ -101,6 +102,23 @@ def insert_job(bind: Bind, job: dict[str, Any], files: list[dict[str, Any]]) -> 
     return insert_jobs(bind, [(job, files)])[0]
 
 
+def job_values(job: dict[str, Any], now: Any) -> dict[str, Any]:
+    """*job*'s row as stored: the columns it does not give get their defaults (queued)."""
+    return {
+        "state": JobState.QUEUED.value,
+        "params": {},
+        "priority": 0,
+        "runner": "local",
+        "destination": "local",
+        "attempt": 0,
+        "cores": 1,
+        "gpus": 0,
+        "created_at": now,
+        "updated_at": now,
+        **job,
+    }
+
+
 #: Rows of another table that belong to a job, stored in the job's transaction (after
 #: it: their foreign key names it): ``(table, row)``, e.g. a TES task's document.
 Attached = tuple[Table, dict[str, Any]]
@@ -125,19 +143,7 @@ def insert_jobs(
     out: list[dict[str, Any]] = []
     queued = False
     for job, files in submissions:
-        values = {
-            "state": JobState.QUEUED.value,
-            "params": {},
-            "priority": 0,
-            "runner": "local",
-            "destination": "local",
-            "attempt": 0,
-            "cores": 1,
-            "gpus": 0,
-            "created_at": now,
-            "updated_at": now,
-            **job,
-        }
+        values = job_values(job, now)
         node = values.get("node")
         if values["state"] == JobState.RUNNING.value and node is not None:
             if node not in drained:
@@ -285,12 +291,25 @@ class GroupInserter:
         else:
             self._flushing = False
 
+    def _store_plain(self, batch: list[_Pending]) -> list[dict[str, Any]] | None:
+        """A batch of queued jobs alone (no files, no attached rows) in one statement
+        where the store allows it (``store.queued_insert``); None where it does not."""
+        if self._sessions.dialect != "postgresql":
+            return None
+        if any(p.files or p.attached for p in batch):
+            return None
+        now = utcnow()
+        rows = [job_values(p.job, now) for p in batch]
+        return rows if insert_queued(self._sessions, rows) else None
+
     def _store(self, batch: list[_Pending]) -> None:
         try:
-            with self._sessions.transaction() as connection:
-                rows = insert_jobs(
-                    connection, [(p.job, p.files) for p in batch], [p.attached for p in batch]
-                )
+            rows = self._store_plain(batch)
+            if rows is None:
+                with self._sessions.transaction() as connection:
+                    rows = insert_jobs(
+                        connection, [(p.job, p.files) for p in batch], [p.attached for p in batch]
+                    )
             for pending, row in zip(batch, rows, strict=True):
                 pending.row = row
         except BaseException as exc:
