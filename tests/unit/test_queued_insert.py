@@ -156,7 +156,17 @@ def test_queued_insert__declines_what_is_not_its_kind_and_stores_nothing(
     queued = [job_values(_job(user_id, i), now) for i in range(2)]
     running = {**job_values(_job(user_id, 9), now), "state": JobState.RUNNING.value}
     other_columns = {k: v for k, v in job_values(_job(user_id, 8), now).items() if k != "gpus"}
-    for rows in ([], [*queued, running], [*queued, other_columns]):
+    # Values JSON cannot carry exactly, a column jobs does not have: the transaction's.
+    not_a_number = {**job_values(_job(user_id, 7), now), "walltime_s": float("nan")}
+    unknown = {**job_values(_job(user_id, 6), now), "no_such_column": 1}
+    for rows in (
+        [],
+        [*queued, running],
+        [*queued, other_columns],
+        [not_a_number],
+        [{**queued[0], "params": {"bytes": b"x"}}],
+        [unknown],
+    ):
         assert insert_queued(sessions, rows) is False
     if engine.dialect.name != "postgresql":
         assert insert_queued(sessions, queued) is False  # SQLite: the transaction path
