@@ -3,6 +3,7 @@ claim and finish a job row."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,14 @@ from jobferry.store.transitions import claim_queued_jobs, finish_job
 from tests.db import database_url
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def unreachable_postgres_url() -> str:
+    """A PostgreSQL URL on a local port nothing listens on (a store that is away)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"postgresql://postgres@127.0.0.1:{port}/jobferry"
 
 
 def store_url(tmp_path: Path, name: str) -> str:

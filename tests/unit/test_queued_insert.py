@@ -10,7 +10,6 @@ PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from jobferry.store.queued_insert import insert_queued
 from jobferry.store.records import GroupInserter, insert_jobs, job_values
 from tests.db import fresh_pg_database
 from tests.services import require
+from tests.unit.store_helpers import unreachable_postgres_url
 
 #: Strings that mean something to SQL, to PostgreSQL's array literals or to JSON.
 HOSTILE = [
@@ -175,10 +175,7 @@ def test_queued_insert__declines_what_is_not_its_kind_and_stores_nothing(
 
 
 def test_queued_insert__an_unreachable_postgres_is_store_unavailable() -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    engine = make_engine(f"postgresql://postgres@127.0.0.1:{port}/jobferry")
+    engine = make_engine(unreachable_postgres_url())
     try:
         row = job_values(_job(uuid.uuid4().hex, 1), utcnow())
         with pytest.raises(StoreUnavailableError):

@@ -7,7 +7,6 @@ SQLite files by default; fresh PostgreSQL databases with JOBFERRY_TEST_DB=postgr
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from jobferry.errors import StoreUnavailableError
@@ -33,7 +33,7 @@ from jobferry.store.models import Job, User
 from jobferry.store.transitions import claim_queued_jobs
 from tests.db import database_url, fresh_pg_database, on_postgres
 from tests.services import require
-from tests.unit.store_helpers import T0, add_job, claim, job_row
+from tests.unit.store_helpers import T0, add_job, claim, job_row, unreachable_postgres_url
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
@@ -125,10 +125,9 @@ def test_display_url__masks_the_password() -> None:
 
 
 def test_session_factory__unreachable_postgres_raises_store_unavailable() -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    engine = make_engine(f"postgresql://postgres@127.0.0.1:{port}/jobferry")
+    url = unreachable_postgres_url()
+    port = make_url(url).port
+    engine = make_engine(url)
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError) as caught:
