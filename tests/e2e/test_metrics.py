@@ -274,7 +274,13 @@ def test_metrics__unreachable_docker_engine_counts_runner_errors(tmp_path: Path)
 
         found = wait_for("a runner error and the job queued again in /metrics", counted)
         assert value(found, "jobferry_runner_errors_total", job_runner_name="local") == 0
-        daemon.cli("job", "cancel", job_id)
+        # The job goes back and forth: queued while the runner's pause lasts, then
+        # claimed for a moment and queued again when the start fails. The CLI cancels
+        # only a job that is not running: try until it caught the job queued.
+        wait_for(
+            "the job cancelled while queued",
+            lambda: daemon.cli("job", "cancel", job_id, check=False).returncode == 0,
+        )
     finally:
         daemon.stop()
 
